@@ -1,0 +1,186 @@
+// Tiled masked attention (SPEC §3), FlashAttention-style: one block owns a query tile of one head
+// of one sequence, walks only the key tiles the rule can reach, and keeps a running max / sum per
+// row (online softmax) so scores never leave shared memory. Tile classes (skip / partial / full)
+// come from per-tile summaries of the layout and the shared rule table, so fully masked tiles cost
+// nothing and fully allowed tiles run without per-element checks.
+#pragma once
+#include "../common/attention_params.h"
+#include "../common/compat.cuh"
+#include "../common/mask_rules.h"
+#include "element.cuh"
+#include "kernel_traits.cuh"
+#include "warp_reduce.cuh"
+
+namespace lk::cuda {
+
+// One thread per tile: summaries of [batch][tiles_per_seq] tiles of `tile` tokens.
+__global__ void tile_summary_kernel(LayoutView layout, int batch, int tile, int tiles_per_seq,
+                                    TileSummary* out) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= (int64_t)batch * tiles_per_seq) return;
+  const int b = (int)(idx / tiles_per_seq), t = (int)(idx % tiles_per_seq);
+  const int64_t start = layout.offsets[b], end = layout.offsets[b + 1];
+  int64_t lo = start + (int64_t)t * tile;
+  lo = lo < end ? lo : end;
+  const int64_t hi = lo + tile < end ? lo + tile : end;
+  out[idx] = summarize_tokens(layout.segments, layout.roles, lo, hi);
+}
+
+template <typename T, int kCap>
+__global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
+    masked_attention_kernel(AttentionParams p, const TileSummary* q_tiles, const TileSummary* k_tiles,
+                            int q_tiles_per_seq, int k_tiles_per_seq) {
+  using Tr = AttentionTraits<kCap>;
+  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
+  const int b = blockIdx.x / q_tiles_per_seq;
+  const int q_tile = blockIdx.x % q_tiles_per_seq;
+  const int h = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  const int64_t q_start = p.q_layout.offsets[b], k_start = p.kv_layout.offsets[b];
+  const int Lq = p.q_layout.offsets[b + 1] - (int)q_start;
+  const int Lk = p.kv_layout.offsets[b + 1] - (int)k_start;
+  const int row0 = q_tile * BM;
+  if (row0 >= Lq) return;  // shorter sequence than the grid's longest: whole block leaves together
+  const int rows = min(BM, Lq - row0);
+  const int align = Lk - Lq;  // bottom-right causal alignment
+  const int D = p.head_dim, Dv = p.value_dim, H = p.heads, Hkv = p.kv_heads;
+  const int g = h / (H / Hkv);
+  const bool softmax = p.normalize == kSoftmax;
+  const T* __restrict__ q = static_cast<const T*>(p.q);
+  const T* __restrict__ k = static_cast<const T*>(p.k);
+  const T* __restrict__ v = static_cast<const T*>(p.v);
+
+  __shared__ float q_s[BM][Tr::kStride];
+  __shared__ float kv_s[BN][Tr::kStride];  // K tile, then V tile of the same keys
+  __shared__ float s_s[BM][BN + 1];        // scores, then probabilities
+  __shared__ float row_m[BM], row_l[BM], row_alpha[BM];
+  __shared__ int q_role_s[BM], q_seg_s[BM], k_role_s[BN], k_seg_s[BN];
+  __shared__ MaskRule rule;  // indexed by role at run time: shared memory, not a local copy
+
+  if (tid == 0) rule = p.rule;
+
+  for (int i = tid; i < BM * kCap; i += Tr::kThreads) {
+    const int r = i / kCap, d = i % kCap;
+    q_s[r][d] = (r < rows && d < D) ? to_float(q[((q_start + row0 + r) * H + h) * D + d]) * p.scale : 0.0f;
+  }
+  for (int r = tid; r < BM; r += Tr::kThreads) {
+    const int64_t t = q_start + row0 + (r < rows ? r : 0);
+    q_role_s[r] = p.q_layout.roles ? p.q_layout.roles[t] : 0;
+    q_seg_s[r] = p.q_layout.segments ? p.q_layout.segments[t] : 0;
+    row_m[r] = -INFINITY;
+    row_l[r] = 0.0f;
+    row_alpha[r] = 1.0f;
+  }
+  float acc[Tr::kAccPerThread];
+#pragma unroll
+  for (int e = 0; e < Tr::kAccPerThread; ++e) acc[e] = 0.0f;
+
+  TileBounds qb;
+  qb.sum = q_tiles[(int64_t)b * q_tiles_per_seq + q_tile];
+  qb.pos_lo = row0 + align;
+  qb.pos_hi = row0 + rows - 1 + align;
+  __syncthreads();
+  const int key_end = visible_key_end(rule, qb, Lk);
+  const int n_key_tiles = (key_end + BN - 1) / BN;
+
+  for (int kt = 0; kt < n_key_tiles; ++kt) {
+    const int col0 = kt * BN;
+    const int cols = min(BN, Lk - col0);
+    TileBounds kb;
+    kb.sum = k_tiles[(int64_t)b * k_tiles_per_seq + kt];
+    kb.pos_lo = col0;
+    kb.pos_hi = col0 + cols - 1;
+    const int cls = classify_tile(rule, qb, kb);  // same value in every thread
+    if (cls == kTileSkip) continue;
+
+    for (int i = tid; i < BN * kCap; i += Tr::kThreads) {
+      const int j = i / kCap, d = i % kCap;
+      kv_s[j][d] = (j < cols && d < D) ? to_float(k[((k_start + col0 + j) * Hkv + g) * D + d]) : 0.0f;
+    }
+    if (cls == kTilePartial) {
+      for (int j = tid; j < BN; j += Tr::kThreads) {
+        const int64_t t = k_start + col0 + (j < cols ? j : 0);
+        k_role_s[j] = p.kv_layout.roles ? p.kv_layout.roles[t] : 0;
+        k_seg_s[j] = p.kv_layout.segments ? p.kv_layout.segments[t] : 0;
+      }
+    }
+    __syncthreads();
+
+    // Scores; masked (and padding) entries become -inf.
+#pragma unroll 1
+    for (int e = 0; e < Tr::kScoresPerThread; ++e) {
+      const int idx = tid + e * Tr::kThreads;
+      const int r = idx / BN, j = idx % BN;
+      float dot = 0.0f;
+      for (int d = 0; d < D; ++d) dot = fmaf(q_s[r][d], kv_s[j][d], dot);
+      bool ok = j < cols && r < rows;
+      if (ok && cls == kTilePartial)
+        ok = pair_allowed(rule, q_role_s[r], k_role_s[j], q_seg_s[r], k_seg_s[j], row0 + r + align, col0 + j);
+      if (softmax) {
+        s_s[r][j] = ok ? dot : -INFINITY;
+      } else {
+        // HSTU pointwise attention: silu(score) / divisor; masked pairs contribute 0.
+        s_s[r][j] = ok ? dot / (1.0f + __expf(-dot)) * p.silu_inv_divisor : 0.0f;
+      }
+    }
+    __syncthreads();
+
+    if (softmax) {
+      // One warp per row: rescale factor for the old accumulators, probabilities for this tile.
+      for (int r = warp; r < BM; r += Tr::kWarps) {
+        const float x = lane < BN ? s_s[r][lane] : -INFINITY;
+        const float m_old = row_m[r];
+        const float m_new = fmaxf(m_old, warp_max(x));
+        const float prob = m_new == -INFINITY ? 0.0f : __expf(x - m_new);
+        const float sum = warp_sum(prob);
+        if (lane < BN) s_s[r][lane] = prob;
+        if (lane == 0) {
+          const float alpha = m_new == -INFINITY ? 1.0f : __expf(m_old - m_new);
+          row_alpha[r] = alpha;
+          row_l[r] = row_l[r] * alpha + sum;
+          row_m[r] = m_new;
+        }
+      }
+    }
+    for (int i = tid; i < BN * kCap; i += Tr::kThreads) {
+      const int j = i / kCap, c = i % kCap;
+      kv_s[j][c] = (j < cols && c < Dv) ? to_float(v[((k_start + col0 + j) * Hkv + g) * Dv + c]) : 0.0f;
+    }
+    __syncthreads();
+
+    // acc = acc * alpha + P V. Keys outermost: each thread's column index repeats across its
+    // accumulators, so one V element feeds several of them and registers stay few.
+#pragma unroll
+    for (int e = 0; e < Tr::kAccPerThread; ++e) acc[e] *= row_alpha[(tid + e * Tr::kThreads) / kCap];
+#pragma unroll 2
+    for (int j = 0; j < BN; ++j) {
+#pragma unroll
+      for (int e = 0; e < Tr::kAccPerThread; ++e) {
+        const int idx = tid + e * Tr::kThreads;
+        acc[e] = fmaf(s_s[idx / kCap][j], kv_s[j][idx % kCap], acc[e]);
+      }
+    }
+    __syncthreads();
+  }
+
+  T* __restrict__ out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int e = 0; e < Tr::kAccPerThread; ++e) {
+    const int idx = tid + e * Tr::kThreads;
+    const int r = idx / kCap, c = idx % kCap;
+    if (r < rows && c < Dv) {
+      const float l = row_l[r];
+      const float value = softmax ? (l > 0.0f ? acc[e] / l : 0.0f) : acc[e];
+      out[((q_start + row0 + r) * H + h) * Dv + c] = from_float<T>(value);
+    }
+  }
+  if (p.lse) {
+    for (int r = tid; r < rows; r += Tr::kThreads) {
+      const float l = row_l[r];
+      p.lse[(q_start + row0 + r) * H + h] = l > 0.0f ? row_m[r] + logf(l) : -INFINITY;
+    }
+  }
+}
+
+}  // namespace lk::cuda

@@ -1,0 +1,35 @@
+// The narrow interface between the N-API binding and the CUDA code (real or emulated). Plain C++:
+// the binding never includes CUDA headers. Every function returns an empty string on success and
+// a human-readable error otherwise.
+#pragma once
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "common/attention_params.h"
+
+namespace lk::cuda {
+
+struct DeviceInfo {
+  std::string name;
+  std::string compute_capability;  // "9.0"
+  size_t total_memory = 0;
+};
+
+// Probes the runtime once; on failure `reason` says why in words (no driver, no device, ...).
+bool available(std::string* reason, std::vector<DeviceInfo>* devices);
+bool emulated();
+
+std::string alloc(size_t bytes, void** ptr);
+void release(void* ptr);
+std::string copy_to_device(void* dst, const void* src, size_t bytes);
+std::string copy_to_host(void* dst, const void* src, size_t bytes);
+std::string copy_on_device(void* dst, const void* src, size_t bytes);
+
+// q/k/v/out/lse are device pointers; the layout arrays in p are HOST pointers (uploaded here).
+std::string masked_attention(const AttentionParams& p);
+
+// Head sizes the CUDA kernels are instantiated for (every size of SPEC §3).
+bool head_dim_supported(int dim);
+
+}  // namespace lk::cuda

@@ -1,0 +1,14 @@
+// Real CUDA or the CPU emulation (cuda/emu), chosen at build time. Kernel and launch code include
+// only this header, so the very same source runs on a GPU and, without one, on the emulator.
+#pragma once
+
+#ifdef LK_CUDA_EMULATE
+#include "../emu/cuda_emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#define LK_LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
+#endif
+
+#include "host_device.h"

@@ -1,0 +1,11 @@
+// lifelong-kernels: attention and memory kernels for generative recommenders over lifelong histories.
+export { Tensor, tensor, zeros } from './tensor';
+export type { DType, Device, TensorData, TensorOptions } from './tensor';
+export { backends } from './backends';
+export type { Backends, CudaDevice } from './backends';
+export { maskedAttention } from './attention';
+export type { MaskedAttentionOptions, AttentionResult } from './attention';
+export { presets, encodeRule } from './rules';
+export type { MaskRule, RuleEntry, RoleName, SegRelation, PresetName } from './rules';
+export type { Layout } from './layout';
+export * as reference from './reference/index';

@@ -1,0 +1,65 @@
+// Loads the addon once, on first use: the prebuilt or locally built binary through node-gyp-build,
+// or the emulated-CUDA build when LIFELONG_CUDA_EMULATE=1 (see README, "How CUDA is verified").
+import * as fs from 'fs';
+import * as path from 'path';
+
+export interface NativeStorage {
+  readonly bytes: number;
+  readonly device: 'cpu' | 'cuda';
+  readonly disposed: boolean;
+  dispose(): void;
+  write(data: ArrayBufferView): void;
+  read(): Promise<ArrayBuffer>;
+  copyTo(device: 'cpu' | 'cuda'): NativeStorage;
+}
+
+export interface NativeBackends {
+  cpu: { threads: number; simd: string };
+  cuda: {
+    available: boolean;
+    compiled: boolean;
+    emulated: boolean;
+    devices: { name: string; computeCapability: string; totalMemory: number }[];
+    reason?: string;
+  };
+}
+
+export interface NativeAddon {
+  Storage: new (device: 'cpu' | 'cuda', bytes: number) => NativeStorage;
+  backends(): NativeBackends;
+  maskedAttention(args: Record<string, unknown>): Promise<void>;
+  toFloat32(bits: Uint16Array, dtype: number): Float32Array;
+  fromFloat32(values: Float32Array, dtype: number): Uint16Array;
+}
+
+/** The package root: the nearest folder above this file whose package.json names this package. */
+export function packageRoot(): string {
+  let dir = __dirname;
+  for (;;) {
+    const manifest = path.join(dir, 'package.json');
+    if (fs.existsSync(manifest) && JSON.parse(fs.readFileSync(manifest, 'utf8')).name === 'lifelong-kernels') return dir;
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error('lifelong-kernels: cannot find the package root above ' + __dirname);
+    dir = parent;
+  }
+}
+
+let addon: NativeAddon | undefined;
+
+export function native(): NativeAddon {
+  if (addon) return addon;
+  const root = packageRoot();
+  const explicit = process.env.LIFELONG_ADDON;
+  if (explicit) {
+    addon = require(path.resolve(explicit)) as NativeAddon;
+  } else if (process.env.LIFELONG_CUDA_EMULATE === '1') {
+    const file = path.join(root, 'build-emu', 'Release', 'lifelong_kernels.node');
+    if (!fs.existsSync(file))
+      throw new Error('LIFELONG_CUDA_EMULATE=1 but the emulated build is missing: run `npm run build:emu` first');
+    addon = require(file) as NativeAddon;
+  } else {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    addon = require('node-gyp-build')(root) as NativeAddon;
+  }
+  return addon;
+}

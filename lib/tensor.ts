@@ -1,0 +1,173 @@
+// Tensors as Node users know them from onnxruntime-common: dims/type/data, plus a device and an
+// explicit dispose(). Storage is native memory (host or GPU) owned by the addon.
+import { native, NativeStorage } from './native';
+import { cudaDisabledReason } from './backends';
+
+export type DType = 'float32' | 'float16' | 'bfloat16' | 'int32';
+export type Device = 'cpu' | 'cuda';
+export type TensorData = Float32Array | Uint16Array | Int32Array;
+
+export const DTYPE_CODE: Record<DType, number> = { float32: 0, float16: 1, bfloat16: 2, int32: 3 };
+const DTYPE_BYTES: Record<DType, number> = { float32: 4, float16: 2, bfloat16: 2, int32: 4 };
+
+export interface TensorOptions {
+  dtype?: DType;
+  device?: Device;
+}
+
+function checkDType(dtype: unknown, name: string): DType {
+  if (dtype === 'float32' || dtype === 'float16' || dtype === 'bfloat16' || dtype === 'int32') return dtype;
+  throw new TypeError(`${name}: expected 'float32', 'float16', 'bfloat16' or 'int32', got ${String(dtype)}`);
+}
+
+function checkDevice(device: unknown, name: string): Device {
+  if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`${name}: expected 'cpu' or 'cuda', got ${String(device)}`);
+  if (device === 'cuda') {
+    const reason = cudaDisabledReason();
+    if (reason) throw new Error(`${name}: CUDA is not available: ${reason}`);
+  }
+  return device;
+}
+
+function checkShape(shape: unknown): number[] {
+  if (!Array.isArray(shape)) throw new TypeError('shape: expected an array of non-negative integers');
+  for (const d of shape)
+    if (!Number.isSafeInteger(d) || d < 0)
+      throw new RangeError(`shape: expected non-negative integers, got [${shape.join(', ')}]`);
+  return shape.slice();
+}
+
+const finalizeTokens = new WeakSet<object>();
+
+export class Tensor {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  readonly device: Device;
+  readonly size: number;
+  #storage: NativeStorage | undefined;
+
+  /** @internal Use `tensor()` / `zeros()`; ops create their outputs themselves. */
+  constructor(storage: NativeStorage, dtype: DType, shape: readonly number[], device: Device) {
+    this.#storage = storage;
+    this.dtype = dtype;
+    this.shape = Object.freeze(shape.slice());
+    this.device = device;
+    this.size = shape.reduce((a, b) => a * b, 1);
+    finalizeTokens.add(this);
+  }
+
+  /** ONNX Runtime's names for the same facts. */
+  get dims(): readonly number[] { return this.shape; }
+  get type(): DType { return this.dtype; }
+  get disposed(): boolean { return this.#storage === undefined; }
+
+  /** @internal The native storage; throws once disposed. */
+  storage(): NativeStorage {
+    if (!this.#storage) throw new Error('tensor is disposed');
+    return this.#storage;
+  }
+
+  /** The raw elements as a typed array (Uint16Array holds float16 / bfloat16 bits). */
+  async data(): Promise<TensorData> {
+    const bytes = await this.storage().read();
+    switch (this.dtype) {
+      case 'float32': return new Float32Array(bytes, 0, this.size);
+      case 'int32': return new Int32Array(bytes, 0, this.size);
+      default: return new Uint16Array(bytes, 0, this.size);
+    }
+  }
+
+  /** The elements converted to float32 (any float dtype). */
+  async float32(): Promise<Float32Array> {
+    if (this.dtype === 'int32') throw new TypeError('float32(): tensor dtype is int32, not a float type');
+    const raw = await this.data();
+    if (raw instanceof Float32Array) return raw;
+    return native().toFloat32(raw as Uint16Array, DTYPE_CODE[this.dtype]);
+  }
+
+  /** A copy on another device (the same tensor's data, new storage). */
+  async to(device: Device): Promise<Tensor> {
+    const target = checkDevice(device, 'device');
+    return new Tensor(this.storage().copyTo(target), this.dtype, this.shape, target);
+  }
+
+  /** Frees the storage now; later use throws `Error('tensor is disposed')`. Idempotent. */
+  dispose(): void {
+    if (this.#storage) this.#storage.dispose();
+    this.#storage = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  toString(): string {
+    return `Tensor(${this.dtype}, [${this.shape.join(', ')}], ${this.device}${this.disposed ? ', disposed' : ''})`;
+  }
+}
+
+function allocate(dtype: DType, shape: number[], device: Device): Tensor {
+  const size = shape.reduce((a, b) => a * b, 1);
+  const storage = new (native().Storage)(device, size * DTYPE_BYTES[dtype]);
+  return new Tensor(storage, dtype, shape, device);
+}
+
+/** @internal An uninitialised tensor for op outputs. */
+export function emptyTensor(dtype: DType, shape: number[], device: Device): Tensor {
+  return allocate(dtype, shape, device);
+}
+
+function toStorageArray(data: ArrayLike<number>, dtype: DType): ArrayBufferView {
+  switch (dtype) {
+    case 'float32':
+      return data instanceof Float32Array ? data : Float32Array.from(data);
+    case 'int32':
+      if (data instanceof Int32Array) return data;
+      for (let i = 0; i < data.length; i++)
+        if (!Number.isInteger(data[i])) throw new TypeError(`data: int32 tensors need integers, got ${data[i]} at ${i}`);
+      return Int32Array.from(data);
+    default:
+      // Uint16Array is taken as raw float16 / bfloat16 bits (as onnxruntime does); numbers are converted.
+      if (data instanceof Uint16Array) return data;
+      return native().fromFloat32(data instanceof Float32Array ? data : Float32Array.from(data), DTYPE_CODE[dtype]);
+  }
+}
+
+/**
+ * A tensor from a typed array or number[]; `data.length` must equal the product of `shape`.
+ * float16 / bfloat16: a Uint16Array is raw bits, anything else is converted (round to nearest even).
+ */
+export function tensor(data: ArrayLike<number>, shape: readonly number[], options: TensorOptions = {}): Tensor {
+  if (data === null || typeof data !== 'object' || typeof (data as ArrayLike<number>).length !== 'number')
+    throw new TypeError('data: expected a typed array or an array of numbers');
+  const dims = checkShape(shape);
+  const dtype = checkDType(options.dtype ?? defaultDType(data), 'dtype');
+  const device = checkDevice(options.device ?? 'cpu', 'device');
+  const size = dims.reduce((a, b) => a * b, 1);
+  if (data.length !== size)
+    throw new RangeError(`data: shape [${dims.join(', ')}] needs ${size} elements, got ${data.length}`);
+  const values = toStorageArray(data, dtype);
+  const t = allocate(dtype, dims, device);
+  try {
+    t.storage().write(values);
+  } catch (e) {
+    t.dispose();
+    throw e;
+  }
+  return t;
+}
+
+function defaultDType(data: ArrayLike<number>): DType {
+  return data instanceof Int32Array ? 'int32' : 'float32';
+}
+
+/** A tensor of zeros. */
+export function zeros(shape: readonly number[], options: TensorOptions = {}): Tensor {
+  const dims = checkShape(shape);
+  const dtype = checkDType(options.dtype ?? 'float32', 'dtype');
+  const device = checkDevice(options.device ?? 'cpu', 'device');
+  const t = allocate(dtype, dims, device);
+  const size = dims.reduce((a, b) => a * b, 1);
+  t.storage().write(new Uint8Array(size * DTYPE_BYTES[dtype]));
+  return t;
+}

@@ -1,0 +1,67 @@
+#include "storage.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#ifdef LK_WITH_CUDA
+#include "../cuda/backend.h"
+#endif
+
+namespace lk {
+
+const char* device_name(Device d) { return d == Device::kCuda ? "cuda" : "cpu"; }
+
+bool parse_device(const std::string& s, Device* out) {
+  if (s == "cpu") { *out = Device::kCpu; return true; }
+  if (s == "cuda") { *out = Device::kCuda; return true; }
+  return false;
+}
+
+Buffer::~Buffer() {
+  if (!ptr) return;
+  if (device == Device::kCpu) {
+    std::free(ptr);
+  } else {
+#ifdef LK_WITH_CUDA
+    cuda::release(ptr);
+#endif
+  }
+}
+
+BufferRef allocate(Device device, size_t bytes, std::string* error) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* ptr = nullptr;
+  if (device == Device::kCpu) {
+    ptr = std::aligned_alloc(64, rounded ? rounded : 64);
+    if (!ptr) {
+      *error = "out of host memory allocating " + std::to_string(bytes) + " bytes";
+      return nullptr;
+    }
+  } else {
+#ifdef LK_WITH_CUDA
+    *error = cuda::alloc(rounded, &ptr);
+    if (!error->empty()) return nullptr;
+#else
+    *error = "CUDA support was not compiled into this build";
+    return nullptr;
+#endif
+  }
+  return std::make_shared<Buffer>(device, bytes, ptr);
+}
+
+std::string copy_bytes(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes) {
+  if (bytes == 0) return std::string();
+  if (dst_device == Device::kCpu && src_device == Device::kCpu) {
+    std::memcpy(dst, src, bytes);
+    return std::string();
+  }
+#ifdef LK_WITH_CUDA
+  if (dst_device == Device::kCuda && src_device == Device::kCuda) return cuda::copy_on_device(dst, src, bytes);
+  if (dst_device == Device::kCuda) return cuda::copy_to_device(dst, src, bytes);
+  return cuda::copy_to_host(dst, src, bytes);
+#else
+  return "CUDA support was not compiled into this build";
+#endif
+}
+
+}  // namespace lk

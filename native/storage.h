@@ -1,0 +1,31 @@
+// Device memory owned by the addon. Tensors hold it through a Storage JS object; async ops hold
+// their own reference, so dispose() during an op frees the memory only once the op is done.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace lk {
+
+enum class Device { kCpu, kCuda };
+
+const char* device_name(Device d);
+bool parse_device(const std::string& s, Device* out);
+
+struct Buffer {
+  Device device;
+  size_t bytes;
+  void* ptr;
+  Buffer(Device d, size_t n, void* p) : device(d), bytes(n), ptr(p) {}
+  ~Buffer();
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+};
+using BufferRef = std::shared_ptr<Buffer>;
+
+// Allocates `bytes` on `device`; on failure returns null and sets *error.
+BufferRef allocate(Device device, size_t bytes, std::string* error);
+// Copies between any two buffers' memory, or host memory (device kCpu), by device kind.
+std::string copy_bytes(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes);
+
+}  // namespace lk

@@ -1,0 +1,17 @@
+{
+  "variables": {
+    "lk_cpu_sources": [
+      "native/binding.cc",
+      "native/storage.cc",
+      "native/thread_pool.cc",
+      "native/cpu/attention_cpu.cc"
+    ],
+    "lk_cuda_sources": [
+      "cuda/runtime.cu",
+      "cuda/attention/masked_attention.cu"
+    ],
+    "lk_emu_sources": [
+      "cuda/emu/cuda_emu.cc"
+    ]
+  }
+}
