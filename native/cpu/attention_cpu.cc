@@ -13,8 +13,10 @@
 namespace lk::cpu {
 namespace {
 
-constexpr int kBlockM = 64;  // query rows per task
-constexpr int kBlockN = 64;  // keys per tile
+constexpr int kBlockM = 64;    // query rows per task
+constexpr int kBlockN = 64;    // keys per block of the key loop
+constexpr int kMaxRows = 72;   // kBlockM rounded up to any micro-kernel's row count
+constexpr int kMaxCols = 256;  // value_dim rounded up to any micro-kernel's column count
 constexpr float kNegInf = -INFINITY;
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
@@ -49,19 +51,17 @@ Float32View as_float32(const void* src, DType dtype, int64_t count) {
   return view;
 }
 
-// Per-worker tiles, padded so the 4 x 16 micro-kernel never needs edge cases.
+// Per-worker tiles, padded so the micro-kernels never need edge cases.
 struct Scratch {
-  int d_pad = 0, dv_pad = 0;
   FloatBuffer q, kt, s, v, o;
-  float m[kBlockM], l[kBlockM];
-  void init(int head_dim, int value_dim) {
-    d_pad = head_dim;
-    dv_pad = round_up(value_dim, 16);
-    q = alloc_floats((size_t)kBlockM * head_dim);
+  float m[kMaxRows], l[kMaxRows];
+  int keys[kBlockN];  // key positions (inside the sequence) of the block being computed
+  void init(int head_dim) {
+    q = alloc_floats((size_t)kMaxRows * head_dim);
     kt = alloc_floats((size_t)head_dim * kBlockN);
-    s = alloc_floats((size_t)kBlockM * kBlockN);
-    v = alloc_floats((size_t)kBlockN * dv_pad);
-    o = alloc_floats((size_t)kBlockM * dv_pad);
+    s = alloc_floats((size_t)kMaxRows * kBlockN);
+    v = alloc_floats((size_t)kBlockN * kMaxCols);
+    o = alloc_floats((size_t)kMaxRows * kMaxCols);
   }
 };
 
@@ -76,132 +76,212 @@ struct Job {
   int q_tiles_per_seq, k_tiles_per_seq;
 };
 
-// One query tile of one head of one sequence against its visited key tiles.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void attend_tile(const Job& job, int b, int q_tile, int h, Scratch& sc) {
-  const AttentionParams& p = *job.p;
-  const int D = p.head_dim, Dv = p.value_dim, H = p.heads, Hkv = p.kv_heads;
-  const int g = h / (H / Hkv);
-  const int64_t q_start = p.q_layout.offsets[b], k_start = p.kv_layout.offsets[b];
-  const int Lq = p.q_layout.offsets[b + 1] - (int)q_start;
-  const int Lk = p.kv_layout.offsets[b + 1] - (int)k_start;
-  const int row0 = q_tile * kBlockM;
-  const int rows = std::min(kBlockM, Lq - row0);
-  const int m_pad = round_up(rows, 4);
-  const int align = Lk - Lq;  // bottom-right causal alignment
-  const bool softmax = p.normalize == kSoftmax;
-  const int dvp = sc.dv_pad;
+// Everything one (sequence, query tile, head) task needs while it walks its keys.
+struct TileTask {
+  const Job* job;
+  Scratch* sc;
+  int b, h, g;
+  int64_t q_start, k_start;
+  int row0, rows, m_pad, align;
+  int dv_pad;
+  TileBounds qb;
+};
 
-  TileBounds qb{job.q_tiles[(int64_t)b * job.q_tiles_per_seq + q_tile], row0 + align,
-                row0 + rows - 1 + align};
+// Online-softmax update of the task's rows with `count` keys listed in sc.keys. `masked` asks for the
+// per-element rule check (blocks gathered from partial tiles); full tiles skip it.
+template <typename Shape>
+LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
+  const AttentionParams& p = *t.job->p;
+  Scratch& sc = *t.sc;
+  const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
+  const int n_pad = round_up(count, Shape::kCols);
+  const int dvp = t.dv_pad;
 
-  // Scaled query rows; padding rows are zero and never written out.
-  float* qs = sc.q.get();
-  for (int r = 0; r < m_pad; ++r)
-    for (int d = 0; d < D; ++d)
-      qs[r * D + d] = r < rows ? job.q[((q_start + row0 + r) * H + h) * D + d] * p.scale : 0.0f;
-  std::fill(sc.o.get(), sc.o.get() + (size_t)m_pad * dvp, 0.0f);
-  for (int r = 0; r < m_pad; ++r) {
-    sc.m[r] = kNegInf;
-    sc.l[r] = 0.0f;
+  // K^T block so that S = Q K^T reads both operands row-wise.
+  float* kt = sc.kt.get();
+  for (int j = 0; j < n_pad; ++j) {
+    if (j < count) {
+      const float* krow = t.job->k + ((t.k_start + sc.keys[j]) * Hkv + t.g) * D;
+      for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = krow[d];
+    } else {
+      for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = 0.0f;
+    }
   }
+  float* s = sc.s.get();
+  gemm_blocks<Shape>(t.m_pad, n_pad, D, sc.q.get(), D, kt, kBlockN, s, kBlockN, false);
 
-  const int key_end = visible_key_end(p.rule, qb, Lk);
-  const int n_key_tiles = (key_end + kBlockN - 1) / kBlockN;
   const int32_t* qseg = p.q_layout.segments;
   const uint8_t* qrole = p.q_layout.roles;
   const int32_t* kseg = p.kv_layout.segments;
   const uint8_t* krole = p.kv_layout.roles;
+  for (int r = 0; r < t.rows; ++r) {
+    float* srow = s + r * kBlockN;
+    for (int j = count; j < n_pad; ++j) srow[j] = kNegInf;
+    if (!masked) continue;
+    const int64_t qi = t.q_start + t.row0 + r;
+    const int rq = qrole ? qrole[qi] : 0, sq = qseg ? qseg[qi] : 0;
+    const int pos_q = t.row0 + r + t.align;
+    for (int j = 0; j < count; ++j) {
+      const int64_t ki = t.k_start + sc.keys[j];
+      if (!pair_allowed(p.rule, rq, krole ? krole[ki] : 0, sq, kseg ? kseg[ki] : 0, pos_q, sc.keys[j]))
+        srow[j] = kNegInf;
+    }
+  }
 
+  if (p.normalize == kSoftmax) {
+    for (int r = 0; r < t.rows; ++r) {
+      float* srow = s + r * kBlockN;
+      v8f mx = splat(kNegInf);
+      for (int j = 0; j < n_pad; j += 8) {
+        const v8f x = load8(srow + j);
+        mx = x > mx ? x : mx;
+      }
+      const float m_old = sc.m[r];
+      const float m_new = std::max(m_old, hmax(mx));
+      if (m_new == kNegInf) {  // nothing allowed in this row yet
+        std::fill(srow, srow + n_pad, 0.0f);
+        continue;
+      }
+      v8f sum = splat(0.0f);
+      for (int j = 0; j < n_pad; j += 8) {
+        const v8f e = exp8(load8(srow + j) - splat(m_new));
+        store8(srow + j, e);
+        sum += e;
+      }
+      const float alpha = std::exp(m_old - m_new);
+      sc.l[r] = sc.l[r] * alpha + hsum(sum);
+      sc.m[r] = m_new;
+      if (alpha != 1.0f) {
+        float* orow = sc.o.get() + r * dvp;
+        for (int c = 0; c < dvp; ++c) orow[c] *= alpha;
+      }
+    }
+  } else {
+    // HSTU pointwise attention: silu(score) / divisor; masked entries contribute 0.
+    for (int r = 0; r < t.rows; ++r) {
+      float* srow = s + r * kBlockN;
+      for (int j = 0; j < n_pad; ++j) {
+        const float x = srow[j];
+        srow[j] = x == kNegInf ? 0.0f : x / (1.0f + std::exp(-x)) * p.silu_inv_divisor;
+      }
+    }
+  }
+  for (int r = t.rows; r < t.m_pad; ++r) std::fill(s + r * kBlockN, s + r * kBlockN + n_pad, 0.0f);
+
+  float* vs = sc.v.get();
+  for (int j = 0; j < n_pad; ++j) {
+    float* dst = vs + j * dvp;
+    if (j < count) {
+      const float* vrow = t.job->v + ((t.k_start + sc.keys[j]) * Hkv + t.g) * Dv;
+      std::memcpy(dst, vrow, sizeof(float) * Dv);
+      std::fill(dst + Dv, dst + dvp, 0.0f);
+    } else {
+      std::fill(dst, dst + dvp, 0.0f);
+    }
+  }
+  gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vs, dvp, sc.o.get(), dvp, true);
+}
+
+// One query tile of one head of one sequence. Key tiles are classified with the shared rule table:
+// skipped tiles cost nothing, full tiles run without per-element checks, and from partial tiles only
+// the keys that some query of the tile may see are gathered into dense blocks, so the work follows
+// the allowed pairs even for masks as sparse as PerSRec's.
+template <typename Shape>
+LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratch& sc) {
+  const AttentionParams& p = *job.p;
+  TileTask t;
+  t.job = &job;
+  t.sc = &sc;
+  t.b = b;
+  t.h = h;
+  t.g = h / (p.heads / p.kv_heads);
+  t.q_start = p.q_layout.offsets[b];
+  t.k_start = p.kv_layout.offsets[b];
+  const int Lq = p.q_layout.offsets[b + 1] - (int)t.q_start;
+  const int Lk = p.kv_layout.offsets[b + 1] - (int)t.k_start;
+  t.row0 = q_tile * kBlockM;
+  t.rows = std::min(kBlockM, Lq - t.row0);
+  t.m_pad = round_up(t.rows, Shape::kRows);
+  t.align = Lk - Lq;  // bottom-right causal alignment
+  t.dv_pad = round_up(p.value_dim, Shape::kCols);
+  t.qb = TileBounds{job.q_tiles[(int64_t)b * job.q_tiles_per_seq + q_tile], t.row0 + t.align,
+                    t.row0 + t.rows - 1 + t.align};
+  const int D = p.head_dim, H = p.heads;
+
+  // Scaled query rows; padding rows are zero and never written out.
+  float* qs = sc.q.get();
+  for (int r = 0; r < t.m_pad; ++r)
+    for (int d = 0; d < D; ++d)
+      qs[r * D + d] = r < t.rows ? job.q[((t.q_start + t.row0 + r) * H + h) * D + d] * p.scale : 0.0f;
+  std::fill(sc.o.get(), sc.o.get() + (size_t)t.m_pad * t.dv_pad, 0.0f);
+  for (int r = 0; r < t.m_pad; ++r) {
+    sc.m[r] = kNegInf;
+    sc.l[r] = 0.0f;
+  }
+
+  const int key_end = visible_key_end(p.rule, t.qb, Lk);
+  const int n_key_tiles = (key_end + kBlockN - 1) / kBlockN;
+  const int32_t* kseg = p.kv_layout.segments;
+  const uint8_t* krole = p.kv_layout.roles;
+  int pending = 0;  // keys gathered from partial tiles, waiting for a full block
+  int full_keys[kBlockN];
   for (int kt = 0; kt < n_key_tiles; ++kt) {
     const int col0 = kt * kBlockN;
     const int cols = std::min(kBlockN, Lk - col0);
-    TileBounds kb{job.k_tiles[(int64_t)b * job.k_tiles_per_seq + kt], col0, col0 + cols - 1};
-    const int cls = classify_tile(p.rule, qb, kb);
+    const TileBounds kb{job.k_tiles[(int64_t)b * job.k_tiles_per_seq + kt], col0, col0 + cols - 1};
+    const int cls = classify_tile(p.rule, t.qb, kb);
     if (cls == kTileSkip) continue;
-    const int n_pad = round_up(cols, 16);
-
-    // K^T tile so that S = Q K^T reads both operands row-wise.
-    float* kt_buf = sc.kt.get();
-    for (int j = 0; j < n_pad; ++j) {
-      const float* krow = job.k + ((k_start + col0 + j) * Hkv + g) * D;
-      for (int d = 0; d < D; ++d) kt_buf[d * kBlockN + j] = j < cols ? krow[d] : 0.0f;
+    if (cls == kTileFull) {
+      std::memcpy(full_keys, sc.keys, sizeof(int) * pending);  // park the pending gather
+      for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
+      attend_keys<Shape>(t, cols, false);
+      std::memcpy(sc.keys, full_keys, sizeof(int) * pending);
+      continue;
     }
-    float* s = sc.s.get();
-    gemm_4x16_blocks(m_pad, n_pad, D, qs, D, kt_buf, kBlockN, s, kBlockN, false);
-
-    // Per-element masking only on partial tiles; padding columns are always masked.
-    for (int r = 0; r < rows; ++r) {
-      float* srow = s + r * kBlockN;
-      for (int j = cols; j < n_pad; ++j) srow[j] = kNegInf;
-      if (cls != kTilePartial) continue;
-      const int64_t qi = q_start + row0 + r;
-      const int rq = qrole ? qrole[qi] : 0, sq = qseg ? qseg[qi] : 0;
-      const int pos_q = row0 + r + align;
-      for (int j = 0; j < cols; ++j) {
-        const int64_t ki = k_start + col0 + j;
-        if (!pair_allowed(p.rule, rq, krole ? krole[ki] : 0, sq, kseg ? kseg[ki] : 0, pos_q, col0 + j))
-          srow[j] = kNegInf;
+    for (int j = 0; j < cols; ++j) {
+      const int64_t ki = t.k_start + col0 + j;
+      TileBounds one;
+      one.sum.seg_min = one.sum.seg_max = kseg ? kseg[ki] : 0;
+      one.sum.role_mask = 1u << (krole ? krole[ki] : 0);
+      one.pos_lo = one.pos_hi = col0 + j;
+      if (classify_tile(p.rule, t.qb, one) == kTileSkip) continue;
+      sc.keys[pending++] = col0 + j;
+      if (pending == kBlockN) {
+        attend_keys<Shape>(t, pending, true);
+        pending = 0;
       }
     }
-
-    if (softmax) {
-      for (int r = 0; r < rows; ++r) {
-        float* srow = s + r * kBlockN;
-        v8f mx = splat(kNegInf);
-        for (int j = 0; j < n_pad; j += 8) {
-          const v8f x = load8(srow + j);
-          mx = x > mx ? x : mx;
-        }
-        const float m_old = sc.m[r];
-        const float m_new = std::max(m_old, hmax(mx));
-        if (m_new == kNegInf) {  // nothing allowed yet in this row
-          std::fill(srow, srow + n_pad, 0.0f);
-          continue;
-        }
-        v8f sum = splat(0.0f);
-        for (int j = 0; j < n_pad; j += 8) {
-          const v8f e = exp8(load8(srow + j) - splat(m_new));
-          store8(srow + j, e);
-          sum += e;
-        }
-        const float alpha = std::exp(m_old - m_new);
-        sc.l[r] = sc.l[r] * alpha + hsum(sum);
-        sc.m[r] = m_new;
-        if (alpha != 1.0f) {
-          float* orow = sc.o.get() + r * dvp;
-          for (int c = 0; c < dvp; ++c) orow[c] *= alpha;
-        }
-      }
-    } else {
-      // HSTU pointwise attention: silu(score) / divisor, masked entries contribute 0.
-      for (int r = 0; r < rows; ++r) {
-        float* srow = s + r * kBlockN;
-        for (int j = 0; j < n_pad; ++j) {
-          const float x = srow[j];
-          srow[j] = x == kNegInf ? 0.0f : x / (1.0f + std::exp(-x)) * p.silu_inv_divisor;
-        }
-      }
-    }
-    for (int r = rows; r < m_pad; ++r) std::fill(s + r * kBlockN, s + r * kBlockN + n_pad, 0.0f);
-
-    float* vs = sc.v.get();
-    for (int j = 0; j < n_pad; ++j) {
-      const float* vrow = job.v + ((k_start + col0 + j) * Hkv + g) * Dv;
-      for (int c = 0; c < dvp; ++c) vs[j * dvp + c] = (j < cols && c < Dv) ? vrow[c] : 0.0f;
-    }
-    gemm_4x16_blocks(m_pad, dvp, n_pad, s, kBlockN, vs, dvp, sc.o.get(), dvp, true);
   }
+  if (pending > 0) attend_keys<Shape>(t, pending, true);
 
-  for (int r = 0; r < rows; ++r) {
-    const int64_t qi = q_start + row0 + r;
+  const int Dv = p.value_dim;
+  for (int r = 0; r < t.rows; ++r) {
+    const int64_t qi = t.q_start + t.row0 + r;
     float* dst = job.out + (qi * H + h) * Dv;
-    const float* orow = sc.o.get() + r * dvp;
+    const float* orow = sc.o.get() + r * t.dv_pad;
     float norm = 1.0f;
-    if (softmax) norm = sc.l[r] > 0.0f ? 1.0f / sc.l[r] : 0.0f;
+    if (p.normalize == kSoftmax) norm = sc.l[r] > 0.0f ? 1.0f / sc.l[r] : 0.0f;
     for (int c = 0; c < Dv; ++c) dst[c] = orow[c] * norm;
     if (p.lse) p.lse[qi * H + h] = sc.l[r] > 0.0f ? sc.m[r] + std::log(sc.l[r]) : kNegInf;
   }
+}
+
+// One entry per instruction set, each compiled for it; chosen once at run time.
+__attribute__((target("arch=x86-64-v4"))) void attend_tile_avx512(const Job& j, int b, int t, int h, Scratch& s) {
+  attend_tile_impl<GemmAvx512>(j, b, t, h, s);
+}
+__attribute__((target("arch=x86-64-v3"))) void attend_tile_avx2(const Job& j, int b, int t, int h, Scratch& s) {
+  attend_tile_impl<GemmAvx2>(j, b, t, h, s);
+}
+void attend_tile_baseline(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmBaseline>(j, b, t, h, s); }
+
+using AttendTileFn = void (*)(const Job&, int, int, int, Scratch&);
+
+AttendTileFn select_attend_tile() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return attend_tile_avx512;
+  if (__builtin_cpu_supports("x86-64-v3")) return attend_tile_avx2;
+  return attend_tile_baseline;
 }
 
 // Tile summaries of every sequence, [batch][tiles_per_seq], tiles of `tile` tokens.
@@ -254,7 +334,8 @@ void masked_attention(const AttentionParams& p) {
 
   ThreadPool& pool = ThreadPool::shared();
   std::vector<Scratch> scratch(pool.size());
-  for (auto& sc : scratch) sc.init(p.head_dim, p.value_dim);
+  for (auto& sc : scratch) sc.init(p.head_dim);
+  static const AttendTileFn attend_tile = select_attend_tile();
   pool.parallel_for((int64_t)tasks.size() * p.heads, [&](int64_t i, int worker) {
     const Task& t = tasks[i / p.heads];
     attend_tile(job, t.b, t.tile, (int)(i % p.heads), scratch[worker]);

@@ -1,0 +1,64 @@
+#!/usr/bin/env node
+// `npm test`: type-checks the tests, runs the whole ava suite on the native build (CPU, plus CUDA
+// when a GPU is present), then builds the emulated-CUDA addon and runs the device suites again with
+// the CUDA backend executing the exact kernel sources on the emulator, then the emulator selftest.
+// `node scripts/test.cjs --asan` runs the emulated device suites under AddressSanitizer + UBSan.
+const { spawnSync } = require('child_process');
+const fs = require('fs');
+const path = require('path');
+
+const root = path.join(__dirname, '..');
+const asan = process.argv.includes('--asan');
+const totals = { passed: 0, failed: 0, skipped: 0 };
+const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts'];
+
+function run(title, cmd, args, env = {}) {
+  console.log(`\n== ${title}\n$ ${cmd} ${args.join(' ')}`);
+  const r = spawnSync(cmd, args, { cwd: root, env: { ...process.env, ...env }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28 });
+  process.stdout.write(r.stdout || '');
+  process.stderr.write(r.stderr || '');
+  return { status: r.status ?? 1, out: (r.stdout || '') + (r.stderr || '') };
+}
+
+function ava(title, files, env) {
+  const r = run(title, 'npx', ['ava', ...files], env);
+  const count = (re) => { const m = r.out.match(re); return m ? Number(m[1]) : 0; };
+  const passed = count(/(\d+) tests? passed/), failed = count(/(\d+) tests? failed/) + count(/(\d+) uncaught exceptions?/) + count(/(\d+) unhandled rejections?/);
+  totals.passed += passed;
+  totals.failed += failed + (r.status !== 0 && failed === 0 ? 1 : 0);
+  totals.skipped += count(/(\d+) tests? skipped/);
+  if (passed === 0 && r.status === 0) { console.error(`${title}: ran no test`); totals.failed += 1; }
+}
+
+function must(title, cmd, args, env) {
+  const r = run(title, cmd, args, env);
+  if (r.status !== 0) { totals.failed += 1; finish(); }
+}
+
+function finish() {
+  console.log(`\nlifelong-kernels: ${totals.passed} passed, ${totals.failed} failed, ${totals.skipped} skipped`);
+  process.exit(totals.failed > 0 ? 1 : 0);
+}
+
+must('type-check tests', 'npx', ['tsc', '-p', 'tsconfig.test.json']);
+if (asan) {
+  must('build emulated CUDA with ASan + UBSan', 'npm', ['run', '--silent', 'build:asan']);
+  const gcc = (lib) => spawnSync('gcc', [`-print-file-name=${lib}`], { encoding: 'utf8' }).stdout.trim();
+  const env = {
+    LIFELONG_CUDA_EMULATE: '1',
+    LIFELONG_ADDON: path.join(root, 'build-asan', 'Debug', 'lifelong_kernels.node'),
+    LD_PRELOAD: [gcc('libasan.so'), gcc('libubsan.so')].join(':'),
+    ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1:halt_on_error=1',
+    UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
+  };
+  ava('device suites, emulated CUDA under ASan + UBSan', DEVICE_SUITES, env);
+  must('emulator selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS });
+  finish();
+}
+ava('all suites, native build', []);
+must('build emulated CUDA', 'npm', ['run', '--silent', 'build:emu']);
+ava('device suites, CUDA kernels on the emulator', DEVICE_SUITES, { LIFELONG_CUDA_EMULATE: '1' });
+const selftest = path.join(root, 'build-emu', 'Release', 'lk_emu_selftest');
+if (fs.existsSync(selftest)) must('emulator selftest', selftest, []);
+else { console.error('emulator selftest binary missing'); totals.failed += 1; }
+finish();
