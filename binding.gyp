@@ -3,7 +3,8 @@
 {
   "includes": ["sources.gypi"],
   "variables": {
-    "lk_nvcc": "<!(node -e \"try{process.stdout.write(require('child_process').execSync('command -v nvcc',{shell:'/bin/sh'}).toString().trim())}catch(e){}\")"
+    "lk_nvcc": "<!(node scripts/cuda-path.cjs nvcc)",
+    "lk_cuda_lib": "<!(node scripts/cuda-path.cjs lib)"
   },
   "targets": [
     {
@@ -14,10 +15,10 @@
       "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-Wall", "-Wextra", "-Wno-psabi"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],
       "conditions": [
-        ["lk_nvcc!=''", {
+        ["lk_nvcc!='' and lk_cuda_lib!=''", {
           "sources": ["<@(lk_cuda_sources)"],
           "defines": ["LK_WITH_CUDA"],
-          "libraries": ["-L<!(dirname $(dirname <(lk_nvcc)))/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"],
+          "libraries": ["-L<(lk_cuda_lib)", "-lcudart_static", "-ldl", "-lrt", "-lpthread"],
           "rules": [{
             "rule_name": "nvcc",
             "extension": "cu",

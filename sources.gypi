@@ -4,11 +4,13 @@
       "native/binding.cc",
       "native/storage.cc",
       "native/thread_pool.cc",
-      "native/cpu/attention_cpu.cc"
+      "native/cpu/attention_cpu.cc",
+      "native/cpu/gather_rows_cpu.cc"
     ],
     "lk_cuda_sources": [
       "cuda/runtime.cu",
-      "cuda/attention/masked_attention.cu"
+      "cuda/attention/masked_attention.cu",
+      "cuda/memory/gather_rows.cu"
     ],
     "lk_emu_sources": [
       "cuda/emu/cuda_emu.cc"

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/attention_params.h"
+#include "common/gather_params.h"
 
 namespace lk::cuda {
 
@@ -25,9 +26,13 @@ void release(void* ptr);
 std::string copy_to_device(void* dst, const void* src, size_t bytes);
 std::string copy_to_host(void* dst, const void* src, size_t bytes);
 std::string copy_on_device(void* dst, const void* src, size_t bytes);
+std::string zero(void* ptr, size_t bytes);
 
 // q/k/v/out/lse are device pointers; the layout arrays in p are HOST pointers (uploaded here).
 std::string masked_attention(const AttentionParams& p);
+
+// Row gather / blend behind MemoryBank; the plan arrays in p are HOST pointers (uploaded here).
+std::string gather_rows(const GatherParams& p);
 
 // Head sizes the CUDA kernels are instantiated for (every size of SPEC §3).
 bool head_dim_supported(int dim);

@@ -89,4 +89,8 @@ std::string copy_on_device(void* dst, const void* src, size_t bytes) {
   return bytes ? check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy(device to device)") : "";
 }
 
+std::string zero(void* ptr, size_t bytes) {
+  return bytes ? check(cudaMemset(ptr, 0, bytes), "cudaMemset") : "";
+}
+
 }  // namespace lk::cuda

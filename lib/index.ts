@@ -9,3 +9,5 @@ export { presets, encodeRule } from './rules';
 export type { MaskRule, RuleEntry, RoleName, SegRelation, PresetName } from './rules';
 export type { Layout } from './layout';
 export * as reference from './reference/index';
+export { MemoryBank } from './memory-bank';
+export type { MemoryBankOptions, BankMode, BankOverflow, RoleSelect } from './memory-bank';

@@ -25,9 +25,10 @@ export interface NativeBackends {
 }
 
 export interface NativeAddon {
-  Storage: new (device: 'cpu' | 'cuda', bytes: number) => NativeStorage;
+  Storage: new (device: 'cpu' | 'cuda', bytes: number, zero?: boolean) => NativeStorage;
   backends(): NativeBackends;
   maskedAttention(args: Record<string, unknown>): Promise<void>;
+  gatherRows(args: Record<string, unknown>): Promise<void>;
   toFloat32(bits: Uint16Array, dtype: number): Float32Array;
   fromFloat32(values: Float32Array, dtype: number): Uint16Array;
 }

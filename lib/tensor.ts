@@ -106,9 +106,9 @@ export class Tensor {
   }
 }
 
-function allocate(dtype: DType, shape: number[], device: Device): Tensor {
+function allocate(dtype: DType, shape: number[], device: Device, zero = false): Tensor {
   const size = shape.reduce((a, b) => a * b, 1);
-  const storage = new (native().Storage)(device, size * DTYPE_BYTES[dtype]);
+  const storage = new (native().Storage)(device, size * DTYPE_BYTES[dtype], zero);
   return new Tensor(storage, dtype, shape, device);
 }
 
@@ -166,8 +166,5 @@ export function zeros(shape: readonly number[], options: TensorOptions = {}): Te
   const dims = checkShape(shape);
   const dtype = checkDType(options.dtype ?? 'float32', 'dtype');
   const device = checkDevice(options.device ?? 'cpu', 'device');
-  const t = allocate(dtype, dims, device);
-  const size = dims.reduce((a, b) => a * b, 1);
-  t.storage().write(new Uint8Array(size * DTYPE_BYTES[dtype]));
-  return t;
+  return allocate(dtype, dims, device, true);
 }

@@ -12,6 +12,7 @@
 #include "../cuda/common/attention_params.h"
 #include "../cuda/common/half_convert.h"
 #include "cpu/attention_cpu.h"
+#include "cpu/gather_rows_cpu.h"
 #include "storage.h"
 #include "thread_pool.h"
 
@@ -41,7 +42,8 @@ class Storage : public Napi::ObjectWrap<Storage> {
     return cls;
   }
 
-  // new Storage(device, bytes): allocates; memory is reported to V8 for as long as JS owns it.
+  // new Storage(device, bytes, zero?): allocates (zero-filled when asked); memory is reported to V8
+  // for as long as JS owns it.
   explicit Storage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Storage>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber())
@@ -55,6 +57,10 @@ class Storage : public Napi::ObjectWrap<Storage> {
     std::string error;
     buffer_ = allocate(device, (size_t)bytes, &error);
     if (!buffer_) throw Napi::Error::New(env, error);
+    if (info.Length() > 2 && info[2].ToBoolean().Value()) {
+      error = zero_bytes(device, buffer_->ptr, buffer_->bytes);
+      if (!error.empty()) throw Napi::Error::New(env, error);
+    }
     Napi::MemoryManagement::AdjustExternalMemory(env, (int64_t)buffer_->bytes);
   }
 
@@ -327,6 +333,90 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   return promise;
 }
 
+// gatherRows(args) -> Promise<void>: the MemoryBank row gather / blend (cuda/common/gather_params.h).
+// Every index is checked against its storage here, before any kernel runs.
+Napi::Value GatherRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "gatherRows: expected an argument object");
+  Napi::Object a = info[0].As<Napi::Object>();
+  Napi::Value dev = a.Get("device");
+  Device device;
+  if (!dev.IsString() || !parse_device(dev.As<Napi::String>(), &device)) throw Napi::TypeError::New(env, "device: expected 'cpu' or 'cuda'");
+  auto params = std::make_shared<GatherParams>();
+  GatherParams& p = *params;
+  p.dtype = (DType)IntField(a, "dtype", 0, 2);
+  p.width = IntField(a, "width", 1, INT32_MAX);
+  const size_t row_bytes = (size_t)p.width * DTypeSize(p.dtype);
+
+  Napi::Value srcs = a.Get("sources");
+  if (!srcs.IsArray()) throw Napi::TypeError::New(env, "sources: expected an array of storages");
+  Napi::Array list = srcs.As<Napi::Array>();
+  if (list.Length() < 1 || list.Length() > kMaxGatherSources) throw Napi::RangeError::New(env, "sources: expected 1 to 3 storages");
+  std::vector<BufferRef> keep;
+  for (uint32_t s = 0; s < kMaxGatherSources; ++s) {
+    p.sources[s] = nullptr;
+    p.source_rows[s] = 0;
+    if (s >= list.Length()) continue;
+    BufferRef b = Storage::BufferOf(list.Get(s), "sources");
+    if (b->device != device) throw Napi::TypeError::New(env, "sources: tensor is on another device");
+    p.sources[s] = b->ptr;
+    p.source_rows[s] = (int64_t)(b->bytes / row_bytes);
+    keep.push_back(b);
+  }
+  BufferRef dst = StorageField(a, "dst", device, 0, false);
+  p.dst = dst->ptr;
+  p.dst_rows = (int64_t)(dst->bytes / row_bytes);
+  keep.push_back(dst);
+
+  auto sel = std::make_shared<std::vector<uint8_t>>();
+  auto src_row = std::make_shared<std::vector<int32_t>>();
+  auto dst_row = std::make_shared<std::vector<int32_t>>();
+  auto alpha = std::make_shared<std::vector<float>>();
+  CopyTyped<uint8_t, napi_uint8_array>(a, "srcSel", sel.get(), false);
+  CopyTyped<int32_t, napi_int32_array>(a, "srcRow", src_row.get(), false);
+  CopyTyped<int32_t, napi_int32_array>(a, "dstRow", dst_row.get(), false);
+  Napi::Value al = a.Get("alpha");
+  const bool has_alpha = !al.IsUndefined() && !al.IsNull();
+  if (has_alpha) {
+    if (!al.IsTypedArray() || al.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Napi::TypeError::New(env, "alpha: expected a Float32Array");
+    Napi::Float32Array f = al.As<Napi::Float32Array>();
+    alpha->assign(f.Data(), f.Data() + f.ElementLength());
+  }
+  p.rows = (int64_t)sel->size();
+  if ((int64_t)src_row->size() != p.rows || (int64_t)dst_row->size() != p.rows || (has_alpha && (int64_t)alpha->size() != p.rows))
+    throw Napi::RangeError::New(env, "srcSel/srcRow/dstRow/alpha: expected equal lengths");
+  for (int64_t i = 0; i < p.rows; ++i) {
+    const uint8_t s = (*sel)[i];
+    if (s >= list.Length()) throw Napi::RangeError::New(env, "srcSel: source index out of range");
+    if ((*src_row)[i] < 0 || (*src_row)[i] >= p.source_rows[s]) throw Napi::RangeError::New(env, "srcRow: row out of range");
+    if ((*dst_row)[i] < 0 || (*dst_row)[i] >= p.dst_rows) throw Napi::RangeError::New(env, "dstRow: row out of range");
+  }
+
+  auto* worker = new PromiseWorker(
+      env,
+      [params, sel, src_row, dst_row, alpha, has_alpha, keep, device]() -> std::string {
+        GatherParams run = *params;
+        run.src_sel = sel->data();
+        run.src_row = src_row->data();
+        run.dst_row = dst_row->data();
+        run.alpha = has_alpha ? alpha->data() : nullptr;
+        if (device == Device::kCpu) {
+          cpu::gather_rows(run);
+          return std::string();
+        }
+#ifdef LK_WITH_CUDA
+        return cuda::gather_rows(run);
+#else
+        return "CUDA support was not compiled into this build";
+#endif
+      },
+      nullptr);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
 // ---------------------------------------------------------------- conversions, backends
 
 // toFloat32(Uint16Array bits, dtype) -> Float32Array
@@ -399,6 +489,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Storage", Storage::Init(env));
   exports.Set("backends", Napi::Function::New(env, Backends));
   exports.Set("maskedAttention", Napi::Function::New(env, MaskedAttention));
+  exports.Set("gatherRows", Napi::Function::New(env, GatherRows));
   exports.Set("toFloat32", Napi::Function::New(env, ToFloat32));
   exports.Set("fromFloat32", Napi::Function::New(env, FromFloat32));
   return exports;

@@ -49,6 +49,19 @@ BufferRef allocate(Device device, size_t bytes, std::string* error) {
   return std::make_shared<Buffer>(device, bytes, ptr);
 }
 
+std::string zero_bytes(Device device, void* ptr, size_t bytes) {
+  if (bytes == 0) return std::string();
+  if (device == Device::kCpu) {
+    std::memset(ptr, 0, bytes);
+    return std::string();
+  }
+#ifdef LK_WITH_CUDA
+  return cuda::zero(ptr, bytes);
+#else
+  return "CUDA support was not compiled into this build";
+#endif
+}
+
 std::string copy_bytes(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes) {
   if (bytes == 0) return std::string();
   if (dst_device == Device::kCpu && src_device == Device::kCpu) {

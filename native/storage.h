@@ -26,6 +26,8 @@ using BufferRef = std::shared_ptr<Buffer>;
 // Allocates `bytes` on `device`; on failure returns null and sets *error.
 BufferRef allocate(Device device, size_t bytes, std::string* error);
 // Copies between any two buffers' memory, or host memory (device kCpu), by device kind.
+// Sets `bytes` bytes at ptr (on device) to zero.
+std::string zero_bytes(Device device, void* ptr, size_t bytes);
 std::string copy_bytes(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes);
 
 }  // namespace lk

@@ -13,9 +13,9 @@
 namespace lk::cpu {
 namespace {
 
-constexpr int kBlockM = 64;    // query rows per task
+constexpr int kBlockM = 32;    // query rows per task
 constexpr int kBlockN = 64;    // keys per block of the key loop
-constexpr int kMaxRows = 72;   // kBlockM rounded up to any micro-kernel's row count
+constexpr int kMaxRows = 36;   // kBlockM rounded up to any micro-kernel's row count
 constexpr int kMaxCols = 256;  // value_dim rounded up to any micro-kernel's column count
 constexpr float kNegInf = -INFINITY;
 
@@ -238,13 +238,26 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
       std::memcpy(sc.keys, full_keys, sizeof(int) * pending);
       continue;
     }
+    // Classify per key role first: a role whose keys are all masked (or all allowed) needs no
+    // per-key test, which keeps sparse rules such as PerSRec's cheap to walk.
+    int role_class[kNumRoles] = {kTileSkip, kTileSkip, kTileSkip};
+    for (int rk = 0; rk < kNumRoles; ++rk) {
+      if (!(kb.sum.role_mask & (1u << rk))) continue;
+      TileBounds role_only = kb;
+      role_only.sum.role_mask = 1u << rk;
+      role_class[rk] = classify_tile(p.rule, t.qb, role_only);
+    }
     for (int j = 0; j < cols; ++j) {
       const int64_t ki = t.k_start + col0 + j;
-      TileBounds one;
-      one.sum.seg_min = one.sum.seg_max = kseg ? kseg[ki] : 0;
-      one.sum.role_mask = 1u << (krole ? krole[ki] : 0);
-      one.pos_lo = one.pos_hi = col0 + j;
-      if (classify_tile(p.rule, t.qb, one) == kTileSkip) continue;
+      const int rk = krole ? krole[ki] : 0;
+      if (role_class[rk] == kTileSkip) continue;
+      if (role_class[rk] == kTilePartial) {
+        TileBounds one;
+        one.sum.seg_min = one.sum.seg_max = kseg ? kseg[ki] : 0;
+        one.sum.role_mask = 1u << rk;
+        one.pos_lo = one.pos_hi = col0 + j;
+        if (classify_tile(p.rule, t.qb, one) == kTileSkip) continue;
+      }
       sc.keys[pending++] = col0 + j;
       if (pending == kBlockN) {
         attend_keys<Shape>(t, pending, true);

@@ -1,0 +1,383 @@
+// MemoryBank (SPEC §4): per-user Preference Memory (Rec2PM) or per-layer K/V memory (PerSRec) of
+// `slots` tokens of `width` elements. Every op is planned here as one row gather / blend over the
+// bank's native storage and runs as one kernel launch for the whole batch of users. Ops on one bank
+// run in call order; every check happens before the kernel, so a rejected call changes nothing.
+import { promises as fsp } from 'fs';
+import * as path from 'path';
+import { native, NativeStorage } from './native';
+import { DTYPE_CODE, DType, Device, Tensor, emptyTensor } from './tensor';
+import { checkLayout, checkTensor, Layout } from './layout';
+import { cudaDisabledReason } from './backends';
+import { crc32 } from './crc32';
+
+export type BankMode = 'overwrite' | 'append';
+export type BankOverflow = 'error' | 'evict-oldest';
+
+export interface MemoryBankOptions {
+  users: number;
+  slots: number;
+  width: number;
+  dtype?: Exclude<DType, 'int32'>;
+  device?: Device;
+  mode: BankMode;
+  overflow?: BankOverflow;
+}
+
+export type RoleSelect = 'item' | 'memory' | 'target' | { role: 'item' | 'memory' | 'target'; last: number };
+
+const ROLE_CODE = { item: 0, memory: 1, target: 2 } as const;
+const BYTES: Record<string, number> = { float32: 4, float16: 2, bfloat16: 2 };
+
+function checkCount(v: unknown, name: string, min: number, max = 2 ** 31 - 1): number {
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw new TypeError(`${name}: expected an integer, got ${String(v)}`);
+  if (v < min || v > max) throw new RangeError(`${name}: expected an integer in [${min}, ${max}], got ${v}`);
+  return v;
+}
+
+/** One gather call: row i writes dst[dstRow[i]] from sources[srcSel[i]][srcRow[i]]. */
+class GatherPlan {
+  srcSel: number[] = [];
+  srcRow: number[] = [];
+  dstRow: number[] = [];
+  alpha: number[] = [];
+  blended = false;
+  add(sel: number, src: number, dst: number, alpha = 1) {
+    this.srcSel.push(sel);
+    this.srcRow.push(src);
+    this.dstRow.push(dst);
+    this.alpha.push(alpha);
+    if (alpha !== 1) this.blended = true;
+  }
+  get rows() { return this.dstRow.length; }
+}
+
+export class MemoryBank {
+  readonly users: number;
+  readonly slots: number;
+  readonly width: number;
+  readonly dtype: Exclude<DType, 'int32'>;
+  readonly device: Device;
+  readonly mode: BankMode;
+  readonly overflow: BankOverflow;
+  #storage: NativeStorage | undefined;  // [users * slots, width]
+  #lengths: Int32Array;                 // tokens held per user
+  #heads: Int32Array;                   // slot of each user's oldest token (ring buffer start)
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor(options: MemoryBankOptions) {
+    if (options === null || typeof options !== 'object') throw new TypeError('options: expected { users, slots, width, mode, ... }');
+    this.users = checkCount(options.users, 'users', 1);
+    this.slots = checkCount(options.slots, 'slots', 1);
+    this.width = checkCount(options.width, 'width', 1);
+    const dtype = options.dtype ?? 'float32';
+    if (!(dtype in BYTES)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
+    this.dtype = dtype;
+    const device = options.device ?? 'cpu';
+    if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`device: expected 'cpu' or 'cuda', got ${String(device)}`);
+    if (device === 'cuda') {
+      const reason = cudaDisabledReason();
+      if (reason) throw new Error(`device: CUDA is not available: ${reason}`);
+    }
+    this.device = device;
+    if (options.mode !== 'overwrite' && options.mode !== 'append') throw new TypeError(`mode: expected 'overwrite' or 'append', got ${String(options.mode)}`);
+    this.mode = options.mode;
+    const overflow = options.overflow ?? 'error';
+    if (overflow !== 'error' && overflow !== 'evict-oldest') throw new TypeError(`overflow: expected 'error' or 'evict-oldest', got ${String(overflow)}`);
+    this.overflow = overflow;
+    const rows = this.users * this.slots;
+    if (rows > 2 ** 31 - 1) throw new RangeError(`users * slots: at most 2^31 - 1 rows, got ${rows}`);
+    const bytes = rows * this.width * BYTES[dtype];
+    this.#storage = new (native().Storage)(device, bytes, true);
+    this.#lengths = new Int32Array(this.users);
+    this.#heads = new Int32Array(this.users);
+  }
+
+  get disposed(): boolean { return this.#storage === undefined; }
+
+  /** Bytes of token storage per user (slots x width x element size). */
+  get bytesPerUser(): number { return this.slots * this.width * BYTES[this.dtype]; }
+
+  dispose(): void {
+    this.#storage?.dispose();
+    this.#storage = undefined;
+  }
+
+  [Symbol.dispose](): void { this.dispose(); }
+
+  #live(): NativeStorage {
+    if (!this.#storage) throw new Error('memory bank is disposed');
+    return this.#storage;
+  }
+
+  // Runs `op` after every earlier op on this bank; a failure does not block later ones.
+  #enqueue<T>(op: () => Promise<T> | T): Promise<T> {
+    const run = this.#queue.then(() => op());
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  #userIds(userIds: unknown, name = 'userIds'): Int32Array {
+    if (!(userIds instanceof Int32Array)) throw new TypeError(`${name}: expected an Int32Array`);
+    const seen = new Set<number>();
+    for (let i = 0; i < userIds.length; i++) {
+      const u = userIds[i];
+      if (u < 0 || u >= this.users) throw new RangeError(`${name}: user id ${u} at ${i} is out of range [0, ${this.users})`);
+      if (seen.has(u)) throw new RangeError(`${name}: duplicate user id ${u} (at ${i}) in one call`);
+      seen.add(u);
+    }
+    return userIds.slice();
+  }
+
+  #checkTokens(t: unknown, name: string): Tensor {
+    const x = checkTensor(t, name, 2, ['float32', 'float16', 'bfloat16']);
+    if (x.dtype !== this.dtype) throw new TypeError(`${name}: dtype ${x.dtype} differs from the bank's ${this.dtype}`);
+    if (x.device !== this.device) throw new TypeError(`${name}: on ${x.device} but the bank is on ${this.device}`);
+    if (x.shape[1] !== this.width) throw new RangeError(`${name}: width ${x.shape[1]} differs from the bank's ${this.width}`);
+    return x;
+  }
+
+  /** Current token counts, for all users or the given ones (after every op that has completed). */
+  lengths(userIds?: Int32Array): Int32Array {
+    this.#live();
+    if (userIds === undefined) return this.#lengths.slice();
+    if (!(userIds instanceof Int32Array)) throw new TypeError('userIds: expected an Int32Array');
+    return userIds.map((u, i) => {
+      if (u < 0 || u >= this.users) throw new RangeError(`userIds: user id ${u} at ${i} is out of range [0, ${this.users})`);
+      return this.#lengths[u];
+    });
+  }
+
+  /**
+   * Writes `counts[i]` tokens (rows of `tokens`, user after user) into user `userIds[i]`'s memory:
+   * replacing it (overwrite, optionally blended) or after it (append).
+   */
+  update(userIds: Int32Array, tokens: Tensor, counts: Int32Array, options: { blend?: number } = {}): Promise<void> {
+    return this.#enqueue(async () => {
+      const ids = this.#userIds(userIds);
+      const src = this.#checkTokens(tokens, 'tokens');
+      if (!(counts instanceof Int32Array)) throw new TypeError('counts: expected an Int32Array');
+      if (counts.length !== ids.length) throw new RangeError(`counts: expected ${ids.length} entries (one per user), got ${counts.length}`);
+      let total = 0;
+      const rowStart = new Int32Array(ids.length);
+      for (let i = 0; i < counts.length; i++) {
+        rowStart[i] = total;
+        total += counts[i];
+      }
+      if (total !== src.shape[0]) throw new RangeError(`tokens: expected ${total} rows (the sum of counts), got ${src.shape[0]}`);
+      await this.#write(ids, counts, (i, r) => rowStart[i] + r, src, options, 'counts');
+    });
+  }
+
+  /**
+   * The same update, taking each user's tokens straight out of a model's packed output: the rows of
+   * sequence i whose role is `select`, or only the last n of them with `{ role, last: n }`.
+   */
+  updateFrom(userIds: Int32Array, hidden: Tensor, layout: Layout, select: RoleSelect = 'memory', options: { blend?: number } = {}): Promise<void> {
+    return this.#enqueue(async () => {
+      const ids = this.#userIds(userIds);
+      const src = this.#checkTokens(hidden, 'hidden');
+      const lay = checkLayout(layout, src.shape[0], 'layout');
+      if (lay.batch !== ids.length) throw new RangeError(`layout: ${lay.batch} sequences for ${ids.length} users`);
+      let role: number, last = Infinity;
+      if (typeof select === 'string' && select in ROLE_CODE) role = ROLE_CODE[select];
+      else if (select !== null && typeof select === 'object' && (select.role as string) in ROLE_CODE) {
+        role = ROLE_CODE[select.role];
+        last = checkCount(select.last, 'select.last', 1);
+      } else throw new TypeError(`select: expected 'item', 'memory', 'target' or { role, last }`);
+      const rows: number[][] = [];
+      const counts = new Int32Array(ids.length);
+      for (let b = 0; b < lay.batch; b++) {
+        const picked: number[] = [];
+        for (let t = lay.offsets[b]; t < lay.offsets[b + 1]; t++) if ((lay.roles ? lay.roles[t] : 0) === role) picked.push(t);
+        rows.push(picked.length > last ? picked.slice(picked.length - last) : picked);
+        counts[b] = rows[b].length;
+      }
+      await this.#write(ids, counts, (i, r) => rows[i][r], src, options, 'select');
+    });
+  }
+
+  // Plans and runs one update; every check precedes the kernel.
+  async #write(ids: Int32Array, counts: Int32Array, srcRowOf: (i: number, r: number) => number, src: Tensor,
+    options: { blend?: number }, countName: string): Promise<void> {
+    const storage = this.#live();
+    if (options === null || typeof options !== 'object') throw new TypeError('options: expected { blend? }');
+    const blend = options.blend;
+    if (blend !== undefined) {
+      if (typeof blend !== 'number') throw new TypeError('options.blend: expected a number');
+      if (!(blend > 0 && blend <= 1)) throw new RangeError(`options.blend: expected a number in (0, 1], got ${blend}`);
+      if (this.mode !== 'overwrite') throw new RangeError("options.blend: only a mode 'overwrite' bank blends");
+    }
+    for (let i = 0; i < ids.length; i++) {
+      if (counts[i] < 0 || counts[i] > this.slots)
+        throw new RangeError(`${countName}: user ${ids[i]} gets ${counts[i]} tokens, expected 0 to ${this.slots} (slots)`);
+      if (this.mode === 'append' && this.overflow === 'error' && this.#lengths[ids[i]] + counts[i] > this.slots)
+        throw new RangeError(`${countName}: user ${ids[i]} holds ${this.#lengths[ids[i]]} tokens and ${counts[i]} more overflow ${this.slots} slots (overflow: 'error')`);
+    }
+    const plan = new GatherPlan();
+    const lengths = this.#lengths.slice(), heads = this.#heads.slice();
+    for (let i = 0; i < ids.length; i++) {
+      const u = ids[i], c = counts[i], len = lengths[u], head = heads[u], base = u * this.slots;
+      if (this.mode === 'overwrite') {
+        const blended = blend !== undefined && len === c && c > 0;
+        for (let r = 0; r < c; r++) {
+          // A blend mixes token r into old token r where it lies; a plain overwrite restarts the ring.
+          const slot = blended ? (head + r) % this.slots : r;
+          plan.add(0, srcRowOf(i, r), base + slot, blended ? blend : 1);
+        }
+        lengths[u] = c;
+        if (!blended) heads[u] = 0;
+      } else {
+        for (let r = 0; r < c; r++) plan.add(0, srcRowOf(i, r), base + ((head + len + r) % this.slots));
+        const drop = Math.max(0, len + c - this.slots);  // evict-oldest: the oldest tokens fall out
+        heads[u] = (head + drop) % this.slots;
+        lengths[u] = len + c - drop;
+      }
+    }
+    await this.#gather([src.storage()], storage, plan);
+    this.#lengths = lengths;
+    this.#heads = heads;
+  }
+
+  #gather(sources: NativeStorage[], dst: NativeStorage, plan: GatherPlan): Promise<void> {
+    return native().gatherRows({
+      device: this.device, dtype: DTYPE_CODE[this.dtype], width: this.width, sources, dst,
+      srcSel: Uint8Array.from(plan.srcSel), srcRow: Int32Array.from(plan.srcRow), dstRow: Int32Array.from(plan.dstRow),
+      alpha: plan.blended ? Float32Array.from(plan.alpha) : undefined,
+    });
+  }
+
+  /** The users' memories, oldest token first, packed: `tokens: [Σ len, width]` with `offsets`. */
+  read(userIds: Int32Array): Promise<{ tokens: Tensor; offsets: Int32Array }> {
+    return this.#enqueue(async () => {
+      const ids = this.#userIds(userIds);
+      const storage = this.#live();
+      const offsets = new Int32Array(ids.length + 1);
+      const plan = new GatherPlan();
+      ids.forEach((u, i) => {
+        for (let r = 0; r < this.#lengths[u]; r++) plan.add(0, u * this.slots + ((this.#heads[u] + r) % this.slots), offsets[i] + r);
+        offsets[i + 1] = offsets[i] + this.#lengths[u];
+      });
+      const tokens = emptyTensor(this.dtype, [offsets[ids.length], this.width], this.device);
+      try {
+        await this.#gather([storage], tokens.storage(), plan);
+      } catch (e) {
+        tokens.dispose();
+        throw e;
+      }
+      return { tokens, offsets };
+    });
+  }
+
+  /**
+   * One fused gather building, per user, `[its memory; its new items; the C query tokens]`, with
+   * segments (one per user block) and roles (memory 1, items 0, queries 1) such that
+   * `maskedAttention(..., { q: layout, rule: 'rec2pm-update' })` runs on it directly.
+   */
+  assemble(userIds: Int32Array, items: Tensor, itemOffsets: Int32Array, queries: Tensor): Promise<{ hidden: Tensor; layout: Required<Layout> }> {
+    return this.#enqueue(async () => {
+      const ids = this.#userIds(userIds);
+      const storage = this.#live();
+      const it = this.#checkTokens(items, 'items');
+      const qs = this.#checkTokens(queries, 'queries');
+      const itemLayout = checkLayout({ offsets: itemOffsets }, it.shape[0], 'itemOffsets');
+      if (itemLayout.batch !== ids.length) throw new RangeError(`itemOffsets: ${itemLayout.batch} sequences for ${ids.length} users`);
+      const C = qs.shape[0];
+      const offsets = new Int32Array(ids.length + 1);
+      const plan = new GatherPlan();
+      const roles: number[] = [];
+      ids.forEach((u, i) => {
+        let row = offsets[i];
+        for (let r = 0; r < this.#lengths[u]; r++, row++) { plan.add(0, u * this.slots + ((this.#heads[u] + r) % this.slots), row); roles.push(1); }
+        for (let t = itemOffsets[i]; t < itemOffsets[i + 1]; t++, row++) { plan.add(1, t, row); roles.push(0); }
+        for (let c = 0; c < C; c++, row++) { plan.add(2, c, row); roles.push(1); }
+        offsets[i + 1] = row;
+      });
+      const T = offsets[ids.length];
+      const hidden = emptyTensor(this.dtype, [T, this.width], this.device);
+      try {
+        await this.#gather([storage, it.storage(), qs.storage()], hidden.storage(), plan);
+      } catch (e) {
+        hidden.dispose();
+        throw e;
+      }
+      return { hidden, layout: { offsets, segments: new Int32Array(T), roles: Uint8Array.from(roles) } };
+    });
+  }
+
+  /** Empties the given users' memories (in call order with the other ops). */
+  reset(userIds: Int32Array): Promise<void> {
+    const ids = this.#userIds(userIds);
+    return this.#enqueue(() => {
+      this.#live();
+      for (const u of ids) { this.#lengths[u] = 0; this.#heads[u] = 0; }
+    });
+  }
+
+  /**
+   * Saves the bank (format in README, "MemoryBank file format"): written to a temporary file in the
+   * same folder, flushed, then renamed over `file`, so a crash never destroys the previous file.
+   */
+  save(file: string): Promise<void> {
+    return this.#enqueue(async () => {
+      const raw = new Uint8Array(await this.#live().read());
+      const header = Buffer.alloc(HEADER_BYTES);
+      MAGIC.copy(header, 0);
+      header.writeUInt32LE(FORMAT_VERSION, 8);
+      header.writeUInt32LE(this.users, 12);
+      header.writeUInt32LE(this.slots, 16);
+      header.writeUInt32LE(this.width, 20);
+      header.writeUInt8(DTYPE_CODE[this.dtype], 24);
+      header.writeUInt8(this.mode === 'overwrite' ? 0 : 1, 25);
+      header.writeUInt8(this.overflow === 'error' ? 0 : 1, 26);
+      const parts = [header, Buffer.from(this.#lengths.buffer, this.#lengths.byteOffset, this.#lengths.byteLength),
+        Buffer.from(this.#heads.buffer, this.#heads.byteOffset, this.#heads.byteLength), Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength)];
+      let crc = 0;
+      for (const p of parts) crc = crc32(p, crc);
+      const trailer = Buffer.alloc(4);
+      trailer.writeUInt32LE(crc >>> 0, 0);
+      const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
+      const fh = await fsp.open(tmp, 'w');
+      try {
+        for (const p of [...parts, trailer]) await fh.write(p);
+        await fh.sync();
+      } catch (e) {
+        await fh.close();
+        await fsp.rm(tmp, { force: true });
+        throw e;
+      }
+      await fh.close();
+      await fsp.rename(tmp, file);
+    });
+  }
+
+  /** Loads a bank saved by `save`; a truncated, corrupt or other-version file is an Error. */
+  static async load(file: string, options: { device?: Device } = {}): Promise<MemoryBank> {
+    const buf = await fsp.readFile(file);
+    const fail = (why: string) => new Error(`MemoryBank.load(${file}): ${why}`);
+    if (buf.length < HEADER_BYTES + 4 || !buf.subarray(0, 8).equals(MAGIC)) throw fail('not a lifelong-kernels memory bank file');
+    const version = buf.readUInt32LE(8);
+    if (version !== FORMAT_VERSION) throw fail(`format version ${version} is not supported (this build reads version ${FORMAT_VERSION})`);
+    const users = buf.readUInt32LE(12), slots = buf.readUInt32LE(16), width = buf.readUInt32LE(20);
+    const dtype = (['float32', 'float16', 'bfloat16'] as const)[buf.readUInt8(24)];
+    if (!dtype || users < 1 || slots < 1 || width < 1) throw fail('corrupt header');
+    const dataBytes = users * slots * width * BYTES[dtype];
+    const expected = HEADER_BYTES + 8 * users + dataBytes + 4;
+    if (buf.length !== expected) throw fail(`expected ${expected} bytes, found ${buf.length} (truncated or corrupt)`);
+    const stored = buf.readUInt32LE(expected - 4);
+    if ((crc32(buf.subarray(0, expected - 4), 0) >>> 0) !== stored) throw fail('checksum mismatch (corrupt file)');
+    const bank = new MemoryBank({ users, slots, width, dtype, device: options.device ?? 'cpu',
+      mode: buf.readUInt8(25) === 0 ? 'overwrite' : 'append', overflow: buf.readUInt8(26) === 0 ? 'error' : 'evict-oldest' });
+    const lengths = new Int32Array(buf.buffer.slice(buf.byteOffset + HEADER_BYTES, buf.byteOffset + HEADER_BYTES + 4 * users));
+    const heads = new Int32Array(buf.buffer.slice(buf.byteOffset + HEADER_BYTES + 4 * users, buf.byteOffset + HEADER_BYTES + 8 * users));
+    for (let u = 0; u < users; u++)
+      if (lengths[u] < 0 || lengths[u] > slots || heads[u] < 0 || heads[u] >= slots) { bank.dispose(); throw fail('corrupt lengths'); }
+    bank.#lengths = lengths;
+    bank.#heads = heads;
+    bank.#live().write(buf.subarray(HEADER_BYTES + 8 * users, expected - 4));
+    return bank;
+  }
+}
+
+const MAGIC = Buffer.from('LKMEMBNK', 'latin1');
+const FORMAT_VERSION = 1;
+const HEADER_BYTES = 32;
