@@ -5,12 +5,14 @@
       "native/storage.cc",
       "native/thread_pool.cc",
       "native/cpu/attention_cpu.cc",
-      "native/cpu/gather_rows_cpu.cc"
+      "native/cpu/gather_rows_cpu.cc",
+      "native/cpu/sparse_cpu.cc"
     ],
     "lk_cuda_sources": [
       "cuda/runtime.cu",
       "cuda/attention/masked_attention.cu",
-      "cuda/memory/gather_rows.cu"
+      "cuda/memory/gather_rows.cu",
+      "cuda/sparse/sparse.cu"
     ],
     "lk_emu_sources": [
       "cuda/emu/cuda_emu.cc"

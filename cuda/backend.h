@@ -8,6 +8,7 @@
 
 #include "common/attention_params.h"
 #include "common/gather_params.h"
+#include "common/sparse_params.h"
 
 namespace lk::cuda {
 
@@ -33,6 +34,13 @@ std::string masked_attention(const AttentionParams& p);
 
 // Row gather / blend behind MemoryBank; the plan arrays in p are HOST pointers (uploaded here).
 std::string gather_rows(const GatherParams& p);
+
+// Indexer-selected sparse attention (SPEC §5). Tensor pointers are device pointers; offsets and
+// (for sparse_attention) indices are HOST pointers, uploaded here.
+std::string indexer_scores(const IndexerParams& p);
+std::string top_k(const TopKParams& p);  // p.lengths is a HOST pointer
+std::string sparse_attention(const SparseParams& p);
+std::string indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp);
 
 // Head sizes the CUDA kernels are instantiated for (every size of SPEC §3).
 bool head_dim_supported(int dim);

@@ -11,3 +11,5 @@ export type { Layout } from './layout';
 export * as reference from './reference/index';
 export { MemoryBank } from './memory-bank';
 export type { MemoryBankOptions, BankMode, BankOverflow, RoleSelect } from './memory-bank';
+export { indexerScores, topK, sparseAttention, indexedCrossAttention } from './sparse';
+export type { SparseLayout, IndexedCrossAttentionOptions } from './sparse';

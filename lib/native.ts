@@ -29,7 +29,12 @@ export interface NativeAddon {
   backends(): NativeBackends;
   maskedAttention(args: Record<string, unknown>): Promise<void>;
   gatherRows(args: Record<string, unknown>): Promise<void>;
+  indexerScores(args: Record<string, unknown>): Promise<void>;
+  topK(args: Record<string, unknown>): Promise<void>;
+  sparseAttention(args: Record<string, unknown>): Promise<void>;
+  indexedCrossAttention(args: Record<string, unknown>): Promise<void>;
   toFloat32(bits: Uint16Array, dtype: number): Float32Array;
+  externalMemory(): number;
   fromFloat32(values: Float32Array, dtype: number): Uint16Array;
 }
 

@@ -3,7 +3,9 @@
 // last line that guarantees no input can make a kernel read or write out of bounds.
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -13,6 +15,7 @@
 #include "../cuda/common/half_convert.h"
 #include "cpu/attention_cpu.h"
 #include "cpu/gather_rows_cpu.h"
+#include "cpu/sparse_cpu.h"
 #include "storage.h"
 #include "thread_pool.h"
 
@@ -417,6 +420,207 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   return promise;
 }
 
+// Offsets of `batch` sequences over `tokens` rows (validated; an owned copy).
+std::shared_ptr<std::vector<int32_t>> ReadOffsets(const Napi::Object& a, const char* name, int64_t tokens, int* batch, int* max_len) {
+  auto off = std::make_shared<std::vector<int32_t>>();
+  CopyTyped<int32_t, napi_int32_array>(a, name, off.get(), false);
+  Napi::Env env = a.Env();
+  if (off->empty() || (*off)[0] != 0 || off->back() != tokens)
+    throw Napi::RangeError::New(env, std::string(name) + ": expected offsets from 0 to " + std::to_string(tokens));
+  *batch = (int)off->size() - 1;
+  *max_len = 0;
+  for (int b = 0; b < *batch; ++b) {
+    if ((*off)[b + 1] < (*off)[b]) throw Napi::RangeError::New(env, std::string(name) + ": offsets must be nondecreasing");
+    *max_len = std::max(*max_len, (*off)[b + 1] - (*off)[b]);
+  }
+  return off;
+}
+
+Napi::Value Settle(Napi::Env env, std::function<std::string()> work) {
+  auto* worker = new PromiseWorker(env, std::move(work), nullptr);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Device DeviceArg(const Napi::Object& a) {
+  Napi::Value dev = a.Get("device");
+  Device device;
+  if (!dev.IsString() || !parse_device(dev.As<Napi::String>(), &device)) throw Napi::TypeError::New(a.Env(), "device: expected 'cpu' or 'cuda'");
+  return device;
+}
+
+#ifdef LK_WITH_CUDA
+#define LK_ON_DEVICE(device, cpu_call, cuda_call) \
+  if ((device) == Device::kCpu) { cpu_call; return std::string(); } \
+  return cuda_call;
+#else
+#define LK_ON_DEVICE(device, cpu_call, cuda_call) \
+  if ((device) == Device::kCpu) { cpu_call; return std::string(); } \
+  return std::string("CUDA support was not compiled into this build");
+#endif
+
+struct IndexerArgs {
+  IndexerParams p;
+  std::shared_ptr<std::vector<int32_t>> q_off, k_off;
+  std::vector<BufferRef> keep;
+};
+
+IndexerArgs ReadIndexer(const Napi::Object& a, Device device) {
+  IndexerArgs r;
+  IndexerParams& p = r.p;
+  p.dtype = (DType)IntField(a, "dtype", 0, 2);
+  p.nq = IntField(a, "nq", 0, INT32_MAX);
+  p.tk = IntField(a, "tk", 0, INT32_MAX);
+  p.heads = (int)IntField(a, "indexerHeads", 1, 65535);
+  p.dim = (int)IntField(a, "indexerDim", 1, 4096);
+  int qb, kb, qmax;
+  r.q_off = ReadOffsets(a, "qOffsets", p.nq, &qb, &qmax);
+  r.k_off = ReadOffsets(a, "kOffsets", p.tk, &kb, &p.max_len);
+  if (qb != kb) throw Napi::RangeError::New(a.Env(), "kOffsets: batch differs from qOffsets'");
+  p.batch = qb;
+  const size_t es = DTypeSize(p.dtype);
+  BufferRef q = StorageField(a, "qI", device, (size_t)p.nq * p.heads * p.dim * es, false);
+  BufferRef k = StorageField(a, "kI", device, (size_t)p.tk * p.dim * es, false);
+  BufferRef w = StorageField(a, "w", device, (size_t)p.nq * p.heads * es, false);
+  p.q = q->ptr; p.k = k->ptr; p.w = w->ptr;
+  p.q_offsets = r.q_off->data();
+  p.k_offsets = r.k_off->data();
+  p.scores = nullptr;
+  r.keep = {q, k, w};
+  return r;
+}
+
+struct SparseArgs {
+  SparseParams p;
+  std::shared_ptr<std::vector<int32_t>> q_off, k_off;
+  std::vector<BufferRef> keep;
+};
+
+SparseArgs ReadSparse(const Napi::Object& a, Device device) {
+  SparseArgs r;
+  SparseParams& p = r.p;
+  p.dtype = (DType)IntField(a, "dtype", 0, 2);
+  p.nq = IntField(a, "nq", 0, INT32_MAX);
+  p.tk = IntField(a, "tk", 0, INT32_MAX);
+  p.heads = (int)IntField(a, "heads", 1, 65535);
+  p.kv_heads = (int)IntField(a, "kvHeads", 1, 65535);
+  p.head_dim = (int)IntField(a, "headDim", 1, 256);
+  p.value_dim = (int)IntField(a, "valueDim", 1, 256);
+  p.top_k = (int)IntField(a, "topK", 1, 1 << 20);
+  if (p.heads % p.kv_heads != 0) throw Napi::RangeError::New(a.Env(), "kvHeads: must divide heads");
+  p.scale = (float)NumberField(a, "scale");
+  int qb, kb, qmax, kmax;
+  r.q_off = ReadOffsets(a, "qOffsets", p.nq, &qb, &qmax);
+  r.k_off = ReadOffsets(a, "kOffsets", p.tk, &kb, &kmax);
+  if (qb != kb) throw Napi::RangeError::New(a.Env(), "kOffsets: batch differs from qOffsets'");
+  p.batch = qb;
+  const size_t es = DTypeSize(p.dtype);
+  BufferRef q = StorageField(a, "q", device, (size_t)p.nq * p.heads * p.head_dim * es, false);
+  BufferRef k = StorageField(a, "k", device, (size_t)p.tk * p.kv_heads * p.head_dim * es, false);
+  BufferRef v = StorageField(a, "v", device, (size_t)p.tk * p.kv_heads * p.value_dim * es, false);
+  BufferRef out = StorageField(a, "out", device, (size_t)p.nq * p.heads * p.value_dim * es, false);
+  BufferRef lse = StorageField(a, "lse", device, (size_t)p.nq * p.heads * 4, true);
+  p.q = q->ptr; p.k = k->ptr; p.v = v->ptr; p.out = out->ptr;
+  p.lse = lse ? static_cast<float*>(lse->ptr) : nullptr;
+  p.q_offsets = r.q_off->data();
+  p.k_offsets = r.k_off->data();
+  p.indices = nullptr;
+  r.keep = {q, k, v, out};
+  if (lse) r.keep.push_back(lse);
+  return r;
+}
+
+// indexerScores(args) -> Promise<void>, writing args.scores [nq, maxLen].
+Napi::Value IndexerScores(const Napi::CallbackInfo& info) {
+  Napi::Object a = info[0].As<Napi::Object>();
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
+  BufferRef scores = StorageField(a, "scores", device, (size_t)args->p.nq * args->p.max_len * 4, false);
+  args->p.scores = static_cast<float*>(scores->ptr);
+  return Settle(info.Env(), [args, scores, device]() -> std::string {
+    LK_ON_DEVICE(device, cpu::indexer_scores(args->p), cuda::indexer_scores(args->p))
+  });
+}
+
+// topK(args) -> Promise<void>, writing args.indices / args.values [rows, k].
+Napi::Value TopK(const Napi::CallbackInfo& info) {
+  Napi::Object a = info[0].As<Napi::Object>();
+  const Device device = DeviceArg(a);
+  auto p = std::make_shared<TopKParams>();
+  p->rows = IntField(a, "rows", 0, INT32_MAX);
+  p->cols = (int)IntField(a, "cols", 0, INT32_MAX);
+  p->k = (int)IntField(a, "k", 1, 1 << 20);
+  BufferRef scores = StorageField(a, "scores", device, (size_t)p->rows * p->cols * 4, false);
+  BufferRef indices = StorageField(a, "indices", device, (size_t)p->rows * p->k * 4, false);
+  BufferRef values = StorageField(a, "values", device, (size_t)p->rows * p->k * 4, false);
+  auto lengths = std::make_shared<std::vector<int32_t>>();
+  const bool has_lengths = CopyTyped<int32_t, napi_int32_array>(a, "lengths", lengths.get(), true);
+  if (has_lengths && (int64_t)lengths->size() != p->rows) throw Napi::RangeError::New(info.Env(), "lengths: expected one entry per row");
+  p->scores = static_cast<const float*>(scores->ptr);
+  p->indices = static_cast<int32_t*>(indices->ptr);
+  p->values = static_cast<float*>(values->ptr);
+  return Settle(info.Env(), [p, lengths, has_lengths, scores, indices, values, device]() -> std::string {
+    TopKParams run = *p;
+    run.lengths = has_lengths ? lengths->data() : nullptr;
+    LK_ON_DEVICE(device, cpu::top_k(run), cuda::top_k(run))
+  });
+}
+
+// Checks every index against its query's key count before any kernel runs (SPEC §5).
+void CheckIndices(Napi::Env env, const std::vector<int32_t>& idx, const SparseParams& p) {
+  for (int64_t i = 0; i < p.nq; ++i) {
+    int b = 0;
+    while (b + 1 < p.batch && p.q_offsets[b + 1] <= i) ++b;
+    const int len = p.k_offsets[b + 1] - p.k_offsets[b];
+    for (int j = 0; j < p.top_k; ++j) {
+      const int32_t x = idx[(size_t)i * p.top_k + j];
+      if (x < -1 || x >= len)
+        throw Napi::RangeError::New(env, "indices: entry [" + std::to_string(i) + ", " + std::to_string(j) + "] = " + std::to_string(x) +
+                                             " is outside [-1, " + std::to_string(len) + ") for its query's key sequence");
+    }
+  }
+}
+
+// sparseAttention(args) -> Promise<void>; args.indices is an Int32Array [nq, topK] on the host.
+Napi::Value SparseAttention(const Napi::CallbackInfo& info) {
+  Napi::Object a = info[0].As<Napi::Object>();
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<SparseArgs>(ReadSparse(a, device));
+  auto idx = std::make_shared<std::vector<int32_t>>();
+  CopyTyped<int32_t, napi_int32_array>(a, "indices", idx.get(), false);
+  if ((int64_t)idx->size() != args->p.nq * args->p.top_k) throw Napi::RangeError::New(info.Env(), "indices: expected nq x topK entries");
+  CheckIndices(info.Env(), *idx, args->p);
+  return Settle(info.Env(), [args, idx, device]() -> std::string {
+    SparseParams run = args->p;
+    run.indices = idx->data();
+    LK_ON_DEVICE(device, cpu::sparse_attention(run), cuda::sparse_attention(run))
+  });
+}
+
+// indexedCrossAttention(args) -> Promise<void>: indexer + top-k + sparse attention in one call,
+// writing args.out (and args.indices / args.values of the choice).
+Napi::Value IndexedCrossAttention(const Napi::CallbackInfo& info) {
+  Napi::Object a = info[0].As<Napi::Object>();
+  const Device device = DeviceArg(a);
+  auto ia = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
+  auto sa = std::make_shared<SparseArgs>(ReadSparse(a, device));
+  if (ia->p.nq != sa->p.nq || ia->p.tk != sa->p.tk) throw Napi::RangeError::New(info.Env(), "indexer: q / k rows must match the attention's");
+  auto tp = std::make_shared<TopKParams>();
+  tp->rows = sa->p.nq;
+  tp->cols = ia->p.max_len;
+  tp->k = sa->p.top_k;
+  tp->lengths = nullptr;
+  tp->scores = nullptr;
+  BufferRef indices = StorageField(a, "indices", device, (size_t)tp->rows * tp->k * 4, false);
+  BufferRef values = StorageField(a, "values", device, (size_t)tp->rows * tp->k * 4, false);
+  tp->indices = static_cast<int32_t*>(indices->ptr);
+  tp->values = static_cast<float*>(values->ptr);
+  return Settle(info.Env(), [ia, sa, tp, indices, values, device]() -> std::string {
+    LK_ON_DEVICE(device, cpu::indexed_cross_attention(ia->p, *tp, sa->p), cuda::indexed_cross_attention(ia->p, *tp, sa->p))
+  });
+}
+
 // ---------------------------------------------------------------- conversions, backends
 
 // toFloat32(Uint16Array bits, dtype) -> Float32Array
@@ -485,11 +689,21 @@ Napi::Value Backends(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// externalMemory() -> the external-memory total V8 holds for this isolate (what storages report).
+Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), (double)Napi::MemoryManagement::AdjustExternalMemory(info.Env(), 0));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Storage", Storage::Init(env));
   exports.Set("backends", Napi::Function::New(env, Backends));
   exports.Set("maskedAttention", Napi::Function::New(env, MaskedAttention));
   exports.Set("gatherRows", Napi::Function::New(env, GatherRows));
+  exports.Set("indexerScores", Napi::Function::New(env, IndexerScores));
+  exports.Set("topK", Napi::Function::New(env, TopK));
+  exports.Set("sparseAttention", Napi::Function::New(env, SparseAttention));
+  exports.Set("indexedCrossAttention", Napi::Function::New(env, IndexedCrossAttention));
+  exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
   exports.Set("toFloat32", Napi::Function::New(env, ToFloat32));
   exports.Set("fromFloat32", Napi::Function::New(env, FromFloat32));
   return exports;

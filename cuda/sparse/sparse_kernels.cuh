@@ -1,0 +1,141 @@
+// Kernels of the indexer-selected sparse attention (SPEC §5): indexer scores, per-row top-k,
+// sparse attention over given indices, and the fused path that keeps a query's score row in
+// shared memory from scoring through selection to attention.
+#pragma once
+#include "../attention/element.cuh"
+#include "../common/compat.cuh"
+#include "../common/sparse_params.h"
+#include "block_attend.cuh"
+#include "block_select.cuh"
+
+namespace lk::cuda {
+
+constexpr int kIndexerThreads = 128;
+constexpr int kIndexerMaxQ = 8192;      // heads x dim of one indexer query held in shared memory
+constexpr int kIndexerMaxHeads = 512;
+constexpr int kTopKCapacity = 2048;     // largest k (a power of two for the bitonic sort)
+constexpr int kFusedMaxKeys = 8192;     // score row kept in shared memory by the fused kernel
+constexpr int kFusedMaxK = 512;
+constexpr int kFusedMaxQ = 1024;
+
+__device__ __forceinline__ int sequence_of(const int32_t* offsets, int batch, int64_t row) {
+  int lo = 0, hi = batch - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (offsets[mid + 1] > row) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+// sum_h w[h] * relu(q[h] . k) for one key row; q and w already in shared memory as float.
+template <typename T>
+__device__ __forceinline__ float indexer_score(const float* q_s, const float* w_s, const T* kr, int heads, int dim) {
+  float s = 0.0f;
+  for (int h = 0; h < heads; ++h) {
+    float dot = 0.0f;
+    for (int d = 0; d < dim; ++d) dot = fmaf(q_s[h * dim + d], to_float(kr[d]), dot);
+    s = fmaf(w_s[h], fmaxf(dot, 0.0f), s);
+  }
+  return s;
+}
+
+// grid (key tiles of kIndexerThreads, nq): one thread per key of one query.
+template <typename T>
+__global__ void __launch_bounds__(kIndexerThreads) indexer_kernel(IndexerParams p) {
+  __shared__ float q_s[kIndexerMaxQ];
+  __shared__ float w_s[kIndexerMaxHeads];
+  const int64_t row = blockIdx.y;
+  const int b = sequence_of(p.q_offsets, p.batch, row);
+  const int64_t k_start = p.k_offsets[b];
+  const int len = p.k_offsets[b + 1] - (int)k_start;
+  const T* q = static_cast<const T*>(p.q) + row * p.heads * p.dim;
+  const T* w = static_cast<const T*>(p.w) + row * p.heads;
+  for (int i = threadIdx.x; i < p.heads * p.dim; i += kIndexerThreads) q_s[i] = to_float(q[i]);
+  for (int i = threadIdx.x; i < p.heads; i += kIndexerThreads) w_s[i] = to_float(w[i]);
+  __syncthreads();
+  const int j = blockIdx.x * kIndexerThreads + threadIdx.x;
+  if (j >= p.max_len) return;
+  float s = -INFINITY;
+  if (j < len) s = indexer_score(q_s, w_s, static_cast<const T*>(p.k) + (k_start + j) * p.dim, p.heads, p.dim);
+  p.scores[row * p.max_len + j] = s;
+}
+
+struct TopKShared {
+  SelectShared select;
+  uint32_t keys[kTopKCapacity];
+  int idx[kTopKCapacity];
+};
+
+// One block per row.
+__global__ void __launch_bounds__(kSelectThreads) topk_kernel(TopKParams p) {
+  __shared__ TopKShared sh;
+  const int64_t r = blockIdx.x;
+  const float* row = p.scores + r * p.cols;
+  int len = p.cols;
+  if (p.lengths) {
+    const int l = p.lengths[r];
+    len = l < 0 ? 0 : (l < p.cols ? l : p.cols);
+  }
+  const int taken = block_select_topk([row](int j) { return row[j]; }, len, p.k, sh.keys, sh.idx, kTopKCapacity, sh.select);
+  for (int i = threadIdx.x; i < p.k; i += kSelectThreads) {
+    p.indices[r * p.k + i] = i < taken ? sh.idx[i] : -1;
+    p.values[r * p.k + i] = i < taken ? row[sh.idx[i]] : -INFINITY;
+  }
+}
+
+// One block per query row: attention over p.indices[row].
+template <typename T>
+__global__ void __launch_bounds__(kSelectThreads) sparse_attention_kernel(SparseParams p) {
+  __shared__ AttendShared sh;
+  const int64_t row = blockIdx.x;
+  const int b = sequence_of(p.q_offsets, p.batch, row);
+  const int32_t* idx = p.indices + row * p.top_k;
+  block_attend<T>(p, row, p.k_offsets[b], p.top_k, [idx](int i) { return idx[i]; }, sh);
+}
+
+struct FusedShared {
+  float scores[kFusedMaxKeys];
+  float q_s[kFusedMaxQ];
+  float w_s[kFusedMaxQ];
+  union {
+    struct {
+      SelectShared select;
+      uint32_t keys[kFusedMaxK];
+      int idx[kFusedMaxK];
+    } pick;
+    AttendShared attend;
+  } u;
+  int chosen[kFusedMaxK];
+};
+
+// One block per query row: scores into shared memory, top-k there, then attention; only the chosen
+// indices (and their scores) are written to global memory.
+template <typename T>
+__global__ void __launch_bounds__(kSelectThreads) fused_indexed_attention_kernel(IndexerParams ip, TopKParams tp, SparseParams sp) {
+  __shared__ FusedShared sh;
+  const int64_t row = blockIdx.x;
+  const int b = sequence_of(ip.q_offsets, ip.batch, row);
+  const int64_t k_start = ip.k_offsets[b];
+  const int len = ip.k_offsets[b + 1] - (int)k_start;
+  const T* qi = static_cast<const T*>(ip.q) + row * ip.heads * ip.dim;
+  const T* wi = static_cast<const T*>(ip.w) + row * ip.heads;
+  for (int i = threadIdx.x; i < ip.heads * ip.dim; i += kSelectThreads) sh.q_s[i] = to_float(qi[i]);
+  for (int i = threadIdx.x; i < ip.heads; i += kSelectThreads) sh.w_s[i] = to_float(wi[i]);
+  __syncthreads();
+  for (int j = threadIdx.x; j < len; j += kSelectThreads)
+    sh.scores[j] = indexer_score(sh.q_s, sh.w_s, static_cast<const T*>(ip.k) + (k_start + j) * ip.dim, ip.heads, ip.dim);
+  __syncthreads();
+  const float* scores = sh.scores;
+  const int taken = block_select_topk([scores](int j) { return scores[j]; }, len, tp.k, sh.u.pick.keys, sh.u.pick.idx, kFusedMaxK, sh.u.pick.select);
+  for (int i = threadIdx.x; i < tp.k; i += kSelectThreads) {
+    const int j = i < taken ? sh.u.pick.idx[i] : -1;
+    sh.chosen[i] = j;
+    tp.indices[row * tp.k + i] = j;
+    tp.values[row * tp.k + i] = j >= 0 ? sh.scores[j] : -INFINITY;
+  }
+  __syncthreads();  // the attention reuses the selection's shared memory
+  const int* chosen = sh.chosen;
+  block_attend<T>(sp, row, k_start, tp.k, [chosen](int i) { return chosen[i]; }, sh.u.attend);
+}
+
+}  // namespace lk::cuda

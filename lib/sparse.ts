@@ -1,0 +1,196 @@
+// Indexer-selected sparse cross attention (SPEC §5, GEMs mid-term stream / DeepSeek DSA):
+// indexerScores -> topK -> sparseAttention, or all three fused in indexedCrossAttention.
+import { native } from './native';
+import { DTYPE_CODE, Tensor, emptyTensor } from './tensor';
+import { checkTensor, FLOAT_DTYPES } from './layout';
+
+export interface SparseLayout {
+  qOffsets: Int32Array;
+  kOffsets: Int32Array;
+}
+
+const CUDA_HEAD_SIZES = [8, 16, 32, 64, 128, 256];
+
+function checkOffsets(offsets: unknown, rows: number, name: string): { batch: number; maxLength: number; offsets: Int32Array } {
+  if (!(offsets instanceof Int32Array)) throw new TypeError(`${name}: expected an Int32Array`);
+  if (offsets.length < 1 || offsets[0] !== 0) throw new RangeError(`${name}: expected batch + 1 offsets starting at 0`);
+  let maxLength = 0;
+  for (let b = 0; b + 1 < offsets.length; b++) {
+    if (offsets[b + 1] < offsets[b]) throw new RangeError(`${name}: must be nondecreasing, but ${name}[${b + 1}] = ${offsets[b + 1]} < ${offsets[b]}`);
+    maxLength = Math.max(maxLength, offsets[b + 1] - offsets[b]);
+  }
+  if (offsets[offsets.length - 1] !== rows) throw new RangeError(`${name}: the last offset must equal the row count ${rows}, got ${offsets[offsets.length - 1]}`);
+  return { batch: offsets.length - 1, maxLength, offsets };
+}
+
+function checkPair(options: unknown, nq: number, tk: number) {
+  if (options === null || typeof options !== 'object') throw new TypeError('options: expected { qOffsets, kOffsets, ... }');
+  const o = options as SparseLayout;
+  const q = checkOffsets(o.qOffsets, nq, 'options.qOffsets');
+  const k = checkOffsets(o.kOffsets, tk, 'options.kOffsets');
+  if (q.batch !== k.batch) throw new RangeError(`options.kOffsets: batch ${k.batch} differs from options.qOffsets' ${q.batch}`);
+  return { q, k };
+}
+
+function sameDevice(tensors: [Tensor, string][]) {
+  const [first, firstName] = tensors[0];
+  for (const [t, name] of tensors.slice(1)) {
+    if (t.dtype !== first.dtype) throw new TypeError(`${name}: dtype ${t.dtype} differs from ${firstName}'s ${first.dtype}`);
+    if (t.device !== first.device) throw new TypeError(`${name}: on ${t.device} but ${firstName} is on ${first.device}`);
+  }
+}
+
+function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: [string, string, string]) {
+  checkTensor(qI, qName, 3, FLOAT_DTYPES);
+  checkTensor(kI, kName, 2, FLOAT_DTYPES);
+  checkTensor(w, wName, 2, FLOAT_DTYPES);
+  sameDevice([[qI, qName], [kI, kName], [w, wName]]);
+  const [nq, hi, di] = qI.shape;
+  if (kI.shape[1] !== di) throw new RangeError(`${kName}: dim ${kI.shape[1]} differs from ${qName}'s ${di}`);
+  if (w.shape[0] !== nq || w.shape[1] !== hi) throw new RangeError(`${wName}: expected shape [${nq}, ${hi}], got [${w.shape.join(', ')}]`);
+  if (hi < 1 || di < 1) throw new RangeError(`${qName}: heads and dim must be >= 1`);
+  if (qI.device === 'cuda' && hi * di > 8192) throw new RangeError(`${qName}: the CUDA indexer holds heads x dim <= 8192, got ${hi * di}`);
+  return { nq, hi, di, tk: kI.shape[0] };
+}
+
+/** scores[i][j] = Σ_h w[i][h] · relu(qI[i][h] · kI[start(i) + j]); -Infinity past each row's length. */
+export async function indexerScores(qI: Tensor, kI: Tensor, w: Tensor, options: SparseLayout): Promise<Tensor> {
+  const { nq, hi, di, tk } = checkIndexer(qI, kI, w, ['qI', 'kI', 'w']);
+  const { k } = checkPair(options, nq, tk);
+  const scores = emptyTensor('float32', [nq, k.maxLength], qI.device);
+  try {
+    await native().indexerScores({ device: qI.device, dtype: DTYPE_CODE[qI.dtype], nq, tk, indexerHeads: hi, indexerDim: di,
+      qOffsets: options.qOffsets, kOffsets: options.kOffsets, qI: qI.storage(), kI: kI.storage(), w: w.storage(), scores: scores.storage() });
+  } catch (e) {
+    scores.dispose();
+    throw e;
+  }
+  return scores;
+}
+
+function checkK(k: unknown, name: string, device: string): number {
+  if (typeof k !== 'number' || !Number.isInteger(k)) throw new TypeError(`${name}: expected an integer`);
+  if (k < 1) throw new RangeError(`${name}: expected k >= 1, got ${k}`);
+  if (device === 'cuda' && k > 2048) throw new RangeError(`${name}: the CUDA top-k supports k <= 2048, got ${k}`);
+  return k;
+}
+
+/** Per row the k largest, descending; ties -> lower index first; NaN / -Infinity never; -1 padding. */
+export async function topK(scores: Tensor, k: number, options: { lengths?: Int32Array } = {}): Promise<{ indices: Tensor; values: Tensor }> {
+  checkTensor(scores, 'scores', 2, ['float32']);
+  checkK(k, 'k', scores.device);
+  const [rows, cols] = scores.shape;
+  if (options === null || typeof options !== 'object') throw new TypeError('options: expected { lengths? }');
+  const { lengths } = options;
+  if (lengths !== undefined) {
+    if (!(lengths instanceof Int32Array)) throw new TypeError('options.lengths: expected an Int32Array');
+    if (lengths.length !== rows) throw new RangeError(`options.lengths: expected ${rows} entries (one per row), got ${lengths.length}`);
+    for (let r = 0; r < rows; r++)
+      if (lengths[r] < 0 || lengths[r] > cols) throw new RangeError(`options.lengths: entry ${r} = ${lengths[r]} is outside [0, ${cols}]`);
+  }
+  const indices = emptyTensor('int32', [rows, k], scores.device);
+  const values = emptyTensor('float32', [rows, k], scores.device);
+  try {
+    await native().topK({ device: scores.device, rows, cols, k, scores: scores.storage(), indices: indices.storage(), values: values.storage(), lengths });
+  } catch (e) {
+    indices.dispose();
+    values.dispose();
+    throw e;
+  }
+  return { indices, values };
+}
+
+function checkAttention(q: Tensor, k: Tensor, v: Tensor) {
+  checkTensor(q, 'q', 3, FLOAT_DTYPES);
+  checkTensor(k, 'k', 3, FLOAT_DTYPES);
+  checkTensor(v, 'v', 3, FLOAT_DTYPES);
+  sameDevice([[q, 'q'], [k, 'k'], [v, 'v']]);
+  const [nq, heads, headDim] = q.shape;
+  const [tk, kvHeads, keyDim] = k.shape;
+  const valueDim = v.shape[2];
+  if (keyDim !== headDim) throw new RangeError(`k: head size ${keyDim} differs from q's ${headDim}`);
+  if (v.shape[0] !== tk || v.shape[1] !== kvHeads) throw new RangeError(`v: shape [${v.shape.join(', ')}] must match k's tokens and heads [${tk}, ${kvHeads}, Dv]`);
+  if (heads < 1 || kvHeads < 1 || headDim < 1 || valueDim < 1) throw new RangeError('q/k/v: heads and head sizes must be >= 1');
+  if (heads % kvHeads !== 0) throw new RangeError(`k: kv heads ${kvHeads} must divide q's heads ${heads}`);
+  if (headDim > 256 || valueDim > 256) throw new RangeError(`q/v: head sizes up to 256 are supported, got D = ${headDim}, Dv = ${valueDim}`);
+  if (q.device === 'cuda' && (!CUDA_HEAD_SIZES.includes(headDim) || !CUDA_HEAD_SIZES.includes(valueDim)))
+    throw new RangeError(`q/v: the CUDA kernels support head sizes ${CUDA_HEAD_SIZES.join(', ')}; got D = ${headDim}, Dv = ${valueDim}`);
+  return { nq, heads, headDim, tk, kvHeads, valueDim };
+}
+
+function checkScale(scale: unknown, headDim: number): number {
+  if (scale === undefined) return 1 / Math.sqrt(headDim);
+  if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new TypeError(`options.scale: expected a finite number, got ${String(scale)}`);
+  return scale;
+}
+
+/** Softmax attention of each query over its selected keys only (SPEC §5). */
+export async function sparseAttention(q: Tensor, k: Tensor, v: Tensor, indices: Tensor | Int32Array,
+  options: SparseLayout & { scale?: number; returnLse?: boolean }): Promise<{ output: Tensor; lse?: Tensor }> {
+  const s = checkAttention(q, k, v);
+  checkPair(options, s.nq, s.tk);
+  let idx: Int32Array, topk: number;
+  if (indices instanceof Tensor) {
+    checkTensor(indices, 'indices', 2, ['int32']);
+    if (indices.shape[0] !== s.nq) throw new RangeError(`indices: expected ${s.nq} rows (one per query), got ${indices.shape[0]}`);
+    topk = indices.shape[1];
+    idx = (await indices.data()) as Int32Array;
+  } else {
+    throw new TypeError('indices: expected an int32 Tensor [Nq, K]');
+  }
+  if (topk < 1) throw new RangeError('indices: expected at least one column');
+  const scale = checkScale(options.scale, s.headDim);
+  const output = emptyTensor(q.dtype, [s.nq, s.heads, s.valueDim], q.device);
+  const lse = options.returnLse ? emptyTensor('float32', [s.nq, s.heads], q.device) : undefined;
+  try {
+    await native().sparseAttention({ device: q.device, dtype: DTYPE_CODE[q.dtype], ...s, topK: topk, scale,
+      qOffsets: options.qOffsets, kOffsets: options.kOffsets, q: q.storage(), k: k.storage(), v: v.storage(),
+      out: output.storage(), lse: lse?.storage(), indices: idx });
+  } catch (e) {
+    output.dispose();
+    lse?.dispose();
+    throw e;
+  }
+  return lse ? { output, lse } : { output };
+}
+
+export interface IndexedCrossAttentionOptions extends SparseLayout {
+  indexer: { q: Tensor; k: Tensor; w: Tensor };
+  topK: number;
+  scale?: number;
+  returnLse?: boolean;
+}
+
+/**
+ * indexerScores -> topK -> sparseAttention in one call. On CUDA, rows of up to 8,192 keys (k <= 512,
+ * indexer heads x dim <= 1,024) run in one fused kernel whose score row never leaves shared memory.
+ */
+export async function indexedCrossAttention(q: Tensor, k: Tensor, v: Tensor, options: IndexedCrossAttentionOptions):
+  Promise<{ output: Tensor; indices: Tensor; values: Tensor; lse?: Tensor }> {
+  const s = checkAttention(q, k, v);
+  if (options === null || typeof options !== 'object' || options.indexer === null || typeof options.indexer !== 'object')
+    throw new TypeError('options.indexer: expected { q, k, w }');
+  const ix = checkIndexer(options.indexer.q, options.indexer.k, options.indexer.w, ['options.indexer.q', 'options.indexer.k', 'options.indexer.w']);
+  if (ix.nq !== s.nq) throw new RangeError(`options.indexer.q: ${ix.nq} rows for ${s.nq} queries`);
+  if (ix.tk !== s.tk) throw new RangeError(`options.indexer.k: ${ix.tk} rows for ${s.tk} keys`);
+  if (options.indexer.q.device !== q.device) throw new TypeError(`options.indexer.q: on ${options.indexer.q.device} but q is on ${q.device}`);
+  if (options.indexer.q.dtype !== q.dtype) throw new TypeError(`options.indexer.q: dtype ${options.indexer.q.dtype} differs from q's ${q.dtype}`);
+  checkPair(options, s.nq, s.tk);
+  const topk = checkK(options.topK, 'options.topK', q.device);
+  const scale = checkScale(options.scale, s.headDim);
+  const output = emptyTensor(q.dtype, [s.nq, s.heads, s.valueDim], q.device);
+  const indices = emptyTensor('int32', [s.nq, topk], q.device);
+  const values = emptyTensor('float32', [s.nq, topk], q.device);
+  const lse = options.returnLse ? emptyTensor('float32', [s.nq, s.heads], q.device) : undefined;
+  try {
+    await native().indexedCrossAttention({ device: q.device, dtype: DTYPE_CODE[q.dtype], ...s, topK: topk, scale,
+      indexerHeads: ix.hi, indexerDim: ix.di, qOffsets: options.qOffsets, kOffsets: options.kOffsets,
+      qI: options.indexer.q.storage(), kI: options.indexer.k.storage(), w: options.indexer.w.storage(),
+      q: q.storage(), k: k.storage(), v: v.storage(), out: output.storage(), lse: lse?.storage(),
+      indices: indices.storage(), values: values.storage() });
+  } catch (e) {
+    for (const t of [output, indices, values, lse]) t?.dispose();
+    throw e;
+  }
+  return lse ? { output, indices, values, lse } : { output, indices, values };
+}
