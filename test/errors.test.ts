@@ -7,7 +7,7 @@ import { parityDevices } from './helpers';
 for (const device of parityDevices()) {
   const q = tensor(new Float32Array(5 * 2 * 8).fill(0.5), [5, 2, 8], { device });
   const k = tensor(new Float32Array(5 * 1 * 8).fill(0.25), [5, 1, 8], { device });
-  const v = tensor(new Float32Array(5 * 1 * 4).fill(1), [5, 1, 4], { device });
+  const v = tensor(new Float32Array(5 * 1 * 8).fill(1), [5, 1, 8], { device });
   const offsets = new Int32Array([0, 2, 5]);
   const ok = { q: { offsets } };
 
@@ -17,8 +17,8 @@ for (const device of parityDevices()) {
     ['dtype mismatch', () => maskedAttention(q, zeros([5, 1, 8], { dtype: 'float16', device }), v, ok), { instanceOf: TypeError, message: /^k: dtype float16 differs/ }],
     ['rank 2 query', () => maskedAttention(zeros([5, 16], { device }), k, v, ok), { instanceOf: RangeError, message: /^q: expected rank 3/ }],
     ['head size mismatch', () => maskedAttention(q, zeros([5, 1, 16], { device }), v, ok), { instanceOf: RangeError, message: /^k: head size 16 differs/ }],
-    ['heads not divisible', () => maskedAttention(zeros([5, 3, 8], { device }), zeros([5, 2, 8], { device }), zeros([5, 2, 4], { device }), ok), { instanceOf: RangeError, message: /^k: kv heads 2 must divide/ }],
-    ['v tokens differ', () => maskedAttention(q, k, zeros([4, 1, 4], { device }), ok), { instanceOf: RangeError, message: /^v: shape/ }],
+    ['heads not divisible', () => maskedAttention(zeros([5, 3, 8], { device }), zeros([5, 2, 8], { device }), zeros([5, 2, 8], { device }), ok), { instanceOf: RangeError, message: /^k: kv heads 2 must divide/ }],
+    ['v tokens differ', () => maskedAttention(q, k, zeros([4, 1, 8], { device }), ok), { instanceOf: RangeError, message: /^v: shape/ }],
     ['offsets not Int32Array', () => maskedAttention(q, k, v, { q: { offsets: [0, 5] as never } }), { instanceOf: TypeError, message: /^options\.q\.offsets: expected an Int32Array/ }],
     ['offsets not ending at T', () => maskedAttention(q, k, v, { q: { offsets: new Int32Array([0, 2, 4]) } }), { instanceOf: RangeError, message: /^options\.q\.offsets: the last offset must equal the token count 5, got 4/ }],
     ['offsets decreasing', () => maskedAttention(q, k, v, { q: { offsets: new Int32Array([0, 3, 2, 5]) } }), { instanceOf: RangeError, message: /^options\.q\.offsets: must be nondecreasing/ }],
@@ -28,7 +28,7 @@ for (const device of parityDevices()) {
     ['roles out of range', () => maskedAttention(q, k, v, { q: { offsets, roles: new Uint8Array([0, 0, 3, 0, 0]) } }), { instanceOf: RangeError, message: /^options\.q\.roles: roles are 0 \(item\), 1 \(memory\) or 2 \(target\), got 3/ }],
     ['roles wrong type', () => maskedAttention(q, k, v, { q: { offsets, roles: new Int32Array(5) as never } }), { instanceOf: TypeError, message: /^options\.q\.roles: expected a Uint8Array/ }],
     ['kv batch differs', () => maskedAttention(q, k, v, { q: { offsets }, kv: { offsets: new Int32Array([0, 5]) } }), { instanceOf: RangeError, message: /^options\.kv: batch 1 differs/ }],
-    ['self-attention token mismatch', () => maskedAttention(q, zeros([6, 1, 8], { device }), zeros([6, 1, 4], { device }), ok), { instanceOf: RangeError, message: /^k: self-attention needs as many keys/ }],
+    ['self-attention token mismatch', () => maskedAttention(q, zeros([6, 1, 8], { device }), zeros([6, 1, 8], { device }), ok), { instanceOf: RangeError, message: /^k: self-attention needs as many keys/ }],
     ['unknown preset', () => maskedAttention(q, k, v, { q: { offsets }, rule: 'diagonal' as never }), { instanceOf: RangeError, message: /^options\.rule: unknown preset 'diagonal'/ }],
     ['unknown seg relation', () => maskedAttention(q, k, v, { q: { offsets }, rule: { item: { item: { seg: 'later' as never, causal: true } } } }), { instanceOf: RangeError, message: /^options\.rule\.item\.item\.seg/ }],
     ['unknown role in rule', () => maskedAttention(q, k, v, { q: { offsets }, rule: { user: {} } as never }), { instanceOf: RangeError, message: /^options\.rule: unknown query role 'user'/ }],
@@ -64,7 +64,7 @@ for (const device of parityDevices()) {
   test(`inputs are never mutated and a valid call still works after the failures, on ${device}`, async (t) => {
     const r = await maskedAttention(q, k, v, ok);
     const out = await r.output.float32();
-    t.deepEqual(Array.from(out), new Array(5 * 2 * 4).fill(1)); // v is all ones
+    t.deepEqual(Array.from(out), new Array(5 * 2 * 8).fill(1)); // v is all ones
   });
 }
 
