@@ -23,6 +23,8 @@ export const EMPTY_ROW = -1e20;
 export interface DenseAttentionPeer {
   /** q, k: `[B, H, L, D]`; v: `[B, H, L, Dv]`; mask: `[B, 1, L, L]` additive. Returns `[B, H, L, Dv]`. */
   run(q: Float32Array, k: Float32Array, v: Float32Array, mask: Float32Array, B: number, L: number): Promise<Float32Array>;
+  /** Cross attention: q `[B, H, Lq, D]`, k / v `[B, H, Lk, D|Dv]`, mask `[B, 1, Lq, Lk]`. */
+  runCross(q: Float32Array, k: Float32Array, v: Float32Array, mask: Float32Array, B: number, Lq: number, Lk: number): Promise<Float32Array>;
   release(): Promise<void>;
   readonly heads: number;
   readonly headDim: number;
@@ -70,12 +72,12 @@ export async function createDenseMaskedAttention(opts: {
     graph: {
       name: 'dense_masked_attention',
       inputs: [
-        { name: 'Q', dims: ['B', H, 'L', D] },
-        { name: 'K', dims: ['B', H, 'L', D] },
-        { name: 'V', dims: ['B', H, 'L', Dv] },
-        { name: 'mask', dims: ['B', 1, 'L', 'L'] },
+        { name: 'Q', dims: ['B', H, 'Lq', D] },
+        { name: 'K', dims: ['B', H, 'Lk', D] },
+        { name: 'V', dims: ['B', H, 'Lk', Dv] },
+        { name: 'mask', dims: ['B', 1, 'Lq', 'Lk'] },
       ],
-      outputs: [{ name: 'out', dims: ['B', H, 'L', Dv] }],
+      outputs: [{ name: 'out', dims: ['B', H, 'Lq', Dv] }],
       initializers: [floatScalar('scale', scale)],
       nodes: [
         { op: 'Transpose', inputs: ['K'], outputs: ['Kt'], attrs: [attr.ints('perm', [0, 1, 3, 2])] },
@@ -88,26 +90,31 @@ export async function createDenseMaskedAttention(opts: {
     },
   });
   const session = await ort.InferenceSession.create(bytes, sessionOptions(opts.threads));
+  async function runCross(q: Float32Array, k: Float32Array, v: Float32Array, mask: Float32Array, B: number, Lq: number, Lk: number): Promise<Float32Array> {
+    checkPositiveInt('B', B);
+    checkPositiveInt('Lq', Lq);
+    checkPositiveInt('Lk', Lk);
+    checkLength('q', q, B * H * Lq * D, `[${B}, ${H}, ${Lq}, ${D}]`);
+    checkLength('k', k, B * H * Lk * D, `[${B}, ${H}, ${Lk}, ${D}]`);
+    checkLength('v', v, B * H * Lk * Dv, `[${B}, ${H}, ${Lk}, ${Dv}]`);
+    checkLength('mask', mask, B * Lq * Lk, `[${B}, 1, ${Lq}, ${Lk}]`);
+    const result = await session.run({
+      Q: new ort.Tensor('float32', q, [B, H, Lq, D]),
+      K: new ort.Tensor('float32', k, [B, H, Lk, D]),
+      V: new ort.Tensor('float32', v, [B, H, Lk, Dv]),
+      mask: new ort.Tensor('float32', mask, [B, 1, Lq, Lk]),
+    });
+    return result.out.data as Float32Array;
+  }
 
   return {
     heads: H,
     headDim: D,
     valueDim: Dv,
-    async run(q, k, v, mask, B, L) {
-      checkPositiveInt('B', B);
-      checkPositiveInt('L', L);
-      checkLength('q', q, B * H * L * D, `[${B}, ${H}, ${L}, ${D}]`);
-      checkLength('k', k, B * H * L * D, `[${B}, ${H}, ${L}, ${D}]`);
-      checkLength('v', v, B * H * L * Dv, `[${B}, ${H}, ${L}, ${Dv}]`);
-      checkLength('mask', mask, B * L * L, `[${B}, 1, ${L}, ${L}]`);
-      const result = await session.run({
-        Q: new ort.Tensor('float32', q, [B, H, L, D]),
-        K: new ort.Tensor('float32', k, [B, H, L, D]),
-        V: new ort.Tensor('float32', v, [B, H, L, Dv]),
-        mask: new ort.Tensor('float32', mask, [B, 1, L, L]),
-      });
-      return result.out.data as Float32Array;
+    run(q, k, v, mask, B, L) {
+      return runCross(q, k, v, mask, B, L, L);
     },
+    runCross,
     release: () => session.release(),
   };
 }

@@ -13,16 +13,19 @@
 namespace lk::cpu {
 namespace {
 
-std::vector<float> to_float32(const void* src, DType dtype, int64_t count) {
-  std::vector<float> out((size_t)count);
-  if (dtype == kFloat32) {
-    std::memcpy(out.data(), src, (size_t)count * 4);
-    return out;
+// Float32 rows of a row-major [rows, width] input: float32 rows are read in place (no copy of
+// K / V, which can be hundreds of MB); float16 / bfloat16 rows are converted into `scratch`.
+struct RowSource {
+  const void* base;
+  DType dtype;
+  int64_t width;
+  const float* row(int64_t r, float* scratch) const {
+    if (dtype == kFloat32) return static_cast<const float*>(base) + r * width;
+    const uint16_t* bits = static_cast<const uint16_t*>(base) + r * width;
+    for (int64_t i = 0; i < width; ++i) scratch[i] = dtype == kFloat16 ? half_to_float(bits[i]) : bfloat16_to_float(bits[i]);
+    return scratch;
   }
-  const uint16_t* bits = static_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < count; ++i) out[i] = dtype == kFloat16 ? half_to_float(bits[i]) : bfloat16_to_float(bits[i]);
-  return out;
-}
+};
 
 int batch_of(const int32_t* offsets, int batch, int64_t row) {
   // first b with offsets[b + 1] > row (offsets nondecreasing)
@@ -50,23 +53,79 @@ LK_INLINE float dot(const float* a, const float* b, int n) {
 
 #define LK_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
-// Scores of one query against its sequence's keys: out[j] = sum_h w[h] * relu(q[h] . k[j]).
-LK_ISA_CLONES void score_row(const float* q, const float* w, const float* k, int heads, int dim, int len, float* out) {
-  for (int j = 0; j < len; ++j) {
-    const float* kr = k + (int64_t)j * dim;
-    float s = 0.0f;
-    for (int h = 0; h < heads; ++h) {
-      const float x = dot(q + (int64_t)h * dim, kr, dim);
-      s += w[h] * (x > 0.0f ? x : 0.0f);
-    }
-    out[j] = s;
+// Scores of the queries [q0, q1) of one batch entry against its keys [k0, k0 + len):
+// out[(i - q0) * ld + j] = sum_h w[i][h] * relu(q[i][h] . k[j]). The dot products are one GEMM per
+// chunk of 64 keys, [queries x heads, Di] x [Di, 64], on the register-blocked micro-kernel.
+template <typename Shape>
+LK_INLINE void score_entry_impl(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld,
+                                std::vector<float>& scratch) {
+  constexpr int kChunk = 64;
+  const int H = p.heads, Di = p.dim;
+  const int64_t nq = q1 - q0;
+  const int rows = (int)(nq * H), rows_pad = (rows + Shape::kRows - 1) / Shape::kRows * Shape::kRows;
+  scratch.resize((size_t)(rows_pad * Di + nq * H + Di * kChunk + rows_pad * kChunk + Di));
+  float* qf = scratch.data();
+  float* wf = qf + (size_t)rows_pad * Di;
+  float* kt = wf + nq * H;
+  float* dots = kt + (size_t)Di * kChunk;
+  float* kbuf = dots + (size_t)rows_pad * kChunk;
+  const RowSource qs{p.q, p.dtype, (int64_t)H * Di}, ws{p.w, p.dtype, H}, ks{p.k, p.dtype, Di};
+  for (int64_t i = 0; i < nq; ++i) {
+    std::memcpy(qf + i * H * Di, qs.row(q0 + i, qf + i * H * Di), sizeof(float) * H * Di);
+    std::memcpy(wf + i * H, ws.row(q0 + i, wf + i * H), sizeof(float) * H);
   }
+  std::fill(qf + (size_t)rows * Di, qf + (size_t)rows_pad * Di, 0.0f);
+  for (int j0 = 0; j0 < len; j0 += kChunk) {
+    const int n = std::min(kChunk, len - j0);
+    for (int j = 0; j < kChunk; ++j) {
+      const float* kr = j < n ? ks.row(k0 + j0 + j, kbuf) : nullptr;
+      for (int d = 0; d < Di; ++d) kt[d * kChunk + j] = kr ? kr[d] : 0.0f;
+    }
+    gemm_blocks<Shape>(rows_pad, kChunk, Di, qf, Di, kt, kChunk, dots, kChunk, false);
+    for (int64_t i = 0; i < nq; ++i) {
+      float* o = out + i * ld + j0;
+      for (int j = 0; j < n; ++j) {
+        float s = 0.0f;
+        for (int h = 0; h < H; ++h) {
+          const float x = dots[(i * H + h) * kChunk + j];
+          s += wf[i * H + h] * (x > 0.0f ? x : 0.0f);
+        }
+        o[j] = s;
+      }
+    }
+  }
+}
+
+__attribute__((target("arch=x86-64-v4"))) void score_entry_avx512(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len,
+                                                                float* out, int64_t ld, std::vector<float>& s) {
+  score_entry_impl<GemmAvx512>(p, q0, q1, k0, len, out, ld, s);
+}
+__attribute__((target("arch=x86-64-v3"))) void score_entry_avx2(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len,
+                                                              float* out, int64_t ld, std::vector<float>& s) {
+  score_entry_impl<GemmAvx2>(p, q0, q1, k0, len, out, ld, s);
+}
+void score_entry_baseline(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld, std::vector<float>& s) {
+  score_entry_impl<GemmBaseline>(p, q0, q1, k0, len, out, ld, s);
+}
+
+using ScoreEntryFn = void (*)(const IndexerParams&, int64_t, int64_t, int64_t, int, float*, int64_t, std::vector<float>&);
+
+ScoreEntryFn select_score_entry() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return score_entry_avx512;
+  if (__builtin_cpu_supports("x86-64-v3")) return score_entry_avx2;
+  return score_entry_baseline;
+}
+
+void score_entry(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld, std::vector<float>& s) {
+  static const ScoreEntryFn fn = select_score_entry();
+  fn(p, q0, q1, k0, len, out, ld, s);
 }
 
 // Top-k of one row by radix selection (4 passes of 8 bits over the order-preserving keys), then
 // an exact sort of the k chosen by (value desc, index asc). Scratch: keys of the row.
 void select_row(const float* row, int len, int k, int32_t* indices, float* values, std::vector<uint32_t>& keys,
-                std::vector<std::pair<uint32_t, int>>& chosen) {
+                std::vector<std::pair<uint32_t, int>>& chosen, std::vector<uint32_t>& pool_scratch) {
   keys.resize((size_t)len);
   int candidates = 0;
   for (int j = 0; j < len; ++j) {
@@ -75,21 +134,28 @@ void select_row(const float* row, int len, int k, int32_t* indices, float* value
   }
   chosen.clear();
   const int take = std::min(k, candidates);
+  uint32_t prefix = 0;
+  int remaining = take;  // how many we still need among keys matching the prefix
   if (take > 0) {
-    // Find the key of the take-th largest: fix the top bits digit by digit.
-    uint32_t prefix = 0, mask = 0;
-    int remaining = take;  // how many we still need among keys matching the prefix
+    // Fix the threshold's bits 8 at a time; after each pass only keys matching the prefix so far
+    // stay in `pool`, so later passes touch few keys.
+    std::vector<uint32_t>& pool = pool_scratch;
+    pool.clear();
+    for (int j = 0; j < len; ++j)
+      if (keys[j] != 0) pool.push_back(keys[j]);
     for (int shift = 24; shift >= 0; shift -= 8) {
       int hist[256] = {0};
-      for (int j = 0; j < len; ++j)
-        if (keys[j] != 0 && (keys[j] & mask) == prefix) ++hist[(keys[j] >> shift) & 0xff];
+      for (uint32_t key : pool) ++hist[(key >> shift) & 0xff];
       int digit = 255;
       for (; digit > 0; --digit) {
         if (hist[digit] >= remaining) break;
         remaining -= hist[digit];
       }
       prefix |= (uint32_t)digit << shift;
-      mask |= 0xffu << shift;
+      size_t kept = 0;
+      for (uint32_t key : pool)
+        if (((key >> shift) & 0xff) == (uint32_t)digit) pool[kept++] = key;
+      pool.resize(kept);
     }
     const uint32_t threshold = prefix;  // exactly `remaining` ties at the threshold are taken
     for (int j = 0; j < len; ++j)
@@ -111,36 +177,74 @@ void select_row(const float* row, int len, int k, int32_t* indices, float* value
   }
 }
 
-// Softmax attention of one query (all heads) over its selected keys. q: [heads, D] float32.
-LK_ISA_CLONES void attend_row(const SparseParams& p, const float* q, const float* k, const float* v, int64_t key_start,
-                const int32_t* idx, float* out, float* lse, std::vector<float>& scores) {
-  const int H = p.heads, Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim, K = p.top_k;
-  scores.resize((size_t)K);
-  for (int h = 0; h < H; ++h) {
-    const int g = h / (H / Hkv);
-    const float* qh = q + (int64_t)h * D;
-    float m = -INFINITY;
-    for (int i = 0; i < K; ++i) {
-      if (idx[i] < 0) { scores[i] = -INFINITY; continue; }
-      scores[i] = dot(qh, k + ((key_start + idx[i]) * Hkv + g) * D, D) * p.scale;
-      m = std::max(m, scores[i]);
-    }
-    float* o = out + (int64_t)h * Dv;
-    std::fill(o, o + Dv, 0.0f);
-    float l = 0.0f;
-    if (m != -INFINITY) {
-      for (int i = 0; i < K; ++i) {
-        if (idx[i] < 0) continue;
-        const float pr = std::exp(scores[i] - m);
-        l += pr;
-        const float* vr = v + ((key_start + idx[i]) * Hkv + g) * Dv;
-        int c = 0;
-        for (; c + 8 <= Dv; c += 8) store8(o + c, load8(o + c) + splat(pr) * load8(vr + c));
-        for (; c < Dv; ++c) o[c] += pr * vr[c];
+// Softmax attention of one query (all heads) over its selected keys; q: [heads, D] float32.
+// Keys outermost: a key's rows for all heads are contiguous, so the gather reads them in one
+// sweep instead of once per head (the selected keys are scattered over a large K / V).
+LK_ISA_CLONES void attend_row(const SparseParams& p, const float* q, int64_t key_start, const int32_t* idx, float* out,
+                              float* lse, std::vector<float>& scratch) {
+  const int H = p.heads, Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim, K = p.top_k, group = H / Hkv;
+  const int Kp = (K + 7) / 8 * 8;  // score rows padded for 8-wide exp
+  const RowSource ks{p.k, p.dtype, D}, vs{p.v, p.dtype, Dv};
+  scratch.resize((size_t)H * Kp + D + Dv + 2 * (size_t)H);
+  float* scores = scratch.data();  // [H][Kp], -inf where no key
+  float* kbuf = scores + (size_t)H * Kp;
+  float* vbuf = kbuf + D;
+  float* row_max = vbuf + Dv;
+  float* row_sum = row_max + H;
+  std::fill(scores, scores + (size_t)H * Kp, -INFINITY);
+  for (int h = 0; h < H; ++h) { row_max[h] = -INFINITY; row_sum[h] = 0.0f; }
+  for (int i = 0; i < K; ++i) {
+    if (idx[i] < 0) continue;
+    const int64_t base = (key_start + idx[i]) * Hkv;
+    for (int g = 0; g < Hkv; ++g) {
+      const float* kr = ks.row(base + g, kbuf);
+      for (int h = g * group; h < (g + 1) * group; ++h) {
+        const float x = dot(q + (int64_t)h * D, kr, D) * p.scale;
+        scores[(size_t)h * Kp + i] = x;
+        row_max[h] = std::max(row_max[h], x);
       }
-      for (int c = 0; c < Dv; ++c) o[c] /= l;
     }
-    if (lse) lse[h] = l > 0.0f ? m + std::log(l) : -INFINITY;
+  }
+  for (int h = 0; h < H; ++h) {
+    float* sh = scores + (size_t)h * Kp;
+    if (row_max[h] == -INFINITY) { std::fill(sh, sh + Kp, 0.0f); continue; }
+    v8f sum = splat(0.0f);
+    for (int i = 0; i < Kp; i += 8) {
+      const v8f e = exp8(load8(sh + i) - splat(row_max[h]));  // -inf (no key) gives exactly 0
+      store8(sh + i, e);
+      sum += e;
+    }
+    row_sum[h] = hsum(sum);
+  }
+  // Weighted sum of values, one head at a time with its 64-column output block in registers.
+  for (int h = 0; h < H; ++h) {
+    const int g = h / group;
+    const float* ph = scores + (size_t)h * Kp;
+    float* o = out + (int64_t)h * Dv;
+    const float inv = row_sum[h] > 0.0f ? 1.0f / row_sum[h] : 0.0f;
+    for (int c0 = 0; c0 < Dv; c0 += 64) {
+      const int cw = std::min(64, Dv - c0);
+      if (cw == 64) {
+        v8f acc[8];
+        for (int u = 0; u < 8; ++u) acc[u] = splat(0.0f);
+        for (int i = 0; i < K; ++i) {
+          if (idx[i] < 0) continue;
+          const float* vr = vs.row((key_start + idx[i]) * Hkv + g, vbuf) + c0;
+          const v8f pr = splat(ph[i]);
+          for (int u = 0; u < 8; ++u) acc[u] += pr * load8(vr + 8 * u);
+        }
+        for (int u = 0; u < 8; ++u) store8(o + c0 + 8 * u, acc[u] * splat(inv));
+      } else {
+        std::fill(o + c0, o + c0 + cw, 0.0f);
+        for (int i = 0; i < K; ++i) {
+          if (idx[i] < 0) continue;
+          const float* vr = vs.row((key_start + idx[i]) * Hkv + g, vbuf) + c0;
+          for (int c = 0; c < cw; ++c) o[c0 + c] += ph[i] * vr[c];
+        }
+        for (int c = 0; c < cw; ++c) o[c0 + c] *= inv;
+      }
+    }
+    if (lse) lse[h] = row_sum[h] > 0.0f ? row_max[h] + std::log(row_sum[h]) : -INFINITY;
   }
 }
 
@@ -155,15 +259,14 @@ void store_output(DType dtype, const float* src, void* dst, int64_t offset, int6
 }  // namespace
 
 void indexer_scores(const IndexerParams& p) {
-  const std::vector<float> q = to_float32(p.q, p.dtype, p.nq * p.heads * p.dim);
-  const std::vector<float> k = to_float32(p.k, p.dtype, p.tk * p.dim);
-  const std::vector<float> w = to_float32(p.w, p.dtype, p.nq * p.heads);
-  ThreadPool::shared().parallel_for(p.nq, [&](int64_t i, int) {
-    const int b = batch_of(p.q_offsets, p.batch, i);
+  const int workers = ThreadPool::shared().size();
+  std::vector<std::vector<float>> scratch((size_t)workers);
+  ThreadPool::shared().parallel_for(p.batch, [&](int64_t b, int worker) {
+    const int64_t q0 = p.q_offsets[b], q1 = p.q_offsets[b + 1];
     const int len = p.k_offsets[b + 1] - p.k_offsets[b];
-    float* out = p.scores + i * p.max_len;
-    score_row(q.data() + i * p.heads * p.dim, w.data() + i * p.heads, k.data() + (int64_t)p.k_offsets[b] * p.dim, p.heads, p.dim, len, out);
-    std::fill(out + len, out + p.max_len, -INFINITY);
+    float* out = p.scores + q0 * p.max_len;
+    score_entry(p, q0, q1, p.k_offsets[b], len, out, p.max_len, scratch[worker]);
+    for (int64_t i = 0; i < q1 - q0; ++i) std::fill(out + i * p.max_len + len, out + (i + 1) * p.max_len, -INFINITY);
   });
 }
 
@@ -171,52 +274,58 @@ void top_k(const TopKParams& p) {
   const int workers = ThreadPool::shared().size();
   std::vector<std::vector<uint32_t>> keys((size_t)workers);
   std::vector<std::vector<std::pair<uint32_t, int>>> chosen((size_t)workers);
+  std::vector<std::vector<uint32_t>> pools((size_t)workers);
   ThreadPool::shared().parallel_for(p.rows, [&](int64_t r, int worker) {
     const int len = p.lengths ? std::min(p.cols, std::max(0, p.lengths[r])) : p.cols;
-    select_row(p.scores + r * p.cols, len, p.k, p.indices + r * p.k, p.values + r * p.k, keys[worker], chosen[worker]);
+    select_row(p.scores + r * p.cols, len, p.k, p.indices + r * p.k, p.values + r * p.k, keys[worker], chosen[worker], pools[worker]);
   });
 }
 
+namespace {
+
+// One query of the attention: q row as float, attention, output stored in p's dtype.
+struct AttendScratch {
+  std::vector<float> q, out, work;
+};
+
+void attend_query(const SparseParams& p, int64_t i, int64_t key_start, const int32_t* idx, AttendScratch& s) {
+  const RowSource qs{p.q, p.dtype, (int64_t)p.heads * p.head_dim};
+  s.q.resize((size_t)p.heads * p.head_dim);
+  s.out.resize((size_t)p.heads * p.value_dim);
+  const float* q = qs.row(i, s.q.data());
+  attend_row(p, q, key_start, idx, s.out.data(), p.lse ? p.lse + i * p.heads : nullptr, s.work);
+  store_output(p.dtype, s.out.data(), p.out, i * p.heads * p.value_dim, (int64_t)p.heads * p.value_dim);
+}
+
+}  // namespace
+
 void sparse_attention(const SparseParams& p) {
-  const std::vector<float> q = to_float32(p.q, p.dtype, p.nq * p.heads * p.head_dim);
-  const std::vector<float> k = to_float32(p.k, p.dtype, p.tk * p.kv_heads * p.head_dim);
-  const std::vector<float> v = to_float32(p.v, p.dtype, p.tk * p.kv_heads * p.value_dim);
-  const int workers = ThreadPool::shared().size();
-  std::vector<std::vector<float>> scores((size_t)workers), outs((size_t)workers, std::vector<float>((size_t)p.heads * p.value_dim));
+  std::vector<AttendScratch> scratch((size_t)ThreadPool::shared().size());
   ThreadPool::shared().parallel_for(p.nq, [&](int64_t i, int worker) {
     const int b = batch_of(p.q_offsets, p.batch, i);
-    float* o = outs[worker].data();
-    attend_row(p, q.data() + i * p.heads * p.head_dim, k.data(), v.data(), p.k_offsets[b], p.indices + i * p.top_k, o,
-               p.lse ? p.lse + i * p.heads : nullptr, scores[worker]);
-    store_output(p.dtype, o, p.out, i * p.heads * p.value_dim, (int64_t)p.heads * p.value_dim);
+    attend_query(p, i, p.k_offsets[b], p.indices + i * p.top_k, scratch[worker]);
   });
 }
 
 void indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
-  const std::vector<float> qi = to_float32(ip.q, ip.dtype, ip.nq * ip.heads * ip.dim);
-  const std::vector<float> ki = to_float32(ip.k, ip.dtype, ip.tk * ip.dim);
-  const std::vector<float> wi = to_float32(ip.w, ip.dtype, ip.nq * ip.heads);
-  const std::vector<float> q = to_float32(sp.q, sp.dtype, sp.nq * sp.heads * sp.head_dim);
-  const std::vector<float> k = to_float32(sp.k, sp.dtype, sp.tk * sp.kv_heads * sp.head_dim);
-  const std::vector<float> v = to_float32(sp.v, sp.dtype, sp.tk * sp.kv_heads * sp.value_dim);
-  const int workers = ThreadPool::shared().size();
   struct Scratch {
-    std::vector<float> row, scores, out;
-    std::vector<uint32_t> keys;
+    std::vector<float> rows, score_work;
+    std::vector<uint32_t> keys, pool;
     std::vector<std::pair<uint32_t, int>> chosen;
+    AttendScratch attend;
   };
-  std::vector<Scratch> scratch((size_t)workers);
-  ThreadPool::shared().parallel_for(ip.nq, [&](int64_t i, int worker) {
+  std::vector<Scratch> scratch((size_t)ThreadPool::shared().size());
+  // One batch entry per task: its queries' score rows live only in this worker's buffer.
+  ThreadPool::shared().parallel_for(ip.batch, [&](int64_t b, int worker) {
     Scratch& s = scratch[worker];
-    const int b = batch_of(ip.q_offsets, ip.batch, i);
+    const int64_t q0 = ip.q_offsets[b], q1 = ip.q_offsets[b + 1];
     const int len = ip.k_offsets[b + 1] - ip.k_offsets[b];
-    s.row.resize((size_t)std::max(len, 1));
-    score_row(qi.data() + i * ip.heads * ip.dim, wi.data() + i * ip.heads, ki.data() + (int64_t)ip.k_offsets[b] * ip.dim, ip.heads, ip.dim, len, s.row.data());
-    select_row(s.row.data(), len, tp.k, tp.indices + i * tp.k, tp.values + i * tp.k, s.keys, s.chosen);
-    s.out.resize((size_t)sp.heads * sp.value_dim);
-    attend_row(sp, q.data() + i * sp.heads * sp.head_dim, k.data(), v.data(), sp.k_offsets[b], tp.indices + i * tp.k, s.out.data(),
-               sp.lse ? sp.lse + i * sp.heads : nullptr, s.scores);
-    store_output(sp.dtype, s.out.data(), sp.out, i * sp.heads * sp.value_dim, (int64_t)sp.heads * sp.value_dim);
+    s.rows.resize((size_t)std::max<int64_t>(1, (q1 - q0) * len));
+    score_entry(ip, q0, q1, ip.k_offsets[b], len, s.rows.data(), len, s.score_work);
+    for (int64_t i = q0; i < q1; ++i) {
+      select_row(s.rows.data() + (i - q0) * len, len, tp.k, tp.indices + i * tp.k, tp.values + i * tp.k, s.keys, s.chosen, s.pool);
+      attend_query(sp, i, sp.k_offsets[b], tp.indices + i * tp.k, s.attend);
+    }
   });
 }
 

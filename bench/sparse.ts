@@ -1,0 +1,69 @@
+// `npm run bench:sparse`: GEMs-shaped mid-term stream (8 heads, D = 64, indexer Hi = 2, Di = 64,
+// 4 queries per user, 64 users; 1k / 5k / 20k keys; top-k 256 / 1,024) on the native CPU:
+// indexer + top-k + sparse attention (fused and step by step) against dense cross attention over
+// every key with onnxruntime-node and with our own maskedAttention(rule 'full'), in one run.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { backends, indexedCrossAttention, indexerScores, maskedAttention, sparseAttention, tensor, topK, Tensor } from '../lib/index';
+import { createDenseMaskedAttention, randomFloats, timeIt } from './ort-peer';
+
+const USERS = 64, QUERIES = 4, H = 8, D = 64, HI = 2, DI = 64;
+
+async function main() {
+  const threads = os.cpus().length;
+  const info = backends();
+  console.log(`lifelong-kernels bench: indexer-selected sparse cross attention, ${USERS} users x ${QUERIES} queries, H=${H}, D=${D}, indexer ${HI}x${DI}, float32, ${threads} threads`);
+  console.log(`CUDA: ${info.cuda.available ? info.cuda.devices.map((d) => d.name).join(', ') : 'unavailable (' + info.cuda.reason + ')'}\n`);
+  const peer = await createDenseMaskedAttention({ heads: H, headDim: D, threads });
+  const rows: Record<string, unknown>[] = [];
+  console.log('keys    top-k  fused ms  steps ms  dense(ours) ms  dense(ORT) ms  speed-up vs ORT  vs ours');
+  for (const keys of [1000, 5000, 20000]) {
+    const nq = USERS * QUERIES, tk = USERS * keys;
+    const qOffsets = new Int32Array(USERS + 1).map((_, i) => i * QUERIES);
+    const kOffsets = new Int32Array(USERS + 1).map((_, i) => i * keys);
+    const q = tensor(randomFloats(nq * H * D, 1), [nq, H, D]);
+    const k = tensor(randomFloats(tk * H * D, 2), [tk, H, D]);
+    const v = tensor(randomFloats(tk * H * D, 3), [tk, H, D]);
+    const qI = tensor(randomFloats(nq * HI * DI, 4), [nq, HI, DI]);
+    const kI = tensor(randomFloats(tk * DI, 5), [tk, DI]);
+    const w = tensor(randomFloats(nq * HI, 6), [nq, HI]);
+    const layout = { qOffsets, kOffsets };
+    // Dense baselines: every query attends to all keys of its user.
+    const denseOurs = await timeIt(async () => {
+      const r = await maskedAttention(q, k, v, { q: { offsets: qOffsets }, kv: { offsets: kOffsets }, rule: 'full' });
+      r.output.dispose();
+    });
+    // onnxruntime: the same dense cross attention, users as the batch, [64, H, 4, D] x [64, H, keys, D].
+    const qp = randomFloats(USERS * H * QUERIES * D, 7);
+    const kp = randomFloats(USERS * H * keys * D, 8);
+    const vp = randomFloats(USERS * H * keys * D, 9);
+    const mask = new Float32Array(USERS * QUERIES * keys);  // every key allowed
+    const ortMs = (await timeIt(() => peer.runCross(qp, kp, vp, mask, USERS, QUERIES, keys))).medianMs;
+    for (const topk of [256, 1024]) {
+      const fused = await timeIt(async () => {
+        const r = await indexedCrossAttention(q, k, v, { indexer: { q: qI, k: kI, w }, topK: topk, ...layout });
+        for (const x of [r.output, r.indices, r.values]) x.dispose();
+      });
+      const steps = await timeIt(async () => {
+        const s = await indexerScores(qI, kI, w, layout);
+        const c = await topK(s, topk);
+        const r = await sparseAttention(q, k, v, c.indices, layout);
+        for (const x of [s, c.indices, c.values, r.output] as Tensor[]) x.dispose();
+      });
+      const row = { keys, topK: topk, fusedMs: fused.medianMs, stepsMs: steps.medianMs, denseOursMs: denseOurs.medianMs, denseOrtMs: ortMs,
+        speedupVsOrt: ortMs / fused.medianMs, speedupVsOurs: denseOurs.medianMs / fused.medianMs };
+      rows.push(row);
+      console.log(`${String(keys).padStart(6)} ${String(topk).padStart(6)} ${fused.medianMs.toFixed(2).padStart(9)} ${steps.medianMs.toFixed(2).padStart(9)} ${denseOurs.medianMs.toFixed(2).padStart(15)} ${ortMs.toFixed(2).padStart(14)} ${('x' + row.speedupVsOrt.toFixed(2)).padStart(16)} ${('x' + row.speedupVsOurs.toFixed(2)).padStart(8)}`);
+    }
+    for (const x of [q, k, v, qI, kI, w]) x.dispose();
+  }
+  await peer.release();
+  const dir = path.join(__dirname, '..', '..', 'bench', 'results');
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `sparse-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  fs.writeFileSync(file, JSON.stringify({ bench: 'indexedCrossAttention', date: new Date().toISOString(), users: USERS, queries: QUERIES, heads: H, headDim: D, indexerHeads: HI, indexerDim: DI, threads, rows }, null, 2));
+  console.log(`\nwrote ${path.relative(process.cwd(), file)}`);
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });
