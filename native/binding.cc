@@ -260,14 +260,42 @@ BufferRef StorageField(const Napi::Object& o, const char* name, Device device, s
 
 // ---------------------------------------------------------------- ops
 
+// The argument object of a native op (the TypeScript layer always passes one).
+Napi::Object ArgsObject(const Napi::CallbackInfo& info, const char* op) {
+  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(info.Env(), std::string(op) + ": expected an argument object");
+  return info[0].As<Napi::Object>();
+}
+
+Napi::Value Settle(Napi::Env env, std::function<std::string()> work) {
+  auto* worker = new PromiseWorker(env, std::move(work), nullptr);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Device DeviceArg(const Napi::Object& a) {
+  Napi::Value dev = a.Get("device");
+  Device device;
+  if (!dev.IsString() || !parse_device(dev.As<Napi::String>(), &device)) throw Napi::TypeError::New(a.Env(), "device: expected 'cpu' or 'cuda'");
+  return device;
+}
+
+#ifdef LK_WITH_CUDA
+#define LK_ON_DEVICE(device, cpu_call, cuda_call) \
+  if ((device) == Device::kCpu) { cpu_call; return std::string(); } \
+  return cuda_call;
+#else
+#define LK_ON_DEVICE(device, cpu_call, cuda_call) \
+  if ((device) == Device::kCpu) { cpu_call; return std::string(); } \
+  return std::string("CUDA support was not compiled into this build");
+#endif
+
+
 // maskedAttention(args) -> Promise<void>; writes args.out (and args.lse).
 Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "maskedAttention: expected an argument object");
-  Napi::Object a = info[0].As<Napi::Object>();
-  Napi::Value dev = a.Get("device");
-  Device device;
-  if (!dev.IsString() || !parse_device(dev.As<Napi::String>(), &device)) throw Napi::TypeError::New(env, "device: expected 'cpu' or 'cuda'");
+  Napi::Object a = ArgsObject(info, "maskedAttention");
+  const Device device = DeviceArg(a);
 
   auto params = std::make_shared<AttentionParams>();
   AttentionParams& p = *params;
@@ -314,37 +342,20 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "headDim/valueDim: the CUDA kernels support 8, 16, 32, 64, 128 and 256");
 #endif
 
-  auto* worker = new PromiseWorker(
-      env,
-      [params, q_layout, kv_layout, q, k, v, out, lse, device]() -> std::string {
-        AttentionParams run = *params;
-        run.q_layout = q_layout->view();
-        run.kv_layout = kv_layout->view();
-        if (device == Device::kCpu) {
-          cpu::masked_attention(run);
-          return std::string();
-        }
-#ifdef LK_WITH_CUDA
-        return cuda::masked_attention(run);
-#else
-        return "CUDA support was not compiled into this build";
-#endif
-      },
-      nullptr);
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return Settle(env, [params, q_layout, kv_layout, q, k, v, out, lse, device]() -> std::string {
+    AttentionParams run = *params;
+    run.q_layout = q_layout->view();
+    run.kv_layout = kv_layout->view();
+    LK_ON_DEVICE(device, cpu::masked_attention(run), cuda::masked_attention(run))
+  });
 }
 
 // gatherRows(args) -> Promise<void>: the MemoryBank row gather / blend (cuda/common/gather_params.h).
 // Every index is checked against its storage here, before any kernel runs.
 Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "gatherRows: expected an argument object");
-  Napi::Object a = info[0].As<Napi::Object>();
-  Napi::Value dev = a.Get("device");
-  Device device;
-  if (!dev.IsString() || !parse_device(dev.As<Napi::String>(), &device)) throw Napi::TypeError::New(env, "device: expected 'cpu' or 'cuda'");
+  Napi::Object a = ArgsObject(info, "gatherRows");
+  const Device device = DeviceArg(a);
   auto params = std::make_shared<GatherParams>();
   GatherParams& p = *params;
   p.dtype = (DType)IntField(a, "dtype", 0, 2);
@@ -396,28 +407,14 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
     if ((*dst_row)[i] < 0 || (*dst_row)[i] >= p.dst_rows) throw Napi::RangeError::New(env, "dstRow: row out of range");
   }
 
-  auto* worker = new PromiseWorker(
-      env,
-      [params, sel, src_row, dst_row, alpha, has_alpha, keep, device]() -> std::string {
-        GatherParams run = *params;
-        run.src_sel = sel->data();
-        run.src_row = src_row->data();
-        run.dst_row = dst_row->data();
-        run.alpha = has_alpha ? alpha->data() : nullptr;
-        if (device == Device::kCpu) {
-          cpu::gather_rows(run);
-          return std::string();
-        }
-#ifdef LK_WITH_CUDA
-        return cuda::gather_rows(run);
-#else
-        return "CUDA support was not compiled into this build";
-#endif
-      },
-      nullptr);
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return Settle(env, [params, sel, src_row, dst_row, alpha, has_alpha, keep, device]() -> std::string {
+    GatherParams run = *params;
+    run.src_sel = sel->data();
+    run.src_row = src_row->data();
+    run.dst_row = dst_row->data();
+    run.alpha = has_alpha ? alpha->data() : nullptr;
+    LK_ON_DEVICE(device, cpu::gather_rows(run), cuda::gather_rows(run))
+  });
 }
 
 // Offsets of `batch` sequences over `tokens` rows (validated; an owned copy).
@@ -435,30 +432,6 @@ std::shared_ptr<std::vector<int32_t>> ReadOffsets(const Napi::Object& a, const c
   }
   return off;
 }
-
-Napi::Value Settle(Napi::Env env, std::function<std::string()> work) {
-  auto* worker = new PromiseWorker(env, std::move(work), nullptr);
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
-}
-
-Device DeviceArg(const Napi::Object& a) {
-  Napi::Value dev = a.Get("device");
-  Device device;
-  if (!dev.IsString() || !parse_device(dev.As<Napi::String>(), &device)) throw Napi::TypeError::New(a.Env(), "device: expected 'cpu' or 'cuda'");
-  return device;
-}
-
-#ifdef LK_WITH_CUDA
-#define LK_ON_DEVICE(device, cpu_call, cuda_call) \
-  if ((device) == Device::kCpu) { cpu_call; return std::string(); } \
-  return cuda_call;
-#else
-#define LK_ON_DEVICE(device, cpu_call, cuda_call) \
-  if ((device) == Device::kCpu) { cpu_call; return std::string(); } \
-  return std::string("CUDA support was not compiled into this build");
-#endif
 
 struct IndexerArgs {
   IndexerParams p;
@@ -533,7 +506,7 @@ SparseArgs ReadSparse(const Napi::Object& a, Device device) {
 
 // indexerScores(args) -> Promise<void>, writing args.scores [nq, maxLen].
 Napi::Value IndexerScores(const Napi::CallbackInfo& info) {
-  Napi::Object a = info[0].As<Napi::Object>();
+  Napi::Object a = ArgsObject(info, "indexerScores");
   const Device device = DeviceArg(a);
   auto args = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
   BufferRef scores = StorageField(a, "scores", device, (size_t)args->p.nq * args->p.max_len * 4, false);
@@ -545,7 +518,7 @@ Napi::Value IndexerScores(const Napi::CallbackInfo& info) {
 
 // topK(args) -> Promise<void>, writing args.indices / args.values [rows, k].
 Napi::Value TopK(const Napi::CallbackInfo& info) {
-  Napi::Object a = info[0].As<Napi::Object>();
+  Napi::Object a = ArgsObject(info, "topK");
   const Device device = DeviceArg(a);
   auto p = std::make_shared<TopKParams>();
   p->rows = IntField(a, "rows", 0, INT32_MAX);
@@ -584,7 +557,7 @@ void CheckIndices(Napi::Env env, const std::vector<int32_t>& idx, const SparsePa
 
 // sparseAttention(args) -> Promise<void>; args.indices is an Int32Array [nq, topK] on the host.
 Napi::Value SparseAttention(const Napi::CallbackInfo& info) {
-  Napi::Object a = info[0].As<Napi::Object>();
+  Napi::Object a = ArgsObject(info, "sparseAttention");
   const Device device = DeviceArg(a);
   auto args = std::make_shared<SparseArgs>(ReadSparse(a, device));
   auto idx = std::make_shared<std::vector<int32_t>>();
@@ -601,7 +574,7 @@ Napi::Value SparseAttention(const Napi::CallbackInfo& info) {
 // indexedCrossAttention(args) -> Promise<void>: indexer + top-k + sparse attention in one call,
 // writing args.out (and args.indices / args.values of the choice).
 Napi::Value IndexedCrossAttention(const Napi::CallbackInfo& info) {
-  Napi::Object a = info[0].As<Napi::Object>();
+  Napi::Object a = ArgsObject(info, "indexedCrossAttention");
   const Device device = DeviceArg(a);
   auto ia = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
   auto sa = std::make_shared<SparseArgs>(ReadSparse(a, device));
