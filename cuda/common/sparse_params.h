@@ -53,12 +53,12 @@ LK_HD uint32_t topk_key(float x) {
   union { float f; uint32_t i; } cvt;  // a bit cast that nvcc and g++ both accept
   cvt.f = x;
   uint32_t u = cvt.i;
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0u;  // NaN
-  if (u == 0xff800000u) return 0u;                  // -Infinity
-  // Negative floats: flip all bits; positive: set the sign bit. -0 and +0 map to neighbours, with
-  // -0 below +0; both compare equal as floats, so treat them as equal keys.
-  if (u == 0x80000000u) u = 0u;
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  u = u == 0x80000000u ? 0u : u;  // -0 and +0 are equal floats: one key
+  // Negative floats: flip all bits; positive: set the sign bit. Written without branches: the
+  // sign of random scores is unpredictable.
+  const uint32_t flip = (uint32_t)((int32_t)u >> 31) | 0x80000000u;
+  const bool never = (u & 0x7fffffffu) > 0x7f800000u || u == 0xff800000u;  // NaN, -Infinity
+  return never ? 0u : (u ^ flip);
 }
 
 // Selection order: a before b when a's key is larger, or equal with a lower index.

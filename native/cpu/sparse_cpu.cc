@@ -137,24 +137,41 @@ void select_row(const float* row, int len, int k, int32_t* indices, float* value
   uint32_t prefix = 0;
   int remaining = take;  // how many we still need among keys matching the prefix
   if (take > 0) {
-    // Fix the threshold's bits 8 at a time; after each pass only keys matching the prefix so far
-    // stay in `pool`, so later passes touch few keys.
+    // Fix the threshold's bits 8 at a time. Four interleaved histograms keep the increments
+    // independent (keys of similar magnitude share their top byte), and after each pass only the
+    // keys matching the prefix so far stay in `pool`, so later passes touch few keys.
     std::vector<uint32_t>& pool = pool_scratch;
     pool.clear();
-    for (int j = 0; j < len; ++j)
-      if (keys[j] != 0) pool.push_back(keys[j]);
+    pool.resize((size_t)len);
+    size_t live = 0;
+    for (int j = 0; j < len; ++j) {
+      pool[live] = keys[j];
+      live += keys[j] != 0;
+    }
+    pool.resize(live);
     for (int shift = 24; shift >= 0; shift -= 8) {
-      int hist[256] = {0};
-      for (uint32_t key : pool) ++hist[(key >> shift) & 0xff];
+      int hist[4][256] = {};
+      const size_t n = pool.size();
+      size_t j = 0;
+      for (; j + 4 <= n; j += 4) {
+        ++hist[0][(pool[j] >> shift) & 0xff];
+        ++hist[1][(pool[j + 1] >> shift) & 0xff];
+        ++hist[2][(pool[j + 2] >> shift) & 0xff];
+        ++hist[3][(pool[j + 3] >> shift) & 0xff];
+      }
+      for (; j < n; ++j) ++hist[0][(pool[j] >> shift) & 0xff];
       int digit = 255;
       for (; digit > 0; --digit) {
-        if (hist[digit] >= remaining) break;
-        remaining -= hist[digit];
+        const int count = hist[0][digit] + hist[1][digit] + hist[2][digit] + hist[3][digit];
+        if (count >= remaining) break;
+        remaining -= count;
       }
       prefix |= (uint32_t)digit << shift;
       size_t kept = 0;
-      for (uint32_t key : pool)
-        if (((key >> shift) & 0xff) == (uint32_t)digit) pool[kept++] = key;
+      for (uint32_t key : pool) {  // branch-free compaction: matches are unpredictable
+        pool[kept] = key;
+        kept += ((key >> shift) & 0xff) == (uint32_t)digit;
+      }
       pool.resize(kept);
     }
     const uint32_t threshold = prefix;  // exactly `remaining` ties at the threshold are taken
