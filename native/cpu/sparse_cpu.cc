@@ -234,6 +234,7 @@ LK_ISA_CLONES void attend_row(const SparseParams& p, const float* q, int64_t key
     row_sum[h] = hsum(sum);
   }
   // Weighted sum of values, one head at a time with its 64-column output block in registers.
+  constexpr int kPrefetch = 8;  // keys fetched ahead: the selected rows are scattered
   for (int h = 0; h < H; ++h) {
     const int g = h / group;
     const float* ph = scores + (size_t)h * Kp;
@@ -245,6 +246,10 @@ LK_ISA_CLONES void attend_row(const SparseParams& p, const float* q, int64_t key
         v8f acc[8];
         for (int u = 0; u < 8; ++u) acc[u] = splat(0.0f);
         for (int i = 0; i < K; ++i) {
+          if (i + kPrefetch < K && idx[i + kPrefetch] >= 0 && p.dtype == kFloat32) {
+            const char* ahead = static_cast<const char*>(p.v) + (((key_start + idx[i + kPrefetch]) * Hkv + g) * Dv + c0) * 4;
+            for (int line = 0; line < 256; line += 64) __builtin_prefetch(ahead + line);
+          }
           if (idx[i] < 0) continue;
           const float* vr = vs.row((key_start + idx[i]) * Hkv + g, vbuf) + c0;
           const v8f pr = splat(ph[i]);
