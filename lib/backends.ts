@@ -15,9 +15,9 @@ export interface Backends {
 export function backends(): Backends {
   const b = native().backends();
   const cuda = { ...b.cuda, devices: b.cuda.devices.slice() };
-  if (process.env.LIFELONG_DEVICE === 'cpu' && cuda.available) {
+  if (process.env.LIFELONG_DEVICE === 'cpu') {
+    cuda.reason = cuda.available ? 'disabled by LIFELONG_DEVICE=cpu' : `disabled by LIFELONG_DEVICE=cpu (and: ${cuda.reason})`;
     cuda.available = false;
-    cuda.reason = 'disabled by LIFELONG_DEVICE=cpu';
   }
   return { cpu: { ...b.cpu }, cuda };
 }

@@ -1,5 +1,6 @@
 // Tensors and backends (SPEC §1).
 import test from 'ava';
+import { spawnSync } from 'child_process';
 import { backends, tensor, zeros, Tensor, reference } from '../lib/index';
 import { parityDevices } from './helpers';
 import { native } from '../lib/native';
@@ -96,6 +97,20 @@ test('a tensor nobody disposes is freed by its finalizer (external memory goes b
     await new Promise((r) => setTimeout(r, 10));
   }
   t.true(native().externalMemory() - before < 8 * (1 << 20), 'finalizers released the storage');
+});
+
+test('LIFELONG_DEVICE=cpu turns CUDA off with that reason, and cuda tensors are refused', (t) => {
+  const script = `const lk = require(${JSON.stringify(require.resolve('../lib/index'))});
+    const b = lk.backends();
+    let refused = '';
+    try { lk.tensor([1], [1], { device: 'cuda' }); } catch (e) { refused = e.message; }
+    console.log(JSON.stringify({ available: b.cuda.available, reason: b.cuda.reason, refused }));`;
+  const r = spawnSync(process.execPath, ['--import=tsx', '-e', script], { env: { ...process.env, LIFELONG_DEVICE: 'cpu' }, encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+  t.false(out.available);
+  t.regex(out.reason, /^disabled by LIFELONG_DEVICE=cpu/);
+  t.regex(out.refused, /^device: CUDA is not available: disabled by LIFELONG_DEVICE=cpu/);
 });
 
 test('Tensor is the class the ops return', (t) => {
