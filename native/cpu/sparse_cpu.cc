@@ -55,41 +55,50 @@ LK_INLINE float dot(const float* a, const float* b, int n) {
 
 // Scores of the queries [q0, q1) of one batch entry against its keys [k0, k0 + len):
 // out[(i - q0) * ld + j] = sum_h w[i][h] * relu(q[i][h] . k[j]). The dot products are one GEMM per
-// chunk of 64 keys, [queries x heads, Di] x [Di, 64], on the register-blocked micro-kernel.
+// chunk of 96 keys, [96, Di] x [Di, queries x heads], on the register-blocked micro-kernel: the
+// key rows are read in place (no transpose), the few query rows are packed once, transposed.
 template <typename Shape>
 LK_INLINE void score_entry_impl(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld,
                                 std::vector<float>& scratch) {
-  constexpr int kChunk = 64;
+  constexpr int kChunk = 96;  // a multiple of every micro-kernel's rows (4 and 6)
+  static_assert(kChunk % Shape::kRows == 0, "chunk of keys must split into micro-kernel rows");
   const int H = p.heads, Di = p.dim;
   const int64_t nq = q1 - q0;
-  const int rows = (int)(nq * H), rows_pad = (rows + Shape::kRows - 1) / Shape::kRows * Shape::kRows;
-  scratch.resize((size_t)(rows_pad * Di + nq * H + Di * kChunk + rows_pad * kChunk + Di));
-  float* qf = scratch.data();
-  float* wf = qf + (size_t)rows_pad * Di;
-  float* kt = wf + nq * H;
-  float* dots = kt + (size_t)Di * kChunk;
-  float* kbuf = dots + (size_t)rows_pad * kChunk;
+  const int cols = (int)(nq * H), cols_pad = (cols + Shape::kCols - 1) / Shape::kCols * Shape::kCols;
+  scratch.resize((size_t)Di * cols_pad + nq * H + (size_t)kChunk * Di + (size_t)kChunk * cols_pad + (size_t)H * Di);
+  float* qt = scratch.data();                       // [Di][cols_pad]
+  float* wf = qt + (size_t)Di * cols_pad;           // [nq * H]
+  float* kbuf = wf + nq * H;                        // [kChunk][Di], for converted or tail chunks
+  float* dots = kbuf + (size_t)kChunk * Di;         // [kChunk][cols_pad]
+  float* qrow = dots + (size_t)kChunk * cols_pad;   // [H * Di]
   const RowSource qs{p.q, p.dtype, (int64_t)H * Di}, ws{p.w, p.dtype, H}, ks{p.k, p.dtype, Di};
+  std::fill(qt, qt + (size_t)Di * cols_pad, 0.0f);
   for (int64_t i = 0; i < nq; ++i) {
-    std::memcpy(qf + i * H * Di, qs.row(q0 + i, qf + i * H * Di), sizeof(float) * H * Di);
+    const float* qr = qs.row(q0 + i, qrow);
+    for (int h = 0; h < H; ++h)
+      for (int d = 0; d < Di; ++d) qt[(size_t)d * cols_pad + i * H + h] = qr[h * Di + d];
     std::memcpy(wf + i * H, ws.row(q0 + i, wf + i * H), sizeof(float) * H);
   }
-  std::fill(qf + (size_t)rows * Di, qf + (size_t)rows_pad * Di, 0.0f);
   for (int j0 = 0; j0 < len; j0 += kChunk) {
     const int n = std::min(kChunk, len - j0);
-    for (int j = 0; j < kChunk; ++j) {
-      const float* kr = j < n ? ks.row(k0 + j0 + j, kbuf) : nullptr;
-      for (int d = 0; d < Di; ++d) kt[d * kChunk + j] = kr ? kr[d] : 0.0f;
+    const float* a;
+    if (p.dtype == kFloat32 && n == kChunk) {
+      a = static_cast<const float*>(p.k) + (k0 + j0) * Di;  // whole chunk in place
+    } else {
+      for (int j = 0; j < kChunk; ++j) {
+        float* dst = kbuf + (size_t)j * Di;
+        if (j < n) std::memcpy(dst, ks.row(k0 + j0 + j, dst), sizeof(float) * Di);
+        else std::fill(dst, dst + Di, 0.0f);
+      }
+      a = kbuf;
     }
-    gemm_blocks<Shape>(rows_pad, kChunk, Di, qf, Di, kt, kChunk, dots, kChunk, false);
+    gemm_blocks<Shape>(kChunk, cols_pad, Di, a, Di, qt, cols_pad, dots, cols_pad, false);
     for (int64_t i = 0; i < nq; ++i) {
       float* o = out + i * ld + j0;
       for (int j = 0; j < n; ++j) {
+        const float* dj = dots + (size_t)j * cols_pad + i * H;
         float s = 0.0f;
-        for (int h = 0; h < H; ++h) {
-          const float x = dots[(i * H + h) * kChunk + j];
-          s += wf[i * H + h] * (x > 0.0f ? x : 0.0f);
-        }
+        for (int h = 0; h < H; ++h) s += wf[i * H + h] * (dj[h] > 0.0f ? dj[h] : 0.0f);
         o[j] = s;
       }
     }
