@@ -214,22 +214,35 @@ bool CopyTyped(const Napi::Object& o, const char* name, std::vector<T>* out, boo
   return true;
 }
 
+// Offsets of `batch` sequences over `tokens` rows (validated; an owned copy).
+std::shared_ptr<std::vector<int32_t>> ReadOffsets(const Napi::Object& a, const char* name, int64_t tokens, int* batch, int* max_len) {
+  auto off = std::make_shared<std::vector<int32_t>>();
+  CopyTyped<int32_t, napi_int32_array>(a, name, off.get(), false);
+  Napi::Env env = a.Env();
+  if (off->empty() || (*off)[0] != 0 || off->back() != tokens)
+    throw Napi::RangeError::New(env, std::string(name) + ": expected offsets from 0 to " + std::to_string(tokens));
+  *batch = (int)off->size() - 1;
+  *max_len = 0;
+  for (int b = 0; b < *batch; ++b) {
+    if ((*off)[b + 1] < (*off)[b]) throw Napi::RangeError::New(env, std::string(name) + ": offsets must be nondecreasing");
+    *max_len = std::max(*max_len, (*off)[b + 1] - (*off)[b]);
+  }
+  return off;
+}
+
 // An owned copy of one jagged layout, validated (SPEC §2).
 struct OwnedLayout {
-  std::vector<int32_t> offsets, segments;
+  std::shared_ptr<std::vector<int32_t>> offsets;
+  std::vector<int32_t> segments;
   std::vector<uint8_t> roles;
   bool has_segments = false, has_roles = false;
   int max_len = 0;
 
   void read(const Napi::Object& o, const char* off, const char* seg, const char* role, int batch, int64_t tokens) {
     Napi::Env env = o.Env();
-    CopyTyped<int32_t, napi_int32_array>(o, off, &offsets, false);
-    if ((int64_t)offsets.size() != batch + 1 || offsets[0] != 0 || offsets[batch] != tokens)
-      throw Napi::RangeError::New(env, std::string(off) + ": expected batch + 1 offsets from 0 to " + std::to_string(tokens));
-    for (int b = 0; b < batch; ++b) {
-      if (offsets[b + 1] < offsets[b]) throw Napi::RangeError::New(env, std::string(off) + ": offsets must be nondecreasing");
-      max_len = std::max(max_len, offsets[b + 1] - offsets[b]);
-    }
+    int found_batch = 0;
+    offsets = ReadOffsets(o, off, tokens, &found_batch, &max_len);
+    if (found_batch != batch) throw Napi::RangeError::New(env, std::string(off) + ": expected batch + 1 offsets");
     has_segments = CopyTyped<int32_t, napi_int32_array>(o, seg, &segments, true);
     if (has_segments && (int64_t)segments.size() != tokens)
       throw Napi::RangeError::New(env, std::string(seg) + ": expected one segment per token");
@@ -241,7 +254,7 @@ struct OwnedLayout {
     }
   }
   LayoutView view() const {
-    return LayoutView{offsets.data(), has_segments ? segments.data() : nullptr, has_roles ? roles.data() : nullptr};
+    return LayoutView{offsets->data(), has_segments ? segments.data() : nullptr, has_roles ? roles.data() : nullptr};
   }
 };
 
@@ -415,22 +428,6 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
     run.alpha = has_alpha ? alpha->data() : nullptr;
     LK_ON_DEVICE(device, cpu::gather_rows(run), cuda::gather_rows(run))
   });
-}
-
-// Offsets of `batch` sequences over `tokens` rows (validated; an owned copy).
-std::shared_ptr<std::vector<int32_t>> ReadOffsets(const Napi::Object& a, const char* name, int64_t tokens, int* batch, int* max_len) {
-  auto off = std::make_shared<std::vector<int32_t>>();
-  CopyTyped<int32_t, napi_int32_array>(a, name, off.get(), false);
-  Napi::Env env = a.Env();
-  if (off->empty() || (*off)[0] != 0 || off->back() != tokens)
-    throw Napi::RangeError::New(env, std::string(name) + ": expected offsets from 0 to " + std::to_string(tokens));
-  *batch = (int)off->size() - 1;
-  *max_len = 0;
-  for (int b = 0; b < *batch; ++b) {
-    if ((*off)[b + 1] < (*off)[b]) throw Napi::RangeError::New(env, std::string(name) + ": offsets must be nondecreasing");
-    *max_len = std::max(*max_len, (*off)[b + 1] - (*off)[b]);
-  }
-  return off;
 }
 
 struct IndexerArgs {

@@ -39,6 +39,16 @@ __device__ __forceinline__ float indexer_score(const float* q_s, const float* w_
   return s;
 }
 
+// The indexer query row `row` (heads x dim) and its head weights, as float, into shared memory.
+template <typename T>
+__device__ __forceinline__ void load_indexer_query(const IndexerParams& p, int64_t row, float* q_s, float* w_s) {
+  const T* q = static_cast<const T*>(p.q) + row * p.heads * p.dim;
+  const T* w = static_cast<const T*>(p.w) + row * p.heads;
+  for (int i = threadIdx.x; i < p.heads * p.dim; i += blockDim.x) q_s[i] = to_float(q[i]);
+  for (int i = threadIdx.x; i < p.heads; i += blockDim.x) w_s[i] = to_float(w[i]);
+  __syncthreads();
+}
+
 // grid (key tiles of kIndexerThreads, nq): one thread per key of one query.
 template <typename T>
 __global__ void __launch_bounds__(kIndexerThreads) indexer_kernel(IndexerParams p) {
@@ -48,11 +58,7 @@ __global__ void __launch_bounds__(kIndexerThreads) indexer_kernel(IndexerParams 
   const int b = sequence_of(p.q_offsets, p.batch, row);
   const int64_t k_start = p.k_offsets[b];
   const int len = p.k_offsets[b + 1] - (int)k_start;
-  const T* q = static_cast<const T*>(p.q) + row * p.heads * p.dim;
-  const T* w = static_cast<const T*>(p.w) + row * p.heads;
-  for (int i = threadIdx.x; i < p.heads * p.dim; i += kIndexerThreads) q_s[i] = to_float(q[i]);
-  for (int i = threadIdx.x; i < p.heads; i += kIndexerThreads) w_s[i] = to_float(w[i]);
-  __syncthreads();
+  load_indexer_query<T>(p, row, q_s, w_s);
   const int j = blockIdx.x * kIndexerThreads + threadIdx.x;
   if (j >= p.max_len) return;
   float s = -INFINITY;
@@ -117,11 +123,7 @@ __global__ void __launch_bounds__(kSelectThreads) fused_indexed_attention_kernel
   const int b = sequence_of(ip.q_offsets, ip.batch, row);
   const int64_t k_start = ip.k_offsets[b];
   const int len = ip.k_offsets[b + 1] - (int)k_start;
-  const T* qi = static_cast<const T*>(ip.q) + row * ip.heads * ip.dim;
-  const T* wi = static_cast<const T*>(ip.w) + row * ip.heads;
-  for (int i = threadIdx.x; i < ip.heads * ip.dim; i += kSelectThreads) sh.q_s[i] = to_float(qi[i]);
-  for (int i = threadIdx.x; i < ip.heads; i += kSelectThreads) sh.w_s[i] = to_float(wi[i]);
-  __syncthreads();
+  load_indexer_query<T>(ip, row, sh.q_s, sh.w_s);
   for (int j = threadIdx.x; j < len; j += kSelectThreads)
     sh.scores[j] = indexer_score(sh.q_s, sh.w_s, static_cast<const T*>(ip.k) + (k_start + j) * ip.dim, ip.heads, ip.dim);
   __syncthreads();
