@@ -10,7 +10,7 @@ export interface NativeStorage {
   dispose(): void;
   write(data: ArrayBufferView): void;
   read(): Promise<ArrayBuffer>;
-  copyTo(device: 'cpu' | 'cuda'): NativeStorage;
+  copyTo(device: 'cpu' | 'cuda'): Promise<NativeStorage>;
 }
 
 export interface NativeBackends {

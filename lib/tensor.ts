@@ -88,7 +88,7 @@ export class Tensor {
   /** A copy on another device (the same tensor's data, new storage). */
   async to(device: Device): Promise<Tensor> {
     const target = checkDevice(device, 'device');
-    return new Tensor(this.storage().copyTo(target), this.dtype, this.shape, target);
+    return new Tensor(await this.storage().copyTo(target), this.dtype, this.shape, target);
   }
 
   /** Frees the storage now; later use throws `Error('tensor is disposed')`. Idempotent. */

@@ -121,17 +121,8 @@ class Storage : public Napi::ObjectWrap<Storage> {
   // read() -> Promise<ArrayBuffer>: a host copy, made off the event loop.
   Napi::Value Read(const Napi::CallbackInfo& info);
 
-  // copyTo(device) -> Storage with the same bytes on that device.
-  Napi::Value CopyTo(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    BufferRef buf = Live(env);
-    if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "device: expected 'cpu' or 'cuda'");
-    Napi::Object out = constructor->New({info[0], Napi::Number::New(env, (double)buf->bytes)});
-    BufferRef dst = BufferOf(out, "device");
-    const std::string err = copy_bytes(dst->device, dst->ptr, buf->device, buf->ptr, buf->bytes);
-    if (!err.empty()) throw Napi::Error::New(env, err);
-    return out;
-  }
+  // copyTo(device) -> Promise<Storage> with the same bytes on that device, copied off the event loop.
+  Napi::Value CopyTo(const Napi::CallbackInfo& info);
 
   BufferRef buffer_;
 };
@@ -167,6 +158,21 @@ class PromiseWorker : public Napi::AsyncWorker {
   Work work_;
   Result result_;
 };
+
+Napi::Value Storage::CopyTo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  BufferRef buf = Live(env);
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "device: expected 'cpu' or 'cuda'");
+  Napi::Object out = constructor->New({info[0], Napi::Number::New(env, (double)buf->bytes)});
+  BufferRef dst = BufferOf(out, "device");
+  auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
+  auto* worker = new PromiseWorker(
+      env, [buf, dst] { return copy_bytes(dst->device, dst->ptr, buf->device, buf->ptr, buf->bytes); },
+      [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
 
 Napi::Value Storage::Read(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

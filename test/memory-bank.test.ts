@@ -4,7 +4,7 @@ import test from 'ava';
 import { promises as fsp } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { MemoryBank, maskedAttention, reference, tensor, DType, Device } from '../lib/index';
+import { MemoryBank, maskedAttention, reference, tensor, DType } from '../lib/index';
 import { ReferenceMemoryBank } from '../lib/reference/memory-bank';
 import { compare, parityDevices, Rng } from './helpers';
 
