@@ -73,15 +73,19 @@ for (const device of parityDevices()) {
   for (const dtype of ['float32', 'float16', 'bfloat16'] as DType[]) {
     test(`indexerScores / sparseAttention / indexedCrossAttention ${device} ${dtype} = reference on jagged batches`, async (t) => {
       const rng = new Rng(dtype.length * 13 + 1);
-      for (let round = 0; round < 3; round++) {
+      for (let round = 0; round < 4; round++) {
         const B = rng.int(1, 5);
         const keyLens = Array.from({ length: B }, () => rng.pick([0, 1, 5, 130, 700, rng.int(1, 2000)]));
-        const qLens = Array.from({ length: B }, () => rng.int(0, 4));
+        // up to 9 queries per entry: indexer GEMMs of <= 8, <= 16 and wider columns (queries x heads)
+        const qLens = Array.from({ length: B }, () => rng.int(0, rng.pick([4, 9])));
         const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
         const Nq = qOffsets[B], Tk = kOffsets[B];
-        const Hi = rng.pick([1, 2, 4]), Di = rng.pick([8, 32, 64]);
-        const kvHeads = rng.pick([1, 2]), heads = kvHeads * rng.pick([1, 4]), D = rng.pick([16, 64]), Dv = rng.pick([8, 32, 128]);
-        const k = rng.pick([1, 16, 256]);
+        // head counts past a multiple of 8 and (on the CPU, which takes any head size) widths off its
+        // 8 / 64-float vector blocks reach every tail; CUDA takes head sizes 8 ... 256, powers of two
+        const Hi = rng.pick([1, 2, 4]), Di = rng.pick([8, 20, 32, 64]);
+        const kvHeads = rng.pick([1, 2, 3]), heads = kvHeads * rng.pick([1, 4, 5]);
+        const D = rng.pick(device === 'cpu' ? [16, 20, 64, 72] : [16, 64]), Dv = rng.pick(device === 'cpu' ? [8, 36, 72, 128] : [8, 32, 128]);
+        const k = rng.pick([1, 16, 37, 256]);
         const qI = await input(rng, [Nq, Hi, Di], dtype, device), kI = await input(rng, [Tk, Di], dtype, device), w = await input(rng, [Nq, Hi], dtype, device);
         const q = await input(rng, [Nq, heads, D], dtype, device), kk = await input(rng, [Tk, kvHeads, D], dtype, device), v = await input(rng, [Tk, kvHeads, Dv], dtype, device);
         const layout = { qOffsets, kOffsets };
@@ -116,6 +120,32 @@ for (const device of parityDevices()) {
       }
     });
   }
+
+  // Long rows: on CUDA a batch whose longest row has <= 16,384 keys runs the fused kernel (the score
+  // row in dynamic shared memory, above the 48 KiB default), a longer one the unfused kernels.
+  test(`indexedCrossAttention ${device}: rows of 9,000 to 20,000 keys = reference`, async (t) => {
+    const rng = new Rng(2026);
+    for (const keyLens of [[12000, 1, 9000], [16384, 3], [20000, 700]]) {
+      const qLens = keyLens.map(() => 2);
+      const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+      const Nq = qOffsets[qLens.length], Tk = kOffsets[keyLens.length];
+      const Hi = 2, Di = 32, heads = 4, kvHeads = 2, D = 16, Dv = 32, k = 300;
+      const qI = await input(rng, [Nq, Hi, Di], 'float32', device), kI = await input(rng, [Tk, Di], 'float32', device), w = await input(rng, [Nq, Hi], 'float32', device);
+      const q = await input(rng, [Nq, heads, D], 'float32', device), kk = await input(rng, [Tk, kvHeads, D], 'float32', device), v = await input(rng, [Tk, kvHeads, Dv], 'float32', device);
+      const ref = (x: { exact: Float32Array }, shape: number[]) => ({ data: x.exact, shape });
+      const layout = { qOffsets, kOffsets };
+      const got = await indexedCrossAttention(q.t, kk.t, v.t, { indexer: { q: qI.t, k: kI.t, w: w.t }, topK: k, ...layout });
+      const want = reference.indexedCrossAttention(ref(q, [Nq, heads, D]), ref(kk, [Tk, kvHeads, D]), ref(v, [Tk, kvHeads, Dv]),
+        { indexer: { q: ref(qI, [Nq, Hi, Di]), k: ref(kI, [Tk, Di]), w: ref(w, [Nq, Hi]) }, topK: k, ...layout });
+      const gi = (await got.indices.data()) as Int32Array, gv = (await got.values.data()) as Float32Array;
+      // Slots may differ only where the two scores are within rounding of each other (near ties).
+      const nearTie = (n: number) => Math.abs(gv[n] - want.values.data[n]) <= 1e-4 * (1 + Math.abs(want.values.data[n]));
+      t.true(Array.from(gi).every((x, n) => x === want.indices.data[n] || nearTie(n)), `keys ${keyLens}: selection`);
+      if (gi.every((x, n) => x === want.indices.data[n]))
+        t.is(compare(await got.output.float32(), want.output.data, 'float32', 'output'), '', `keys ${keyLens}`);
+      for (const x of [qI.t, kI.t, w.t, q.t, kk.t, v.t, got.output, got.indices, got.values]) x.dispose();
+    }
+  });
 
   test(`sparse ops on ${device} reject bad input before any kernel runs`, async (t) => {
     const q = tensor(new Float32Array(2 * 2 * 8), [2, 2, 8], { device });

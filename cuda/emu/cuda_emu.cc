@@ -6,6 +6,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -101,6 +104,7 @@ struct BlockRun {
   uint64_t barrier_generation = 0;
   uint64_t progress = 0;  // bumped whenever a wait completes or a thread exits
   const std::function<void()>* body = nullptr;
+  unsigned char* dynamic_shared = nullptr;
 };
 
 // Per OS thread: the block being run, the running fiber, the scheduler's context, and stacks.
@@ -269,18 +273,51 @@ unsigned warp_ballot(unsigned mask, bool predicate) {
 
 void set_last_error(cudaError_t e) { last_error = e; }
 
-cudaError_t run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
+// Dynamic shared memory a kernel may ask for: 48 KiB unless raised by cudaFuncSetAttribute, up to
+// the opt-in limit of the emulated device (an sm_90 part's 227 KiB).
+constexpr size_t kDefaultDynamicShared = 48 * 1024;
+constexpr size_t kOptinDynamicShared = 227 * 1024;
+std::mutex attribute_mutex;
+std::map<const void*, size_t>& dynamic_limits() {
+  static std::map<const void*, size_t> limits;
+  return limits;
+}
+
+cudaError_t set_function_attribute(const void* kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || (size_t)value > kOptinDynamicShared) {
+    last_error = cudaErrorInvalidValue;
+    return cudaErrorInvalidValue;
+  }
+  std::lock_guard<std::mutex> lock(attribute_mutex);
+  dynamic_limits()[kernel] = (size_t)value;
+  return cudaSuccess;
+}
+
+void* dynamic_shared() {
+  if (!tls.block) fail("dynamic shared memory used outside a kernel");
+  return tls.block->dynamic_shared;
+}
+
+cudaError_t run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body) {
   const uint64_t threads = (uint64_t)block.x * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64) return cudaErrorInvalidConfiguration;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535 || grid.x > 0x7fffffffu)
     return cudaErrorInvalidConfiguration;
+  if (shared_bytes > kDefaultDynamicShared) {
+    std::lock_guard<std::mutex> lock(attribute_mutex);
+    const auto it = dynamic_limits().find(kernel);
+    if (it == dynamic_limits().end() || shared_bytes > it->second) return cudaErrorInvalidValue;
+  }
   if (tls.block) fail("a kernel launched another kernel (dynamic parallelism is not emulated)");
+  // Exactly the bytes asked for, on the heap: AddressSanitizer sees any access past them.
+  std::unique_ptr<unsigned char[]> dynamic(shared_bytes ? new unsigned char[shared_bytes] : nullptr);
   ensure_stacks(threads);
   tls.fibers.resize(threads);
   const int n_warps = (int)((threads + 31) / 32);
   BlockRun run;
   run.fibers = &tls.fibers;
   run.body = &body;
+  run.dynamic_shared = dynamic.get();
   tls.block = &run;
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
@@ -292,6 +329,7 @@ cudaError_t run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
         }
         run.live = (int)threads;
         run.barrier_arrived = 0;
+        if (shared_bytes) std::memset(dynamic.get(), 0xff, shared_bytes);  // fresh garbage: NaN floats
         for (uint64_t t = 0; t < threads; ++t) {
           Fiber& f = tls.fibers[t];
           f = Fiber();
@@ -401,6 +439,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   std::snprintf(prop->name, sizeof prop->name, "CUDA emulator (CPU)");
   prop->totalGlobalMem = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
   prop->sharedMemPerBlock = 49152;
+  prop->sharedMemPerBlockOptin = lk_emu::kOptinDynamicShared;
   prop->warpSize = 32;
   prop->maxThreadsPerBlock = 1024;
   prop->major = 9;
@@ -436,4 +475,12 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   *total_bytes = (size_t)sysconf(_SC_PHYS_PAGES) * page;
   *free_bytes = (size_t)sysconf(_SC_AVPHYS_PAGES) * page;
   return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return record(cudaErrorInvalidValue);
+  switch (attr) {
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = (int)lk_emu::kDefaultDynamicShared; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = (int)lk_emu::kOptinDynamicShared; return cudaSuccess;
+  }
+  return record(cudaErrorInvalidValue);
 }

@@ -5,9 +5,14 @@
 // block are fibers on that OS thread, switched only at __syncthreads, warp shuffles / votes /
 // __syncwarp, so every barrier is real. Because a block's fibers share one OS thread,
 // `__shared__` is `static thread_local`: one copy per block in flight, as on a GPU.
+// Dynamic shared memory (the launch's shared_bytes) is one heap buffer of exactly that size per
+// launch, refilled with 0xff bytes (NaN floats) for every block, so AddressSanitizer catches a
+// kernel indexing past it and reads of never-written shared memory show up as NaN; launches asking
+// for more than 48 KiB fail unless cudaFuncSetAttribute raised the kernel's limit, as on a GPU.
 // Restrictions for kernel authors: __shared__ variables are declared (not initialised) inside
-// kernels or device functions; no dynamic (extern) shared memory; warp-synchronous functions
-// must be called by every lane named in their mask (else the emulator aborts with a message).
+// kernels or device functions; dynamic shared memory is reached through LK_DYNAMIC_SHARED
+// (compat.cuh), not `extern __shared__`; warp-synchronous functions must be called by every lane
+// named in their mask (else the emulator aborts with a message).
 #pragma once
 #ifndef LK_CUDA_EMULATE
 #error "cuda_emu.h is the emulated-CUDA build only (define LK_CUDA_EMULATE)"
@@ -18,6 +23,10 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -29,7 +38,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
-#define __noinline__ __attribute__((noinline))
+#define __noinline__ __attribute__((noinline))  // after the standard headers, which use the name
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __shared__ static thread_local
@@ -242,6 +251,7 @@ enum cudaMemcpyKind {
   cudaMemcpyDefault = 4,
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlock = 8, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 struct CUstream_st;
 typedef CUstream_st* cudaStream_t;
 constexpr unsigned cudaStreamNonBlocking = 1;
@@ -250,6 +260,7 @@ struct cudaDeviceProp {
   char name[256];
   size_t totalGlobalMem;
   size_t sharedMemPerBlock;
+  size_t sharedMemPerBlockOptin;
   int warpSize;
   int maxThreadsPerBlock;
   int major, minor;
@@ -280,35 +291,45 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 cudaError_t cudaDeviceSynchronize();
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes);
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+namespace lk_emu {
+cudaError_t set_function_attribute(const void* kernel, cudaFuncAttribute attr, int value);
+}
 template <typename F>
-inline cudaError_t cudaFuncSetAttribute(F*, cudaFuncAttribute, int) { return cudaSuccess; }
+inline cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
+  return lk_emu::set_function_attribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
 
 // ---------------------------------------------------------------- launches
 namespace lk_emu {
 
-// Runs `body` as every thread of every block of the grid (see the model above). Returns
-// cudaErrorInvalidConfiguration without running anything for a configuration CUDA would refuse.
-cudaError_t run_grid(dim3 grid, dim3 block, const std::function<void()>& body);
+// Runs `body` as every thread of every block of the grid (see the model above), with
+// `shared_bytes` of dynamic shared memory for `kernel`. Returns cudaErrorInvalidConfiguration /
+// cudaErrorInvalidValue without running anything for a launch CUDA would refuse.
+cudaError_t run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
 void set_last_error(cudaError_t e);
+// The running block's dynamic shared memory (nullptr when the launch asked for none).
+void* dynamic_shared();
 
 template <typename... Params>
 struct Launcher {
   void (*kernel)(Params...);
   dim3 grid, block;
+  size_t shared_bytes;
   template <typename... Args>
   void operator()(Args&&... args) const {
     // Arguments are copied once per launch, converted to the kernel's parameter types, and each
     // emulated thread receives its own by-value copies, as on a GPU.
     const std::tuple<typename std::decay<Params>::type...> copies(std::forward<Args>(args)...);
     auto* fn = kernel;
-    const cudaError_t e = run_grid(grid, block, [fn, &copies] { std::apply(fn, copies); });
+    const cudaError_t e = run_grid(reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, [fn, &copies] { std::apply(fn, copies); });
     if (e != cudaSuccess) set_last_error(e);
   }
 };
 
 template <typename... Params>
-Launcher<Params...> launcher(void (*kernel)(Params...), dim3 grid, dim3 block, size_t /*shared*/, cudaStream_t /*stream*/) {
-  return Launcher<Params...>{kernel, grid, block};
+Launcher<Params...> launcher(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t /*stream*/) {
+  return Launcher<Params...>{kernel, grid, block, shared_bytes};
 }
 
 }  // namespace lk_emu

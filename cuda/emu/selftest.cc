@@ -87,6 +87,17 @@ __global__ void template_kernel(T* out, T add) {
   out[threadIdx.x] = tile[N - 1 - threadIdx.x];
 }
 
+// Dynamic shared memory sized by the launch: each block writes its slice then reads it reversed;
+// `garbage` reports whether the memory arrived filled with NaNs (never-written shared memory).
+__global__ void dynamic_shared_kernel(float* out, int n, int* garbage) {
+  LK_DYNAMIC_SHARED(float, buf);
+  if (threadIdx.x == 0 && !(buf[n - 1] != buf[n - 1])) atomicAdd(garbage, 1);
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = (float)(blockIdx.x * n + i);
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[blockIdx.x * n + i] = buf[n - 1 - i];
+}
+
 __global__ void deadlock_kernel(int* out) {
   // Half a warp waits at a full-warp shuffle for lanes that wait at the barrier for it.
   if (threadIdx.x < 16) __shfl_xor_sync(0xffffffffu, 1, 1);
@@ -244,6 +255,35 @@ int main() {
       }
     }
     CHECK(ok, "float -> half rounds to nearest");
+  }
+  {  // dynamic shared memory: 64 KiB needs the kernel's attribute raised first, as on a GPU
+    const int n = 16384, blocks = 3;
+    float* out;
+    int* garbage;
+    cudaMalloc(&out, (size_t)n * blocks * 4);
+    cudaMalloc(&garbage, 4);
+    cudaMemset(garbage, 0, 4);
+    cudaGetLastError();
+    LK_LAUNCH(dynamic_shared_kernel, dim3(blocks), dim3(128), (size_t)n * 4, 0)(out, n, garbage);
+    CHECK(cudaGetLastError() == cudaErrorInvalidValue, "64 KiB of dynamic shared memory refused without the attribute");
+    CHECK(cudaFuncSetAttribute(dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 400 * 1024) == cudaErrorInvalidValue,
+          "attribute above the opt-in limit refused");
+    cudaGetLastError();
+    CHECK(cudaFuncSetAttribute(dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, n * 4) == cudaSuccess, "attribute set");
+    LK_LAUNCH(dynamic_shared_kernel, dim3(blocks), dim3(128), (size_t)n * 4, 0)(out, n, garbage);
+    CHECK(cudaGetLastError() == cudaSuccess, "launch with 64 KiB of dynamic shared memory");
+    std::vector<float> host((size_t)n * blocks);
+    cudaMemcpy(host.data(), out, host.size() * 4, cudaMemcpyDeviceToHost);
+    bool ok = true;
+    for (int b = 0; b < blocks; ++b)
+      for (int i = 0; i < n; ++i) ok = ok && host[(size_t)b * n + i] == (float)(b * n + n - 1 - i);
+    CHECK(ok, "dynamic shared memory reversed per block");
+    int not_nan = -1;
+    cudaMemcpy(&not_nan, garbage, 4, cudaMemcpyDeviceToHost);
+    CHECK(not_nan == 0, "every block starts from NaN-filled dynamic shared memory (%d did not)", not_nan);
+    int optin = 0;
+    CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) == cudaSuccess && optin >= n * 4, "opt-in limit %d", optin);
+    cudaFree(out); cudaFree(garbage);
   }
   {  // a deadlocked kernel aborts with a message instead of hanging
     const pid_t pid = fork();

@@ -69,10 +69,29 @@ template <typename T> struct LaunchSparse {
     LK_LAUNCH(k, dim3((unsigned)p.nq), dim3(kSelectThreads), 0, 0)(p);
   }
 };
+// Dynamic shared memory of the fused kernel for a batch whose longest row has `max_len` keys.
+size_t fused_score_bytes(int max_len) { return (size_t)(max_len > 0 ? max_len : 1) * sizeof(float); }
+
+// Whether the fused kernel takes rows of `max_len` keys on this device: at most kFusedMaxKeys, and
+// the score row plus the static part within the device's opt-in shared memory per block (64 KiB
+// on sm_75, 99-227 KiB on later parts), so on older parts long rows take the unfused path.
+bool fused_fits(int max_len) {
+  if (max_len > kFusedMaxKeys) return false;
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return sizeof(FusedShared) + fused_score_bytes(max_len) <= (size_t)optin;
+}
+
 template <typename T> struct LaunchFused {
   static void run(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
     auto* k = fused_indexed_attention_kernel<T>;
-    LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kSelectThreads), 0, 0)(ip, tp, sp);
+    const size_t bytes = fused_score_bytes(ip.max_len);
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) != cudaSuccess) return;  // reported by finish()
+    LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kSelectThreads), bytes, 0)(ip, tp, sp);
   }
 };
 
@@ -129,7 +148,7 @@ std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams
   ip.q_offsets = sp.q_offsets = up.put(ihost.q_offsets, (size_t)ihost.batch + 1, &err);
   ip.k_offsets = sp.k_offsets = up.put(ihost.k_offsets, (size_t)ihost.batch + 1, &err);
   if (!err.empty()) return err;
-  if (ip.max_len <= kFusedMaxKeys && tp.k <= kFusedMaxK && ip.heads * ip.dim <= kFusedMaxQ) {
+  if (tp.k <= kFusedMaxK && ip.heads * ip.dim <= kFusedMaxQ && fused_fits(ip.max_len)) {
     by_dtype<LaunchFused>(ip.dtype, ip, tp, sp);
     return finish("indexedCrossAttention");
   }

@@ -14,7 +14,7 @@ constexpr int kIndexerThreads = 128;
 constexpr int kIndexerMaxQ = 8192;      // heads x dim of one indexer query held in shared memory
 constexpr int kIndexerMaxHeads = 512;
 constexpr int kTopKCapacity = 2048;     // largest k (a power of two for the bitonic sort)
-constexpr int kFusedMaxKeys = 8192;     // score row kept in shared memory by the fused kernel
+constexpr int kFusedMaxKeys = 16384;    // score row kept in (dynamic) shared memory by the fused kernel
 constexpr int kFusedMaxK = 512;
 constexpr int kFusedMaxQ = 1024;
 
@@ -99,8 +99,9 @@ __global__ void __launch_bounds__(kSelectThreads) sparse_attention_kernel(Sparse
   block_attend<T>(p, row, p.k_offsets[b], p.top_k, [idx](int i) { return idx[i]; }, sh);
 }
 
+// Static shared memory of the fused kernel; the score row (max_len floats) is dynamic shared
+// memory after it, so the launch asks only for what the longest row of the batch needs.
 struct FusedShared {
-  float scores[kFusedMaxKeys];
   float q_s[kFusedMaxQ];
   float w_s[kFusedMaxQ];
   union {
@@ -119,21 +120,22 @@ struct FusedShared {
 template <typename T>
 __global__ void __launch_bounds__(kSelectThreads) fused_indexed_attention_kernel(IndexerParams ip, TopKParams tp, SparseParams sp) {
   __shared__ FusedShared sh;
+  LK_DYNAMIC_SHARED(float, scores_s);  // [ip.max_len]
   const int64_t row = blockIdx.x;
   const int b = sequence_of(ip.q_offsets, ip.batch, row);
   const int64_t k_start = ip.k_offsets[b];
   const int len = ip.k_offsets[b + 1] - (int)k_start;
   load_indexer_query<T>(ip, row, sh.q_s, sh.w_s);
   for (int j = threadIdx.x; j < len; j += kSelectThreads)
-    sh.scores[j] = indexer_score(sh.q_s, sh.w_s, static_cast<const T*>(ip.k) + (k_start + j) * ip.dim, ip.heads, ip.dim);
+    scores_s[j] = indexer_score(sh.q_s, sh.w_s, static_cast<const T*>(ip.k) + (k_start + j) * ip.dim, ip.heads, ip.dim);
   __syncthreads();
-  const float* scores = sh.scores;
+  const float* scores = scores_s;
   const int taken = block_select_topk([scores](int j) { return scores[j]; }, len, tp.k, sh.u.pick.keys, sh.u.pick.idx, kFusedMaxK, sh.u.pick.select);
   for (int i = threadIdx.x; i < tp.k; i += kSelectThreads) {
     const int j = i < taken ? sh.u.pick.idx[i] : -1;
     sh.chosen[i] = j;
     tp.indices[row * tp.k + i] = j;
-    tp.values[row * tp.k + i] = j >= 0 ? sh.scores[j] : -INFINITY;
+    tp.values[row * tp.k + i] = j >= 0 ? scores_s[j] : -INFINITY;
   }
   __syncthreads();  // the attention reuses the selection's shared memory
   const int* chosen = sh.chosen;

@@ -25,6 +25,17 @@ LK_INLINE float hsum(v8f v) {
   return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
+// Lane j of the result is the sum of a[j]'s eight lanes: eight dot products reduced together with
+// pairwise adds (14 shuffles for 8 results instead of a full horizontal sum each).
+LK_INLINE v8f pairwise_add(v8f a, v8f b) {  // [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7]
+  return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) + __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+}
+LK_INLINE v8f hsum8x8(const v8f a[8]) {
+  const v8f lo = pairwise_add(pairwise_add(a[0], a[1]), pairwise_add(a[2], a[3]));
+  const v8f hi = pairwise_add(pairwise_add(a[4], a[5]), pairwise_add(a[6], a[7]));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
 // exp(x) for 8 lanes: 2^n * p(r) with r = x - n ln2 in [-ln2/2, ln2/2] and a degree-6 polynomial
 // (relative error ~2e-7, inside SPEC §7's float32 tolerance). Underflow (incl. -inf) gives exactly 0,
 // so masked scores contribute nothing.
@@ -96,5 +107,8 @@ typedef float v16f __attribute__((vector_size(64)));
 using GemmAvx512 = GemmShape<v16f, 4, 2>;
 using GemmAvx2 = GemmShape<v8f, 6, 2>;
 using GemmBaseline = GemmShape<v8f, 4, 2>;
+// Tall blocks of one vector for GEMMs with at most 8 / 16 columns (the indexer's queries x heads).
+using GemmNarrow8 = GemmShape<v8f, 12, 1>;
+using GemmNarrow16 = GemmShape<v16f, 12, 1>;
 
 }  // namespace lk::cpu
