@@ -162,8 +162,9 @@ export interface IndexedCrossAttentionOptions extends SparseLayout {
 }
 
 /**
- * indexerScores -> topK -> sparseAttention in one call. On CUDA, rows of up to 8,192 keys (k <= 512,
- * indexer heads x dim <= 1,024) run in one fused kernel whose score row never leaves shared memory.
+ * indexerScores -> topK -> sparseAttention in one call. On CUDA, rows of up to 16,384 keys (k <= 512,
+ * indexer heads x dim <= 1,024; fewer where the device's opt-in shared memory per block is smaller)
+ * run in one fused kernel whose score row never leaves shared memory.
  */
 export async function indexedCrossAttention(q: Tensor, k: Tensor, v: Tensor, options: IndexedCrossAttentionOptions):
   Promise<{ output: Tensor; indices: Tensor; values: Tensor; lse?: Tensor }> {
