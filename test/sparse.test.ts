@@ -114,8 +114,9 @@ for (const device of parityDevices()) {
         let mismatched = 0;
         for (let n = 0; n < fi.length; n++) if (fi[n] !== refFused.indices.data[n] && Math.abs(fv[n] - refVals[n]) > 1e-4 * (1 + Math.abs(refVals[n]))) mismatched++;
         t.is(mismatched, 0, 'fused selection');
-        if (fi.every((x, n) => x === refFused.indices.data[n]))
-          t.is(compare(await fused.output.float32(), refFused.output.data, dtype, 'fused output'), '');
+        // Output: the reference attention over the keys the fused op chose (the reference's own set unless near ties).
+        const refOverChosen = reference.sparseAttention(ref(q, [Nq, heads, D]), ref(kk, [Tk, kvHeads, D]), ref(v, [Tk, kvHeads, Dv]), { data: fi, shape: [Nq, k] }, layout);
+        t.is(compare(await fused.output.float32(), refOverChosen.output.data, dtype, 'fused output'), '');
         for (const x of [qI.t, kI.t, w.t, q.t, kk.t, v.t, scores, chosen.indices, chosen.values, got.output, got.lse!, fused.output, fused.indices, fused.values]) x.dispose();
       }
     });
@@ -141,9 +142,46 @@ for (const device of parityDevices()) {
       // Slots may differ only where the two scores are within rounding of each other (near ties).
       const nearTie = (n: number) => Math.abs(gv[n] - want.values.data[n]) <= 1e-4 * (1 + Math.abs(want.values.data[n]));
       t.true(Array.from(gi).every((x, n) => x === want.indices.data[n] || nearTie(n)), `keys ${keyLens}: selection`);
-      if (gi.every((x, n) => x === want.indices.data[n]))
-        t.is(compare(await got.output.float32(), want.output.data, 'float32', 'output'), '', `keys ${keyLens}`);
+      const wantOut = reference.sparseAttention(ref(q, [Nq, heads, D]), ref(kk, [Tk, kvHeads, D]), ref(v, [Tk, kvHeads, Dv]), { data: gi, shape: [Nq, k] }, layout);
+      t.is(compare(await got.output.float32(), wantOut.output.data, 'float32', 'output'), '', `keys ${keyLens}`);
       for (const x of [qI.t, kI.t, w.t, q.t, kk.t, v.t, got.output, got.indices, got.values]) x.dispose();
+    }
+  });
+
+  // The papers' extremes: a DSA-sized indexer (64 heads x 128) with 64 beam queries, and a GEMs-sized
+  // one (2 x 32) over a 100,000-key history with k = 2,048 (on CUDA both take the unfused kernels).
+  test(`indexer shapes from the papers on ${device}: 64 x 128 heads with 64 queries, 100,000 keys with k = 2,048`, async (t) => {
+    const rng = new Rng(64);
+    for (const c of [
+      { qLens: [64, 3], keyLens: [256, 1000], Hi: 64, Di: 128, k: 256 },
+      { qLens: [2, 1], keyLens: [100000, 300], Hi: 2, Di: 32, k: 2048 },
+    ]) {
+      const qOffsets = offsetsOf(c.qLens), kOffsets = offsetsOf(c.keyLens);
+      const Nq = qOffsets[c.qLens.length], Tk = kOffsets[c.keyLens.length];
+      const heads = 2, kvHeads = 1, D = 16, Dv = 8;
+      const qI = await input(rng, [Nq, c.Hi, c.Di], 'float32', device), kI = await input(rng, [Tk, c.Di], 'float32', device), w = await input(rng, [Nq, c.Hi], 'float32', device);
+      const q = await input(rng, [Nq, heads, D], 'float32', device), kk = await input(rng, [Tk, kvHeads, D], 'float32', device), v = await input(rng, [Tk, kvHeads, Dv], 'float32', device);
+      const ref = (x: { exact: Float32Array }, shape: number[]) => ({ data: x.exact, shape });
+      const layout = { qOffsets, kOffsets };
+      const what = `Hi=${c.Hi} Di=${c.Di} keys ${c.keyLens}`;
+      const scores = await indexerScores(qI.t, kI.t, w.t, layout);
+      const refScores = reference.indexerScores(ref(qI, [Nq, c.Hi, c.Di]), ref(kI, [Tk, c.Di]), ref(w, [Nq, c.Hi]), layout);
+      const gotScores = await scores.float32();
+      t.is(compare(gotScores, refScores.data, 'float32', 'scores'), '', what);
+      // Top-k of these very scores: exact, tie rule included.
+      const chosen = await topK(scores, c.k);
+      const refChosen = reference.topK({ data: gotScores, shape: scores.shape }, c.k);
+      t.deepEqual(Array.from((await chosen.indices.data()) as Int32Array), Array.from(refChosen.indices.data), `${what}: top-k`);
+      const got = await indexedCrossAttention(q.t, kk.t, v.t, { indexer: { q: qI.t, k: kI.t, w: w.t }, topK: c.k, ...layout });
+      const want = reference.indexedCrossAttention(ref(q, [Nq, heads, D]), ref(kk, [Tk, kvHeads, D]), ref(v, [Tk, kvHeads, Dv]),
+        { indexer: { q: ref(qI, [Nq, c.Hi, c.Di]), k: ref(kI, [Tk, c.Di]), w: ref(w, [Nq, c.Hi]) }, topK: c.k, ...layout });
+      const gi = (await got.indices.data()) as Int32Array, gv = (await got.values.data()) as Float32Array;
+      const nearTie = (n: number) => Math.abs(gv[n] - want.values.data[n]) <= 1e-4 * (1 + Math.abs(want.values.data[n]));
+      t.true(Array.from(gi).every((x, n) => x === want.indices.data[n] || nearTie(n)), `${what}: fused selection`);
+      // The output is the reference attention over the keys the fused op chose (equal sets unless near ties).
+      const wantOut = reference.sparseAttention(ref(q, [Nq, heads, D]), ref(kk, [Tk, kvHeads, D]), ref(v, [Tk, kvHeads, Dv]), { data: gi, shape: [Nq, c.k] }, layout);
+      t.is(compare(await got.output.float32(), wantOut.output.data, 'float32', 'output'), '', what);
+      for (const x of [qI.t, kI.t, w.t, q.t, kk.t, v.t, scores, chosen.indices, chosen.values, got.output, got.indices, got.values]) x.dispose();
     }
   });
 
