@@ -6,7 +6,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { backends, maskedAttention, presets, reference, tensor, Tensor } from '../lib/index';
 import type { PresetName } from '../lib/index';
-import { buildAdditiveMask, createDenseMaskedAttention, createGemmAnchor, padPacked, timeIt } from './ort-peer';
+import { buildAdditiveMask, createDenseMaskedAttention, measureSgemmPeak, padPacked, timeIt } from './ort-peer';
 
 const H = 4, D = 64, SEGMENT_ITEMS = 200, MEMORY_TOKENS = 4;
 const SHAPES = [{ users: 8, tokens: 1024 }, { users: 1, tokens: 4096 }];
@@ -54,10 +54,7 @@ async function main() {
   console.log(`lifelong-kernels bench: maskedAttention, H=${H}, D=${D}, float32, ${threads} threads, CPU SIMD ${info.cpu.simd}`);
   console.log(`CUDA: ${info.cuda.available ? info.cuda.devices.map((d) => d.name).join(', ') : 'unavailable (' + info.cuda.reason + ')'}\n`);
 
-  const anchor = await createGemmAnchor({ m: 1024, n: 1024, k: 1024, threads });
-  const anchorTime = await timeIt(() => anchor.run(), { minMs: 500 });
-  const peakGflops = anchor.flops / (anchorTime.medianMs * 1e6);
-  await anchor.release();
+  const peakGflops = await measureSgemmPeak(threads);
   console.log(`dense sgemm anchor (onnxruntime MatMul 1024^3): ${peakGflops.toFixed(1)} GFLOP/s\n`);
 
   const peer = await createDenseMaskedAttention({ heads: H, headDim: D, threads });

@@ -238,6 +238,14 @@ export async function createGemmAnchor(opts: { m: number; n: number; k: number; 
   };
 }
 
+/** The practical sgemm peak of this machine in GFLOP/s: onnxruntime MatMul 1024^3, median of >= 0.5 s. */
+export async function measureSgemmPeak(threads: number): Promise<number> {
+  const anchor = await createGemmAnchor({ m: 1024, n: 1024, k: 1024, threads });
+  const t = await timeIt(() => anchor.run(), { minMs: 500 });
+  await anchor.release();
+  return anchor.flops / (t.medianMs * 1e6);
+}
+
 /** Median wall time of `fn` after `warmup` calls, over at least `minRuns` runs and `minMs` total. */
 export async function timeIt(
   fn: () => Promise<unknown>,

@@ -1,12 +1,15 @@
 // `npm run bench:sparse`: GEMs-shaped mid-term stream (8 heads, D = 64, indexer Hi = 2, Di = 64,
 // 4 queries per user, 64 users; 1k / 5k / 20k keys; top-k 256 / 1,024) on the native CPU:
 // indexer + top-k + sparse attention (fused and step by step) against dense cross attention over
-// every key with onnxruntime-node and with our own maskedAttention(rule 'full'), in one run.
+// every key with onnxruntime-node and with our own maskedAttention(rule 'full'), in one run, beside a
+// dense sgemm anchor. Useful FLOP/s count what each path must compute: the sparse path the indexer over
+// every key plus attention over the selected keys only; dense attention every (query, key) pair.
+// The sparse path is bound by gathering scattered K / V rows, so its bytes read per second are shown too.
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { backends, indexedCrossAttention, indexerScores, maskedAttention, sparseAttention, tensor, topK, Tensor } from '../lib/index';
-import { createDenseMaskedAttention, randomFloats, timeIt } from './ort-peer';
+import { createDenseMaskedAttention, measureSgemmPeak, randomFloats, timeIt } from './ort-peer';
 
 const USERS = 64, QUERIES = 4, H = 8, D = 64, HI = 2, DI = 64;
 
@@ -15,9 +18,11 @@ async function main() {
   const info = backends();
   console.log(`lifelong-kernels bench: indexer-selected sparse cross attention, ${USERS} users x ${QUERIES} queries, H=${H}, D=${D}, indexer ${HI}x${DI}, float32, ${threads} threads`);
   console.log(`CUDA: ${info.cuda.available ? info.cuda.devices.map((d) => d.name).join(', ') : 'unavailable (' + info.cuda.reason + ')'}\n`);
+  const peakGflops = await measureSgemmPeak(threads);
+  console.log(`dense sgemm anchor (onnxruntime MatMul 1024^3): ${peakGflops.toFixed(1)} GFLOP/s\n`);
   const peer = await createDenseMaskedAttention({ heads: H, headDim: D, threads });
   const rows: Record<string, unknown>[] = [];
-  console.log('keys    top-k  fused ms  steps ms  dense(ours) ms  dense(ORT) ms  speed-up vs ORT  vs ours');
+  console.log('keys    top-k  fused ms  GF/s  GB/s  steps ms  dense(ours) ms  GF/s  dense(ORT) ms  GF/s  speed-up vs ORT  vs ours');
   for (const keys of [1000, 5000, 20000]) {
     const nq = USERS * QUERIES, tk = USERS * keys;
     const qOffsets = new Int32Array(USERS + 1).map((_, i) => i * QUERIES);
@@ -51,10 +56,21 @@ async function main() {
         const r = await sparseAttention(q, k, v, c.indices, layout);
         for (const x of [s, c.indices, c.values, r.output] as Tensor[]) x.dispose();
       });
+      // Useful work: indexer 2·Hi·Di per (query, key); attention 2·(D + Dv) per (query, head, key attended).
+      const selected = Math.min(topk, keys);
+      const sparseFlops = nq * (2 * HI * DI * keys + 2 * H * (D + D) * selected);
+      const denseFlops = nq * 2 * H * (D + D) * keys;
+      // Bytes the sparse path must read: every indexer key once, each query's selected K and V rows.
+      const sparseBytes = 4 * (tk * DI + nq * selected * H * (D + D));
+      const gflops = (flops: number, ms: number) => flops / (ms * 1e6);
       const row = { keys, topK: topk, fusedMs: fused.medianMs, stepsMs: steps.medianMs, denseOursMs: denseOurs.medianMs, denseOrtMs: ortMs,
+        fusedGflops: gflops(sparseFlops, fused.medianMs), fusedGBps: sparseBytes / (fused.medianMs * 1e6),
+        denseOursGflops: gflops(denseFlops, denseOurs.medianMs), denseOrtGflops: gflops(denseFlops, ortMs),
         speedupVsOrt: ortMs / fused.medianMs, speedupVsOurs: denseOurs.medianMs / fused.medianMs };
       rows.push(row);
-      console.log(`${String(keys).padStart(6)} ${String(topk).padStart(6)} ${fused.medianMs.toFixed(2).padStart(9)} ${steps.medianMs.toFixed(2).padStart(9)} ${denseOurs.medianMs.toFixed(2).padStart(15)} ${ortMs.toFixed(2).padStart(14)} ${('x' + row.speedupVsOrt.toFixed(2)).padStart(16)} ${('x' + row.speedupVsOurs.toFixed(2)).padStart(8)}`);
+      console.log(`${String(keys).padStart(6)} ${String(topk).padStart(6)} ${fused.medianMs.toFixed(2).padStart(9)} ${row.fusedGflops.toFixed(1).padStart(5)} ${row.fusedGBps.toFixed(1).padStart(5)} ` +
+        `${steps.medianMs.toFixed(2).padStart(9)} ${denseOurs.medianMs.toFixed(2).padStart(15)} ${row.denseOursGflops.toFixed(1).padStart(5)} ` +
+        `${ortMs.toFixed(2).padStart(14)} ${row.denseOrtGflops.toFixed(1).padStart(5)} ${('x' + row.speedupVsOrt.toFixed(2)).padStart(16)} ${('x' + row.speedupVsOurs.toFixed(2)).padStart(8)}`);
     }
     for (const x of [q, k, v, qI, kI, w]) x.dispose();
   }
@@ -62,7 +78,8 @@ async function main() {
   const dir = path.join(__dirname, '..', '..', 'bench', 'results');
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `sparse-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  fs.writeFileSync(file, JSON.stringify({ bench: 'indexedCrossAttention', date: new Date().toISOString(), users: USERS, queries: QUERIES, heads: H, headDim: D, indexerHeads: HI, indexerDim: DI, threads, rows }, null, 2));
+  fs.writeFileSync(file, JSON.stringify({ bench: 'indexedCrossAttention', date: new Date().toISOString(), users: USERS, queries: QUERIES, heads: H, headDim: D, indexerHeads: HI, indexerDim: DI, threads, sgemmPeakGflops: peakGflops,
+    peer: 'onnxruntime-node dense cross attention over every key (MatMul, Add mask, Softmax, MatMul)', rows }, null, 2));
   console.log(`\nwrote ${path.relative(process.cwd(), file)}`);
 }
 

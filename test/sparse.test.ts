@@ -148,6 +148,40 @@ for (const device of parityDevices()) {
     }
   });
 
+  // Index sets no top-k produces: duplicates (attended once per occurrence), -1 anywhere, a user's
+  // queries sharing most of their keys, rows with nothing selected, up to 19 queries per user.
+  test(`sparseAttention ${device}: duplicates, -1 and key sets shared between a user's queries = reference`, async (t) => {
+    const rng = new Rng(808);
+    for (let round = 0; round < 6; round++) {
+      const B = rng.int(1, 4);
+      const keyLens = Array.from({ length: B }, () => rng.pick([0, 1, 3, 40, 333]));
+      const qLens = Array.from({ length: B }, () => rng.pick([1, 3, 8, 9, 19]));
+      const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+      const Nq = qOffsets[B], Tk = kOffsets[B];
+      const K = rng.pick([1, 5, 64]), kvHeads = rng.pick([1, 2]), heads = kvHeads * rng.pick([1, 3]);
+      const D = 16, Dv = rng.pick(device === 'cpu' ? [8, 64, 72] : [8, 64]);
+      const idx = new Int32Array(Nq * K).fill(-1);
+      for (let b = 0; b < B; b++) {
+        const len = keyLens[b];
+        const shared = Array.from({ length: K }, () => (len ? rng.int(0, len - 1) : -1));  // the user's common picks
+        for (let i = qOffsets[b]; i < qOffsets[b + 1]; i++)
+          for (let s = 0; s < K; s++) {
+            const u = rng.next();
+            idx[i * K + s] = len === 0 || u < 0.15 ? -1 : u < 0.7 ? shared[s] : rng.int(0, len - 1);
+          }
+      }
+      const q = await input(rng, [Nq, heads, D], 'float32', device), kk = await input(rng, [Tk, kvHeads, D], 'float32', device), v = await input(rng, [Tk, kvHeads, Dv], 'float32', device);
+      const layout = { qOffsets, kOffsets };
+      const got = await sparseAttention(q.t, kk.t, v.t, tensor(idx, [Nq, K], { device }), { ...layout, returnLse: true });
+      const want = reference.sparseAttention({ data: q.exact, shape: [Nq, heads, D] }, { data: kk.exact, shape: [Tk, kvHeads, D] },
+        { data: v.exact, shape: [Tk, kvHeads, Dv] }, { data: idx, shape: [Nq, K] }, { ...layout, returnLse: true });
+      const what = `round ${round}: keys ${keyLens} queries ${qLens} K=${K}`;
+      t.is(compare(await got.output.float32(), want.output.data, 'float32', 'output'), '', what);
+      t.is(compare(await got.lse!.float32(), want.lse!.data, 'float32', 'lse'), '', what);
+      for (const x of [q.t, kk.t, v.t, got.output, got.lse!]) x.dispose();
+    }
+  });
+
   // The papers' extremes: a DSA-sized indexer (64 heads x 128) with 64 beam queries, and a GEMs-sized
   // one (2 x 32) over a 100,000-key history with k = 2,048 (on CUDA both take the unfused kernels).
   test(`indexer shapes from the papers on ${device}: 64 x 128 heads with 64 queries, 100,000 keys with k = 2,048`, async (t) => {

@@ -27,16 +27,6 @@ struct RowSource {
   }
 };
 
-int batch_of(const int32_t* offsets, int batch, int64_t row) {
-  // first b with offsets[b + 1] > row (offsets nondecreasing)
-  int lo = 0, hi = batch - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (offsets[mid + 1] > row) hi = mid; else lo = mid + 1;
-  }
-  return lo;
-}
-
 #define LK_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 // Scores of the queries [q0, q1) of one batch entry against its keys [k0, k0 + len):
@@ -213,125 +203,186 @@ LK_INLINE void prefetch_row(const void* row, size_t bytes) {
   for (size_t line = 0; line < bytes; line += 64) __builtin_prefetch(c + line);
 }
 
-// Softmax attention of one query (all heads) over its selected keys; q: [heads, D] float32.
-// Keys outermost in both passes: a key's rows for all heads are contiguous, so each selected K and
-// V row is gathered in one sweep, requested ahead of use (K rows `kAhead` keys ahead, V rows one
-// block ahead: measured best on a 2-core EPYC; the prefetch distance mattered little).
-LK_ISA_CLONES void attend_row(const SparseParams& p, const float* q, int64_t key_start, const int32_t* idx, float* out,
-                              float* lse, std::vector<float>& scratch) {
-  constexpr int kAhead = 4;
-  constexpr int kValueBlock = 16;
-  const int H = p.heads, Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim, K = p.top_k, group = H / Hkv;
-  const int Kp = (K + 7) / 8 * 8;  // score rows padded for 8-wide exp
-  const int64_t k_width = (int64_t)Hkv * D, v_width = (int64_t)Hkv * Dv;  // one key's rows, all heads
-  const RowSource ks{p.k, p.dtype, k_width}, vs{p.v, p.dtype, v_width};
-  const size_t elem = p.dtype == kFloat32 ? 4 : 2;
-  const char* k_base = static_cast<const char*>(p.k) + key_start * k_width * elem;
-  const char* v_base = static_cast<const char*>(p.v) + key_start * v_width * elem;
-  scratch.resize((size_t)H * Kp + k_width + kValueBlock * v_width + 2 * (size_t)H + (size_t)H * Dv);
-  float* scores = scratch.data();  // [H][Kp], -inf where no key
-  float* kbuf = scores + (size_t)H * Kp;
-  float* vbuf = kbuf + k_width;
-  float* row_max = vbuf + kValueBlock * v_width;
-  float* row_sum = row_max + H;
-  float* acc = row_sum + H;  // [H][Dv]
-  std::fill(scores, scores + (size_t)H * Kp, -INFINITY);
-  const int d8 = D / 8 * 8;
-  for (int i = 0; i < std::min(K, kAhead); ++i)
-    if (idx[i] >= 0) prefetch_row(k_base + idx[i] * k_width * elem, k_width * elem);
-  for (int i = 0; i < K; ++i) {
-    if (i + kAhead < K && idx[i + kAhead] >= 0) prefetch_row(k_base + idx[i + kAhead] * k_width * elem, k_width * elem);
-    if (idx[i] < 0) continue;
-    const float* kr = ks.row(key_start + idx[i], kbuf);
-    for (int h0 = 0; h0 < H; h0 += 8) {  // eight heads' dot products reduced together
-      const int nh = std::min(8, H - h0);
-      const float* qh[8];
-      const float* kh[8];
-      for (int j = 0; j < 8; ++j) {  // lanes past the last head repeat it; their results are dropped
-        const int h = h0 + std::min(j, nh - 1);
-        qh[j] = q + (int64_t)h * D;
-        kh[j] = kr + (int64_t)(h / group) * D;
-      }
-      v8f part[8];
-      for (int j = 0; j < 8; ++j) part[j] = splat(0.0f);
-      for (int d = 0; d < d8; d += 8)  // eight independent chains: the loads of a missing row overlap
-        for (int j = 0; j < 8; ++j) part[j] += load8(qh[j] + d) * load8(kh[j] + d);
-      v8f dots = hsum8x8(part);
-      for (int j = 0; j < nh && d8 < D; ++j) {
-        const float* qh = q + (int64_t)(h0 + j) * D;
-        const float* kh = kr + (int64_t)((h0 + j) / group) * D;
-        for (int d = d8; d < D; ++d) dots[j] += qh[d] * kh[d];
-      }
-      for (int j = 0; j < nh; ++j) scores[(size_t)(h0 + j) * Kp + i] = dots[j] * p.scale;
-    }
-  }
-  for (int h = 0; h < H; ++h) {
-    float* sh = scores + (size_t)h * Kp;
-    v8f mx = splat(-INFINITY);
-    for (int i = 0; i < Kp; i += 8) { const v8f x = load8(sh + i); mx = x > mx ? x : mx; }
-    row_max[h] = hmax(mx);
-    row_sum[h] = 0.0f;
-    if (row_max[h] == -INFINITY) { std::fill(sh, sh + Kp, 0.0f); continue; }
-    v8f sum = splat(0.0f);
-    for (int i = 0; i < Kp; i += 8) {
-      const v8f e = exp8(load8(sh + i) - splat(row_max[h]));  // -inf (no key) gives exactly 0
-      store8(sh + i, e);
-      sum += e;
-    }
-    row_sum[h] = hsum(sum);
-  }
-  // Weighted sum of values over blocks of keys: a block's V rows (all heads) stay in L1 while each
-  // head's 64-column slice of the output accumulates in registers; the next block's rows are
-  // requested before this one is consumed.
-  std::fill(acc, acc + (size_t)H * Dv, 0.0f);
-  auto prefetch_values = [&](int i0) {
-    for (int i = i0; i < std::min(K, i0 + kValueBlock); ++i)
-      if (idx[i] >= 0) prefetch_row(v_base + idx[i] * v_width * elem, v_width * elem);
-  };
-  prefetch_values(0);
-  for (int i0 = 0; i0 < K; i0 += kValueBlock) {
-    prefetch_values(i0 + kValueBlock);
-    const float* rows[kValueBlock];
-    int n = 0;
-    float weights_at[kValueBlock];
-    int slot[kValueBlock];
-    for (int i = i0; i < std::min(K, i0 + kValueBlock); ++i) {
-      if (idx[i] < 0) continue;
-      rows[n] = vs.row(key_start + idx[i], vbuf + (size_t)n * v_width);
-      slot[n++] = i;
-    }
-    for (int h = 0; h < H; ++h) {
-      const float* ph = scores + (size_t)h * Kp;
-      const int64_t col = (int64_t)(h / group) * Dv;
-      for (int r = 0; r < n; ++r) weights_at[r] = ph[slot[r]];
-      float* o = acc + (size_t)h * Dv;
-      int c0 = 0;
-      for (; c0 + 64 <= Dv; c0 += 64) {
-        v8f a[8];
-        for (int u = 0; u < 8; ++u) a[u] = load8(o + c0 + 8 * u);
-        for (int r = 0; r < n; ++r) {
-          const v8f pv = splat(weights_at[r]);
-          const float* vh = rows[r] + col + c0;
-          for (int u = 0; u < 8; ++u) a[u] += pv * load8(vh + 8 * u);
-        }
-        for (int u = 0; u < 8; ++u) store8(o + c0 + 8 * u, a[u]);
-      }
-      for (int r = 0; r < n; ++r)
-        for (int c = c0; c < Dv; ++c) o[c] += weights_at[r] * rows[r][col + c];
-    }
-  }
-  for (int h = 0; h < H; ++h) {
-    const float inv = row_sum[h] > 0.0f ? 1.0f / row_sum[h] : 0.0f;
-    for (int c = 0; c < Dv; ++c) out[(int64_t)h * Dv + c] = acc[(size_t)h * Dv + c] * inv;
-    if (lse) lse[h] = row_sum[h] > 0.0f ? row_max[h] + std::log(row_sum[h]) : -INFINITY;
-  }
-}
-
 void store_output(DType dtype, const float* src, void* dst, int64_t offset, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
     if (dtype == kFloat32) static_cast<float*>(dst)[offset + i] = src[i];
     else if (dtype == kFloat16) static_cast<uint16_t*>(dst)[offset + i] = float_to_half(src[i]);
     else static_cast<uint16_t*>(dst)[offset + i] = float_to_bfloat16(src[i]);
+  }
+}
+
+// Queries of one batch entry attended together: a key selected by several of them is gathered once.
+constexpr int kMaxGroup = 8;
+
+// Per-worker buffers of attend_group, reused across groups.
+struct GroupScratch {
+  // Keys of the entry seen in the current group: stamp[j] == current marks key j, head[j] is its
+  // first entry. Stamps (not a cleared array) make starting a group O(1) on 100,000-key rows.
+  std::vector<uint32_t> stamp;
+  std::vector<int32_t> head;
+  uint32_t current = 0;
+  std::vector<int32_t> keys;          // distinct selected keys, first-seen order
+  std::vector<int32_t> next, query;   // per entry (a selected slot): next entry of its key, its query
+  std::vector<int32_t> block_entry;   // entries of one value block that belong to one query
+  std::vector<const float*> block_row;
+  std::vector<float> q, kbuf, vbuf, scores, acc, out, row_max, row_sum;
+};
+
+// Softmax attention of the queries [q0, q0 + nq) (nq <= kMaxGroup) of one batch entry, whose keys
+// are [key_start, key_start + len), each over its selected keys idx[g * top_k ...] (-1 = none).
+// Work is arranged by distinct key: each selected K and V row (all heads, contiguous) is gathered
+// once for every query that chose it, requested ahead of use (K rows `kAhead` keys ahead, V rows one
+// block ahead; the prefetch distance mattered little on a 2-core EPYC). Scores live per entry.
+LK_ISA_CLONES void attend_group(const SparseParams& p, int64_t q0, int nq, int64_t key_start, int len, const int32_t* idx,
+                                GroupScratch& s) {
+  constexpr int kAhead = 4;
+  constexpr int kValueBlock = 16;
+  const int H = p.heads, Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim, K = p.top_k, group = H / Hkv;
+  const int64_t k_width = (int64_t)Hkv * D, v_width = (int64_t)Hkv * Dv;  // one key's rows, all heads
+  const RowSource qs{p.q, p.dtype, (int64_t)H * D}, ks{p.k, p.dtype, k_width}, vs{p.v, p.dtype, v_width};
+  const size_t elem = p.dtype == kFloat32 ? 4 : 2;
+  const char* k_base = static_cast<const char*>(p.k) + key_start * k_width * elem;
+  const char* v_base = static_cast<const char*>(p.v) + key_start * v_width * elem;
+
+  // Entries grouped by key (chains through `next`).
+  if (s.stamp.size() < (size_t)len) { s.stamp.resize((size_t)len, 0u); s.head.resize((size_t)len); }
+  if (++s.current == 0) { std::fill(s.stamp.begin(), s.stamp.end(), 0u); s.current = 1; }
+  s.keys.clear();
+  s.next.resize((size_t)nq * K);
+  s.query.resize((size_t)nq * K);
+  int E = 0;
+  int first_entry[kMaxGroup + 1];  // query g's entries are [first_entry[g], first_entry[g + 1])
+  for (int g = 0; g < nq; ++g) {
+    first_entry[g] = E;
+    for (int i = 0; i < K; ++i) {
+      const int j = idx[(int64_t)g * K + i];
+      if (j < 0) continue;
+      if (s.stamp[j] != s.current) { s.stamp[j] = s.current; s.head[j] = -1; s.keys.push_back(j); }
+      s.query[E] = g;
+      s.next[E] = s.head[j];
+      s.head[j] = E++;
+    }
+  }
+  first_entry[nq] = E;
+  const int nk = (int)s.keys.size();
+
+  s.q.resize((size_t)nq * H * D);
+  s.kbuf.resize((size_t)k_width);
+  s.vbuf.resize((size_t)kValueBlock * v_width);
+  s.scores.resize((size_t)H * E);
+  s.acc.assign((size_t)nq * H * Dv, 0.0f);
+  s.out.resize((size_t)H * Dv);
+  s.row_max.assign((size_t)nq * H, -INFINITY);
+  s.row_sum.assign((size_t)nq * H, 0.0f);
+  const float* qrow[kMaxGroup];
+  for (int g = 0; g < nq; ++g) qrow[g] = qs.row(q0 + g, s.q.data() + (size_t)g * H * D);
+  float* scores = s.scores.data();  // [H][E]: every entry's score for every head
+
+  // Scores: every entry's dots with its key's K row, eight heads reduced together.
+  const int d8 = D / 8 * 8;
+  for (int t = 0; t < std::min(nk, kAhead); ++t) prefetch_row(k_base + s.keys[t] * k_width * elem, k_width * elem);
+  for (int t = 0; t < nk; ++t) {
+    if (t + kAhead < nk) prefetch_row(k_base + s.keys[t + kAhead] * k_width * elem, k_width * elem);
+    const int j = s.keys[t];
+    const float* kr = ks.row(key_start + j, s.kbuf.data());
+    for (int e = s.head[j]; e >= 0; e = s.next[e]) {
+      const float* q = qrow[s.query[e]];
+      for (int h0 = 0; h0 < H; h0 += 8) {
+        const int nh = std::min(8, H - h0);
+        const float* qh[8];
+        const float* kh[8];
+        for (int u = 0; u < 8; ++u) {  // lanes past the last head repeat it; their results are dropped
+          const int h = h0 + std::min(u, nh - 1);
+          qh[u] = q + (int64_t)h * D;
+          kh[u] = kr + (int64_t)(h / group) * D;
+        }
+        v8f part[8];
+        for (int u = 0; u < 8; ++u) part[u] = splat(0.0f);
+        for (int d = 0; d < d8; d += 8)  // eight independent chains: the loads of a missing row overlap
+          for (int u = 0; u < 8; ++u) part[u] += load8(qh[u] + d) * load8(kh[u] + d);
+        v8f dots = hsum8x8(part);
+        for (int u = 0; u < nh && d8 < D; ++u)
+          for (int d = d8; d < D; ++d) dots[u] += qh[u][d] * kh[u][d];
+        for (int u = 0; u < nh; ++u) scores[(size_t)(h0 + u) * E + e] = dots[u] * p.scale;
+      }
+    }
+  }
+
+  // Softmax per (query, head) over its entries (contiguous per query): max, exp(score - max), sum.
+  for (int h = 0; h < H; ++h) {
+    float* sh = scores + (size_t)h * E;
+    for (int g = 0; g < nq; ++g) {
+      const int e0 = first_entry[g], e1 = first_entry[g + 1];
+      float* m = &s.row_max[(size_t)g * H + h];
+      v8f mx = splat(-INFINITY);
+      int e = e0;
+      for (; e + 8 <= e1; e += 8) { const v8f x = load8(sh + e); mx = x > mx ? x : mx; }
+      *m = hmax(mx);
+      for (; e < e1; ++e) *m = std::max(*m, sh[e]);
+      if (*m == -INFINITY) { std::fill(sh + e0, sh + e1, 0.0f); continue; }  // no finite score: no weight
+      const v8f mv = splat(*m);
+      v8f sum = splat(0.0f);
+      for (e = e0; e + 8 <= e1; e += 8) {
+        const v8f x = exp8(load8(sh + e) - mv);
+        store8(sh + e, x);
+        sum += x;
+      }
+      float total = hsum(sum);
+      for (; e < e1; ++e) total += sh[e] = std::exp(sh[e] - *m);
+      s.row_sum[(size_t)g * H + h] = total;
+    }
+  }
+
+  // Weighted sum of values over blocks of distinct keys: a block's V rows (all heads) stay in L1
+  // while each (query, head)'s 64-column slice of the output accumulates in registers; the next
+  // block's rows are requested before this one is consumed.
+  s.block_entry.resize((size_t)std::max(E, 1));
+  s.block_row.resize((size_t)std::max(E, 1));
+  auto prefetch_values = [&](int t0) {
+    for (int t = t0; t < std::min(nk, t0 + kValueBlock); ++t) prefetch_row(v_base + s.keys[t] * v_width * elem, v_width * elem);
+  };
+  prefetch_values(0);
+  for (int t0 = 0; t0 < nk; t0 += kValueBlock) {
+    prefetch_values(t0 + kValueBlock);
+    const int t1 = std::min(nk, t0 + kValueBlock);
+    const float* rows[kValueBlock];
+    for (int t = t0; t < t1; ++t) rows[t - t0] = vs.row(key_start + s.keys[t], s.vbuf.data() + (size_t)(t - t0) * v_width);
+    for (int g = 0; g < nq; ++g) {
+      int n = 0;
+      for (int t = t0; t < t1; ++t)
+        for (int e = s.head[s.keys[t]]; e >= 0; e = s.next[e])
+          if (s.query[e] == g) { s.block_entry[n] = e; s.block_row[n++] = rows[t - t0]; }
+      if (n == 0) continue;
+      for (int h = 0; h < H; ++h) {
+        const float* ph = scores + (size_t)h * E;
+        const int64_t col = (int64_t)(h / group) * Dv;
+        float* o = s.acc.data() + ((size_t)g * H + h) * Dv;
+        int c0 = 0;
+        for (; c0 + 64 <= Dv; c0 += 64) {
+          v8f a[8];
+          for (int u = 0; u < 8; ++u) a[u] = load8(o + c0 + 8 * u);
+          for (int r = 0; r < n; ++r) {
+            const v8f pv = splat(ph[s.block_entry[r]]);
+            const float* vh = s.block_row[r] + col + c0;
+            for (int u = 0; u < 8; ++u) a[u] += pv * load8(vh + 8 * u);
+          }
+          for (int u = 0; u < 8; ++u) store8(o + c0 + 8 * u, a[u]);
+        }
+        for (int r = 0; r < n; ++r)
+          for (int c = c0; c < Dv; ++c) o[c] += ph[s.block_entry[r]] * s.block_row[r][col + c];
+      }
+    }
+  }
+
+  for (int g = 0; g < nq; ++g) {
+    const int64_t i = q0 + g;
+    for (int h = 0; h < H; ++h) {
+      const float sum = s.row_sum[(size_t)g * H + h], inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      const float* a = s.acc.data() + ((size_t)g * H + h) * Dv;
+      for (int c = 0; c < Dv; ++c) s.out[(size_t)h * Dv + c] = a[c] * inv;
+      if (p.lse) p.lse[i * H + h] = sum > 0.0f ? s.row_max[(size_t)g * H + h] + std::log(sum) : -INFINITY;
+    }
+    store_output(p.dtype, s.out.data(), p.out, i * H * Dv, (int64_t)H * Dv);
   }
 }
 
@@ -358,29 +409,18 @@ void top_k(const TopKParams& p) {
   });
 }
 
-namespace {
-
-// One query of the attention: q row as float, attention, output stored in p's dtype.
-struct AttendScratch {
-  std::vector<float> q, out, work;
-};
-
-void attend_query(const SparseParams& p, int64_t i, int64_t key_start, const int32_t* idx, AttendScratch& s) {
-  const RowSource qs{p.q, p.dtype, (int64_t)p.heads * p.head_dim};
-  s.q.resize((size_t)p.heads * p.head_dim);
-  s.out.resize((size_t)p.heads * p.value_dim);
-  const float* q = qs.row(i, s.q.data());
-  attend_row(p, q, key_start, idx, s.out.data(), p.lse ? p.lse + i * p.heads : nullptr, s.work);
-  store_output(p.dtype, s.out.data(), p.out, i * p.heads * p.value_dim, (int64_t)p.heads * p.value_dim);
-}
-
-}  // namespace
-
 void sparse_attention(const SparseParams& p) {
-  std::vector<AttendScratch> scratch((size_t)ThreadPool::shared().size());
-  ThreadPool::shared().parallel_for(p.nq, [&](int64_t i, int worker) {
-    const int b = batch_of(p.q_offsets, p.batch, i);
-    attend_query(p, i, p.k_offsets[b], p.indices + i * p.top_k, scratch[worker]);
+  // Tasks: runs of up to kMaxGroup queries of one batch entry.
+  struct Task { int b; int64_t q0; int nq; };
+  std::vector<Task> tasks;
+  for (int b = 0; b < p.batch; ++b)
+    for (int64_t i = p.q_offsets[b]; i < p.q_offsets[b + 1]; i += kMaxGroup)
+      tasks.push_back({b, i, (int)std::min<int64_t>(kMaxGroup, p.q_offsets[b + 1] - i)});
+  std::vector<GroupScratch> scratch((size_t)ThreadPool::shared().size());
+  ThreadPool::shared().parallel_for((int64_t)tasks.size(), [&](int64_t t, int worker) {
+    const Task& task = tasks[t];
+    const int len = p.k_offsets[task.b + 1] - p.k_offsets[task.b];
+    attend_group(p, task.q0, task.nq, p.k_offsets[task.b], len, p.indices + task.q0 * p.top_k, scratch[worker]);
   });
 }
 
@@ -388,7 +428,7 @@ void indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, cons
   struct Scratch {
     std::vector<float> rows, score_work;
     SelectScratch select;
-    AttendScratch attend;
+    GroupScratch attend;
   };
   std::vector<Scratch> scratch((size_t)ThreadPool::shared().size());
   // One batch entry per task: its queries' score rows live only in this worker's buffer.
@@ -398,10 +438,10 @@ void indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, cons
     const int len = ip.k_offsets[b + 1] - ip.k_offsets[b];
     s.rows.resize((size_t)std::max<int64_t>(1, (q1 - q0) * len));
     score_entry(ip, q0, q1, ip.k_offsets[b], len, s.rows.data(), len, s.score_work);
-    for (int64_t i = q0; i < q1; ++i) {
+    for (int64_t i = q0; i < q1; ++i)
       select_row(s.rows.data() + (i - q0) * len, len, tp.k, tp.indices + i * tp.k, tp.values + i * tp.k, s.select);
-      attend_query(sp, i, sp.k_offsets[b], tp.indices + i * tp.k, s.attend);
-    }
+    for (int64_t i = q0; i < q1; i += kMaxGroup)
+      attend_group(sp, i, (int)std::min<int64_t>(kMaxGroup, q1 - i), sp.k_offsets[b], len, tp.indices + i * tp.k, s.attend);
   });
 }
 
