@@ -18,6 +18,12 @@ constexpr int kBlockN = 64;    // keys per block of the key loop
 constexpr int kMaxRows = 36;   // kBlockM rounded up to any micro-kernel's row count
 constexpr int kMaxCols = 256;  // value_dim rounded up to any micro-kernel's column count
 constexpr float kNegInf = -INFINITY;
+// Query tiles of at most kFewRows rows (cross attention of a few candidates over a long history)
+// compute S^T = K Q^T: key rows are read in place as the GEMM's rows, instead of transposing a K
+// block whose cost would be spread over only a few query rows.
+constexpr int kFewRows = 8;
+using GemmKeyMajor = GemmShape<v8f, 8, 1>;  // 8 keys x 8 query rows; 8 divides kBlockN
+static_assert(kBlockN % GemmKeyMajor::kRows == 0, "key blocks must split into key-major GEMM rows");
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
@@ -54,6 +60,7 @@ Float32View as_float32(const void* src, DType dtype, int64_t count) {
 // Per-worker tiles, padded so the micro-kernels never need edge cases.
 struct Scratch {
   FloatBuffer q, kt, s, v, o;
+  FloatBuffer q_cols, s_keys;  // key-major path: Q^T [D][kFewRows], S^T [kBlockN][kFewRows]
   float m[kMaxRows], l[kMaxRows];
   int keys[kBlockN];  // key positions (inside the sequence) of the block being computed
   void init(int head_dim) {
@@ -62,6 +69,8 @@ struct Scratch {
     s = alloc_floats((size_t)kMaxRows * kBlockN);
     v = alloc_floats((size_t)kBlockN * kMaxCols);
     o = alloc_floats((size_t)kMaxRows * kMaxCols);
+    q_cols = alloc_floats((size_t)head_dim * kFewRows);
+    s_keys = alloc_floats((size_t)kBlockN * kFewRows);
   }
 };
 
@@ -84,6 +93,7 @@ struct TileTask {
   int64_t q_start, k_start;
   int row0, rows, m_pad, align;
   int dv_pad;
+  bool key_major;  // rows <= kFewRows
   TileBounds qb;
 };
 
@@ -97,18 +107,50 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
   const int n_pad = round_up(count, Shape::kCols);
   const int dvp = t.dv_pad;
 
-  // K^T block so that S = Q K^T reads both operands row-wise.
-  float* kt = sc.kt.get();
-  for (int j = 0; j < n_pad; ++j) {
-    if (j < count) {
-      const float* krow = t.job->k + ((t.k_start + sc.keys[j]) * Hkv + t.g) * D;
-      for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = krow[d];
-    } else {
-      for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = 0.0f;
+  float* s = sc.s.get();
+  // Rows of the block's keys: read in place when they are consecutive (full tiles), else gathered.
+  const bool in_place = !masked;
+  const float* k_first = t.job->k + ((t.k_start + sc.keys[0]) * Hkv + t.g) * D;
+  if (in_place) {  // the next block's rows: strided by all heads' width, which hardware prefetchers miss
+    const int64_t next = t.k_start + sc.keys[0] + kBlockN;
+    const int ahead = (int)std::max<int64_t>(0, std::min<int64_t>(kBlockN, p.tk - next));
+    const float* kn = t.job->k + (next * Hkv + t.g) * D;
+    const float* vn = t.job->v + (next * Hkv + t.g) * Dv;
+    for (int j = 0; j < ahead; ++j) {
+      for (int d = 0; d < D; d += 16) __builtin_prefetch(kn + (int64_t)j * Hkv * D + d);
+      for (int d = 0; d < Dv; d += 16) __builtin_prefetch(vn + (int64_t)j * Hkv * Dv + d);
     }
   }
-  float* s = sc.s.get();
-  gemm_blocks<Shape>(t.m_pad, n_pad, D, sc.q.get(), D, kt, kBlockN, s, kBlockN, false);
+  if (t.key_major) {
+    const int n8 = round_up(count, GemmKeyMajor::kRows);
+    const float* a = k_first;
+    int lda = Hkv * D;
+    if (!in_place || n8 != count) {
+      float* rows = sc.kt.get();  // [n8][D]
+      for (int j = 0; j < n8; ++j) {
+        if (j < count) std::memcpy(rows + (size_t)j * D, t.job->k + ((t.k_start + sc.keys[j]) * Hkv + t.g) * D, sizeof(float) * D);
+        else std::fill(rows + (size_t)j * D, rows + (size_t)(j + 1) * D, 0.0f);
+      }
+      a = rows;
+      lda = D;
+    }
+    float* st = sc.s_keys.get();
+    gemm_blocks<GemmKeyMajor>(n8, kFewRows, D, a, lda, sc.q_cols.get(), kFewRows, st, kFewRows, false);
+    for (int r = 0; r < t.rows; ++r)
+      for (int j = 0; j < count; ++j) s[r * kBlockN + j] = st[j * kFewRows + r];
+  } else {
+    // K^T block so that S = Q K^T reads both operands row-wise.
+    float* kt = sc.kt.get();
+    for (int j = 0; j < n_pad; ++j) {
+      if (j < count) {
+        const float* krow = t.job->k + ((t.k_start + sc.keys[j]) * Hkv + t.g) * D;
+        for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = krow[d];
+      } else {
+        for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = 0.0f;
+      }
+    }
+    gemm_blocks<Shape>(t.m_pad, n_pad, D, sc.q.get(), D, kt, kBlockN, s, kBlockN, false);
+  }
 
   const int32_t* qseg = p.q_layout.segments;
   const uint8_t* qrole = p.q_layout.roles;
@@ -168,18 +210,25 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
   }
   for (int r = t.rows; r < t.m_pad; ++r) std::fill(s + r * kBlockN, s + r * kBlockN + n_pad, 0.0f);
 
-  float* vs = sc.v.get();
-  for (int j = 0; j < n_pad; ++j) {
-    float* dst = vs + j * dvp;
-    if (j < count) {
-      const float* vrow = t.job->v + ((t.k_start + sc.keys[j]) * Hkv + t.g) * Dv;
-      std::memcpy(dst, vrow, sizeof(float) * Dv);
-      std::fill(dst + Dv, dst + dvp, 0.0f);
-    } else {
-      std::fill(dst, dst + dvp, 0.0f);
+  // V rows as the GEMM's B: in place when consecutive and unpadded, else copied into a padded block.
+  const float* vb = t.job->v + ((t.k_start + sc.keys[0]) * Hkv + t.g) * Dv;
+  int ldv = Hkv * Dv;
+  if (!in_place || count != n_pad || Dv != dvp) {
+    float* vs = sc.v.get();
+    for (int j = 0; j < n_pad; ++j) {
+      float* dst = vs + j * dvp;
+      if (j < count) {
+        const float* vrow = t.job->v + ((t.k_start + sc.keys[j]) * Hkv + t.g) * Dv;
+        std::memcpy(dst, vrow, sizeof(float) * Dv);
+        std::fill(dst + Dv, dst + dvp, 0.0f);
+      } else {
+        std::fill(dst, dst + dvp, 0.0f);
+      }
     }
+    vb = vs;
+    ldv = dvp;
   }
-  gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vs, dvp, sc.o.get(), dvp, true);
+  gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, sc.o.get(), dvp, true);
 }
 
 // One query tile of one head of one sequence. Key tiles are classified with the shared rule table:
@@ -213,6 +262,12 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
   for (int r = 0; r < t.m_pad; ++r)
     for (int d = 0; d < D; ++d)
       qs[r * D + d] = r < t.rows ? job.q[((t.q_start + t.row0 + r) * H + h) * D + d] * p.scale : 0.0f;
+  t.key_major = t.rows <= kFewRows;
+  if (t.key_major) {  // Q^T, scaled, zero columns past the tile's rows
+    float* qc = sc.q_cols.get();
+    for (int d = 0; d < D; ++d)
+      for (int r = 0; r < kFewRows; ++r) qc[d * kFewRows + r] = r < t.rows ? qs[r * D + d] : 0.0f;
+  }
   std::fill(sc.o.get(), sc.o.get() + (size_t)t.m_pad * t.dv_pad, 0.0f);
   for (int r = 0; r < t.m_pad; ++r) {
     sc.m[r] = kNegInf;
