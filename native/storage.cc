@@ -41,14 +41,14 @@ BufferRef allocate(Device device, size_t bytes, std::string* error) {
     // does for large blocks). The advice is a hint; a kernel without THP simply ignores it.
     constexpr size_t kHugePage = size_t(2) << 20;
     const bool huge = rounded >= kHugePage;
-    ptr = huge ? std::aligned_alloc(kHugePage, (rounded + kHugePage - 1) / kHugePage * kHugePage)
-               : std::aligned_alloc(64, rounded ? rounded : 64);
+    const size_t huge_bytes = (rounded + kHugePage - 1) / kHugePage * kHugePage;
+    ptr = huge ? std::aligned_alloc(kHugePage, huge_bytes) : std::aligned_alloc(64, rounded ? rounded : 64);
     if (!ptr) {
       *error = "out of host memory allocating " + std::to_string(bytes) + " bytes";
       return nullptr;
     }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (huge) madvise(ptr, (rounded + kHugePage - 1) / kHugePage * kHugePage, MADV_HUGEPAGE);
+    if (huge) madvise(ptr, huge_bytes, MADV_HUGEPAGE);
 #endif
   } else {
 #ifdef LK_WITH_CUDA

@@ -108,27 +108,28 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
   const int dvp = t.dv_pad;
 
   float* s = sc.s.get();
+  // This head's K / V row of key `j` of the packed batch (rows of all heads are Hkv * D apart).
+  auto key_row = [&](int64_t j) { return t.job->k + (j * Hkv + t.g) * D; };
+  auto value_row = [&](int64_t j) { return t.job->v + (j * Hkv + t.g) * Dv; };
   // Rows of the block's keys: read in place when they are consecutive (full tiles), else gathered.
   const bool in_place = !masked;
-  const float* k_first = t.job->k + ((t.k_start + sc.keys[0]) * Hkv + t.g) * D;
+  const int64_t first = t.k_start + sc.keys[0];
   if (in_place) {  // the next block's rows: strided by all heads' width, which hardware prefetchers miss
-    const int64_t next = t.k_start + sc.keys[0] + kBlockN;
+    const int64_t next = first + kBlockN;
     const int ahead = (int)std::max<int64_t>(0, std::min<int64_t>(kBlockN, p.tk - next));
-    const float* kn = t.job->k + (next * Hkv + t.g) * D;
-    const float* vn = t.job->v + (next * Hkv + t.g) * Dv;
     for (int j = 0; j < ahead; ++j) {
-      for (int d = 0; d < D; d += 16) __builtin_prefetch(kn + (int64_t)j * Hkv * D + d);
-      for (int d = 0; d < Dv; d += 16) __builtin_prefetch(vn + (int64_t)j * Hkv * Dv + d);
+      for (int d = 0; d < D; d += 16) __builtin_prefetch(key_row(next + j) + d);
+      for (int d = 0; d < Dv; d += 16) __builtin_prefetch(value_row(next + j) + d);
     }
   }
   if (t.key_major) {
     const int n8 = round_up(count, GemmKeyMajor::kRows);
-    const float* a = k_first;
+    const float* a = key_row(first);
     int lda = Hkv * D;
     if (!in_place || n8 != count) {
       float* rows = sc.kt.get();  // [n8][D]
       for (int j = 0; j < n8; ++j) {
-        if (j < count) std::memcpy(rows + (size_t)j * D, t.job->k + ((t.k_start + sc.keys[j]) * Hkv + t.g) * D, sizeof(float) * D);
+        if (j < count) std::memcpy(rows + (size_t)j * D, key_row(t.k_start + sc.keys[j]), sizeof(float) * D);
         else std::fill(rows + (size_t)j * D, rows + (size_t)(j + 1) * D, 0.0f);
       }
       a = rows;
@@ -143,7 +144,7 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
     float* kt = sc.kt.get();
     for (int j = 0; j < n_pad; ++j) {
       if (j < count) {
-        const float* krow = t.job->k + ((t.k_start + sc.keys[j]) * Hkv + t.g) * D;
+        const float* krow = key_row(t.k_start + sc.keys[j]);
         for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = krow[d];
       } else {
         for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = 0.0f;
@@ -211,15 +212,14 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
   for (int r = t.rows; r < t.m_pad; ++r) std::fill(s + r * kBlockN, s + r * kBlockN + n_pad, 0.0f);
 
   // V rows as the GEMM's B: in place when consecutive and unpadded, else copied into a padded block.
-  const float* vb = t.job->v + ((t.k_start + sc.keys[0]) * Hkv + t.g) * Dv;
+  const float* vb = value_row(first);
   int ldv = Hkv * Dv;
   if (!in_place || count != n_pad || Dv != dvp) {
     float* vs = sc.v.get();
     for (int j = 0; j < n_pad; ++j) {
       float* dst = vs + j * dvp;
       if (j < count) {
-        const float* vrow = t.job->v + ((t.k_start + sc.keys[j]) * Hkv + t.g) * Dv;
-        std::memcpy(dst, vrow, sizeof(float) * Dv);
+        std::memcpy(dst, value_row(t.k_start + sc.keys[j]), sizeof(float) * Dv);
         std::fill(dst + Dv, dst + dvp, 0.0f);
       } else {
         std::fill(dst, dst + dvp, 0.0f);

@@ -116,7 +116,7 @@ void score_entry(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int
 // Per-worker buffers of select_row, reused across rows.
 struct SelectScratch {
   std::vector<uint64_t> chosen;  // (key << 32) | ~index: one descending sort gives the output order
-  std::vector<uint64_t> pool, next;
+  std::vector<uint64_t> pool;   // candidates on the threshold digit, index order
 };
 
 LK_INLINE uint64_t pack_candidate(uint32_t key, int index) { return (uint64_t)key << 32 | (uint32_t)~(uint32_t)index; }
