@@ -4,6 +4,7 @@
       "native/binding.cc",
       "native/storage.cc",
       "native/thread_pool.cc",
+      "native/op_queue.cc",
       "native/cpu/attention_cpu.cc",
       "native/cpu/gather_rows_cpu.cc",
       "native/cpu/sparse_cpu.cc"

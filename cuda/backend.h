@@ -44,5 +44,11 @@ std::string indexed_cross_attention(const IndexerParams& ip, const TopKParams& t
 
 // Head sizes the CUDA kernels are instantiated for (every size of SPEC §3).
 bool head_dim_supported(int dim);
+// Limits of the sparse kernels: largest top-k, and the indexer query (heads x dim, heads) one
+// block holds in shared memory.
+int topk_capacity();
+int indexer_max_elements();
+int indexer_max_heads();
+bool indexer_fits(int heads, int dim);
 
 }  // namespace lk::cuda

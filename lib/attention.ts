@@ -1,8 +1,8 @@
 // maskedAttention (SPEC §3) on the native CPU or CUDA backend, chosen by the inputs' device.
 import { native } from './native';
-import { DTYPE_CODE, Tensor, emptyTensor } from './tensor';
+import { DTYPE_CODE, Tensor, emptyTensors } from './tensor';
 import { encodeRule, MaskRule, PresetName } from './rules';
-import { checkLayout, checkPositiveNumber, checkTensor, FLOAT_DTYPES, Layout } from './layout';
+import { checkHeads, checkLayout, checkPositiveNumber, checkTensor, FLOAT_DTYPES, Layout } from './layout';
 
 export interface MaskedAttentionOptions {
   q: Layout;
@@ -18,8 +18,6 @@ export interface AttentionResult {
   output: Tensor;
   lse?: Tensor;
 }
-
-const CUDA_HEAD_SIZES = [8, 16, 32, 64, 128, 256];
 
 export async function maskedAttention(q: Tensor, k: Tensor, v: Tensor, options: MaskedAttentionOptions): Promise<AttentionResult> {
   checkTensor(q, 'q', 3, FLOAT_DTYPES);
@@ -37,9 +35,7 @@ export async function maskedAttention(q: Tensor, k: Tensor, v: Tensor, options: 
   if (keyDim !== headDim) throw new RangeError(`k: head size ${keyDim} differs from q's ${headDim}`);
   if (tv !== tk || vHeads !== kvHeads) throw new RangeError(`v: shape [${v.shape}] must match k's tokens and heads [${tk}, ${kvHeads}, Dv]`);
   if (heads % kvHeads !== 0) throw new RangeError(`k: kv heads ${kvHeads} must divide q's heads ${heads}`);
-  if (headDim > 256 || valueDim > 256) throw new RangeError(`q/v: head sizes up to 256 are supported, got D = ${headDim}, Dv = ${valueDim}`);
-  if (q.device === 'cuda' && (!CUDA_HEAD_SIZES.includes(headDim) || !CUDA_HEAD_SIZES.includes(valueDim)))
-    throw new RangeError(`q/v: the CUDA kernels support head sizes ${CUDA_HEAD_SIZES.join(', ')}; got D = ${headDim}, Dv = ${valueDim}`);
+  checkHeads(q.device, heads, kvHeads, headDim, valueDim);
 
   if (options === null || typeof options !== 'object') throw new TypeError('options: expected { q: layout, ... }');
   const qLayout = checkLayout(options.q, tq, 'options.q');
@@ -56,8 +52,8 @@ export async function maskedAttention(q: Tensor, k: Tensor, v: Tensor, options: 
   const siluDivisor = options.siluDivisor === undefined ? Math.max(1, kv.maxLength) : checkPositiveNumber(options.siluDivisor, 'options.siluDivisor');
   if (options.returnLse && normalize !== 'softmax') throw new RangeError("options.returnLse: only defined for normalize 'softmax'");
 
-  const output = emptyTensor(q.dtype, [tq, heads, valueDim], q.device);
-  const lse = options.returnLse ? emptyTensor('float32', [tq, heads], q.device) : undefined;
+  const outs = emptyTensors(options.returnLse ? [[q.dtype, [tq, heads, valueDim]], ['float32', [tq, heads]]] : [[q.dtype, [tq, heads, valueDim]]], q.device);
+  const output = outs[0], lse: Tensor | undefined = outs[1];
   try {
     await native().maskedAttention({
       device: q.device,

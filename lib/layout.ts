@@ -1,5 +1,6 @@
 // Jagged (packed) batch layouts, SPEC §2, and the argument checks every op shares (SPEC §6).
-import { Tensor, DType } from './tensor';
+import { Tensor, DType, Device } from './tensor';
+import { limits } from './native';
 
 export interface Layout {
   offsets: Int32Array;
@@ -65,3 +66,14 @@ export function checkPositiveNumber(value: unknown, name: string): number {
 }
 
 export const FLOAT_DTYPES: readonly DType[] = ['float32', 'float16', 'bfloat16'];
+
+/** Head counts and sizes against the addon's limits (every backend; CUDA supports fewer sizes). */
+export function checkHeads(device: Device, heads: number, kvHeads: number, headDim: number, valueDim: number): void {
+  const lim = limits();
+  if (heads > lim.maxHeads || kvHeads > lim.maxHeads) throw new RangeError(`q/k: at most ${lim.maxHeads} heads are supported, got ${heads} / ${kvHeads}`);
+  if (headDim > lim.maxHeadDim || valueDim > lim.maxHeadDim)
+    throw new RangeError(`q/v: head sizes up to ${lim.maxHeadDim} are supported, got D = ${headDim}, Dv = ${valueDim}`);
+  const sizes = lim.cuda.headSizes;
+  if (device === 'cuda' && (!sizes.includes(headDim) || !sizes.includes(valueDim)))
+    throw new RangeError(`q/v: the CUDA kernels support head sizes ${sizes.join(', ')}; got D = ${headDim}, Dv = ${valueDim}`);
+}

@@ -70,7 +70,7 @@ export class MemoryBank {
     this.slots = checkCount(options.slots, 'slots', 1);
     this.width = checkCount(options.width, 'width', 1);
     const dtype = options.dtype ?? 'float32';
-    if (!(dtype in BYTES)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
+    if (typeof dtype !== 'string' || !Object.hasOwn(BYTES, dtype)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
     this.dtype = dtype;
     const device = options.device ?? 'cpu';
     if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`device: expected 'cpu' or 'cuda', got ${String(device)}`);
@@ -87,6 +87,7 @@ export class MemoryBank {
     const rows = this.users * this.slots;
     if (rows > 2 ** 31 - 1) throw new RangeError(`users * slots: at most 2^31 - 1 rows, got ${rows}`);
     const bytes = rows * this.width * BYTES[dtype];
+    if (!Number.isSafeInteger(bytes)) throw new RangeError(`width: users x slots x width of ${dtype} is ${bytes} bytes, more than any device holds`);
     this.#storage = new (native().Storage)(device, bytes, true);
     this.#lengths = new Int32Array(this.users);
     this.#heads = new Int32Array(this.users);
@@ -116,6 +117,28 @@ export class MemoryBank {
     return run;
   }
 
+  /**
+   * An op in two steps (SPEC §11): `capture` runs at the call, checks what does not depend on the
+   * bank's state and copies / holds its arguments; the job it returns runs in queue order. Any
+   * error becomes a rejection (no method throws synchronously); held storages are released at the end.
+   */
+  #submit<T>(capture: () => { run: () => Promise<T>; held?: NativeStorage[] }): Promise<T> {
+    let job: { run: () => Promise<T>; held?: NativeStorage[] };
+    try {
+      this.#live();
+      job = capture();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#enqueue(async () => {
+      try {
+        return await job.run();
+      } finally {
+        for (const h of job.held ?? []) h.dispose();
+      }
+    });
+  }
+
   #userIds(userIds: unknown, name = 'userIds'): Int32Array {
     if (!(userIds instanceof Int32Array)) throw new TypeError(`${name}: expected an Int32Array`);
     const seen = new Set<number>();
@@ -136,6 +159,23 @@ export class MemoryBank {
     return x;
   }
 
+  // The update options, checked at the call.
+  #blendOption(options: unknown): number | undefined {
+    if (options === null || typeof options !== 'object') throw new TypeError('options: expected { blend? }');
+    const blend = (options as { blend?: unknown }).blend;
+    if (blend === undefined) return undefined;
+    if (typeof blend !== 'number') throw new TypeError('options.blend: expected a number');
+    if (!(blend > 0 && blend <= 1)) throw new RangeError(`options.blend: expected a number in (0, 1], got ${blend}`);
+    if (this.mode !== 'overwrite') throw new RangeError("options.blend: only a mode 'overwrite' bank blends");
+    return blend;
+  }
+
+  #checkCounts(ids: Int32Array, counts: Int32Array, countName: string): void {
+    for (let i = 0; i < ids.length; i++)
+      if (counts[i] < 0 || counts[i] > this.slots)
+        throw new RangeError(`${countName}: user ${ids[i]} gets ${counts[i]} tokens, expected 0 to ${this.slots} (slots)`);
+  }
+
   /** Current token counts, for all users or the given ones (after every op that has completed). */
   lengths(userIds?: Int32Array): Int32Array {
     this.#live();
@@ -152,19 +192,23 @@ export class MemoryBank {
    * replacing it (overwrite, optionally blended) or after it (append).
    */
   update(userIds: Int32Array, tokens: Tensor, counts: Int32Array, options: { blend?: number } = {}): Promise<void> {
-    return this.#enqueue(async () => {
+    return this.#submit(() => {
       const ids = this.#userIds(userIds);
       const src = this.#checkTokens(tokens, 'tokens');
       if (!(counts instanceof Int32Array)) throw new TypeError('counts: expected an Int32Array');
       if (counts.length !== ids.length) throw new RangeError(`counts: expected ${ids.length} entries (one per user), got ${counts.length}`);
+      const n = counts.slice();
+      this.#checkCounts(ids, n, 'counts');
+      const blend = this.#blendOption(options);
       let total = 0;
       const rowStart = new Int32Array(ids.length);
-      for (let i = 0; i < counts.length; i++) {
+      for (let i = 0; i < n.length; i++) {
         rowStart[i] = total;
-        total += counts[i];
+        total += n[i];
       }
       if (total !== src.shape[0]) throw new RangeError(`tokens: expected ${total} rows (the sum of counts), got ${src.shape[0]}`);
-      await this.#write(ids, counts, (i, r) => rowStart[i] + r, src, options, 'counts');
+      const held = src.hold();
+      return { held: [held], run: () => this.#write(ids, n, (i, r) => rowStart[i] + r, held, blend, 'counts') };
     });
   }
 
@@ -173,17 +217,22 @@ export class MemoryBank {
    * sequence i whose role is `select`, or only the last n of them with `{ role, last: n }`.
    */
   updateFrom(userIds: Int32Array, hidden: Tensor, layout: Layout, select: RoleSelect = 'memory', options: { blend?: number } = {}): Promise<void> {
-    return this.#enqueue(async () => {
+    return this.#submit(() => {
       const ids = this.#userIds(userIds);
       const src = this.#checkTokens(hidden, 'hidden');
       const lay = checkLayout(layout, src.shape[0], 'layout');
       if (lay.batch !== ids.length) throw new RangeError(`layout: ${lay.batch} sequences for ${ids.length} users`);
       let role: number, last = Infinity;
-      if (typeof select === 'string' && select in ROLE_CODE) role = ROLE_CODE[select];
-      else if (select !== null && typeof select === 'object' && (select.role as string) in ROLE_CODE) {
-        role = ROLE_CODE[select.role];
+      const roleOf = (name: unknown) => (typeof name === 'string' && Object.hasOwn(ROLE_CODE, name) ? ROLE_CODE[name as keyof typeof ROLE_CODE] : -1);
+      if (typeof select === 'string') {
+        role = roleOf(select);
+        if (role < 0) throw new TypeError(`select: unknown role '${select}', expected 'item', 'memory' or 'target'`);
+      } else if (select !== null && typeof select === 'object') {
+        role = roleOf(select.role);
+        if (role < 0) throw new TypeError(`select.role: unknown role '${String(select.role)}', expected 'item', 'memory' or 'target'`);
         last = checkCount(select.last, 'select.last', 1);
       } else throw new TypeError(`select: expected 'item', 'memory', 'target' or { role, last }`);
+      const blend = this.#blendOption(options);
       const rows: number[][] = [];
       const counts = new Int32Array(ids.length);
       for (let b = 0; b < lay.batch; b++) {
@@ -192,27 +241,21 @@ export class MemoryBank {
         rows.push(picked.length > last ? picked.slice(picked.length - last) : picked);
         counts[b] = rows[b].length;
       }
-      await this.#write(ids, counts, (i, r) => rows[i][r], src, options, 'select');
+      this.#checkCounts(ids, counts, 'select');
+      const held = src.hold();
+      return { held: [held], run: () => this.#write(ids, counts, (i, r) => rows[i][r], held, blend, 'select') };
     });
   }
 
-  // Plans and runs one update; every check precedes the kernel.
-  async #write(ids: Int32Array, counts: Int32Array, srcRowOf: (i: number, r: number) => number, src: Tensor,
-    options: { blend?: number }, countName: string): Promise<void> {
+  // Plans and runs one update on the bank's state when its turn comes; the checks that depend on
+  // that state (append overflow) precede the kernel, and the state changes only once it succeeded.
+  async #write(ids: Int32Array, counts: Int32Array, srcRowOf: (i: number, r: number) => number, src: NativeStorage,
+    blend: number | undefined, countName: string): Promise<void> {
     const storage = this.#live();
-    if (options === null || typeof options !== 'object') throw new TypeError('options: expected { blend? }');
-    const blend = options.blend;
-    if (blend !== undefined) {
-      if (typeof blend !== 'number') throw new TypeError('options.blend: expected a number');
-      if (!(blend > 0 && blend <= 1)) throw new RangeError(`options.blend: expected a number in (0, 1], got ${blend}`);
-      if (this.mode !== 'overwrite') throw new RangeError("options.blend: only a mode 'overwrite' bank blends");
-    }
-    for (let i = 0; i < ids.length; i++) {
-      if (counts[i] < 0 || counts[i] > this.slots)
-        throw new RangeError(`${countName}: user ${ids[i]} gets ${counts[i]} tokens, expected 0 to ${this.slots} (slots)`);
-      if (this.mode === 'append' && this.overflow === 'error' && this.#lengths[ids[i]] + counts[i] > this.slots)
-        throw new RangeError(`${countName}: user ${ids[i]} holds ${this.#lengths[ids[i]]} tokens and ${counts[i]} more overflow ${this.slots} slots (overflow: 'error')`);
-    }
+    if (this.mode === 'append' && this.overflow === 'error')
+      for (let i = 0; i < ids.length; i++)
+        if (this.#lengths[ids[i]] + counts[i] > this.slots)
+          throw new RangeError(`${countName}: user ${ids[i]} holds ${this.#lengths[ids[i]]} tokens and ${counts[i]} more overflow ${this.slots} slots (overflow: 'error')`);
     const plan = new GatherPlan();
     const lengths = this.#lengths.slice(), heads = this.#heads.slice();
     for (let i = 0; i < ids.length; i++) {
@@ -233,7 +276,7 @@ export class MemoryBank {
         lengths[u] = len + c - drop;
       }
     }
-    await this.#gather([src.storage()], storage, plan);
+    await this.#gather([src], storage, plan);
     this.#lengths = lengths;
     this.#heads = heads;
   }
@@ -248,24 +291,28 @@ export class MemoryBank {
 
   /** The users' memories, oldest token first, packed: `tokens: [Σ len, width]` with `offsets`. */
   read(userIds: Int32Array): Promise<{ tokens: Tensor; offsets: Int32Array }> {
-    return this.#enqueue(async () => {
+    return this.#submit(() => {
       const ids = this.#userIds(userIds);
-      const storage = this.#live();
-      const offsets = new Int32Array(ids.length + 1);
-      const plan = new GatherPlan();
-      ids.forEach((u, i) => {
-        for (let r = 0; r < this.#lengths[u]; r++) plan.add(0, u * this.slots + ((this.#heads[u] + r) % this.slots), offsets[i] + r);
-        offsets[i + 1] = offsets[i] + this.#lengths[u];
-      });
-      const tokens = emptyTensor(this.dtype, [offsets[ids.length], this.width], this.device);
-      try {
-        await this.#gather([storage], tokens.storage(), plan);
-      } catch (e) {
-        tokens.dispose();
-        throw e;
-      }
-      return { tokens, offsets };
+      return { run: () => this.#readNow(ids) };
     });
+  }
+
+  async #readNow(ids: Int32Array): Promise<{ tokens: Tensor; offsets: Int32Array }> {
+    const storage = this.#live();
+    const offsets = new Int32Array(ids.length + 1);
+    const plan = new GatherPlan();
+    ids.forEach((u, i) => {
+      for (let r = 0; r < this.#lengths[u]; r++) plan.add(0, u * this.slots + ((this.#heads[u] + r) % this.slots), offsets[i] + r);
+      offsets[i + 1] = offsets[i] + this.#lengths[u];
+    });
+    const tokens = emptyTensor(this.dtype, [offsets[ids.length], this.width], this.device);
+    try {
+      await this.#gather([storage], tokens.storage(), plan);
+    } catch (e) {
+      tokens.dispose();
+      throw e;
+    }
+    return { tokens, offsets };
   }
 
   /**
@@ -274,42 +321,50 @@ export class MemoryBank {
    * `maskedAttention(..., { q: layout, rule: 'rec2pm-update' })` runs on it directly.
    */
   assemble(userIds: Int32Array, items: Tensor, itemOffsets: Int32Array, queries: Tensor): Promise<{ hidden: Tensor; layout: Required<Layout> }> {
-    return this.#enqueue(async () => {
+    return this.#submit(() => {
       const ids = this.#userIds(userIds);
-      const storage = this.#live();
       const it = this.#checkTokens(items, 'items');
       const qs = this.#checkTokens(queries, 'queries');
       const itemLayout = checkLayout({ offsets: itemOffsets }, it.shape[0], 'itemOffsets');
       if (itemLayout.batch !== ids.length) throw new RangeError(`itemOffsets: ${itemLayout.batch} sequences for ${ids.length} users`);
-      const C = qs.shape[0];
-      const offsets = new Int32Array(ids.length + 1);
-      const plan = new GatherPlan();
-      const roles: number[] = [];
-      ids.forEach((u, i) => {
-        let row = offsets[i];
-        for (let r = 0; r < this.#lengths[u]; r++, row++) { plan.add(0, u * this.slots + ((this.#heads[u] + r) % this.slots), row); roles.push(1); }
-        for (let t = itemOffsets[i]; t < itemOffsets[i + 1]; t++, row++) { plan.add(1, t, row); roles.push(0); }
-        for (let c = 0; c < C; c++, row++) { plan.add(2, c, row); roles.push(1); }
-        offsets[i + 1] = row;
-      });
-      const T = offsets[ids.length];
-      const hidden = emptyTensor(this.dtype, [T, this.width], this.device);
-      try {
-        await this.#gather([storage, it.storage(), qs.storage()], hidden.storage(), plan);
-      } catch (e) {
-        hidden.dispose();
-        throw e;
-      }
-      return { hidden, layout: { offsets, segments: new Int32Array(T), roles: Uint8Array.from(roles) } };
+      const held = [it.hold(), qs.hold()];
+      return { held, run: () => this.#assembleNow(ids, held[0], itemLayout.offsets.slice(), held[1], qs.shape[0]) };
     });
+  }
+
+  async #assembleNow(ids: Int32Array, items: NativeStorage, itemOffsets: Int32Array, queries: NativeStorage, C: number): Promise<{ hidden: Tensor; layout: Required<Layout> }> {
+    const storage = this.#live();
+    const offsets = new Int32Array(ids.length + 1);
+    const plan = new GatherPlan();
+    const roles: number[] = [];
+    ids.forEach((u, i) => {
+      let row = offsets[i];
+      for (let r = 0; r < this.#lengths[u]; r++, row++) { plan.add(0, u * this.slots + ((this.#heads[u] + r) % this.slots), row); roles.push(1); }
+      for (let t = itemOffsets[i]; t < itemOffsets[i + 1]; t++, row++) { plan.add(1, t, row); roles.push(0); }
+      for (let c = 0; c < C; c++, row++) { plan.add(2, c, row); roles.push(1); }
+      offsets[i + 1] = row;
+    });
+    const T = offsets[ids.length];
+    const hidden = emptyTensor(this.dtype, [T, this.width], this.device);
+    try {
+      await this.#gather([storage, items, queries], hidden.storage(), plan);
+    } catch (e) {
+      hidden.dispose();
+      throw e;
+    }
+    return { hidden, layout: { offsets, segments: new Int32Array(T), roles: Uint8Array.from(roles) } };
   }
 
   /** Empties the given users' memories (in call order with the other ops). */
   reset(userIds: Int32Array): Promise<void> {
-    const ids = this.#userIds(userIds);
-    return this.#enqueue(() => {
-      this.#live();
-      for (const u of ids) { this.#lengths[u] = 0; this.#heads[u] = 0; }
+    return this.#submit(() => {
+      const ids = this.#userIds(userIds);
+      return {
+        run: async () => {
+          this.#live();
+          for (const u of ids) { this.#lengths[u] = 0; this.#heads[u] = 0; }
+        },
+      };
     });
   }
 
@@ -318,63 +373,122 @@ export class MemoryBank {
    * same folder, flushed, then renamed over `file`, so a crash never destroys the previous file.
    */
   save(file: string): Promise<void> {
-    return this.#enqueue(async () => {
-      const raw = new Uint8Array(await this.#live().read());
-      const header = Buffer.alloc(HEADER_BYTES);
-      MAGIC.copy(header, 0);
-      header.writeUInt32LE(FORMAT_VERSION, 8);
-      header.writeUInt32LE(this.users, 12);
-      header.writeUInt32LE(this.slots, 16);
-      header.writeUInt32LE(this.width, 20);
-      header.writeUInt8(DTYPE_CODE[this.dtype], 24);
-      header.writeUInt8(this.mode === 'overwrite' ? 0 : 1, 25);
-      header.writeUInt8(this.overflow === 'error' ? 0 : 1, 26);
-      const parts = [header, Buffer.from(this.#lengths.buffer, this.#lengths.byteOffset, this.#lengths.byteLength),
-        Buffer.from(this.#heads.buffer, this.#heads.byteOffset, this.#heads.byteLength), Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength)];
-      let crc = 0;
-      for (const p of parts) crc = crc32(p, crc);
-      const trailer = Buffer.alloc(4);
-      trailer.writeUInt32LE(crc >>> 0, 0);
-      const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
-      const fh = await fsp.open(tmp, 'w');
-      try {
-        for (const p of [...parts, trailer]) await fh.write(p);
-        await fh.sync();
-      } catch (e) {
-        await fh.close();
-        await fsp.rm(tmp, { force: true });
-        throw e;
-      }
-      await fh.close();
-      await fsp.rename(tmp, file);
-    });
+    if (typeof file !== 'string' || file === '') return Promise.reject(new TypeError('file: expected a path'));
+    return this.#submit(() => ({ run: () => this.#saveNow(file) }));
   }
 
-  /** Loads a bank saved by `save`; a truncated, corrupt or other-version file is an Error. */
+  async #saveNow(file: string): Promise<void> {
+    const raw = new Uint8Array(await this.#live().read());
+    const header = Buffer.alloc(HEADER_BYTES);
+    MAGIC.copy(header, 0);
+    header.writeUInt32LE(FORMAT_VERSION, 8);
+    header.writeUInt32LE(this.users, 12);
+    header.writeUInt32LE(this.slots, 16);
+    header.writeUInt32LE(this.width, 20);
+    header.writeUInt8(DTYPE_CODE[this.dtype], 24);
+    header.writeUInt8(this.mode === 'overwrite' ? 0 : 1, 25);
+    header.writeUInt8(this.overflow === 'error' ? 0 : 1, 26);
+    const parts = [header, Buffer.from(this.#lengths.buffer, this.#lengths.byteOffset, this.#lengths.byteLength),
+      Buffer.from(this.#heads.buffer, this.#heads.byteOffset, this.#heads.byteLength), Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength)];
+    let crc = 0;
+    for (const p of parts) crc = crc32(p, crc);
+    const trailer = Buffer.alloc(4);
+    trailer.writeUInt32LE(crc >>> 0, 0);
+    await removeStaleTemps(file);
+    const tmp = path.join(path.dirname(file), `${tempPrefix(file)}${process.pid}.${Date.now()}.tmp`);
+    const fh = await fsp.open(tmp, 'w');
+    try {
+      for (const p of [...parts, trailer]) await fh.write(p);
+      await fh.sync();
+      await fh.close();
+      await fsp.rename(tmp, file);
+    } catch (e) {
+      await fh.close().catch(() => undefined);  // already closed when the rename failed
+      await fsp.rm(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  /**
+   * Loads a bank saved by `save`; a truncated, corrupt or other-version file is an Error. The
+   * header is read and checked against the file's size first, so a junk file is refused before
+   * anything else is read or allocated.
+   */
   static async load(file: string, options: { device?: Device } = {}): Promise<MemoryBank> {
-    const buf = await fsp.readFile(file);
+    if (typeof file !== 'string' || file === '') throw new TypeError('file: expected a path');
+    if (options === null || typeof options !== 'object') throw new TypeError('options: expected { device? }');
     const fail = (why: string) => new Error(`MemoryBank.load(${file}): ${why}`);
-    if (buf.length < HEADER_BYTES + 4 || !buf.subarray(0, 8).equals(MAGIC)) throw fail('not a lifelong-kernels memory bank file');
-    const version = buf.readUInt32LE(8);
-    if (version !== FORMAT_VERSION) throw fail(`format version ${version} is not supported (this build reads version ${FORMAT_VERSION})`);
+    const fh = await fsp.open(file, 'r');
+    let buf: Buffer;
+    try {
+      const size = (await fh.stat()).size;
+      const header = Buffer.alloc(HEADER_BYTES);
+      const { bytesRead } = await fh.read(header, 0, HEADER_BYTES, 0);
+      if (bytesRead < HEADER_BYTES || !header.subarray(0, 8).equals(MAGIC)) throw fail('not a lifelong-kernels memory bank file');
+      const version = header.readUInt32LE(8);
+      if (version !== FORMAT_VERSION) throw fail(`format version ${version} is not supported (this build reads version ${FORMAT_VERSION})`);
+      const users = header.readUInt32LE(12), slots = header.readUInt32LE(16), width = header.readUInt32LE(20);
+      const dtypeCode = header.readUInt8(24), mode = header.readUInt8(25), overflow = header.readUInt8(26);
+      if (dtypeCode > 2 || mode > 1 || overflow > 1 || header.subarray(27, HEADER_BYTES).some((b) => b !== 0) ||
+          users < 1 || slots < 1 || width < 1 || users * slots > 2 ** 31 - 1)
+        throw fail('corrupt header');
+      const dtype = (['float32', 'float16', 'bfloat16'] as const)[dtypeCode];
+      const expected = HEADER_BYTES + 8 * users + users * slots * width * BYTES[dtype] + 4;
+      if (size !== expected) throw fail(`expected ${expected} bytes, found ${size} (truncated or corrupt)`);
+      buf = Buffer.alloc(expected);
+      header.copy(buf);
+      const rest = await fh.read(buf, HEADER_BYTES, expected - HEADER_BYTES, HEADER_BYTES);
+      if (rest.bytesRead !== expected - HEADER_BYTES) throw fail('file changed while it was read');
+    } finally {
+      await fh.close();
+    }
+    const expected = buf.length;
     const users = buf.readUInt32LE(12), slots = buf.readUInt32LE(16), width = buf.readUInt32LE(20);
     const dtype = (['float32', 'float16', 'bfloat16'] as const)[buf.readUInt8(24)];
-    if (!dtype || users < 1 || slots < 1 || width < 1) throw fail('corrupt header');
-    const dataBytes = users * slots * width * BYTES[dtype];
-    const expected = HEADER_BYTES + 8 * users + dataBytes + 4;
-    if (buf.length !== expected) throw fail(`expected ${expected} bytes, found ${buf.length} (truncated or corrupt)`);
     const stored = buf.readUInt32LE(expected - 4);
     if ((crc32(buf.subarray(0, expected - 4), 0) >>> 0) !== stored) throw fail('checksum mismatch (corrupt file)');
-    const bank = new MemoryBank({ users, slots, width, dtype, device: options.device ?? 'cpu',
-      mode: buf.readUInt8(25) === 0 ? 'overwrite' : 'append', overflow: buf.readUInt8(26) === 0 ? 'error' : 'evict-oldest' });
     const lengths = new Int32Array(buf.buffer.slice(buf.byteOffset + HEADER_BYTES, buf.byteOffset + HEADER_BYTES + 4 * users));
     const heads = new Int32Array(buf.buffer.slice(buf.byteOffset + HEADER_BYTES + 4 * users, buf.byteOffset + HEADER_BYTES + 8 * users));
     for (let u = 0; u < users; u++)
-      if (lengths[u] < 0 || lengths[u] > slots || heads[u] < 0 || heads[u] >= slots) { bank.dispose(); throw fail('corrupt lengths'); }
+      if (lengths[u] < 0 || lengths[u] > slots || heads[u] < 0 || heads[u] >= slots) throw fail('corrupt lengths');
+    const bank = new MemoryBank({ users, slots, width, dtype, device: options.device ?? 'cpu',
+      mode: buf.readUInt8(25) === 0 ? 'overwrite' : 'append', overflow: buf.readUInt8(26) === 0 ? 'error' : 'evict-oldest' });
     bank.#lengths = lengths;
     bank.#heads = heads;
     bank.#live().write(buf.subarray(HEADER_BYTES + 8 * users, expected - 4));
     return bank;
+  }
+}
+
+// Temporary files of `save` are named `.<file>.<pid>.<time>.tmp` beside the file.
+function tempPrefix(file: string): string {
+  return `.${path.basename(file)}.`;
+}
+
+// Removes the temporary files that writers which have died (crashed mid-save) left beside `file`.
+async function removeStaleTemps(file: string): Promise<void> {
+  const dir = path.dirname(file), prefix = tempPrefix(file);
+  let names: string[];
+  try {
+    names = await fsp.readdir(dir);
+  } catch {
+    return;  // the save itself reports an unusable folder
+  }
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    const m = /^(\d+)\.\d+\.tmp$/.exec(name.slice(prefix.length));
+    if (!m || !processIsGone(Number(m[1]))) continue;
+    await fsp.rm(path.join(dir, name), { force: true });
+  }
+}
+
+function processIsGone(pid: number): boolean {
+  if (pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ESRCH';
   }
 }
 

@@ -11,6 +11,18 @@ export interface NativeStorage {
   write(data: ArrayBufferView): void;
   read(): Promise<ArrayBuffer>;
   copyTo(device: 'cpu' | 'cuda'): Promise<NativeStorage>;
+  /** Another handle on the same memory: it stays alive until every handle is disposed. */
+  share(): NativeStorage;
+}
+
+/** The addon's limits (one place: native/binding.cc); TypeScript checks against these. */
+export interface NativeLimits {
+  maxHeads: number;
+  maxHeadDim: number;
+  maxIndexerDim: number;
+  maxTopK: number;
+  maxGatherSources: number;
+  cuda: { headSizes: number[]; maxTopK?: number; indexerMaxElements?: number; indexerMaxHeads?: number };
 }
 
 export interface NativeBackends {
@@ -36,6 +48,9 @@ export interface NativeAddon {
   toFloat32(bits: Uint16Array, dtype: number): Float32Array;
   externalMemory(): number;
   fromFloat32(values: Float32Array, dtype: number): Uint16Array;
+  limits(): NativeLimits;
+  /** Test support: a pool call whose task `failAt` throws; must reject and leave the pool healthy. */
+  _failInPoolTask(tasks: number, failAt: number): Promise<void>;
 }
 
 /** The package root: the nearest folder above this file whose package.json names this package. */
@@ -68,4 +83,12 @@ export function native(): NativeAddon {
     addon = require('node-gyp-build')(root) as NativeAddon;
   }
   return addon;
+}
+
+let cachedLimits: NativeLimits | undefined;
+
+/** The addon's limits, read once. */
+export function limits(): NativeLimits {
+  cachedLimits ??= native().limits();
+  return cachedLimits;
 }

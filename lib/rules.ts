@@ -37,11 +37,14 @@ export const presets: Readonly<Record<PresetName, MaskRule>> = Object.freeze({
   'rec2pm-update': causalTable(['same', 'same', '.'], ['same', 'same', '.'], ['same', 'same', 'self']),
 });
 
-/** Validates a preset name or rule object and encodes it for the kernels. */
+/**
+ * Validates a preset name or rule object and encodes it for the kernels. Names are matched as own
+ * names only (SPEC §6): 'toString' or '__proto__' is an unknown preset / relation / role.
+ */
 export function encodeRule(rule: unknown, name = 'rule'): Uint8Array {
   let table: MaskRule;
   if (typeof rule === 'string') {
-    if (!(rule in presets))
+    if (!Object.hasOwn(presets, rule))
       throw new RangeError(`${name}: unknown preset '${rule}', expected one of ${Object.keys(presets).join(', ')}`);
     table = presets[rule as PresetName];
   } else if (rule !== null && typeof rule === 'object' && !Array.isArray(rule)) {
@@ -53,16 +56,16 @@ export function encodeRule(rule: unknown, name = 'rule'): Uint8Array {
   for (const key of Object.keys(table))
     if (!ROLE_NAMES.includes(key as RoleName)) throw new RangeError(`${name}: unknown query role '${key}' (item, memory, target)`);
   ROLE_NAMES.forEach((rq, i) => {
-    const row = table[rq];
+    const row = Object.hasOwn(table, rq) ? table[rq] : undefined;
     if (row === undefined) return;
     if (row === null || typeof row !== 'object') throw new TypeError(`${name}.${rq}: expected an object of entries`);
     for (const key of Object.keys(row))
       if (!ROLE_NAMES.includes(key as RoleName)) throw new RangeError(`${name}.${rq}: unknown key role '${key}' (item, memory, target)`);
     ROLE_NAMES.forEach((rk, j) => {
-      const entry = row[rk];
+      const entry = Object.hasOwn(row, rk) ? row[rk] : undefined;
       if (entry === undefined) return;
       if (entry === null || typeof entry !== 'object') throw new TypeError(`${name}.${rq}.${rk}: expected { seg, causal }`);
-      if (!(entry.seg in SEG_CODE))
+      if (typeof entry.seg !== 'string' || !Object.hasOwn(SEG_CODE, entry.seg))
         throw new RangeError(`${name}.${rq}.${rk}.seg: expected one of ${Object.keys(SEG_CODE).join(', ')}, got ${String(entry.seg)}`);
       if (typeof entry.causal !== 'boolean') throw new TypeError(`${name}.${rq}.${rk}.causal: expected a boolean`);
       code[i * 3 + j] = SEG_CODE[entry.seg];

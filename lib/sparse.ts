@@ -1,15 +1,13 @@
 // Indexer-selected sparse cross attention (SPEC §5, GEMs mid-term stream / DeepSeek DSA):
 // indexerScores -> topK -> sparseAttention, or all three fused in indexedCrossAttention.
-import { native } from './native';
-import { DTYPE_CODE, Tensor, emptyTensor } from './tensor';
-import { checkTensor, FLOAT_DTYPES } from './layout';
+import { limits, native, NativeStorage } from './native';
+import { DTYPE_CODE, DType, Device, Tensor, emptyTensors } from './tensor';
+import { checkHeads, checkTensor, FLOAT_DTYPES } from './layout';
 
 export interface SparseLayout {
   qOffsets: Int32Array;
   kOffsets: Int32Array;
 }
-
-const CUDA_HEAD_SIZES = [8, 16, 32, 64, 128, 256];
 
 function checkOffsets(offsets: unknown, rows: number, name: string): { batch: number; maxLength: number; offsets: Int32Array } {
   if (!(offsets instanceof Int32Array)) throw new TypeError(`${name}: expected an Int32Array`);
@@ -49,7 +47,12 @@ function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: 
   if (kI.shape[1] !== di) throw new RangeError(`${kName}: dim ${kI.shape[1]} differs from ${qName}'s ${di}`);
   if (w.shape[0] !== nq || w.shape[1] !== hi) throw new RangeError(`${wName}: expected shape [${nq}, ${hi}], got [${w.shape.join(', ')}]`);
   if (hi < 1 || di < 1) throw new RangeError(`${qName}: heads and dim must be >= 1`);
-  if (qI.device === 'cuda' && hi * di > 8192) throw new RangeError(`${qName}: the CUDA indexer holds heads x dim <= 8192, got ${hi * di}`);
+  const lim = limits();
+  if (hi > lim.maxHeads || di > lim.maxIndexerDim)
+    throw new RangeError(`${qName}: at most ${lim.maxHeads} heads of dim <= ${lim.maxIndexerDim}, got [${qI.shape.join(', ')}]`);
+  const { indexerMaxElements, indexerMaxHeads } = lim.cuda;
+  if (qI.device === 'cuda' && indexerMaxElements !== undefined && indexerMaxHeads !== undefined && (hi * di > indexerMaxElements || hi > indexerMaxHeads))
+    throw new RangeError(`${qName}: the CUDA indexer holds heads x dim <= ${indexerMaxElements} and heads <= ${indexerMaxHeads}, got ${hi} x ${di}`);
   return { nq, hi, di, tk: kI.shape[0] };
 }
 
@@ -57,7 +60,7 @@ function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: 
 export async function indexerScores(qI: Tensor, kI: Tensor, w: Tensor, options: SparseLayout): Promise<Tensor> {
   const { nq, hi, di, tk } = checkIndexer(qI, kI, w, ['qI', 'kI', 'w']);
   const { k } = checkPair(options, nq, tk);
-  const scores = emptyTensor('float32', [nq, k.maxLength], qI.device);
+  const [scores] = emptyTensors([['float32', [nq, k.maxLength]]], qI.device);
   try {
     await native().indexerScores({ device: qI.device, dtype: DTYPE_CODE[qI.dtype], nq, tk, indexerHeads: hi, indexerDim: di,
       qOffsets: options.qOffsets, kOffsets: options.kOffsets, qI: qI.storage(), kI: kI.storage(), w: w.storage(), scores: scores.storage() });
@@ -68,10 +71,12 @@ export async function indexerScores(qI: Tensor, kI: Tensor, w: Tensor, options: 
   return scores;
 }
 
-function checkK(k: unknown, name: string, device: string): number {
-  if (typeof k !== 'number' || !Number.isInteger(k)) throw new TypeError(`${name}: expected an integer`);
-  if (k < 1) throw new RangeError(`${name}: expected k >= 1, got ${k}`);
-  if (device === 'cuda' && k > 2048) throw new RangeError(`${name}: the CUDA top-k supports k <= 2048, got ${k}`);
+function checkK(k: unknown, name: string, device: Device): number {
+  if (typeof k !== 'number' || !Number.isInteger(k)) throw new TypeError(`${name}: expected an integer, got ${String(k)}`);
+  if (k < 1) throw new RangeError(`${name}: expected an integer >= 1, got ${k}`);
+  const lim = limits();
+  const max = device === 'cuda' ? lim.cuda.maxTopK ?? lim.maxTopK : lim.maxTopK;
+  if (k > max) throw new RangeError(`${name}: the ${device === 'cuda' ? 'CUDA' : 'CPU'} top-k supports k <= ${max}, got ${k}`);
   return k;
 }
 
@@ -88,8 +93,7 @@ export async function topK(scores: Tensor, k: number, options: { lengths?: Int32
     for (let r = 0; r < rows; r++)
       if (lengths[r] < 0 || lengths[r] > cols) throw new RangeError(`options.lengths: entry ${r} = ${lengths[r]} is outside [0, ${cols}]`);
   }
-  const indices = emptyTensor('int32', [rows, k], scores.device);
-  const values = emptyTensor('float32', [rows, k], scores.device);
+  const [indices, values] = emptyTensors([['int32', [rows, k]], ['float32', [rows, k]]], scores.device);
   try {
     await native().topK({ device: scores.device, rows, cols, k, scores: scores.storage(), indices: indices.storage(), values: values.storage(), lengths });
   } catch (e) {
@@ -112,9 +116,7 @@ function checkAttention(q: Tensor, k: Tensor, v: Tensor) {
   if (v.shape[0] !== tk || v.shape[1] !== kvHeads) throw new RangeError(`v: shape [${v.shape.join(', ')}] must match k's tokens and heads [${tk}, ${kvHeads}, Dv]`);
   if (heads < 1 || kvHeads < 1 || headDim < 1 || valueDim < 1) throw new RangeError('q/k/v: heads and head sizes must be >= 1');
   if (heads % kvHeads !== 0) throw new RangeError(`k: kv heads ${kvHeads} must divide q's heads ${heads}`);
-  if (headDim > 256 || valueDim > 256) throw new RangeError(`q/v: head sizes up to 256 are supported, got D = ${headDim}, Dv = ${valueDim}`);
-  if (q.device === 'cuda' && (!CUDA_HEAD_SIZES.includes(headDim) || !CUDA_HEAD_SIZES.includes(valueDim)))
-    throw new RangeError(`q/v: the CUDA kernels support head sizes ${CUDA_HEAD_SIZES.join(', ')}; got D = ${headDim}, Dv = ${valueDim}`);
+  checkHeads(q.device, heads, kvHeads, headDim, valueDim);
   return { nq, heads, headDim, tk, kvHeads, valueDim };
 }
 
@@ -124,34 +126,47 @@ function checkScale(scale: unknown, headDim: number): number {
   return scale;
 }
 
-/** Softmax attention of each query over its selected keys only (SPEC §5). */
-export async function sparseAttention(q: Tensor, k: Tensor, v: Tensor, indices: Tensor | Int32Array,
+/**
+ * Softmax attention of each query over its selected keys only (SPEC §5); `indices` is an int32
+ * Tensor [Nq, K]. Arguments are captured at the call (SPEC §11): the tensors may be disposed and
+ * the offsets reused as soon as this returns its promise.
+ */
+export function sparseAttention(q: Tensor, k: Tensor, v: Tensor, indices: Tensor,
   options: SparseLayout & { scale?: number; returnLse?: boolean }): Promise<{ output: Tensor; lse?: Tensor }> {
-  const s = checkAttention(q, k, v);
-  checkPair(options, s.nq, s.tk);
-  let idx: Int32Array, topk: number;
-  if (indices instanceof Tensor) {
+  let held: NativeStorage[] = [];
+  try {
+    const s = checkAttention(q, k, v);
+    const { q: qo, k: ko } = checkPair(options, s.nq, s.tk);
+    if (!(indices instanceof Tensor)) throw new TypeError('indices: expected an int32 Tensor [Nq, K]');
     checkTensor(indices, 'indices', 2, ['int32']);
     if (indices.shape[0] !== s.nq) throw new RangeError(`indices: expected ${s.nq} rows (one per query), got ${indices.shape[0]}`);
-    topk = indices.shape[1];
-    idx = (await indices.data()) as Int32Array;
-  } else {
-    throw new TypeError('indices: expected an int32 Tensor [Nq, K]');
-  }
-  if (topk < 1) throw new RangeError('indices: expected at least one column');
-  const scale = checkScale(options.scale, s.headDim);
-  const output = emptyTensor(q.dtype, [s.nq, s.heads, s.valueDim], q.device);
-  const lse = options.returnLse ? emptyTensor('float32', [s.nq, s.heads], q.device) : undefined;
-  try {
-    await native().sparseAttention({ device: q.device, dtype: DTYPE_CODE[q.dtype], ...s, topK: topk, scale,
-      qOffsets: options.qOffsets, kOffsets: options.kOffsets, q: q.storage(), k: k.storage(), v: v.storage(),
-      out: output.storage(), lse: lse?.storage(), indices: idx });
+    const topk = indices.shape[1];
+    if (topk < 1) throw new RangeError('indices: expected at least one column');
+    const scale = checkScale(options.scale, s.headDim);
+    const returnLse = Boolean(options.returnLse);
+    const qOffsets = qo.offsets.slice(), kOffsets = ko.offsets.slice();
+    const [qs, ks, vs] = held = [q.hold(), k.hold(), v.hold()];
+    const idx = indices.hold();
+    held.push(idx);
+    const run = async () => {
+      const hostIdx = new Int32Array(await idx.read(), 0, s.nq * topk);
+      const outs = emptyTensors(returnLse ? [[q.dtype, [s.nq, s.heads, s.valueDim]], ['float32', [s.nq, s.heads]]] : [[q.dtype, [s.nq, s.heads, s.valueDim]]], q.device);
+      const output = outs[0], lse: Tensor | undefined = outs[1];
+      try {
+        await native().sparseAttention({ device: q.device, dtype: DTYPE_CODE[q.dtype], ...s, topK: topk, scale,
+          qOffsets, kOffsets, q: qs, k: ks, v: vs, out: output.storage(), lse: lse?.storage(), indices: hostIdx });
+      } catch (e) {
+        output.dispose();
+        lse?.dispose();
+        throw e;
+      }
+      return lse ? { output, lse } : { output };
+    };
+    return run().finally(() => { for (const h of held) h.dispose(); });
   } catch (e) {
-    output.dispose();
-    lse?.dispose();
-    throw e;
+    for (const h of held) h.dispose();
+    return Promise.reject(e);
   }
-  return lse ? { output, lse } : { output };
 }
 
 export interface IndexedCrossAttentionOptions extends SparseLayout {
@@ -179,10 +194,9 @@ export async function indexedCrossAttention(q: Tensor, k: Tensor, v: Tensor, opt
   checkPair(options, s.nq, s.tk);
   const topk = checkK(options.topK, 'options.topK', q.device);
   const scale = checkScale(options.scale, s.headDim);
-  const output = emptyTensor(q.dtype, [s.nq, s.heads, s.valueDim], q.device);
-  const indices = emptyTensor('int32', [s.nq, topk], q.device);
-  const values = emptyTensor('float32', [s.nq, topk], q.device);
-  const lse = options.returnLse ? emptyTensor('float32', [s.nq, s.heads], q.device) : undefined;
+  const outs = emptyTensors([[q.dtype, [s.nq, s.heads, s.valueDim]], ['int32', [s.nq, topk]], ['float32', [s.nq, topk]],
+    ...(options.returnLse ? [['float32', [s.nq, s.heads]] as [DType, number[]]] : [])], q.device);
+  const [output, indices, values] = outs, lse: Tensor | undefined = outs[3];
   try {
     await native().indexedCrossAttention({ device: q.device, dtype: DTYPE_CODE[q.dtype], ...s, topK: topk, scale,
       indexerHeads: ix.hi, indexerDim: ix.di, qOffsets: options.qOffsets, kOffsets: options.kOffsets,

@@ -31,9 +31,13 @@ function checkDevice(device: unknown, name: string): Device {
 
 function checkShape(shape: unknown): number[] {
   if (!Array.isArray(shape)) throw new TypeError('shape: expected an array of non-negative integers');
-  for (const d of shape)
+  let size = 1;
+  for (const d of shape) {
     if (!Number.isSafeInteger(d) || d < 0)
       throw new RangeError(`shape: expected non-negative integers, got [${shape.join(', ')}]`);
+    size *= d;
+  }
+  if (size * 4 > Number.MAX_SAFE_INTEGER) throw new RangeError(`shape: [${shape.join(', ')}] holds more elements than any device can`);
   return shape.slice();
 }
 
@@ -65,6 +69,14 @@ export class Tensor {
   storage(): NativeStorage {
     if (!this.#storage) throw new Error('tensor is disposed');
     return this.#storage;
+  }
+
+  /**
+   * @internal A second handle on this tensor's memory, taken by an op when it is called so that the
+   * caller may dispose the tensor right away (SPEC §11); the op disposes the handle when it ends.
+   */
+  hold(): NativeStorage {
+    return this.storage().share();
   }
 
   /** The raw elements as a typed array (Uint16Array holds float16 / bfloat16 bits). */
@@ -117,15 +129,49 @@ export function emptyTensor(dtype: DType, shape: number[], device: Device): Tens
   return allocate(dtype, shape, device);
 }
 
+/**
+ * @internal An op's outputs: all of them, or, when one cannot be allocated, none (those made
+ * before are disposed) and the error.
+ */
+export function emptyTensors(specs: [DType, number[]][], device: Device): Tensor[] {
+  const made: Tensor[] = [];
+  try {
+    for (const [dtype, shape] of specs) made.push(allocate(dtype, shape, device));
+  } catch (e) {
+    for (const t of made) t.dispose();
+    throw e;
+  }
+  return made;
+}
+
+const INT32_MIN = -(2 ** 31), INT32_MAX = 2 ** 31 - 1;
+
+// Values are checked when a tensor is made (SPEC §11): never a silent wrap-around or NaN.
+function checkValues(data: ArrayLike<number>, dtype: DType): void {
+  if (data instanceof BigInt64Array || data instanceof BigUint64Array)
+    throw new TypeError('data: BigInt arrays are not supported; pass numbers or a Float32Array / Int32Array / Uint16Array');
+  const typed = ArrayBuffer.isView(data);
+  if (dtype === 'int32') {
+    if (data instanceof Int32Array) return;
+    for (let i = 0; i < data.length; i++) {
+      const x = data[i];
+      if (typeof x !== 'number') throw new TypeError(`data: element ${i} is ${x === null ? 'null' : typeof x}, expected a number`);
+      if (!Number.isInteger(x)) throw new TypeError(`data: int32 tensors need integers, got ${x} at ${i}`);
+      if (x < INT32_MIN || x > INT32_MAX) throw new RangeError(`data: int32 tensors need integers in [-2^31, 2^31 - 1], got ${x} at ${i}`);
+    }
+  } else if (!typed) {
+    for (let i = 0; i < data.length; i++)
+      if (typeof data[i] !== 'number') throw new TypeError(`data: element ${i} is ${data[i] === null ? 'null' : typeof data[i]}, expected a number`);
+  }
+}
+
 function toStorageArray(data: ArrayLike<number>, dtype: DType): ArrayBufferView {
+  checkValues(data, dtype);
   switch (dtype) {
     case 'float32':
       return data instanceof Float32Array ? data : Float32Array.from(data);
     case 'int32':
-      if (data instanceof Int32Array) return data;
-      for (let i = 0; i < data.length; i++)
-        if (!Number.isInteger(data[i])) throw new TypeError(`data: int32 tensors need integers, got ${data[i]} at ${i}`);
-      return Int32Array.from(data);
+      return data instanceof Int32Array ? data : Int32Array.from(data);
     default:
       // Uint16Array is taken as raw float16 / bfloat16 bits (as onnxruntime does); numbers are converted.
       if (data instanceof Uint16Array) return data;
@@ -141,6 +187,7 @@ export function tensor(data: ArrayLike<number>, shape: readonly number[], option
   if (data === null || typeof data !== 'object' || typeof (data as ArrayLike<number>).length !== 'number')
     throw new TypeError('data: expected a typed array or an array of numbers');
   const dims = checkShape(shape);
+  if (options === null || typeof options !== 'object') throw new TypeError('options: expected { dtype?, device? }');
   const dtype = checkDType(options.dtype ?? defaultDType(data), 'dtype');
   const device = checkDevice(options.device ?? 'cpu', 'device');
   const size = dims.reduce((a, b) => a * b, 1);
@@ -164,6 +211,7 @@ function defaultDType(data: ArrayLike<number>): DType {
 /** A tensor of zeros. */
 export function zeros(shape: readonly number[], options: TensorOptions = {}): Tensor {
   const dims = checkShape(shape);
+  if (options === null || typeof options !== 'object') throw new TypeError('options: expected { dtype?, device? }');
   const dtype = checkDType(options.dtype ?? 'float32', 'dtype');
   const device = checkDevice(options.device ?? 'cpu', 'device');
   return allocate(dtype, dims, device, true);

@@ -4,8 +4,12 @@
 #include <napi.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -16,6 +20,7 @@
 #include "cpu/attention_cpu.h"
 #include "cpu/gather_rows_cpu.h"
 #include "cpu/sparse_cpu.h"
+#include "op_queue.h"
 #include "storage.h"
 #include "thread_pool.h"
 
@@ -38,6 +43,7 @@ class Storage : public Napi::ObjectWrap<Storage> {
                                       InstanceMethod("write", &Storage::Write),
                                       InstanceMethod("read", &Storage::Read),
                                       InstanceMethod("copyTo", &Storage::CopyTo),
+                                      InstanceMethod("share", &Storage::Share),
                                       InstanceAccessor("bytes", &Storage::Bytes, nullptr),
                                       InstanceAccessor("device", &Storage::DeviceName, nullptr),
                                       InstanceAccessor("disposed", &Storage::Disposed, nullptr)});
@@ -49,6 +55,11 @@ class Storage : public Napi::ObjectWrap<Storage> {
   // for as long as JS owns it.
   explicit Storage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Storage>(info) {
     Napi::Env env = info.Env();
+    if (info.Length() == 1 && info[0].IsExternal()) {  // share(): another handle, memory counted once
+      buffer_ = *info[0].As<Napi::External<BufferRef>>().Data();
+      counted_ = false;
+      return;
+    }
     if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber())
       throw Napi::TypeError::New(env, "Storage(device, bytes): expected a device name and a byte count");
     Device device;
@@ -81,7 +92,7 @@ class Storage : public Napi::ObjectWrap<Storage> {
  private:
   void Release() {
     if (!buffer_) return;
-    Napi::MemoryManagement::AdjustExternalMemory(Env(), -(int64_t)buffer_->bytes);
+    if (counted_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -(int64_t)buffer_->bytes);
     buffer_.reset();  // freed now, or when the last async op using it ends
   }
 
@@ -118,6 +129,13 @@ class Storage : public Napi::ObjectWrap<Storage> {
     return env.Undefined();
   }
 
+  // share() -> a second Storage on the same memory, which stays alive until every handle is disposed
+  // or collected. Ops take one at the call, so a caller may dispose its tensor right after.
+  Napi::Value Share(const Napi::CallbackInfo& info) {
+    BufferRef buf = Live(info.Env());
+    return constructor->New({Napi::External<BufferRef>::New(info.Env(), &buf)});
+  }
+
   // read() -> Promise<ArrayBuffer>: a host copy, made off the event loop.
   Napi::Value Read(const Napi::CallbackInfo& info);
 
@@ -125,6 +143,7 @@ class Storage : public Napi::ObjectWrap<Storage> {
   Napi::Value CopyTo(const Napi::CallbackInfo& info);
 
   BufferRef buffer_;
+  bool counted_ = true;  // this handle reported the memory to V8
 };
 
 Napi::FunctionReference* Storage::constructor = nullptr;
@@ -187,6 +206,15 @@ Napi::Value Storage::Read(const Napi::CallbackInfo& info) {
   worker->Queue();
   return promise;
 }
+
+// ---------------------------------------------------------------- limits
+
+// The native limits, in one place; the TypeScript layer reads them (`limits()`) for its own checks
+// and messages, and the argument readers below enforce them again.
+constexpr int kMaxHeads = 65535;        // CUDA grid.y
+constexpr int kMaxHeadDim = 256;        // D and Dv
+constexpr int kMaxIndexerDim = 4096;
+constexpr int kMaxTopK = 1 << 20;       // the CPU selection's k; CUDA's is cuda::topk_capacity()
 
 // ---------------------------------------------------------------- argument helpers
 
@@ -285,11 +313,56 @@ Napi::Object ArgsObject(const Napi::CallbackInfo& info, const char* op) {
   return info[0].As<Napi::Object>();
 }
 
-Napi::Value Settle(Napi::Env env, std::function<std::string()> work) {
-  auto* worker = new PromiseWorker(env, std::move(work), nullptr);
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+// One op in the addon's queue: `work` runs on the device's queue thread, then the promise settles
+// on the JS thread through a thread-safe function (which also keeps the event loop alive meanwhile).
+struct QueuedOp {
+  napi_deferred deferred = nullptr;
+  napi_threadsafe_function tsfn = nullptr;
+  std::function<std::string()> work;
+  std::string error;
+};
+
+OpQueue& QueueFor(Device device) {
+  // Never destroyed, as the thread pool: a job may still run while the process exits.
+  static OpQueue* cpu = new OpQueue();
+  static OpQueue* cuda = new OpQueue();
+  return device == Device::kCuda ? *cuda : *cpu;
+}
+
+void SettleOnJsThread(napi_env env, napi_value, void*, void* data) {
+  std::unique_ptr<QueuedOp> op(static_cast<QueuedOp*>(data));
+  if (env == nullptr) return;  // the environment is going away: nobody awaits the promise
+  Napi::HandleScope scope(env);
+  if (op->error.empty()) napi_resolve_deferred(env, op->deferred, Napi::Env(env).Undefined());
+  else napi_reject_deferred(env, op->deferred, Napi::Error::New(env, op->error).Value());
+}
+
+// Runs `work` after every earlier op on `device` and returns a promise of its outcome. Any
+// exception inside the work (out of memory in a pool task, say) rejects the promise.
+Napi::Value Settle(Napi::Env env, Device device, std::function<std::string()> work) {
+  auto op = std::make_unique<QueuedOp>();
+  napi_value promise;
+  if (napi_create_promise(env, &op->deferred, &promise) != napi_ok) throw Napi::Error::New(env, "cannot create a promise");
+  if (napi_create_threadsafe_function(env, nullptr, nullptr, Napi::String::New(env, "lifelong-kernels"), 0, 1, nullptr, nullptr,
+                                      nullptr, SettleOnJsThread, &op->tsfn) != napi_ok)
+    throw Napi::Error::New(env, "cannot create a thread-safe function");
+  op->work = std::move(work);
+  QueuedOp* raw = op.release();
+  QueueFor(device).push([raw] {
+    try {
+      raw->error = raw->work();
+    } catch (const std::bad_alloc&) {
+      raw->error = "out of memory";
+    } catch (const std::exception& e) {
+      raw->error = e.what();
+    } catch (...) {
+      raw->error = "unknown native error";
+    }
+    const napi_threadsafe_function tsfn = raw->tsfn;  // `raw` belongs to the JS thread once handed over
+    if (napi_call_threadsafe_function(tsfn, raw, napi_tsfn_blocking) != napi_ok) delete raw;
+    napi_release_threadsafe_function(tsfn, napi_tsfn_release);
+  });
+  return Napi::Value(env, promise);
 }
 
 Device DeviceArg(const Napi::Object& a) {
@@ -297,6 +370,14 @@ Device DeviceArg(const Napi::Object& a) {
   Device device;
   if (!dev.IsString() || !parse_device(dev.As<Napi::String>(), &device)) throw Napi::TypeError::New(a.Env(), "device: expected 'cpu' or 'cuda'");
   return device;
+}
+
+int MaxTopK(Device device) {
+#ifdef LK_WITH_CUDA
+  if (device == Device::kCuda) return cuda::topk_capacity();
+#endif
+  (void)device;
+  return kMaxTopK;
 }
 
 #ifdef LK_WITH_CUDA
@@ -322,10 +403,10 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   p.batch = (int)IntField(a, "batch", 0, 1 << 30);
   p.tq = IntField(a, "tq", 0, INT32_MAX);
   p.tk = IntField(a, "tk", 0, INT32_MAX);
-  p.heads = (int)IntField(a, "heads", 1, 65535);
-  p.kv_heads = (int)IntField(a, "kvHeads", 1, 65535);
-  p.head_dim = (int)IntField(a, "headDim", 1, 256);
-  p.value_dim = (int)IntField(a, "valueDim", 1, 256);
+  p.heads = (int)IntField(a, "heads", 1, kMaxHeads);
+  p.kv_heads = (int)IntField(a, "kvHeads", 1, kMaxHeads);
+  p.head_dim = (int)IntField(a, "headDim", 1, kMaxHeadDim);
+  p.value_dim = (int)IntField(a, "valueDim", 1, kMaxHeadDim);
   if (p.heads % p.kv_heads != 0) throw Napi::RangeError::New(env, "kvHeads: must divide heads");
   p.scale = (float)NumberField(a, "scale");
   p.normalize = (Normalize)IntField(a, "normalize", 0, 1);
@@ -361,7 +442,7 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "headDim/valueDim: the CUDA kernels support 8, 16, 32, 64, 128 and 256");
 #endif
 
-  return Settle(env, [params, q_layout, kv_layout, q, k, v, out, lse, device]() -> std::string {
+  return Settle(env, device, [params, q_layout, kv_layout, q, k, v, out, lse, device]() -> std::string {
     AttentionParams run = *params;
     run.q_layout = q_layout->view();
     run.kv_layout = kv_layout->view();
@@ -426,7 +507,7 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
     if ((*dst_row)[i] < 0 || (*dst_row)[i] >= p.dst_rows) throw Napi::RangeError::New(env, "dstRow: row out of range");
   }
 
-  return Settle(env, [params, sel, src_row, dst_row, alpha, has_alpha, keep, device]() -> std::string {
+  return Settle(env, device, [params, sel, src_row, dst_row, alpha, has_alpha, keep, device]() -> std::string {
     GatherParams run = *params;
     run.src_sel = sel->data();
     run.src_row = src_row->data();
@@ -448,8 +529,13 @@ IndexerArgs ReadIndexer(const Napi::Object& a, Device device) {
   p.dtype = (DType)IntField(a, "dtype", 0, 2);
   p.nq = IntField(a, "nq", 0, INT32_MAX);
   p.tk = IntField(a, "tk", 0, INT32_MAX);
-  p.heads = (int)IntField(a, "indexerHeads", 1, 65535);
-  p.dim = (int)IntField(a, "indexerDim", 1, 4096);
+  p.heads = (int)IntField(a, "indexerHeads", 1, kMaxHeads);
+  p.dim = (int)IntField(a, "indexerDim", 1, kMaxIndexerDim);
+#ifdef LK_WITH_CUDA
+  if (device == Device::kCuda && !cuda::indexer_fits(p.heads, p.dim))
+    throw Napi::RangeError::New(a.Env(), "indexerHeads x indexerDim: the CUDA indexer holds at most " + std::to_string(cuda::indexer_max_heads()) +
+                                             " heads and " + std::to_string(cuda::indexer_max_elements()) + " elements per query");
+#endif
   int qb, kb, qmax;
   r.q_off = ReadOffsets(a, "qOffsets", p.nq, &qb, &qmax);
   r.k_off = ReadOffsets(a, "kOffsets", p.tk, &kb, &p.max_len);
@@ -479,11 +565,11 @@ SparseArgs ReadSparse(const Napi::Object& a, Device device) {
   p.dtype = (DType)IntField(a, "dtype", 0, 2);
   p.nq = IntField(a, "nq", 0, INT32_MAX);
   p.tk = IntField(a, "tk", 0, INT32_MAX);
-  p.heads = (int)IntField(a, "heads", 1, 65535);
-  p.kv_heads = (int)IntField(a, "kvHeads", 1, 65535);
-  p.head_dim = (int)IntField(a, "headDim", 1, 256);
-  p.value_dim = (int)IntField(a, "valueDim", 1, 256);
-  p.top_k = (int)IntField(a, "topK", 1, 1 << 20);
+  p.heads = (int)IntField(a, "heads", 1, kMaxHeads);
+  p.kv_heads = (int)IntField(a, "kvHeads", 1, kMaxHeads);
+  p.head_dim = (int)IntField(a, "headDim", 1, kMaxHeadDim);
+  p.value_dim = (int)IntField(a, "valueDim", 1, kMaxHeadDim);
+  p.top_k = (int)IntField(a, "topK", 1, MaxTopK(device));
   if (p.heads % p.kv_heads != 0) throw Napi::RangeError::New(a.Env(), "kvHeads: must divide heads");
   p.scale = (float)NumberField(a, "scale");
   int qb, kb, qmax, kmax;
@@ -514,7 +600,7 @@ Napi::Value IndexerScores(const Napi::CallbackInfo& info) {
   auto args = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
   BufferRef scores = StorageField(a, "scores", device, (size_t)args->p.nq * args->p.max_len * 4, false);
   args->p.scores = static_cast<float*>(scores->ptr);
-  return Settle(info.Env(), [args, scores, device]() -> std::string {
+  return Settle(info.Env(), device, [args, scores, device]() -> std::string {
     LK_ON_DEVICE(device, cpu::indexer_scores(args->p), cuda::indexer_scores(args->p))
   });
 }
@@ -526,7 +612,7 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
   auto p = std::make_shared<TopKParams>();
   p->rows = IntField(a, "rows", 0, INT32_MAX);
   p->cols = (int)IntField(a, "cols", 0, INT32_MAX);
-  p->k = (int)IntField(a, "k", 1, 1 << 20);
+  p->k = (int)IntField(a, "k", 1, MaxTopK(device));
   BufferRef scores = StorageField(a, "scores", device, (size_t)p->rows * p->cols * 4, false);
   BufferRef indices = StorageField(a, "indices", device, (size_t)p->rows * p->k * 4, false);
   BufferRef values = StorageField(a, "values", device, (size_t)p->rows * p->k * 4, false);
@@ -536,7 +622,7 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
   p->scores = static_cast<const float*>(scores->ptr);
   p->indices = static_cast<int32_t*>(indices->ptr);
   p->values = static_cast<float*>(values->ptr);
-  return Settle(info.Env(), [p, lengths, has_lengths, scores, indices, values, device]() -> std::string {
+  return Settle(info.Env(), device, [p, lengths, has_lengths, scores, indices, values, device]() -> std::string {
     TopKParams run = *p;
     run.lengths = has_lengths ? lengths->data() : nullptr;
     LK_ON_DEVICE(device, cpu::top_k(run), cuda::top_k(run))
@@ -545,8 +631,8 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
 
 // Checks every index against its query's key count before any kernel runs (SPEC §5).
 void CheckIndices(Napi::Env env, const std::vector<int32_t>& idx, const SparseParams& p) {
+  int b = 0;  // queries are in batch order: one walk over both (O(nq + batch), not O(nq x batch))
   for (int64_t i = 0; i < p.nq; ++i) {
-    int b = 0;
     while (b + 1 < p.batch && p.q_offsets[b + 1] <= i) ++b;
     const int len = p.k_offsets[b + 1] - p.k_offsets[b];
     for (int j = 0; j < p.top_k; ++j) {
@@ -567,7 +653,7 @@ Napi::Value SparseAttention(const Napi::CallbackInfo& info) {
   CopyTyped<int32_t, napi_int32_array>(a, "indices", idx.get(), false);
   if ((int64_t)idx->size() != args->p.nq * args->p.top_k) throw Napi::RangeError::New(info.Env(), "indices: expected nq x topK entries");
   CheckIndices(info.Env(), *idx, args->p);
-  return Settle(info.Env(), [args, idx, device]() -> std::string {
+  return Settle(info.Env(), device, [args, idx, device]() -> std::string {
     SparseParams run = args->p;
     run.indices = idx->data();
     LK_ON_DEVICE(device, cpu::sparse_attention(run), cuda::sparse_attention(run))
@@ -592,7 +678,7 @@ Napi::Value IndexedCrossAttention(const Napi::CallbackInfo& info) {
   BufferRef values = StorageField(a, "values", device, (size_t)tp->rows * tp->k * 4, false);
   tp->indices = static_cast<int32_t*>(indices->ptr);
   tp->values = static_cast<float*>(values->ptr);
-  return Settle(info.Env(), [ia, sa, tp, indices, values, device]() -> std::string {
+  return Settle(info.Env(), device, [ia, sa, tp, indices, values, device]() -> std::string {
     LK_ON_DEVICE(device, cpu::indexed_cross_attention(ia->p, *tp, sa->p), cuda::indexed_cross_attention(ia->p, *tp, sa->p))
   });
 }
@@ -665,6 +751,49 @@ Napi::Value Backends(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// limits() -> the native limits the TypeScript layer checks against (see "limits" above).
+Napi::Value Limits(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("maxHeads", kMaxHeads);
+  o.Set("maxHeadDim", kMaxHeadDim);
+  o.Set("maxIndexerDim", kMaxIndexerDim);
+  o.Set("maxTopK", kMaxTopK);
+  o.Set("maxGatherSources", kMaxGatherSources);
+  Napi::Object c = Napi::Object::New(env);
+  Napi::Array sizes = Napi::Array::New(env);
+  uint32_t n = 0;
+#ifdef LK_WITH_CUDA
+  for (int d = 1; d <= kMaxHeadDim; ++d)
+    if (cuda::head_dim_supported(d)) sizes.Set(n++, d);
+  c.Set("maxTopK", cuda::topk_capacity());
+  c.Set("indexerMaxElements", cuda::indexer_max_elements());
+  c.Set("indexerMaxHeads", cuda::indexer_max_heads());
+#endif
+  (void)n;
+  c.Set("headSizes", sizes);
+  o.Set("cuda", c);
+  return o;
+}
+
+// _failInPoolTask(tasks, failAt) -> Promise: a parallel_for of `tasks` on the CPU pool whose task
+// `failAt` throws. Lets the tests prove that a throwing task rejects its call and leaves the pool
+// (and the process) healthy; no kernel path exposes a deterministic way to throw.
+Napi::Value FailInPoolTask(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "tasks, failAt: expected numbers");
+  const int64_t tasks = info[0].As<Napi::Number>().Int64Value(), fail_at = info[1].As<Napi::Number>().Int64Value();
+  return Settle(env, Device::kCpu, [tasks, fail_at]() -> std::string {
+    std::atomic<int64_t> done{0};
+    ThreadPool::shared().parallel_for(tasks, [&](int64_t t, int) {
+      if (t == fail_at) throw std::runtime_error("task " + std::to_string(t) + " failed on purpose");
+      std::this_thread::sleep_for(std::chrono::microseconds(200));  // keep the other workers inside their tasks
+      done.fetch_add(1);
+    });
+    return std::string();
+  });
+}
+
 // externalMemory() -> the external-memory total V8 holds for this isolate (what storages report).
 Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), (double)Napi::MemoryManagement::AdjustExternalMemory(info.Env(), 0));
@@ -680,6 +809,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sparseAttention", Napi::Function::New(env, SparseAttention));
   exports.Set("indexedCrossAttention", Napi::Function::New(env, IndexedCrossAttention));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
+  exports.Set("limits", Napi::Function::New(env, Limits));
+  exports.Set("_failInPoolTask", Napi::Function::New(env, FailInPoolTask));
   exports.Set("toFloat32", Napi::Function::New(env, ToFloat32));
   exports.Set("fromFloat32", Napi::Function::New(env, FromFloat32));
   return exports;

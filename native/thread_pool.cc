@@ -19,20 +19,31 @@ ThreadPool::~ThreadPool() {
 
 ThreadPool& ThreadPool::shared() {
   // LIFELONG_THREADS overrides the hardware count (benchmarks, tests of the single-thread path).
-  static ThreadPool pool([] {
+  // Never destroyed: an op may still be running when the process exits, and joining its workers
+  // from a static destructor would wait for it (or tear the pool down under it).
+  static ThreadPool* pool = new ThreadPool([] {
     const char* env = std::getenv("LIFELONG_THREADS");
     int n = env ? std::atoi(env) : 0;
     if (n <= 0) n = (int)std::thread::hardware_concurrency();
     return n > 0 ? n : 1;
   }());
-  return pool;
+  return *pool;
 }
 
 void ThreadPool::run_tasks(int worker) {
   for (;;) {
     const int64_t task = next_.fetch_add(1, std::memory_order_relaxed);
     if (task >= count_) return;
-    (*body_)(task, worker);
+    try {
+      (*body_)(task, worker);
+    } catch (...) {
+      // Keep the first failure for the caller and hand out no further tasks; the other workers
+      // finish the task they hold, so the caller never unwinds while one still runs.
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!failure_) failure_ = std::current_exception();
+      next_.store(count_, std::memory_order_relaxed);
+      return;
+    }
   }
 }
 
@@ -68,14 +79,21 @@ void ThreadPool::parallel_for(int64_t count, const std::function<void(int64_t, i
     done_.wait(lock, [&] { return busy_ == 0; });
     body_ = &body;
     count_ = count;
+    failure_ = nullptr;
     next_.store(0);
     ++generation_;
   }
   wake_.notify_all();
   run_tasks(0);
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return busy_ == 0; });
-  body_ = nullptr;
+  std::exception_ptr failure;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return busy_ == 0; });
+    body_ = nullptr;
+    failure = failure_;
+    failure_ = nullptr;
+  }
+  if (failure) std::rethrow_exception(failure);
 }
 
 }  // namespace lk

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -19,6 +20,8 @@ class ThreadPool {
 
   // Runs body(task, worker) for task in [0, count) and returns when all are done. worker is in
   // [0, size()) and lets a task use per-worker scratch. Calls from several threads are serialized.
+  // An exception thrown by a task stops the remaining tasks and is rethrown here once every worker
+  // has left the body; the pool stays usable.
   void parallel_for(int64_t count, const std::function<void(int64_t task, int worker)>& body);
 
   static ThreadPool& shared();
@@ -37,6 +40,7 @@ class ThreadPool {
   int busy_ = 0;
   uint64_t generation_ = 0;
   bool stop_ = false;
+  std::exception_ptr failure_;  // the first exception of the current call
 };
 
 }  // namespace lk

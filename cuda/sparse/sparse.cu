@@ -99,6 +99,8 @@ template <typename T> struct LaunchFused {
 
 bool indexer_fits(int heads, int dim) { return heads * dim <= kIndexerMaxQ && heads <= kIndexerMaxHeads; }
 int topk_capacity() { return kTopKCapacity; }
+int indexer_max_elements() { return kIndexerMaxQ; }
+int indexer_max_heads() { return kIndexerMaxHeads; }
 
 std::string indexer_scores(const IndexerParams& host) {
   if (host.nq == 0 || host.max_len == 0) return std::string();
