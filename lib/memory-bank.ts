@@ -327,8 +327,9 @@ export class MemoryBank {
       const qs = this.#checkTokens(queries, 'queries');
       const itemLayout = checkLayout({ offsets: itemOffsets }, it.shape[0], 'itemOffsets');
       if (itemLayout.batch !== ids.length) throw new RangeError(`itemOffsets: ${itemLayout.batch} sequences for ${ids.length} users`);
+      const offsets = itemLayout.offsets.slice(), C = qs.shape[0];
       const held = [it.hold(), qs.hold()];
-      return { held, run: () => this.#assembleNow(ids, held[0], itemLayout.offsets.slice(), held[1], qs.shape[0]) };
+      return { held, run: () => this.#assembleNow(ids, held[0], offsets, held[1], C) };
     });
   }
 

@@ -49,6 +49,8 @@ export interface NativeAddon {
   externalMemory(): number;
   fromFloat32(values: Float32Array, dtype: number): Uint16Array;
   limits(): NativeLimits;
+  /** Native storage alive now: exact, for leak checks (V8's external total also counts ArrayBuffers). */
+  liveMemory(): { buffers: number; bytes: number };
   /** Test support: a pool call whose task `failAt` throws; must reject and leave the pool healthy. */
   _failInPoolTask(tasks: number, failAt: number): Promise<void>;
 }

@@ -751,6 +751,15 @@ Napi::Value Backends(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// liveMemory() -> { buffers, bytes } of native storage alive now (tensors, banks, ops' scratch outputs).
+Napi::Value LiveMemoryJs(const Napi::CallbackInfo& info) {
+  const LiveMemory m = live_memory();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("buffers", (double)m.buffers);
+  o.Set("bytes", (double)m.bytes);
+  return o;
+}
+
 // limits() -> the native limits the TypeScript layer checks against (see "limits" above).
 Napi::Value Limits(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -810,6 +819,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("indexedCrossAttention", Napi::Function::New(env, IndexedCrossAttention));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
   exports.Set("limits", Napi::Function::New(env, Limits));
+  exports.Set("liveMemory", Napi::Function::New(env, LiveMemoryJs));
   exports.Set("_failInPoolTask", Napi::Function::New(env, FailInPoolTask));
   exports.Set("toFloat32", Napi::Function::New(env, ToFloat32));
   exports.Set("fromFloat32", Napi::Function::New(env, FromFloat32));

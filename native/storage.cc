@@ -1,5 +1,6 @@
 #include "storage.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -13,6 +14,12 @@
 
 namespace lk {
 
+namespace {
+std::atomic<int64_t> g_live_buffers{0}, g_live_bytes{0};
+}
+
+LiveMemory live_memory() { return LiveMemory{g_live_buffers.load(), g_live_bytes.load()}; }
+
 const char* device_name(Device d) { return d == Device::kCuda ? "cuda" : "cpu"; }
 
 bool parse_device(const std::string& s, Device* out) {
@@ -23,6 +30,8 @@ bool parse_device(const std::string& s, Device* out) {
 
 Buffer::~Buffer() {
   if (!ptr) return;
+  g_live_buffers.fetch_sub(1);
+  g_live_bytes.fetch_sub((int64_t)bytes);
   if (device == Device::kCpu) {
     std::free(ptr);
   } else {
@@ -59,6 +68,8 @@ BufferRef allocate(Device device, size_t bytes, std::string* error) {
     return nullptr;
 #endif
   }
+  g_live_buffers.fetch_add(1);
+  g_live_bytes.fetch_add((int64_t)bytes);
   return std::make_shared<Buffer>(device, bytes, ptr);
 }
 

@@ -2,6 +2,7 @@
 // their own reference, so dispose() during an op frees the memory only once the op is done.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -22,6 +23,11 @@ struct Buffer {
   Buffer& operator=(const Buffer&) = delete;
 };
 using BufferRef = std::shared_ptr<Buffer>;
+
+// Buffers alive right now and their bytes (every device): what tests check for leaks exactly,
+// where V8's external-memory total also moves with ordinary ArrayBuffers.
+struct LiveMemory { int64_t buffers; int64_t bytes; };
+LiveMemory live_memory();
 
 // Allocates `bytes` on `device`; on failure returns null and sets *error.
 BufferRef allocate(Device device, size_t bytes, std::string* error);
