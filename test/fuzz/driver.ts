@@ -116,6 +116,8 @@ function listing(dir: string): string {
 
 const tracker = new StorageTracker();
 tracker.install();
+if (!tracker.selfTest())
+  violation('driver-error', { fn: 'externalMemory', family: 'storage tracking' }, 'every native storage seen by the leak check', 'the tracker did not see the storages of zeros(): the output-left-allocated check would be void');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lk-fuzz-'));
 
 async function runCase(index: number): Promise<'ok' | 'stop'> {

@@ -12,9 +12,16 @@ const SEGS = ['none', 'self', 'same', 'earlier', 'same-or-earlier', 'any'];
 
 function divisors(n: number): number[] { return Array.from({ length: n }, (_, i) => i + 1).filter((d) => n % d === 0); }
 
+/** The same segment order with values at the ends of int32 (a kernel subtracting segments would overflow). */
+function extremeSegments(seg: Int32Array): Int32Array {
+  let lo = Infinity, hi = -Infinity;
+  for (const x of seg) { lo = Math.min(lo, x); hi = Math.max(hi, x); }
+  return seg.map((x) => (x === lo ? -(2 ** 31) : x === hi ? 2 ** 31 - 1 : x * 1000));
+}
+
 function layoutOption(rng: Rng, l: Lay): Record<string, unknown> {
   const o: Record<string, unknown> = { offsets: rng.bool(0.15) ? asView(rng, l.offsets) : l.offsets };
-  if (rng.bool(0.6)) o.segments = rng.bool(0.1) ? asView(rng, l.segments) : l.segments;
+  if (rng.bool(0.6)) o.segments = rng.bool(0.1) ? asView(rng, l.segments) : rng.bool(0.1) ? extremeSegments(l.segments) : l.segments;
   if (rng.bool(0.6)) o.roles = rng.bool(0.1) ? Buffer.from(l.roles) : l.roles;
   return o;
 }

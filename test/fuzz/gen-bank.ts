@@ -173,6 +173,13 @@ async function genUpdate(rng: Rng, s: Scope, valid: boolean): Promise<CaseSpec> 
     const v = rng.bool(0.1) ? undefined : notInt32Array(rng, counts.length, counts);
     args.counts = v;
     m = { family: 'counts: not an Int32Array', detail: describe(v), expect: T('counts') };
+  } else if (r === 5 && rng.bool(0.4)) {
+    // counts whose int32-wrapped sum equals the token rows (2 * (2**31 - 1) + n + 2 = n mod 2**32)
+    const n0 = rng.int(0, 2);
+    const cs = Int32Array.of(2 ** 31 - 1, 2 ** 31 - 1, n0 + 2);
+    const uids = pickUsers(rng, Math.max(3, c.users), 3).map((u) => u % c.users);
+    if (new Set(uids).size < 3) { args.counts = Int32Array.of(2 ** 31 - 1); args.ids = Int32Array.of(0); args.tokens = s.z([n0, c.width], { dtype: c.dtype }); m = { family: 'counts: huge count', detail: describe(args.counts), expect: R('counts', 'tokens') }; }
+    else { args.ids = uids; args.counts = cs; args.tokens = s.z([n0, c.width], { dtype: c.dtype }); m = { family: 'counts: huge counts whose int32 sum wraps to the token rows', detail: `${describe(cs)} for ${n0} rows`, expect: R('counts', 'tokens') }; }
   } else if (r === 5) {
     const bad = new Int32Array(counts.length + rng.pick([1, 2]));
     bad.set(counts);

@@ -83,15 +83,28 @@ export class StorageTracker {
       },
     });
     // Storage.copyTo creates storages natively (its method is read-only): track Tensor.to's results.
+    // (Not an async wrapper: a synchronous throw from to() must stay visible to the oracle.)
     const to = Tensor.prototype.to;
-    Tensor.prototype.to = async function (this: Tensor, device: Device) {
-      const t = await to.call(this, device);
-      if (t instanceof Tensor && !t.disposed) self.current?.add(t.storage());
-      return t;
+    Tensor.prototype.to = function (this: Tensor, device: Device) {
+      const track = self.current;
+      const p = to.call(this, device);
+      return !isThenable(p) ? p : p.then((t) => {
+        if (t instanceof Tensor && !t.disposed) track?.add(t.storage());
+        return t;
+      });
     };
   }
   begin(): void { this.current = new Set(); }
   /** Storages created since begin() and still allocated; the tracker forgets them. */
+  /** Whether storages made by tensor() / zeros() are seen (the leak check is void otherwise). */
+  selfTest(): boolean {
+    this.begin();
+    zeros([3]).dispose();
+    const x = zeros([2]);
+    const seen = this.current?.size === 2 && this.end().length === 1;
+    x.dispose();
+    return seen;
+  }
   end(): NativeStorage[] {
     const live = [...(this.current ?? [])].filter((s) => !s.disposed);
     this.current = undefined;
@@ -175,7 +188,13 @@ export function describe(v: unknown): string {
   if (v === undefined) return 'undefined';
   if (v === null) return 'null';
   if (typeof v === 'string') return JSON.stringify(v);
-  if (typeof v === 'number') return Object.is(v, -0) ? '-0' : Number.isInteger(v) && Math.abs(v) >= 2 ** 20 && Math.log2(Math.abs(v)) % 1 === 0 ? `${v < 0 ? '-' : ''}2**${Math.log2(Math.abs(v))}` : String(v);
+  if (typeof v === 'number') {
+    if (Object.is(v, -0)) return '-0';
+    const e = Math.round(Math.log2(Math.abs(v)));
+    if (Number.isInteger(v) && Math.abs(v) >= 2 ** 20 && 2 ** e === Math.abs(v)) return `${v < 0 ? '-' : ''}2**${e}`;
+    if (Number.isInteger(v) && Math.abs(v) >= 2 ** 20 && 2 ** e - 1 === Math.abs(v)) return `${v < 0 ? '-' : ''}(2**${e} - 1)`;
+    return String(v);
+  }
   if (typeof v === 'bigint') return `${v}n`;
   if (typeof v === 'boolean') return String(v);
   if (typeof v === 'symbol') return v.toString();
