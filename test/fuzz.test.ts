@@ -71,13 +71,15 @@ async function runGroup(device: string, group: string): Promise<GroupRun> {
   for (let attempt = 0; attempt <= MAX_RESTARTS; attempt++) {
     const remaining = Math.max(0.5, (deadline - Date.now()) / 1000);
     const log = path.join(os.tmpdir(), `lk-fuzz-${process.pid}-${device}-${group}-${attempt}.log`);
+    const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'lk-fuzz-'));
     const env: Record<string, string> = {
-      LIFELONG_FUZZ_SEED: SEED, LIFELONG_FUZZ_GROUP: group, LIFELONG_FUZZ_DEVICE: device, LIFELONG_FUZZ_LOG: log,
+      LIFELONG_FUZZ_SEED: SEED, LIFELONG_FUZZ_GROUP: group, LIFELONG_FUZZ_DEVICE: device, LIFELONG_FUZZ_LOG: log, LIFELONG_FUZZ_TMP: scratch,
       LIFELONG_FUZZ_START: String(start), LIFELONG_FUZZ_SECONDS: String(remaining),
     };
     if (CASES !== undefined) env.LIFELONG_FUZZ_CASES = CASES;
     const limitMs = (CASES !== undefined ? 600 : remaining) * 1000 + GRACE_MS;
     const r = await spawnChild(env, limitMs);
+    fs.rmSync(scratch, { recursive: true, force: true });
     run.children++;
     let text = '';
     try { text = fs.readFileSync(log, 'utf8'); fs.rmSync(log, { force: true }); } catch { /* no log: died before opening it */ }

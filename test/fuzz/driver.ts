@@ -8,6 +8,7 @@
 //   LIFELONG_FUZZ_START    first case index (default 0; the parent restarts a crashed child after its last case)
 //   LIFELONG_FUZZ_CASES    run case indices [START, CASES) (ignores the time box: fully deterministic)
 //   LIFELONG_FUZZ_CASE     replay one case index only (prints it in full)
+//   LIFELONG_FUZZ_TMP      scratch folder for bank files (default: a new one under the OS temp folder)
 //   LIFELONG_FUZZ_LOG      file that gets one line per case BEFORE it runs (crash attribution), and one
 //                          'V <json>' line per violation as it is found
 // Prints one line `FUZZ-SUMMARY {json}` at the end: cases per function, and every distinct violation.
@@ -118,7 +119,7 @@ const tracker = new StorageTracker();
 tracker.install();
 if (!tracker.selfTest())
   violation('driver-error', { fn: 'externalMemory', family: 'storage tracking' }, 'every native storage seen by the leak check', 'the tracker did not see the storages of zeros(): the output-left-allocated check would be void');
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lk-fuzz-'));
+const tmp = process.env.LIFELONG_FUZZ_TMP ?? fs.mkdtempSync(path.join(os.tmpdir(), 'lk-fuzz-'));
 
 async function runCase(index: number): Promise<'ok' | 'stop'> {
   const rng = new Rng(caseSeed(index));
