@@ -5,7 +5,7 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { native, NativeStorage } from './native';
-import { DTYPE_CODE, DType, Device, Tensor, emptyTensor } from './tensor';
+import { DTYPE_CODE, DType, Device, Tensor, deviceCapacity, emptyTensor } from './tensor';
 import { checkLayout, checkTensor, Layout } from './layout';
 import { cudaDisabledReason } from './backends';
 import { crc32 } from './crc32';
@@ -87,7 +87,8 @@ export class MemoryBank {
     const rows = this.users * this.slots;
     if (rows > 2 ** 31 - 1) throw new RangeError(`users * slots: at most 2^31 - 1 rows, got ${rows}`);
     const bytes = rows * this.width * BYTES[dtype];
-    if (!Number.isSafeInteger(bytes)) throw new RangeError(`width: users x slots x width of ${dtype} is ${bytes} bytes, more than any device holds`);
+    if (bytes > deviceCapacity(device))
+      throw new RangeError(`width: users x slots x width of ${dtype} is ${bytes} bytes, more than the ${device} device holds (${deviceCapacity(device)})`);
     this.#storage = new (native().Storage)(device, bytes, true);
     this.#lengths = new Int32Array(this.users);
     this.#heads = new Int32Array(this.users);

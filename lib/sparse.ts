@@ -4,10 +4,8 @@ import { limits, native, NativeStorage } from './native';
 import { DTYPE_CODE, DType, Device, Tensor, emptyTensors } from './tensor';
 import { checkHeads, checkTensor, FLOAT_DTYPES } from './layout';
 
-export interface SparseLayout {
-  qOffsets: Int32Array;
-  kOffsets: Int32Array;
-}
+/** The query / key offsets of a batch of users: the short form, or the layouts maskedAttention takes. */
+export type SparseLayout = { qOffsets: Int32Array; kOffsets: Int32Array } | { q: { offsets: Int32Array }; kv: { offsets: Int32Array } };
 
 function checkOffsets(offsets: unknown, rows: number, name: string): { batch: number; maxLength: number; offsets: Int32Array } {
   if (!(offsets instanceof Int32Array)) throw new TypeError(`${name}: expected an Int32Array`);
@@ -21,12 +19,20 @@ function checkOffsets(offsets: unknown, rows: number, name: string): { batch: nu
   return { batch: offsets.length - 1, maxLength, offsets };
 }
 
+// The query / key offsets, in either form of SPEC §5: `{ qOffsets, kOffsets }` or the layouts
+// `{ q: { offsets }, kv: { offsets } }` that maskedAttention takes.
 function checkPair(options: unknown, nq: number, tk: number) {
-  if (options === null || typeof options !== 'object') throw new TypeError('options: expected { qOffsets, kOffsets, ... }');
-  const o = options as SparseLayout;
-  const q = checkOffsets(o.qOffsets, nq, 'options.qOffsets');
-  const k = checkOffsets(o.kOffsets, tk, 'options.kOffsets');
-  if (q.batch !== k.batch) throw new RangeError(`options.kOffsets: batch ${k.batch} differs from options.qOffsets' ${q.batch}`);
+  if (options === null || typeof options !== 'object') throw new TypeError('options: expected { qOffsets, kOffsets, ... } or { q: { offsets }, kv: { offsets }, ... }');
+  const o = options as { qOffsets?: unknown; kOffsets?: unknown; q?: { offsets?: unknown }; kv?: { offsets?: unknown } };
+  const long = o.qOffsets === undefined && o.kOffsets === undefined && (o.q !== undefined || o.kv !== undefined);
+  const qName = long ? 'options.q.offsets' : 'options.qOffsets', kName = long ? 'options.kv.offsets' : 'options.kOffsets';
+  const layoutOffsets = (layout: { offsets?: unknown } | undefined, name: string) => {
+    if (layout === null || typeof layout !== 'object') throw new TypeError(`${name.slice(0, -'.offsets'.length)}: expected { offsets }`);
+    return layout.offsets;
+  };
+  const q = checkOffsets(long ? layoutOffsets(o.q, qName) : o.qOffsets, nq, qName);
+  const k = checkOffsets(long ? layoutOffsets(o.kv, kName) : o.kOffsets, tk, kName);
+  if (q.batch !== k.batch) throw new RangeError(`${kName}: batch ${k.batch} differs from ${qName}' ${q.batch}`);
   return { q, k };
 }
 
@@ -59,11 +65,11 @@ function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: 
 /** scores[i][j] = Σ_h w[i][h] · relu(qI[i][h] · kI[start(i) + j]); -Infinity past each row's length. */
 export async function indexerScores(qI: Tensor, kI: Tensor, w: Tensor, options: SparseLayout): Promise<Tensor> {
   const { nq, hi, di, tk } = checkIndexer(qI, kI, w, ['qI', 'kI', 'w']);
-  const { k } = checkPair(options, nq, tk);
+  const { q: qo, k } = checkPair(options, nq, tk);
   const [scores] = emptyTensors([['float32', [nq, k.maxLength]]], qI.device);
   try {
     await native().indexerScores({ device: qI.device, dtype: DTYPE_CODE[qI.dtype], nq, tk, indexerHeads: hi, indexerDim: di,
-      qOffsets: options.qOffsets, kOffsets: options.kOffsets, qI: qI.storage(), kI: kI.storage(), w: w.storage(), scores: scores.storage() });
+      qOffsets: qo.offsets, kOffsets: k.offsets, qI: qI.storage(), kI: kI.storage(), w: w.storage(), scores: scores.storage() });
   } catch (e) {
     scores.dispose();
     throw e;
@@ -169,12 +175,12 @@ export function sparseAttention(q: Tensor, k: Tensor, v: Tensor, indices: Tensor
   }
 }
 
-export interface IndexedCrossAttentionOptions extends SparseLayout {
+export type IndexedCrossAttentionOptions = SparseLayout & {
   indexer: { q: Tensor; k: Tensor; w: Tensor };
   topK: number;
   scale?: number;
   returnLse?: boolean;
-}
+};
 
 /**
  * indexerScores -> topK -> sparseAttention in one call. On CUDA, rows of up to 16,384 keys (k <= 512,
@@ -191,7 +197,7 @@ export async function indexedCrossAttention(q: Tensor, k: Tensor, v: Tensor, opt
   if (ix.tk !== s.tk) throw new RangeError(`options.indexer.k: ${ix.tk} rows for ${s.tk} keys`);
   if (options.indexer.q.device !== q.device) throw new TypeError(`options.indexer.q: on ${options.indexer.q.device} but q is on ${q.device}`);
   if (options.indexer.q.dtype !== q.dtype) throw new TypeError(`options.indexer.q: dtype ${options.indexer.q.dtype} differs from q's ${q.dtype}`);
-  checkPair(options, s.nq, s.tk);
+  const pair = checkPair(options, s.nq, s.tk);
   const topk = checkK(options.topK, 'options.topK', q.device);
   const scale = checkScale(options.scale, s.headDim);
   const outs = emptyTensors([[q.dtype, [s.nq, s.heads, s.valueDim]], ['int32', [s.nq, topk]], ['float32', [s.nq, topk]],
@@ -199,7 +205,7 @@ export async function indexedCrossAttention(q: Tensor, k: Tensor, v: Tensor, opt
   const [output, indices, values] = outs, lse: Tensor | undefined = outs[3];
   try {
     await native().indexedCrossAttention({ device: q.device, dtype: DTYPE_CODE[q.dtype], ...s, topK: topk, scale,
-      indexerHeads: ix.hi, indexerDim: ix.di, qOffsets: options.qOffsets, kOffsets: options.kOffsets,
+      indexerHeads: ix.hi, indexerDim: ix.di, qOffsets: pair.q.offsets, kOffsets: pair.k.offsets,
       qI: options.indexer.q.storage(), kI: options.indexer.k.storage(), w: options.indexer.w.storage(),
       q: q.storage(), k: k.storage(), v: v.storage(), out: output.storage(), lse: lse?.storage(),
       indices: indices.storage(), values: values.storage() });

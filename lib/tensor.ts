@@ -1,7 +1,8 @@
 // Tensors as Node users know them from onnxruntime-common: dims/type/data, plus a device and an
 // explicit dispose(). Storage is native memory (host or GPU) owned by the addon.
 import { native, NativeStorage } from './native';
-import { cudaDisabledReason } from './backends';
+import * as os from 'os';
+import { backends, cudaDisabledReason } from './backends';
 
 export type DType = 'float32' | 'float16' | 'bfloat16' | 'int32';
 export type Device = 'cpu' | 'cuda';
@@ -118,15 +119,32 @@ export class Tensor {
   }
 }
 
-function allocate(dtype: DType, shape: number[], device: Device, zero = false): Tensor {
+/** Bytes a device can hold at most: host RAM, or the (first) GPU's memory. */
+export function deviceCapacity(device: Device): number {
+  let bytes = capacities.get(device);
+  if (bytes === undefined) {
+    bytes = device === 'cpu' ? os.totalmem() : backends().cuda.devices[0]?.totalMemory ?? 0;
+    capacities.set(device, bytes);
+  }
+  return bytes;
+}
+const capacities = new Map<Device, number>();
+
+// `name` is what the caller calls this tensor in an error ('shape' for tensor() / zeros(), 'output'
+// for an op's result): a size no device holds is a RangeError before anything is allocated.
+function allocate(dtype: DType, shape: number[], device: Device, zero = false, name = 'shape'): Tensor {
   const size = shape.reduce((a, b) => a * b, 1);
-  const storage = new (native().Storage)(device, size * DTYPE_BYTES[dtype], zero);
+  const bytes = size * DTYPE_BYTES[dtype];
+  const capacity = deviceCapacity(device);
+  if (bytes > capacity)
+    throw new RangeError(`${name}: [${shape.join(', ')}] of ${dtype} needs ${bytes} bytes, more than the ${device} device holds (${capacity})`);
+  const storage = new (native().Storage)(device, bytes, zero);
   return new Tensor(storage, dtype, shape, device);
 }
 
 /** @internal An uninitialised tensor for op outputs. */
 export function emptyTensor(dtype: DType, shape: number[], device: Device): Tensor {
-  return allocate(dtype, shape, device);
+  return allocate(dtype, shape, device, false, 'output');
 }
 
 /**
@@ -136,7 +154,7 @@ export function emptyTensor(dtype: DType, shape: number[], device: Device): Tens
 export function emptyTensors(specs: [DType, number[]][], device: Device): Tensor[] {
   const made: Tensor[] = [];
   try {
-    for (const [dtype, shape] of specs) made.push(allocate(dtype, shape, device));
+    for (const [dtype, shape] of specs) made.push(allocate(dtype, shape, device, false, 'output'));
   } catch (e) {
     for (const t of made) t.dispose();
     throw e;

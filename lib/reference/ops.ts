@@ -254,6 +254,13 @@ export function indexerScores(qI: RefTensor, kI: RefTensor, w: RefTensor, option
   return { data: out, shape: [Nq, Lmax] };
 }
 
+/** k of topK: an integer >= 1 whose [N, k] outputs can exist (a JS typed array holds < 2^32 elements). */
+function checkK(k: unknown, name: string, rows: number): void {
+  if (typeof k !== 'number' || !Number.isInteger(k)) throw new TypeError(`${name}: expected an integer`);
+  if (k < 1) throw new RangeError(`${name}: expected k >= 1, got ${k}`);
+  if (rows * k >= 2 ** 32) throw new RangeError(`${name}: ${rows} rows x ${k} is more output than an array holds`);
+}
+
 /**
  * Per row the k largest scores, descending; ties → lower column first; NaN and -Infinity are never
  * selected (+Infinity is); rows with fewer candidates are padded with index -1 / value -Infinity.
@@ -262,8 +269,7 @@ export function indexerScores(qI: RefTensor, kI: RefTensor, w: RefTensor, option
 export function topK(scores: RefTensor, k: number, options: TopKOptions = {}): { indices: RefIndexOut; values: RefOut } {
   checkTensor(scores, 'scores', 2);
   const [N, M] = scores.shape;
-  if (typeof k !== 'number' || !Number.isInteger(k)) throw new TypeError('k: expected an integer');
-  if (k < 1) throw new RangeError(`k: expected k >= 1, got ${k}`);
+  checkK(k, 'k', N);
   if (options === null || typeof options !== 'object') throw new TypeError('options: expected { lengths? }');
   const lengths = options.lengths;
   if (lengths !== undefined) {
@@ -343,7 +349,11 @@ export function indexedCrossAttention(q: RefTensor, k: RefTensor, v: RefTensor, 
   const ix = options.indexer;
   if (ix === null || typeof ix !== 'object') throw new TypeError('options.indexer: expected { q, k, w }');
   const { Tq, Tk } = checkQkv(q, k, v);
-  checkTensor(ix.q, 'options.indexer.q', 3); checkTensor(ix.k, 'options.indexer.k', 2);
+  checkTensor(ix.q, 'options.indexer.q', 3); checkTensor(ix.k, 'options.indexer.k', 2); checkTensor(ix.w, 'options.indexer.w', 2);
+  if (ix.k.shape[1] !== ix.q.shape[2]) throw new RangeError(`options.indexer.k: dim ${ix.k.shape[1]} differs from options.indexer.q's ${ix.q.shape[2]}`);
+  if (ix.w.shape[0] !== Tq || ix.w.shape[1] !== ix.q.shape[1])
+    throw new RangeError(`options.indexer.w: expected shape [${Tq}, ${ix.q.shape[1]}], got ${fmtShape(ix.w.shape)}`);
+  checkK(options.topK, 'options.topK', Tq);
   if (ix.q.shape[0] !== Tq) throw new RangeError(`options.indexer.q: ${ix.q.shape[0]} rows for ${Tq} queries`);
   if (ix.k.shape[0] !== Tk) throw new RangeError(`options.indexer.k: ${ix.k.shape[0]} rows for ${Tk} keys`);
   const jag = { qOffsets: options.qOffsets, kOffsets: options.kOffsets };
