@@ -2,38 +2,41 @@
 // of one sequence, walks only the key tiles the rule can reach, and keeps a running max / sum per
 // row (online softmax) so scores never leave shared memory. Tile classes (skip / partial / full)
 // come from per-tile summaries of the layout and the shared rule table, so fully masked tiles cost
-// nothing and fully allowed tiles run without per-element checks.
+// nothing and fully allowed tiles run without per-element checks. The grid holds the batch's real
+// query tiles only (cuda/common/tile_plan.h): empty sequences launch nothing.
 #pragma once
 #include "../common/attention_params.h"
 #include "../common/compat.cuh"
 #include "../common/mask_rules.h"
+#include "../common/tile_plan.h"
 #include "element.cuh"
 #include "kernel_traits.cuh"
 #include "warp_reduce.cuh"
 
 namespace lk::cuda {
 
-// One thread per tile: summaries of [batch][tiles_per_seq] tiles of `tile` tokens.
-__global__ void tile_summary_kernel(LayoutView layout, int batch, int tile, int tiles_per_seq,
+// One thread per real tile: tile i of the batch (sequence b's are [base[b], base[b + 1])) summarized
+// over its `tile` tokens.
+__global__ void tile_summary_kernel(LayoutView layout, int batch, int tile, const int32_t* base, int32_t total,
                                     TileSummary* out) {
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= (int64_t)batch * tiles_per_seq) return;
-  const int b = (int)(idx / tiles_per_seq), t = (int)(idx % tiles_per_seq);
-  const int64_t start = layout.offsets[b], end = layout.offsets[b + 1];
-  int64_t lo = start + (int64_t)t * tile;
-  lo = lo < end ? lo : end;
-  const int64_t hi = lo + tile < end ? lo + tile : end;
+  if (idx >= total) return;
+  const int b = sequence_of(base, batch, idx);
+  int64_t lo, hi;
+  tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, (int)(idx - base[b]), &lo, &hi);
   out[idx] = summarize_tokens(layout.segments, layout.roles, lo, hi);
 }
 
+// Grid (real query tiles, heads): block x runs query tile work[x] of its sequence.
 template <typename T, int kCap>
 __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
-    masked_attention_kernel(AttentionParams p, const TileSummary* q_tiles, const TileSummary* k_tiles,
-                            int q_tiles_per_seq, int k_tiles_per_seq) {
+    masked_attention_kernel(AttentionParams p, const TileRef* work, const TileSummary* q_tiles, const int32_t* q_base,
+                            const TileSummary* k_tiles, const int32_t* k_base) {
   using Tr = AttentionTraits<kCap>;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
-  const int b = blockIdx.x / q_tiles_per_seq;
-  const int q_tile = blockIdx.x % q_tiles_per_seq;
+  const TileRef item = work[blockIdx.x];
+  const int b = item.seq;
+  const int q_tile = item.tile;
   const int h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
@@ -41,7 +44,6 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
   const int Lq = p.q_layout.offsets[b + 1] - (int)q_start;
   const int Lk = p.kv_layout.offsets[b + 1] - (int)k_start;
   const int row0 = q_tile * BM;
-  if (row0 >= Lq) return;  // shorter sequence than the grid's longest: whole block leaves together
   const int rows = min(BM, Lq - row0);
   const int align = Lk - Lq;  // bottom-right causal alignment
   const int D = p.head_dim, Dv = p.value_dim, H = p.heads, Hkv = p.kv_heads;
@@ -77,7 +79,7 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
   for (int e = 0; e < Tr::kAccPerThread; ++e) acc[e] = 0.0f;
 
   TileBounds qb;
-  qb.sum = q_tiles[(int64_t)b * q_tiles_per_seq + q_tile];
+  qb.sum = q_tiles[q_base[b] + q_tile];
   qb.pos_lo = row0 + align;
   qb.pos_hi = row0 + rows - 1 + align;
   __syncthreads();
@@ -88,7 +90,7 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
     const int col0 = kt * BN;
     const int cols = min(BN, Lk - col0);
     TileBounds kb;
-    kb.sum = k_tiles[(int64_t)b * k_tiles_per_seq + kt];
+    kb.sum = k_tiles[k_base[b] + kt];
     kb.pos_lo = col0;
     kb.pos_hi = col0 + cols - 1;
     const int cls = classify_tile(rule, qb, kb);  // same value in every thread

@@ -5,6 +5,7 @@
 #include "../attention/element.cuh"
 #include "../common/compat.cuh"
 #include "../common/sparse_params.h"
+#include "../common/tile_plan.h"
 #include "block_attend.cuh"
 #include "block_select.cuh"
 
@@ -17,15 +18,6 @@ constexpr int kTopKCapacity = 2048;     // largest k (a power of two for the bit
 constexpr int kFusedMaxKeys = 16384;    // score row kept in (dynamic) shared memory by the fused kernel
 constexpr int kFusedMaxK = 512;
 constexpr int kFusedMaxQ = 1024;
-
-__device__ __forceinline__ int sequence_of(const int32_t* offsets, int batch, int64_t row) {
-  int lo = 0, hi = batch - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (offsets[mid + 1] > row) hi = mid; else lo = mid + 1;
-  }
-  return lo;
-}
 
 // sum_h w[h] * relu(q[h] . k) for one key row; q and w already in shared memory as float.
 template <typename T>

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../../cuda/common/half_convert.h"
+#include "../../cuda/common/tile_plan.h"
 #include "../thread_pool.h"
 #include "simd.h"
 
@@ -80,9 +81,10 @@ struct Job {
   const float* k;
   const float* v;
   float* out;  // float32 [tq, heads, value_dim]
-  const TileSummary* q_tiles;  // [batch][q_tiles_per_seq]
-  const TileSummary* k_tiles;  // [batch][k_tiles_per_seq]
-  int q_tiles_per_seq, k_tiles_per_seq;
+  const TileSummary* q_tiles;  // every real query tile: sequence b's are [q_base[b], q_base[b + 1])
+  const TileSummary* k_tiles;  // every real key tile, likewise by k_base
+  const int32_t* q_base;
+  const int32_t* k_base;
 };
 
 // Everything one (sequence, query tile, head) task needs while it walks its keys.
@@ -253,8 +255,7 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
   t.m_pad = round_up(t.rows, Shape::kRows);
   t.align = Lk - Lq;  // bottom-right causal alignment
   t.dv_pad = round_up(p.value_dim, Shape::kCols);
-  t.qb = TileBounds{job.q_tiles[(int64_t)b * job.q_tiles_per_seq + q_tile], t.row0 + t.align,
-                    t.row0 + t.rows - 1 + t.align};
+  t.qb = TileBounds{job.q_tiles[job.q_base[b] + q_tile], t.row0 + t.align, t.row0 + t.rows - 1 + t.align};
   const int D = p.head_dim, H = p.heads;
 
   // Scaled query rows; padding rows are zero and never written out.
@@ -283,7 +284,7 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
   for (int kt = 0; kt < n_key_tiles; ++kt) {
     const int col0 = kt * kBlockN;
     const int cols = std::min(kBlockN, Lk - col0);
-    const TileBounds kb{job.k_tiles[(int64_t)b * job.k_tiles_per_seq + kt], col0, col0 + cols - 1};
+    const TileBounds kb{job.k_tiles[job.k_base[b] + kt], col0, col0 + cols - 1};
     const int cls = classify_tile(p.rule, t.qb, kb);
     if (cls == kTileSkip) continue;
     if (cls == kTileFull) {
@@ -352,15 +353,15 @@ AttendTileFn select_attend_tile() {
   return attend_tile_baseline;
 }
 
-// Tile summaries of every sequence, [batch][tiles_per_seq], tiles of `tile` tokens.
-std::vector<TileSummary> summarize(const LayoutView& layout, int batch, int tile, int tiles_per_seq) {
-  std::vector<TileSummary> out((size_t)batch * tiles_per_seq);
+// Summaries of the batch's real tiles of `tile` tokens, sequence b's at [base[b], base[b + 1]):
+// memory and time follow the tokens, not batch x the longest sequence (cuda/common/tile_plan.h).
+std::vector<TileSummary> summarize(const LayoutView& layout, int batch, int tile, const std::vector<int32_t>& base) {
+  std::vector<TileSummary> out((size_t)base[(size_t)batch]);
   for (int b = 0; b < batch; ++b) {
-    const int64_t start = layout.offsets[b], end = layout.offsets[b + 1];
-    for (int t = 0; t < tiles_per_seq; ++t) {
-      const int64_t lo = std::min(end, start + (int64_t)t * tile);
-      const int64_t hi = std::min(end, lo + tile);
-      out[(size_t)b * tiles_per_seq + t] = summarize_tokens(layout.segments, layout.roles, lo, hi);
+    for (int t = 0; t < base[(size_t)b + 1] - base[(size_t)b]; ++t) {
+      int64_t lo, hi;
+      tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, t, &lo, &hi);
+      out[(size_t)(base[(size_t)b] + t)] = summarize_tokens(layout.segments, layout.roles, lo, hi);
     }
   }
   return out;
@@ -383,30 +384,23 @@ void masked_attention(const AttentionParams& p) {
     out = out_f32.get();
   }
 
-  Job job{&p, q.data, k.data, v.data, out, nullptr, nullptr, 0, 0};
-  job.q_tiles_per_seq = (p.max_q_len + kBlockM - 1) / kBlockM;
-  job.k_tiles_per_seq = (p.max_k_len + kBlockN - 1) / kBlockN;
-  const std::vector<TileSummary> q_tiles = summarize(p.q_layout, p.batch, kBlockM, job.q_tiles_per_seq);
-  const std::vector<TileSummary> k_tiles = summarize(p.kv_layout, p.batch, kBlockN, job.k_tiles_per_seq);
-  job.q_tiles = q_tiles.data();
-  job.k_tiles = k_tiles.data();
+  // Only real tiles exist: an empty sequence costs a prefix-sum entry, whatever the longest one is.
+  const std::vector<int32_t> q_base = tile_bases(p.q_layout.offsets, p.batch, kBlockM);
+  const std::vector<int32_t> k_base = tile_bases(p.kv_layout.offsets, p.batch, kBlockN);
+  const std::vector<TileSummary> q_tiles = summarize(p.q_layout, p.batch, kBlockM, q_base);
+  const std::vector<TileSummary> k_tiles = summarize(p.kv_layout, p.batch, kBlockN, k_base);
+  const Job job{&p, q.data, k.data, v.data, out, q_tiles.data(), k_tiles.data(), q_base.data(), k_base.data()};
 
   // Tasks = (sequence, query tile, head); later query tiles first since causal ones cost most.
-  struct Task { int b, tile; };
-  std::vector<Task> tasks;
-  for (int b = 0; b < p.batch; ++b) {
-    const int lq = p.q_layout.offsets[b + 1] - p.q_layout.offsets[b];
-    for (int t = (lq + kBlockM - 1) / kBlockM - 1; t >= 0; --t) tasks.push_back({b, t});
-  }
-  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& x, const Task& y) { return x.tile > y.tile; });
+  const std::vector<TileRef> tasks = tiles_longest_first(q_base);
 
   ThreadPool& pool = ThreadPool::shared();
   std::vector<Scratch> scratch(pool.size());
   for (auto& sc : scratch) sc.init(p.head_dim);
   static const AttendTileFn attend_tile = select_attend_tile();
   pool.parallel_for((int64_t)tasks.size() * p.heads, [&](int64_t i, int worker) {
-    const Task& t = tasks[i / p.heads];
-    attend_tile(job, t.b, t.tile, (int)(i % p.heads), scratch[worker]);
+    const TileRef& t = tasks[i / p.heads];
+    attend_tile(job, t.seq, t.tile, (int)(i % p.heads), scratch[worker]);
   });
 
   if (p.dtype != kFloat32) {
