@@ -386,17 +386,43 @@ LK_ISA_CLONES void attend_group(const SparseParams& p, int64_t q0, int nq, int64
   }
 }
 
+// Runs of queries of one batch entry that the indexer scores together, so that per-worker buffers
+// stay bounded whatever a user's query count: at most kIndexerColumns GEMM columns (queries x
+// heads), and with `score_rows` (the fused op, which keeps the runs' score rows) at most
+// kScoreRowFloats floats of rows. Runs are whole groups of kMaxGroup queries when they can be.
+constexpr int64_t kIndexerColumns = 4096;
+constexpr int64_t kScoreRowFloats = int64_t{1} << 22;  // 16 MiB per worker
+
+struct QueryRun {
+  int b;
+  int64_t q0, q1;
+};
+
+std::vector<QueryRun> query_runs(const IndexerParams& p, bool score_rows) {
+  std::vector<QueryRun> runs;
+  for (int b = 0; b < p.batch; ++b) {
+    const int64_t q0 = p.q_offsets[b], q1 = p.q_offsets[b + 1];
+    const int64_t len = p.k_offsets[b + 1] - p.k_offsets[b];
+    int64_t per = std::max<int64_t>(1, kIndexerColumns / p.heads);
+    if (score_rows) per = std::min(per, std::max<int64_t>(1, kScoreRowFloats / std::max<int64_t>(1, len)));
+    if (per >= kMaxGroup) per = per / kMaxGroup * kMaxGroup;
+    for (int64_t i = q0; i < q1; i += per) runs.push_back({b, i, std::min(q1, i + per)});
+  }
+  return runs;
+}
+
 }  // namespace
 
 void indexer_scores(const IndexerParams& p) {
   const int workers = ThreadPool::shared().size();
   std::vector<std::vector<float>> scratch((size_t)workers);
-  ThreadPool::shared().parallel_for(p.batch, [&](int64_t b, int worker) {
-    const int64_t q0 = p.q_offsets[b], q1 = p.q_offsets[b + 1];
-    const int len = p.k_offsets[b + 1] - p.k_offsets[b];
-    float* out = p.scores + q0 * p.max_len;
-    score_entry(p, q0, q1, p.k_offsets[b], len, out, p.max_len, scratch[worker]);
-    for (int64_t i = 0; i < q1 - q0; ++i) std::fill(out + i * p.max_len + len, out + (i + 1) * p.max_len, -INFINITY);
+  const std::vector<QueryRun> runs = query_runs(p, false);
+  ThreadPool::shared().parallel_for((int64_t)runs.size(), [&](int64_t r, int worker) {
+    const QueryRun& run = runs[(size_t)r];
+    const int len = p.k_offsets[run.b + 1] - p.k_offsets[run.b];
+    float* out = p.scores + run.q0 * p.max_len;
+    score_entry(p, run.q0, run.q1, p.k_offsets[run.b], len, out, p.max_len, scratch[worker]);
+    for (int64_t i = 0; i < run.q1 - run.q0; ++i) std::fill(out + i * p.max_len + len, out + (i + 1) * p.max_len, -INFINITY);
   });
 }
 
@@ -431,10 +457,13 @@ void indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, cons
     GroupScratch attend;
   };
   std::vector<Scratch> scratch((size_t)ThreadPool::shared().size());
-  // One batch entry per task: its queries' score rows live only in this worker's buffer.
-  ThreadPool::shared().parallel_for(ip.batch, [&](int64_t b, int worker) {
+  // One run of a batch entry's queries per task: its score rows live only in this worker's buffer,
+  // which query_runs bounds (never queries x keys of a whole user).
+  const std::vector<QueryRun> runs = query_runs(ip, true);
+  ThreadPool::shared().parallel_for((int64_t)runs.size(), [&](int64_t r, int worker) {
     Scratch& s = scratch[worker];
-    const int64_t q0 = ip.q_offsets[b], q1 = ip.q_offsets[b + 1];
+    const int b = runs[(size_t)r].b;
+    const int64_t q0 = runs[(size_t)r].q0, q1 = runs[(size_t)r].q1;
     const int len = ip.k_offsets[b + 1] - ip.k_offsets[b];
     s.rows.resize((size_t)std::max<int64_t>(1, (q1 - q0) * len));
     score_entry(ip, q0, q1, ip.k_offsets[b], len, s.rows.data(), len, s.score_work);
