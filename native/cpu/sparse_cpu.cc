@@ -396,7 +396,7 @@ LK_ISA_CLONES void attend_group(const SparseParams& p, int64_t q0, int nq, int64
 // heads), and with `score_rows` (the fused op, which keeps the runs' score rows) at most
 // kScoreRowFloats floats of rows. Runs are whole groups of kMaxGroup queries when they can be.
 constexpr int64_t kIndexerColumns = 4096;
-constexpr int64_t kScoreRowFloats = int64_t{1} << 22;  // 16 MiB per worker
+constexpr int64_t kScoreRowFloats = int64_t{1} << 20;  // 4 MiB per worker
 
 struct QueryRun {
   int b;
