@@ -1,5 +1,7 @@
-// Host side of maskedAttention on CUDA: uploads the layouts, summarizes tiles on the device and
-// launches the kernel instantiated for the dtype and head capacity.
+// Host side of maskedAttention on CUDA: uploads the layouts and the tile plan (prefix sums of each
+// sequence's tiles and the list of real query tiles, cuda/common/tile_plan.h), summarizes the real
+// tiles on the device and launches the kernel instantiated for the dtype and head capacity over the
+// real query tiles only: memory and blocks follow the tokens, never batch x the longest sequence.
 #include <cstring>
 #include <string>
 #include <vector>
@@ -27,24 +29,31 @@ struct Staging {
   }
 };
 
+// Device addresses of the tile plan.
+struct DevicePlan {
+  const TileRef* work;  // [q tiles]
+  const TileSummary* q_tiles;
+  const int32_t* q_base;
+  const TileSummary* k_tiles;
+  const int32_t* k_base;
+  int32_t n_work;
+};
+
 template <typename T, int kCap>
-void launch(const AttentionParams& p, const TileSummary* q_tiles, const TileSummary* k_tiles,
-            int q_tiles_per_seq, int k_tiles_per_seq) {
+void launch(const AttentionParams& p, const DevicePlan& plan) {
   using Tr = AttentionTraits<kCap>;
-  const dim3 grid((unsigned)(p.batch * q_tiles_per_seq), (unsigned)p.heads, 1);
+  const dim3 grid((unsigned)plan.n_work, (unsigned)p.heads, 1);
   auto* kernel = masked_attention_kernel<T, kCap>;
-  LK_LAUNCH(kernel, grid, dim3(Tr::kThreads), 0, 0)(p, q_tiles, k_tiles, q_tiles_per_seq, k_tiles_per_seq);
+  LK_LAUNCH(kernel, grid, dim3(Tr::kThreads), 0, 0)(p, plan.work, plan.q_tiles, plan.q_base, plan.k_tiles, plan.k_base);
 }
 
 template <typename T>
-void launch_for_capacity(int cap, const AttentionParams& p, const TileSummary* q_tiles,
-                         const TileSummary* k_tiles, int k_tiles_per_seq) {
-  auto q_tiles_per_seq = [&](int bm) { return (p.max_q_len + bm - 1) / bm; };
+void launch_for_capacity(int cap, const AttentionParams& p, const DevicePlan& plan) {
   switch (cap) {
-    case 32: launch<T, 32>(p, q_tiles, k_tiles, q_tiles_per_seq(AttentionTraits<32>::kBlockM), k_tiles_per_seq); break;
-    case 64: launch<T, 64>(p, q_tiles, k_tiles, q_tiles_per_seq(AttentionTraits<64>::kBlockM), k_tiles_per_seq); break;
-    case 128: launch<T, 128>(p, q_tiles, k_tiles, q_tiles_per_seq(AttentionTraits<128>::kBlockM), k_tiles_per_seq); break;
-    default: launch<T, 256>(p, q_tiles, k_tiles, q_tiles_per_seq(AttentionTraits<256>::kBlockM), k_tiles_per_seq); break;
+    case 32: launch<T, 32>(p, plan); break;
+    case 64: launch<T, 64>(p, plan); break;
+    case 128: launch<T, 128>(p, plan); break;
+    default: launch<T, 256>(p, plan); break;
   }
 }
 
@@ -76,8 +85,10 @@ std::string masked_attention(const AttentionParams& host) {
   if (host.tq == 0 || host.batch == 0) return std::string();
   const int cap = head_capacity(host.head_dim, host.value_dim);
   const int bm = block_m(cap), bn = block_n(cap);
-  const int q_tiles_per_seq = (host.max_q_len + bm - 1) / bm;
-  const int k_tiles_per_seq = (host.max_k_len + bn - 1) / bn;
+  const std::vector<int32_t> q_base = tile_bases(host.q_layout.offsets, host.batch, bm);
+  const std::vector<int32_t> k_base = tile_bases(host.kv_layout.offsets, host.batch, bn);
+  const std::vector<TileRef> work = tiles_longest_first(q_base);
+  const int32_t nq = q_base[(size_t)host.batch], nk = k_base[(size_t)host.batch];
   const bool shared_layout = host.kv_layout.offsets == host.q_layout.offsets &&
                              host.kv_layout.segments == host.q_layout.segments &&
                              host.kv_layout.roles == host.q_layout.roles;
@@ -93,13 +104,19 @@ std::string masked_attention(const AttentionParams& host) {
     k_seg = host.kv_layout.segments ? st.add(host.kv_layout.segments, (size_t)host.tk * 4) : 0;
     k_role = host.kv_layout.roles ? st.add(host.kv_layout.roles, (size_t)host.tk) : 0;
   }
-  const size_t q_sum = st.add(nullptr, (size_t)host.batch * q_tiles_per_seq * sizeof(TileSummary));
-  const size_t k_sum = st.add(nullptr, (size_t)host.batch * k_tiles_per_seq * sizeof(TileSummary));
+  const size_t q_base_at = st.add(q_base.data(), q_base.size() * sizeof(int32_t));
+  const size_t k_base_at = st.add(k_base.data(), k_base.size() * sizeof(int32_t));
+  const size_t work_at = st.add(work.data(), work.size() * sizeof(TileRef));
+  // Summaries are written on the device: the staging buffer stops here (only their room is allocated).
+  const size_t uploaded = st.bytes.size();
+  const size_t q_sum = (uploaded + 255) / 256 * 256;
+  const size_t k_sum = q_sum + ((size_t)nq * sizeof(TileSummary) + 255) / 256 * 256;
+  const size_t total = k_sum + (size_t)nk * sizeof(TileSummary);
 
   unsigned char* dev = nullptr;
-  std::string err = check(cudaMalloc(reinterpret_cast<void**>(&dev), st.bytes.size()), "cudaMalloc(layout)");
+  std::string err = check(cudaMalloc(reinterpret_cast<void**>(&dev), total), "cudaMalloc(layout)");
   if (!err.empty()) return err;
-  err = check(cudaMemcpy(dev, st.bytes.data(), q_sum, cudaMemcpyHostToDevice), "cudaMemcpy(layout)");
+  err = check(cudaMemcpy(dev, st.bytes.data(), uploaded, cudaMemcpyHostToDevice), "cudaMemcpy(layout)");
 
   AttentionParams p = host;
   p.q_layout.offsets = reinterpret_cast<const int32_t*>(dev + q_off);
@@ -110,20 +127,21 @@ std::string masked_attention(const AttentionParams& host) {
   p.kv_layout.roles = host.kv_layout.roles ? reinterpret_cast<const uint8_t*>(dev + k_role) : nullptr;
   TileSummary* q_tiles = reinterpret_cast<TileSummary*>(dev + q_sum);
   TileSummary* k_tiles = reinterpret_cast<TileSummary*>(dev + k_sum);
+  const DevicePlan plan{reinterpret_cast<const TileRef*>(dev + work_at), q_tiles, reinterpret_cast<const int32_t*>(dev + q_base_at),
+                        k_tiles, reinterpret_cast<const int32_t*>(dev + k_base_at), nq};
 
   if (err.empty()) {
     const int threads = 128;
-    const int64_t nq = (int64_t)host.batch * q_tiles_per_seq, nk = (int64_t)host.batch * k_tiles_per_seq;
     auto* summary = tile_summary_kernel;
     LK_LAUNCH(summary, dim3((unsigned)((nq + threads - 1) / threads)), dim3(threads), 0, 0)(
-        p.q_layout, host.batch, bm, q_tiles_per_seq, q_tiles);
+        p.q_layout, host.batch, bm, plan.q_base, nq, q_tiles);
     if (nk > 0)
       LK_LAUNCH(summary, dim3((unsigned)((nk + threads - 1) / threads)), dim3(threads), 0, 0)(
-          p.kv_layout, host.batch, bn, k_tiles_per_seq, k_tiles);
+          p.kv_layout, host.batch, bn, plan.k_base, nk, k_tiles);
     switch (host.dtype) {
-      case kFloat16: launch_for_capacity<__half>(cap, p, q_tiles, k_tiles, k_tiles_per_seq); break;
-      case kBFloat16: launch_for_capacity<__nv_bfloat16>(cap, p, q_tiles, k_tiles, k_tiles_per_seq); break;
-      default: launch_for_capacity<float>(cap, p, q_tiles, k_tiles, k_tiles_per_seq); break;
+      case kFloat16: launch_for_capacity<__half>(cap, p, plan); break;
+      case kBFloat16: launch_for_capacity<__nv_bfloat16>(cap, p, plan); break;
+      default: launch_for_capacity<float>(cap, p, plan); break;
     }
     err = check(cudaGetLastError(), "maskedAttention launch");
     if (err.empty()) err = check(cudaDeviceSynchronize(), "maskedAttention");

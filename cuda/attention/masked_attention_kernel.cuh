@@ -2,38 +2,48 @@
 // of one sequence, walks only the key tiles the rule can reach, and keeps a running max / sum per
 // row (online softmax) so scores never leave shared memory. Tile classes (skip / partial / full)
 // come from per-tile summaries of the layout and the shared rule table, so fully masked tiles cost
-// nothing and fully allowed tiles run without per-element checks.
+// nothing and fully allowed tiles run without per-element checks. The grid holds the batch's real
+// query tiles only (cuda/common/tile_plan.h): empty sequences launch nothing.
+// Non-finite values follow IEEE arithmetic over allowed pairs only (SPEC §3, cuda/common/ieee.h):
+// a row that may see none of a tile's keys is left untouched, the running max keeps NaN, and when a
+// partial tile's V rows hold a NaN / Inf, P V adds each row's allowed keys only (by selection; a
+// masked key's 0 weight times its NaN would leak through the plain product).
 #pragma once
 #include "../common/attention_params.h"
 #include "../common/compat.cuh"
+#include "../common/ieee.h"
 #include "../common/mask_rules.h"
+#include "../common/tile_plan.h"
 #include "element.cuh"
 #include "kernel_traits.cuh"
 #include "warp_reduce.cuh"
 
 namespace lk::cuda {
 
-// One thread per tile: summaries of [batch][tiles_per_seq] tiles of `tile` tokens.
-__global__ void tile_summary_kernel(LayoutView layout, int batch, int tile, int tiles_per_seq,
+// One thread per real tile: tile i of the batch (sequence b's are [base[b], base[b + 1])) summarized
+// over its `tile` tokens.
+__global__ void tile_summary_kernel(LayoutView layout, int batch, int tile, const int32_t* base, int32_t total,
                                     TileSummary* out) {
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= (int64_t)batch * tiles_per_seq) return;
-  const int b = (int)(idx / tiles_per_seq), t = (int)(idx % tiles_per_seq);
-  const int64_t start = layout.offsets[b], end = layout.offsets[b + 1];
-  int64_t lo = start + (int64_t)t * tile;
-  lo = lo < end ? lo : end;
-  const int64_t hi = lo + tile < end ? lo + tile : end;
+  if (idx >= total) return;
+  const int b = sequence_of(base, batch, idx);
+  int64_t lo, hi;
+  tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, (int)(idx - base[b]), &lo, &hi);
   out[idx] = summarize_tokens(layout.segments, layout.roles, lo, hi);
 }
 
+// Grid (real query tiles, heads): block x runs query tile work[x] of its sequence.
 template <typename T, int kCap>
 __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
-    masked_attention_kernel(AttentionParams p, const TileSummary* q_tiles, const TileSummary* k_tiles,
-                            int q_tiles_per_seq, int k_tiles_per_seq) {
+    masked_attention_kernel(AttentionParams p, const TileRef* work, const TileSummary* q_tiles, const int32_t* q_base,
+                            const TileSummary* k_tiles, const int32_t* k_base) {
   using Tr = AttentionTraits<kCap>;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
-  const int b = blockIdx.x / q_tiles_per_seq;
-  const int q_tile = blockIdx.x % q_tiles_per_seq;
+  static_assert(32 % BN == 0, "a warp's ballot covers whole rows of a score tile");
+  constexpr uint32_t kRowBits = BN == 32 ? 0xffffffffu : (1u << (BN % 32)) - 1u;
+  const TileRef item = work[blockIdx.x];
+  const int b = item.seq;
+  const int q_tile = item.tile;
   const int h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
@@ -41,7 +51,6 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
   const int Lq = p.q_layout.offsets[b + 1] - (int)q_start;
   const int Lk = p.kv_layout.offsets[b + 1] - (int)k_start;
   const int row0 = q_tile * BM;
-  if (row0 >= Lq) return;  // shorter sequence than the grid's longest: whole block leaves together
   const int rows = min(BM, Lq - row0);
   const int align = Lk - Lq;  // bottom-right causal alignment
   const int D = p.head_dim, Dv = p.value_dim, H = p.heads, Hkv = p.kv_heads;
@@ -55,6 +64,8 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
   __shared__ float kv_s[BN][Tr::kStride];  // K tile, then V tile of the same keys
   __shared__ float s_s[BM][BN + 1];        // scores, then probabilities
   __shared__ float row_m[BM], row_l[BM], row_alpha[BM];
+  __shared__ uint32_t allow_s[BM];  // bit j of row r: the row may see key j of the tile
+  __shared__ int row_seen[BM];      // the row has met an allowed key
   __shared__ int q_role_s[BM], q_seg_s[BM], k_role_s[BN], k_seg_s[BN];
   __shared__ MaskRule rule;  // indexed by role at run time: shared memory, not a local copy
 
@@ -71,13 +82,14 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
     row_m[r] = -INFINITY;
     row_l[r] = 0.0f;
     row_alpha[r] = 1.0f;
+    row_seen[r] = 0;
   }
   float acc[Tr::kAccPerThread];
 #pragma unroll
   for (int e = 0; e < Tr::kAccPerThread; ++e) acc[e] = 0.0f;
 
   TileBounds qb;
-  qb.sum = q_tiles[(int64_t)b * q_tiles_per_seq + q_tile];
+  qb.sum = q_tiles[q_base[b] + q_tile];
   qb.pos_lo = row0 + align;
   qb.pos_hi = row0 + rows - 1 + align;
   __syncthreads();
@@ -88,7 +100,7 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
     const int col0 = kt * BN;
     const int cols = min(BN, Lk - col0);
     TileBounds kb;
-    kb.sum = k_tiles[(int64_t)b * k_tiles_per_seq + kt];
+    kb.sum = k_tiles[k_base[b] + kt];
     kb.pos_lo = col0;
     kb.pos_hi = col0 + cols - 1;
     const int cls = classify_tile(rule, qb, kb);  // same value in every thread
@@ -107,7 +119,8 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
     }
     __syncthreads();
 
-    // Scores; masked (and padding) entries become -inf.
+    // Scores of allowed pairs; masked (and padding) entries become -inf (softmax) or 0 (silu). A
+    // warp's lanes cover whole rows (BN divides 32), so one ballot gives each row's allowed keys.
 #pragma unroll 1
     for (int e = 0; e < Tr::kScoresPerThread; ++e) {
       const int idx = tid + e * Tr::kThreads;
@@ -117,10 +130,12 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
       bool ok = j < cols && r < rows;
       if (ok && cls == kTilePartial)
         ok = pair_allowed(rule, q_role_s[r], k_role_s[j], q_seg_s[r], k_seg_s[j], row0 + r + align, col0 + j);
+      const unsigned ballot = __ballot_sync(0xffffffffu, ok);
+      if (j == 0) allow_s[r] = (ballot >> lane) & kRowBits;  // this lane starts row r's bits
       if (softmax) {
         s_s[r][j] = ok ? dot : -INFINITY;
       } else {
-        // HSTU pointwise attention: silu(score) / divisor; masked pairs contribute 0.
+        // HSTU pointwise attention: silu(score) / divisor (silu(-inf) is NaN, as the reference's).
         s_s[r][j] = ok ? dot / (1.0f + __expf(-dot)) * p.silu_inv_divisor : 0.0f;
       }
     }
@@ -128,37 +143,64 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
 
     if (softmax) {
       // One warp per row: rescale factor for the old accumulators, probabilities for this tile.
+      // m_old is -inf (and l 0) until the row met an allowed score above -inf; an allowed +inf or
+      // NaN then makes the row NaN through exp(inf - inf) or the NaN max, as in the reference.
+      // While every allowed score is -inf the weights are 0 (NaN at the end if it stays so).
+      // Masked entries weigh exactly 0 by selection.
       for (int r = warp; r < BM; r += Tr::kWarps) {
-        const float x = lane < BN ? s_s[r][lane] : -INFINITY;
-        const float m_old = row_m[r];
-        const float m_new = fmaxf(m_old, warp_max(x));
-        const float prob = m_new == -INFINITY ? 0.0f : __expf(x - m_new);
-        const float sum = warp_sum(prob);
-        if (lane < BN) s_s[r][lane] = prob;
-        if (lane == 0) {
-          const float alpha = m_new == -INFINITY ? 1.0f : __expf(m_old - m_new);
-          row_alpha[r] = alpha;
-          row_l[r] = row_l[r] * alpha + sum;
-          row_m[r] = m_new;
+        const uint32_t allow = allow_s[r];
+        const bool mine = lane < BN && ((allow >> lane) & 1u);
+        float prob = 0.0f, alpha = 1.0f;
+        if (allow != 0u) {  // the same in every lane of the warp
+          const float x = mine ? s_s[r][lane] : -INFINITY;
+          const float m_old = row_m[r];
+          const float m_new = max_keep_nan(m_old, warp_max(x));
+          if (m_new != -INFINITY) {  // warp-uniform too
+            prob = mine ? __expf(x - m_new) : 0.0f;
+            alpha = __expf(m_old - m_new);
+            const float sum = warp_sum(prob);
+            if (lane == 0) {
+              row_l[r] = row_l[r] * alpha + sum;
+              row_m[r] = m_new;
+            }
+          }
+          if (lane == 0) row_seen[r] = 1;
         }
+        if (lane < BN) s_s[r][lane] = prob;
+        if (lane == 0) row_alpha[r] = alpha;
       }
     }
+    bool nonfinite = false;
     for (int i = tid; i < BN * kCap; i += Tr::kThreads) {
       const int j = i / kCap, c = i % kCap;
-      kv_s[j][c] = (j < cols && c < Dv) ? to_float(v[((k_start + col0 + j) * Hkv + g) * Dv + c]) : 0.0f;
+      const float x = (j < cols && c < Dv) ? to_float(v[((k_start + col0 + j) * Hkv + g) * Dv + c]) : 0.0f;
+      kv_s[j][c] = x;
+      nonfinite = nonfinite || !is_finite_f32(x);
     }
-    __syncthreads();
+    // Full tiles have every (row, key) pair allowed: only partial ones need the exact product.
+    const bool exact = __syncthreads_or(nonfinite && cls == kTilePartial);
 
     // acc = acc * alpha + P V. Keys outermost: each thread's column index repeats across its
     // accumulators, so one V element feeds several of them and registers stay few.
 #pragma unroll
     for (int e = 0; e < Tr::kAccPerThread; ++e) acc[e] *= row_alpha[(tid + e * Tr::kThreads) / kCap];
+    if (!exact) {
 #pragma unroll 2
-    for (int j = 0; j < BN; ++j) {
+      for (int j = 0; j < BN; ++j) {
 #pragma unroll
-      for (int e = 0; e < Tr::kAccPerThread; ++e) {
-        const int idx = tid + e * Tr::kThreads;
-        acc[e] = fmaf(s_s[idx / kCap][j], kv_s[j][idx % kCap], acc[e]);
+        for (int e = 0; e < Tr::kAccPerThread; ++e) {
+          const int idx = tid + e * Tr::kThreads;
+          acc[e] = fmaf(s_s[idx / kCap][j], kv_s[j][idx % kCap], acc[e]);
+        }
+      }
+    } else {
+#pragma unroll 1
+      for (int j = 0; j < BN; ++j) {
+#pragma unroll
+        for (int e = 0; e < Tr::kAccPerThread; ++e) {
+          const int idx = tid + e * Tr::kThreads;
+          if ((allow_s[idx / kCap] >> j) & 1u) acc[e] = fmaf(s_s[idx / kCap][j], kv_s[j][idx % kCap], acc[e]);
+        }
       }
     }
     __syncthreads();
@@ -170,15 +212,17 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
     const int idx = tid + e * Tr::kThreads;
     const int r = idx / kCap, c = idx % kCap;
     if (r < rows && c < Dv) {
+      // No allowed key: 0. Allowed keys whose scores are all -inf: l is 0, the row NaN (the
+      // reference's exp(-inf + inf)). Else l >= 1 (the max's own term) or NaN.
       const float l = row_l[r];
-      const float value = softmax ? (l > 0.0f ? acc[e] / l : 0.0f) : acc[e];
+      const float value = !softmax ? acc[e] : !row_seen[r] ? 0.0f : l == 0.0f ? quiet_nan() : acc[e] / l;
       out[((q_start + row0 + r) * H + h) * Dv + c] = from_float<T>(value);
     }
   }
   if (p.lse) {
     for (int r = tid; r < rows; r += Tr::kThreads) {
       const float l = row_l[r];
-      p.lse[(q_start + row0 + r) * H + h] = l > 0.0f ? row_m[r] + logf(l) : -INFINITY;
+      p.lse[(q_start + row0 + r) * H + h] = !row_seen[r] ? -INFINITY : l == 0.0f ? quiet_nan() : row_m[r] + logf(l);
     }
   }
 }

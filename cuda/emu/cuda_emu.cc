@@ -102,6 +102,9 @@ struct BlockRun {
   int live = 0;
   int barrier_arrived = 0;
   uint64_t barrier_generation = 0;
+  int vote_pending = 0;  // predicates counted by __syncthreads_count / _or / _and at the open barrier
+  int vote_result = 0;   // the count of the barrier released last
+
   uint64_t progress = 0;  // bumped whenever a wait completes or a thread exits
   const std::function<void()>* body = nullptr;
   unsigned char* dynamic_shared = nullptr;
@@ -191,6 +194,8 @@ void exit_current() {
   // Threads that exit count as arrived at __syncthreads (as on current GPUs).
   if (b.barrier_arrived > 0 && b.barrier_arrived == b.live) {
     b.barrier_arrived = 0;
+    b.vote_result = b.vote_pending;
+    b.vote_pending = 0;
     ++b.barrier_generation;
   }
   switch_to_scheduler(true);
@@ -206,19 +211,27 @@ ThreadContext& current() {
 
 int lane_id() { return current().linear % 32; }
 
-void syncthreads() {
+void syncthreads() { syncthreads_count(false); }
+
+// The barrier's count is published when the last thread arrives and read by each thread as it
+// leaves; it cannot be overwritten before then, since the next release needs every live thread.
+int syncthreads_count(bool predicate) {
   BlockRun& b = *tls.block;
   Fiber& f = *tls.fiber;
   const uint64_t gen = b.barrier_generation;
+  b.vote_pending += predicate ? 1 : 0;
   if (++b.barrier_arrived == b.live) {
     b.barrier_arrived = 0;
+    b.vote_result = b.vote_pending;
+    b.vote_pending = 0;
     ++b.barrier_generation;
     ++b.progress;
-    return;
+    return b.vote_result;
   }
   f.waiting = Wait::kBlock;
   while (b.barrier_generation == gen) yield_fiber();
   f.waiting = Wait::kNone;
+  return b.vote_result;
 }
 
 // Every lane in `mask` arrives, then all leave together. Returns once the rendezvous completed.
@@ -329,6 +342,7 @@ cudaError_t run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_by
         }
         run.live = (int)threads;
         run.barrier_arrived = 0;
+        run.vote_pending = 0;
         if (shared_bytes) std::memset(dynamic.get(), 0xff, shared_bytes);  // fresh garbage: NaN floats
         for (uint64_t t = 0; t < threads; ++t) {
           Fiber& f = tls.fibers[t];

@@ -67,6 +67,7 @@ struct ThreadContext {
 ThreadContext& current();  // the running emulated thread; aborts outside a kernel
 
 void syncthreads();
+int syncthreads_count(bool predicate);  // __syncthreads that also counts the threads' predicates
 void syncwarp(unsigned mask);
 // Warp rendezvous exchanging 64-bit payloads: returns the payload of lane `src` (in the caller's
 // warp); ballot collects predicates. Both abort if a lane named in `mask` has exited.
@@ -82,6 +83,9 @@ int lane_id();
 #define gridDim (::lk_emu::current().grid_dim)
 
 inline void __syncthreads() { lk_emu::syncthreads(); }
+inline int __syncthreads_count(int predicate) { return lk_emu::syncthreads_count(predicate != 0); }
+inline int __syncthreads_or(int predicate) { return lk_emu::syncthreads_count(predicate != 0) != 0; }
+inline int __syncthreads_and(int predicate) { return lk_emu::syncthreads_count(predicate == 0) == 0; }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { lk_emu::syncwarp(mask); }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }

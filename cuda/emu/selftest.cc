@@ -60,6 +60,19 @@ __global__ void vote_kernel(unsigned* ballots, int* anys, int* alls) {
   if (lane == 0) { ballots[w] = b; anys[w] = any; alls[w] = all; }
 }
 
+// Block-wide votes at a barrier, several in a row (each barrier's own count), one after early exits.
+__global__ void block_vote_kernel(int* out) {
+  const int t = threadIdx.x;
+  const int c1 = __syncthreads_count(t % 5 == 0);
+  const int o1 = __syncthreads_or(t == 77);
+  const int o2 = __syncthreads_or(0);
+  const int a1 = __syncthreads_and(t < 1000);
+  const int a2 = __syncthreads_and(t != 3);
+  if (t >= 96) return;
+  const int c2 = __syncthreads_count(1);
+  if (t == 0) { out[0] = c1; out[1] = o1; out[2] = o2; out[3] = a1; out[4] = a2; out[5] = c2; }
+}
+
 // 2D block, 3D grid indices, and threads leaving before a barrier (they count as arrived).
 __global__ void index_kernel(int* out, int* after_barrier) {
   const int t = threadIdx.y * blockDim.x + threadIdx.x;
@@ -173,6 +186,17 @@ int main() {
     CHECK(ha[0] == 0 && ha[1] == 1, "any");
     CHECK(hl[0] == 1 && hl[1] == 1, "all");
     cudaFree(b); cudaFree(a); cudaFree(l);
+  }
+  {  // __syncthreads_count / _or / _and
+    int* out;
+    cudaMalloc(&out, 6 * 4);
+    LK_LAUNCH(block_vote_kernel, dim3(2), dim3(128), 0, 0)(out);
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    int h[6];
+    cudaMemcpy(h, out, sizeof h, cudaMemcpyDeviceToHost);
+    CHECK(h[0] == 26 && h[1] == 1 && h[2] == 0 && h[3] == 1 && h[4] == 0 && h[5] == 96,
+          "block votes %d %d %d %d %d %d", h[0], h[1], h[2], h[3], h[4], h[5]);
+    cudaFree(out);
   }
   {  // indices in 2D blocks / 3D grids, early exits at a barrier
     const dim3 grid(3, 2, 2), block(8, 4);

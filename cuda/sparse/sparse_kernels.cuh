@@ -4,7 +4,9 @@
 #pragma once
 #include "../attention/element.cuh"
 #include "../common/compat.cuh"
+#include "../common/ieee.h"
 #include "../common/sparse_params.h"
+#include "../common/tile_plan.h"
 #include "block_attend.cuh"
 #include "block_select.cuh"
 
@@ -18,23 +20,15 @@ constexpr int kFusedMaxKeys = 16384;    // score row kept in (dynamic) shared me
 constexpr int kFusedMaxK = 512;
 constexpr int kFusedMaxQ = 1024;
 
-__device__ __forceinline__ int sequence_of(const int32_t* offsets, int batch, int64_t row) {
-  int lo = 0, hi = batch - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (offsets[mid + 1] > row) hi = mid; else lo = mid + 1;
-  }
-  return lo;
-}
-
-// sum_h w[h] * relu(q[h] . k) for one key row; q and w already in shared memory as float.
+// sum_h w[h] * relu(q[h] . k) for one key row; q and w already in shared memory as float. relu keeps
+// NaN (the reference's Math.max(0, x)); top-k then never selects the NaN score.
 template <typename T>
 __device__ __forceinline__ float indexer_score(const float* q_s, const float* w_s, const T* kr, int heads, int dim) {
   float s = 0.0f;
   for (int h = 0; h < heads; ++h) {
     float dot = 0.0f;
     for (int d = 0; d < dim; ++d) dot = fmaf(q_s[h * dim + d], to_float(kr[d]), dot);
-    s = fmaf(w_s[h], fmaxf(dot, 0.0f), s);
+    s = fmaf(w_s[h], relu_keep_nan(dot), s);
   }
   return s;
 }

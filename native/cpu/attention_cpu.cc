@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "../../cuda/common/half_convert.h"
+#include "../../cuda/common/ieee.h"
+#include "../../cuda/common/tile_plan.h"
 #include "../thread_pool.h"
 #include "simd.h"
 
@@ -62,6 +64,8 @@ struct Scratch {
   FloatBuffer q, kt, s, v, o;
   FloatBuffer q_cols, s_keys;  // key-major path: Q^T [D][kFewRows], S^T [kBlockN][kFewRows]
   float m[kMaxRows], l[kMaxRows];
+  uint64_t allow[kMaxRows];  // masked blocks: bit j of row r set when the row may see key j
+  bool seen[kMaxRows];       // the row has met an allowed key
   int keys[kBlockN];  // key positions (inside the sequence) of the block being computed
   void init(int head_dim) {
     q = alloc_floats((size_t)kMaxRows * head_dim);
@@ -80,9 +84,10 @@ struct Job {
   const float* k;
   const float* v;
   float* out;  // float32 [tq, heads, value_dim]
-  const TileSummary* q_tiles;  // [batch][q_tiles_per_seq]
-  const TileSummary* k_tiles;  // [batch][k_tiles_per_seq]
-  int q_tiles_per_seq, k_tiles_per_seq;
+  const TileSummary* q_tiles;  // every real query tile: sequence b's are [q_base[b], q_base[b + 1])
+  const TileSummary* k_tiles;  // every real key tile, likewise by k_base
+  const int32_t* q_base;
+  const int32_t* k_base;
 };
 
 // Everything one (sequence, query tile, head) task needs while it walks its keys.
@@ -99,6 +104,10 @@ struct TileTask {
 
 // Online-softmax update of the task's rows with `count` keys listed in sc.keys. `masked` asks for the
 // per-element rule check (blocks gathered from partial tiles); full tiles skip it.
+// Non-finite values follow IEEE arithmetic over allowed pairs only (SPEC §3, cuda/common/ieee.h): a
+// row that may see none of the block's keys is left untouched, the running max keeps NaN, and when a
+// masked block's V rows hold a NaN / Inf, P V is accumulated by selection over each row's allowed
+// keys instead of the GEMM (where a masked key's 0 weight times its NaN would leak).
 template <typename Shape>
 LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
   const AttentionParams& p = *t.job->p;
@@ -164,24 +173,36 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
     const int64_t qi = t.q_start + t.row0 + r;
     const int rq = qrole ? qrole[qi] : 0, sq = qseg ? qseg[qi] : 0;
     const int pos_q = t.row0 + r + t.align;
+    uint64_t bits = 0;
     for (int j = 0; j < count; ++j) {
       const int64_t ki = t.k_start + sc.keys[j];
-      if (!pair_allowed(p.rule, rq, krole ? krole[ki] : 0, sq, kseg ? kseg[ki] : 0, pos_q, sc.keys[j]))
+      if (pair_allowed(p.rule, rq, krole ? krole[ki] : 0, sq, kseg ? kseg[ki] : 0, pos_q, sc.keys[j]))
+        bits |= uint64_t{1} << j;
+      else
         srow[j] = kNegInf;
     }
+    sc.allow[r] = bits;
   }
+  static_assert(kBlockN <= 64, "one 64-bit allowed-key mask per row");
+  const uint64_t all_keys = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
+  auto allowed_keys = [&](int r) { return masked ? sc.allow[r] : all_keys; };
 
   if (p.normalize == kSoftmax) {
     for (int r = 0; r < t.rows; ++r) {
       float* srow = s + r * kBlockN;
-      v8f mx = splat(kNegInf);
-      for (int j = 0; j < n_pad; j += 8) {
-        const v8f x = load8(srow + j);
-        mx = x > mx ? x : mx;
+      if (allowed_keys(r) == 0) {  // the row sees none of these keys: they contribute nothing
+        std::fill(srow, srow + n_pad, 0.0f);
+        continue;
       }
+      sc.seen[r] = true;
+      v8f mx = splat(kNegInf);
+      for (int j = 0; j < n_pad; j += 8) mx = max_keep_nan8(mx, load8(srow + j));
+      // m_old is -inf (and l 0) until the row met an allowed score above -inf. An allowed +inf or
+      // NaN turns the row NaN through exp(inf - inf) or the NaN max, as in the reference; masked
+      // entries (-inf) weigh exactly 0 whenever the row is not NaN anyway.
       const float m_old = sc.m[r];
-      const float m_new = std::max(m_old, hmax(mx));
-      if (m_new == kNegInf) {  // nothing allowed in this row yet
+      const float m_new = max_keep_nan(m_old, hmax_keep_nan(mx));
+      if (m_new == kNegInf) {  // allowed scores all -inf so far: weight 0 for now (NaN at the end if it stays so)
         std::fill(srow, srow + n_pad, 0.0f);
         continue;
       }
@@ -200,12 +221,14 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
       }
     }
   } else {
-    // HSTU pointwise attention: silu(score) / divisor; masked entries contribute 0.
+    // HSTU pointwise attention: silu(score) / divisor over allowed pairs (silu(-inf) is NaN, as in
+    // the reference); masked and padding entries are 0 by selection.
     for (int r = 0; r < t.rows; ++r) {
       float* srow = s + r * kBlockN;
+      const uint64_t bits = allowed_keys(r);
       for (int j = 0; j < n_pad; ++j) {
         const float x = srow[j];
-        srow[j] = x == kNegInf ? 0.0f : x / (1.0f + std::exp(-x)) * p.silu_inv_divisor;
+        srow[j] = (bits >> j) & 1u ? x / (1.0f + std::exp(-x)) * p.silu_inv_divisor : 0.0f;
       }
     }
   }
@@ -227,6 +250,20 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
     }
     vb = vs;
     ldv = dvp;
+    if (masked && !all_finite(vs, n_pad * dvp)) {
+      // Exact path: each row adds only its allowed keys' values (a masked NaN / Inf stays out).
+      for (int r = 0; r < t.rows; ++r) {
+        float* orow = sc.o.get() + r * dvp;
+        const float* srow = s + r * kBlockN;
+        for (uint64_t bits = sc.allow[r]; bits; bits &= bits - 1) {
+          const int j = __builtin_ctzll(bits);
+          const float pj = srow[j];
+          const float* vrow = vs + j * dvp;
+          for (int c = 0; c < dvp; ++c) orow[c] += pj * vrow[c];
+        }
+      }
+      return;
+    }
   }
   gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, sc.o.get(), dvp, true);
 }
@@ -253,8 +290,7 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
   t.m_pad = round_up(t.rows, Shape::kRows);
   t.align = Lk - Lq;  // bottom-right causal alignment
   t.dv_pad = round_up(p.value_dim, Shape::kCols);
-  t.qb = TileBounds{job.q_tiles[(int64_t)b * job.q_tiles_per_seq + q_tile], t.row0 + t.align,
-                    t.row0 + t.rows - 1 + t.align};
+  t.qb = TileBounds{job.q_tiles[job.q_base[b] + q_tile], t.row0 + t.align, t.row0 + t.rows - 1 + t.align};
   const int D = p.head_dim, H = p.heads;
 
   // Scaled query rows; padding rows are zero and never written out.
@@ -272,6 +308,7 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
   for (int r = 0; r < t.m_pad; ++r) {
     sc.m[r] = kNegInf;
     sc.l[r] = 0.0f;
+    sc.seen[r] = false;
   }
 
   const int key_end = visible_key_end(p.rule, t.qb, Lk);
@@ -283,7 +320,7 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
   for (int kt = 0; kt < n_key_tiles; ++kt) {
     const int col0 = kt * kBlockN;
     const int cols = std::min(kBlockN, Lk - col0);
-    const TileBounds kb{job.k_tiles[(int64_t)b * job.k_tiles_per_seq + kt], col0, col0 + cols - 1};
+    const TileBounds kb{job.k_tiles[job.k_base[b] + kt], col0, col0 + cols - 1};
     const int cls = classify_tile(p.rule, t.qb, kb);
     if (cls == kTileSkip) continue;
     if (cls == kTileFull) {
@@ -327,10 +364,14 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
     const int64_t qi = t.q_start + t.row0 + r;
     float* dst = job.out + (qi * H + h) * Dv;
     const float* orow = sc.o.get() + r * t.dv_pad;
+    // No allowed key: 0 and lse -inf. Allowed keys whose scores are all -inf: l is 0, the row NaN
+    // (the reference's exp(-inf + inf)). Else l >= 1 (the max's own term) or NaN.
+    const float l = sc.l[r];
+    const bool seen = sc.seen[r];
     float norm = 1.0f;
-    if (p.normalize == kSoftmax) norm = sc.l[r] > 0.0f ? 1.0f / sc.l[r] : 0.0f;
+    if (p.normalize == kSoftmax) norm = !seen ? 0.0f : l == 0.0f ? quiet_nan() : 1.0f / l;
     for (int c = 0; c < Dv; ++c) dst[c] = orow[c] * norm;
-    if (p.lse) p.lse[qi * H + h] = sc.l[r] > 0.0f ? sc.m[r] + std::log(sc.l[r]) : kNegInf;
+    if (p.lse) p.lse[qi * H + h] = !seen ? kNegInf : l == 0.0f ? quiet_nan() : sc.m[r] + std::log(l);
   }
 }
 
@@ -352,15 +393,15 @@ AttendTileFn select_attend_tile() {
   return attend_tile_baseline;
 }
 
-// Tile summaries of every sequence, [batch][tiles_per_seq], tiles of `tile` tokens.
-std::vector<TileSummary> summarize(const LayoutView& layout, int batch, int tile, int tiles_per_seq) {
-  std::vector<TileSummary> out((size_t)batch * tiles_per_seq);
+// Summaries of the batch's real tiles of `tile` tokens, sequence b's at [base[b], base[b + 1]):
+// memory and time follow the tokens, not batch x the longest sequence (cuda/common/tile_plan.h).
+std::vector<TileSummary> summarize(const LayoutView& layout, int batch, int tile, const std::vector<int32_t>& base) {
+  std::vector<TileSummary> out((size_t)base[(size_t)batch]);
   for (int b = 0; b < batch; ++b) {
-    const int64_t start = layout.offsets[b], end = layout.offsets[b + 1];
-    for (int t = 0; t < tiles_per_seq; ++t) {
-      const int64_t lo = std::min(end, start + (int64_t)t * tile);
-      const int64_t hi = std::min(end, lo + tile);
-      out[(size_t)b * tiles_per_seq + t] = summarize_tokens(layout.segments, layout.roles, lo, hi);
+    for (int t = 0; t < base[(size_t)b + 1] - base[(size_t)b]; ++t) {
+      int64_t lo, hi;
+      tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, t, &lo, &hi);
+      out[(size_t)(base[(size_t)b] + t)] = summarize_tokens(layout.segments, layout.roles, lo, hi);
     }
   }
   return out;
@@ -383,30 +424,23 @@ void masked_attention(const AttentionParams& p) {
     out = out_f32.get();
   }
 
-  Job job{&p, q.data, k.data, v.data, out, nullptr, nullptr, 0, 0};
-  job.q_tiles_per_seq = (p.max_q_len + kBlockM - 1) / kBlockM;
-  job.k_tiles_per_seq = (p.max_k_len + kBlockN - 1) / kBlockN;
-  const std::vector<TileSummary> q_tiles = summarize(p.q_layout, p.batch, kBlockM, job.q_tiles_per_seq);
-  const std::vector<TileSummary> k_tiles = summarize(p.kv_layout, p.batch, kBlockN, job.k_tiles_per_seq);
-  job.q_tiles = q_tiles.data();
-  job.k_tiles = k_tiles.data();
+  // Only real tiles exist: an empty sequence costs a prefix-sum entry, whatever the longest one is.
+  const std::vector<int32_t> q_base = tile_bases(p.q_layout.offsets, p.batch, kBlockM);
+  const std::vector<int32_t> k_base = tile_bases(p.kv_layout.offsets, p.batch, kBlockN);
+  const std::vector<TileSummary> q_tiles = summarize(p.q_layout, p.batch, kBlockM, q_base);
+  const std::vector<TileSummary> k_tiles = summarize(p.kv_layout, p.batch, kBlockN, k_base);
+  const Job job{&p, q.data, k.data, v.data, out, q_tiles.data(), k_tiles.data(), q_base.data(), k_base.data()};
 
   // Tasks = (sequence, query tile, head); later query tiles first since causal ones cost most.
-  struct Task { int b, tile; };
-  std::vector<Task> tasks;
-  for (int b = 0; b < p.batch; ++b) {
-    const int lq = p.q_layout.offsets[b + 1] - p.q_layout.offsets[b];
-    for (int t = (lq + kBlockM - 1) / kBlockM - 1; t >= 0; --t) tasks.push_back({b, t});
-  }
-  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& x, const Task& y) { return x.tile > y.tile; });
+  const std::vector<TileRef> tasks = tiles_longest_first(q_base);
 
   ThreadPool& pool = ThreadPool::shared();
   std::vector<Scratch> scratch(pool.size());
   for (auto& sc : scratch) sc.init(p.head_dim);
   static const AttendTileFn attend_tile = select_attend_tile();
   pool.parallel_for((int64_t)tasks.size() * p.heads, [&](int64_t i, int worker) {
-    const Task& t = tasks[i / p.heads];
-    attend_tile(job, t.b, t.tile, (int)(i % p.heads), scratch[worker]);
+    const TileRef& t = tasks[i / p.heads];
+    attend_tile(job, t.seq, t.tile, (int)(i % p.heads), scratch[worker]);
   });
 
   if (p.dtype != kFloat32) {

@@ -16,13 +16,23 @@ LK_INLINE v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
 LK_INLINE v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
 LK_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 
-LK_INLINE float hmax(v8f v) {
+// Lane-wise max that keeps NaN (a NaN in either operand gives NaN), for softmax maxima: the
+// reference's running max becomes NaN when any allowed score is NaN (cuda/common/ieee.h).
+LK_INLINE v8f max_keep_nan8(v8f a, v8f b) { return (a < b) | (b != b) ? b : a; }
+LK_INLINE float hmax_keep_nan(v8f v) {
   float m = v[0];
-  for (int i = 1; i < 8; ++i) m = v[i] > m ? v[i] : m;
+  for (int i = 1; i < 8; ++i) m = (m < v[i] || v[i] != v[i]) ? v[i] : m;
   return m;
 }
 LK_INLINE float hsum(v8f v) {
   return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
+// Whether all n floats (n a multiple of 8) are finite: x * 0 is NaN exactly for +-Inf and NaN.
+LK_INLINE bool all_finite(const float* p, int n) {
+  v8f acc = splat(0.0f);
+  for (int i = 0; i < n; i += 8) acc += load8(p + i) * splat(0.0f);
+  return hsum(acc) == 0.0f;
 }
 
 // Lane j of the result is the sum of a[j]'s eight lanes: eight dot products reduced together with
@@ -37,8 +47,8 @@ LK_INLINE v8f hsum8x8(const v8f a[8]) {
 }
 
 // exp(x) for 8 lanes: 2^n * p(r) with r = x - n ln2 in [-ln2/2, ln2/2] and a degree-6 polynomial
-// (relative error ~2e-7, inside SPEC §7's float32 tolerance). Underflow (incl. -inf) gives exactly 0,
-// so masked scores contribute nothing.
+// (relative error ~2e-7, inside SPEC §7's float32 tolerance). Underflow (incl. -inf) gives exactly 0;
+// NaN gives NaN (exp(Inf - Inf) of an overflowing score must stay NaN, as in the reference).
 LK_INLINE v8f exp8(v8f x) {
   const v8f hi = splat(88.3762626647949f), lo = splat(-87.3365478515625f);
   const v8f xc = x > hi ? hi : (x < lo ? lo : x);
@@ -59,7 +69,7 @@ LK_INLINE v8f exp8(v8f x) {
   v8f scale;
   std::memcpy(&scale, &bits, sizeof scale);
   const v8f y = p * scale;
-  return x < lo ? splat(0.0f) : y;
+  return x < lo ? splat(0.0f) : (x != x ? x : y);
 }
 
 // Register-blocked GEMM for one instruction set: C[m x n] (+)= A[m x k] * B[k x n] with

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../../cuda/common/half_convert.h"
+#include "../../cuda/common/ieee.h"
 #include "../thread_pool.h"
 #include "simd.h"
 
@@ -30,9 +31,10 @@ struct RowSource {
 #define LK_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 // Scores of the queries [q0, q1) of one batch entry against its keys [k0, k0 + len):
-// out[(i - q0) * ld + j] = sum_h w[i][h] * relu(q[i][h] . k[j]). The dot products are one GEMM per
-// chunk of 96 keys, [96, Di] x [Di, queries x heads], on the register-blocked micro-kernel: the
-// key rows are read in place (no transpose), the few query rows are packed once, transposed.
+// out[(i - q0) * ld + j] = sum_h w[i][h] * relu(q[i][h] . k[j]), relu keeping NaN as the reference
+// (cuda/common/ieee.h). The dot products are one GEMM per chunk of 96 keys, [96, Di] x [Di, queries x
+// heads], on the register-blocked micro-kernel: the key rows are read in place (no transpose), the
+// few query rows are packed once, transposed.
 template <typename Shape>
 LK_INLINE void score_entry_impl(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld,
                                 std::vector<float>& scratch) {
@@ -74,7 +76,7 @@ LK_INLINE void score_entry_impl(const IndexerParams& p, int64_t q0, int64_t q1, 
       for (int j = 0; j < n; ++j) {
         const float* dj = dots + (size_t)j * cols_pad + i * H;
         float s = 0.0f;
-        for (int h = 0; h < H; ++h) s += wf[i * H + h] * (dj[h] > 0.0f ? dj[h] : 0.0f);
+        for (int h = 0; h < H; ++h) s += wf[i * H + h] * relu_keep_nan(dj[h]);
         o[j] = s;
       }
     }
@@ -309,17 +311,19 @@ LK_ISA_CLONES void attend_group(const SparseParams& p, int64_t q0, int nq, int64
   }
 
   // Softmax per (query, head) over its entries (contiguous per query): max, exp(score - max), sum.
+  // IEEE over the selected keys, as the reference: the max keeps NaN, and a +inf score, or scores all
+  // -inf, give exp(NaN) and a NaN row; a query with nothing selected keeps sum 0 (zeros, lse -inf).
   for (int h = 0; h < H; ++h) {
     float* sh = scores + (size_t)h * E;
     for (int g = 0; g < nq; ++g) {
       const int e0 = first_entry[g], e1 = first_entry[g + 1];
+      if (e0 == e1) continue;
       float* m = &s.row_max[(size_t)g * H + h];
       v8f mx = splat(-INFINITY);
       int e = e0;
-      for (; e + 8 <= e1; e += 8) { const v8f x = load8(sh + e); mx = x > mx ? x : mx; }
-      *m = hmax(mx);
-      for (; e < e1; ++e) *m = std::max(*m, sh[e]);
-      if (*m == -INFINITY) { std::fill(sh + e0, sh + e1, 0.0f); continue; }  // no finite score: no weight
+      for (; e + 8 <= e1; e += 8) mx = max_keep_nan8(mx, load8(sh + e));
+      *m = hmax_keep_nan(mx);
+      for (; e < e1; ++e) *m = max_keep_nan(*m, sh[e]);
       const v8f mv = splat(*m);
       v8f sum = splat(0.0f);
       for (e = e0; e + 8 <= e1; e += 8) {
@@ -377,13 +381,39 @@ LK_ISA_CLONES void attend_group(const SparseParams& p, int64_t q0, int nq, int64
   for (int g = 0; g < nq; ++g) {
     const int64_t i = q0 + g;
     for (int h = 0; h < H; ++h) {
-      const float sum = s.row_sum[(size_t)g * H + h], inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      // sum is 0 exactly when nothing was selected (else >= 1, the max's own term, or NaN).
+      const float sum = s.row_sum[(size_t)g * H + h], inv = sum == 0.0f ? 0.0f : 1.0f / sum;
       const float* a = s.acc.data() + ((size_t)g * H + h) * Dv;
       for (int c = 0; c < Dv; ++c) s.out[(size_t)h * Dv + c] = a[c] * inv;
-      if (p.lse) p.lse[i * H + h] = sum > 0.0f ? s.row_max[(size_t)g * H + h] + std::log(sum) : -INFINITY;
+      if (p.lse) p.lse[i * H + h] = sum == 0.0f ? -INFINITY : s.row_max[(size_t)g * H + h] + std::log(sum);
     }
     store_output(p.dtype, s.out.data(), p.out, i * H * Dv, (int64_t)H * Dv);
   }
+}
+
+// Runs of queries of one batch entry that the indexer scores together, so that per-worker buffers
+// stay bounded whatever a user's query count: at most kIndexerColumns GEMM columns (queries x
+// heads), and with `score_rows` (the fused op, which keeps the runs' score rows) at most
+// kScoreRowFloats floats of rows. Runs are whole groups of kMaxGroup queries when they can be.
+constexpr int64_t kIndexerColumns = 4096;
+constexpr int64_t kScoreRowFloats = int64_t{1} << 20;  // 4 MiB per worker
+
+struct QueryRun {
+  int b;
+  int64_t q0, q1;
+};
+
+std::vector<QueryRun> query_runs(const IndexerParams& p, bool score_rows) {
+  std::vector<QueryRun> runs;
+  for (int b = 0; b < p.batch; ++b) {
+    const int64_t q0 = p.q_offsets[b], q1 = p.q_offsets[b + 1];
+    const int64_t len = p.k_offsets[b + 1] - p.k_offsets[b];
+    int64_t per = std::max<int64_t>(1, kIndexerColumns / p.heads);
+    if (score_rows) per = std::min(per, std::max<int64_t>(1, kScoreRowFloats / std::max<int64_t>(1, len)));
+    if (per >= kMaxGroup) per = per / kMaxGroup * kMaxGroup;
+    for (int64_t i = q0; i < q1; i += per) runs.push_back({b, i, std::min(q1, i + per)});
+  }
+  return runs;
 }
 
 }  // namespace
@@ -391,12 +421,13 @@ LK_ISA_CLONES void attend_group(const SparseParams& p, int64_t q0, int nq, int64
 void indexer_scores(const IndexerParams& p) {
   const int workers = ThreadPool::shared().size();
   std::vector<std::vector<float>> scratch((size_t)workers);
-  ThreadPool::shared().parallel_for(p.batch, [&](int64_t b, int worker) {
-    const int64_t q0 = p.q_offsets[b], q1 = p.q_offsets[b + 1];
-    const int len = p.k_offsets[b + 1] - p.k_offsets[b];
-    float* out = p.scores + q0 * p.max_len;
-    score_entry(p, q0, q1, p.k_offsets[b], len, out, p.max_len, scratch[worker]);
-    for (int64_t i = 0; i < q1 - q0; ++i) std::fill(out + i * p.max_len + len, out + (i + 1) * p.max_len, -INFINITY);
+  const std::vector<QueryRun> runs = query_runs(p, false);
+  ThreadPool::shared().parallel_for((int64_t)runs.size(), [&](int64_t r, int worker) {
+    const QueryRun& run = runs[(size_t)r];
+    const int len = p.k_offsets[run.b + 1] - p.k_offsets[run.b];
+    float* out = p.scores + run.q0 * p.max_len;
+    score_entry(p, run.q0, run.q1, p.k_offsets[run.b], len, out, p.max_len, scratch[worker]);
+    for (int64_t i = 0; i < run.q1 - run.q0; ++i) std::fill(out + i * p.max_len + len, out + (i + 1) * p.max_len, -INFINITY);
   });
 }
 
@@ -431,10 +462,13 @@ void indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, cons
     GroupScratch attend;
   };
   std::vector<Scratch> scratch((size_t)ThreadPool::shared().size());
-  // One batch entry per task: its queries' score rows live only in this worker's buffer.
-  ThreadPool::shared().parallel_for(ip.batch, [&](int64_t b, int worker) {
+  // One run of a batch entry's queries per task: its score rows live only in this worker's buffer,
+  // which query_runs bounds (never queries x keys of a whole user).
+  const std::vector<QueryRun> runs = query_runs(ip, true);
+  ThreadPool::shared().parallel_for((int64_t)runs.size(), [&](int64_t r, int worker) {
     Scratch& s = scratch[worker];
-    const int64_t q0 = ip.q_offsets[b], q1 = ip.q_offsets[b + 1];
+    const int b = runs[(size_t)r].b;
+    const int64_t q0 = runs[(size_t)r].q0, q1 = runs[(size_t)r].q1;
     const int len = ip.k_offsets[b + 1] - ip.k_offsets[b];
     s.rows.resize((size_t)std::max<int64_t>(1, (q1 - q0) * len));
     score_entry(ip, q0, q1, ip.k_offsets[b], len, s.rows.data(), len, s.score_work);
