@@ -1,8 +1,12 @@
 #!/usr/bin/env node
 // `npm test`: type-checks the tests, runs the whole ava suite on the native build (CPU, plus CUDA
 // when a GPU is present), then builds the emulated-CUDA addon and runs the device suites again with
-// the CUDA backend executing the exact kernel sources on the emulator, then the emulator selftest.
-// `node scripts/test.cjs --asan` runs the emulated device suites under AddressSanitizer + UBSan.
+// the CUDA backend executing the exact kernel sources on the emulator, then the emulator selftest,
+// then the emulator's verifier tests (scripts/emu-verify.cjs: bugs it must catch, and their correct
+// counterparts), then the device suites on the race-detecting emulator build (build:race) under two
+// drawn thread / block orders (LK_EMU_SEED), so a missing __syncthreads in any kernel fails a test.
+// `node scripts/test.cjs --asan` runs the emulated device suites, the selftest and the verifier
+// tests under AddressSanitizer + UBSan.
 const { spawnSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
@@ -11,6 +15,9 @@ const root = path.join(__dirname, '..');
 const asan = process.argv.includes('--asan');
 const totals = { passed: 0, failed: 0, skipped: 0 };
 const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts'];
+
+// Drawn orders for the race-detecting runs (LK_EMU_RACE_SEEDS=3,4 picks others).
+const RACE_SEEDS = (process.env.LK_EMU_RACE_SEEDS || '1,2').split(',').filter(Boolean);
 
 function run(title, cmd, args, env = {}) {
   console.log(`\n== ${title}\n$ ${cmd} ${args.join(' ')}`);
@@ -50,9 +57,11 @@ if (asan) {
     LD_PRELOAD: [gcc('libasan.so'), gcc('libubsan.so')].join(':'),
     ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1:halt_on_error=1',
     UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
+    LK_EMU_SEED: '3',  // a drawn order here too (index order runs in `npm test`)
   };
   ava('device suites, emulated CUDA under ASan + UBSan', DEVICE_SUITES, env);
   must('emulator selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS });
+  must('emulator verifier tests under ASan + UBSan', 'node', [path.join(__dirname, 'emu-verify.cjs'), '--asan']);
   finish();
 }
 ava('all suites, native build', []);
@@ -61,4 +70,10 @@ ava('device suites, CUDA kernels on the emulator', DEVICE_SUITES, { LIFELONG_CUD
 const selftest = path.join(root, 'build-emu', 'Release', 'lk_emu_selftest');
 if (fs.existsSync(selftest)) must('emulator selftest', selftest, []);
 else { console.error('emulator selftest binary missing'); totals.failed += 1; }
+must('emulator verifier tests', 'node', [path.join(__dirname, 'emu-verify.cjs')]);
+must('build emulated CUDA with shared-memory race detection', 'npm', ['run', '--silent', 'build:race']);
+const raceAddon = path.join(root, 'build-race', 'Release', 'lifelong_kernels.node');
+for (const seed of RACE_SEEDS)
+  ava(`device suites, CUDA kernels on the emulator with race detection, LK_EMU_SEED=${seed}`, DEVICE_SUITES,
+    { LIFELONG_CUDA_EMULATE: '1', LIFELONG_ADDON: raceAddon, LK_EMU_SEED: seed });
 finish();
