@@ -31,6 +31,11 @@ const race = (kernel) => ({
   stderr: [new RegExp(`shared-memory race in kernel ${kernel}`), /block \(\d+,\d+,\d+\)/, /thread \(\d+,\d+,\d+\) \[warp \d+ lane \d+\] (atomically )?(reads|writes)/,
     /after thread \(\d+,\d+,\d+\) \[warp \d+ lane \d+\] (atomically )?(read|wrote)/, /(static shared offset \d+|dynamic shared memory at byte offset \d+)/],
 });
+const uninitialised = (kernel) => ({
+  status: 1,
+  stdout: [/cudaErrorLaunchFailure/],
+  stderr: [new RegExp(`read of uninitialised shared memory in kernel ${kernel}`), /thread \(\d+,\d+,\d+\) \[warp \d+ lane \d+\] reads \d+ bytes? of .*, which no thread of the block has written/],
+});
 const wrong = (...stdout) => ({ status: 2, stdout: [/wrong result/, ...stdout] });
 const refused = (error, ...stderr) => ({ status: 1, stdout: [new RegExp(error)], stderr: [/lifelong-kernels CUDA emulator: /, ...stderr] });
 const asanReport = { signal: true, stderr: [/AddressSanitizer: heap-buffer-overflow/] };
@@ -41,11 +46,11 @@ const CASES = [
   ['race_block', 'race', 'bad-static', race('neighbour_static')],
   ['race_block', 'race', 'bad-dynamic', race('neighbour_dynamic')],
   ['race_block', 'race', 'bad-atomic', race('count_kernel')],
-  ['race_block', 'race', 'good', PASS],
+  ['race_block', 'race', 'good', PASS, { LK_EMU_UNINIT: '1' }],
   ['race_warp', 'race', 'bad-warp', race('neighbour_kernel')],
   ['race_warp', 'race', 'bad-crosswarp', race('neighbour_kernel')],
-  ['race_warp', 'race', 'good-syncwarp', PASS],
-  ['race_warp', 'race', 'good-shuffle', PASS],
+  ['race_warp', 'race', 'good-syncwarp', PASS, { LK_EMU_UNINIT: '1' }],
+  ['race_warp', 'race', 'good-shuffle', PASS, { LK_EMU_UNINIT: '1' }],
   // Without race detection the same bugs show only when the drawn order runs a reader first.
   ['race_block', 'plain', 'bad-static', wrong(/out\[\d+\] = -?nan/), { LK_EMU_SEED: '1' }],
   ['race_block', 'plain', 'bad-static', wrong(/out\[\d+\] = -?nan/), { LK_EMU_SEED: '2' }],
@@ -57,7 +62,12 @@ const CASES = [
   ['uninit_shared', 'plain', 'bad-carry', wrong(/NaN: uninitialised shared memory/)],
   ['uninit_shared', 'plain', 'bad-dynamic', wrong(/NaN: uninitialised shared memory/)],
   ['uninit_shared', 'plain', 'good', PASS],
-  ['uninit_shared', 'race', 'good', PASS, { LK_EMU_SEED: '3' }],
+  // The race-detecting build also names the read itself under LK_EMU_UNINIT=1.
+  ['uninit_shared', 'race', 'bad-static', uninitialised('sum_kernel'), { LK_EMU_UNINIT: '1' }],
+  ['uninit_shared', 'race', 'bad-aligned', uninitialised('aligned_kernel'), { LK_EMU_UNINIT: '1' }],
+  ['uninit_shared', 'race', 'bad-carry', uninitialised('carry_kernel'), { LK_EMU_UNINIT: '1' }],
+  ['uninit_shared', 'race', 'bad-dynamic', uninitialised('dynamic_kernel'), { LK_EMU_UNINIT: '1' }],
+  ['uninit_shared', 'race', 'good', PASS, { LK_EMU_SEED: '3', LK_EMU_UNINIT: '1' }],
   ['overrun', 'asan', 'bad-kernel', asanReport],
   ['overrun', 'asan', 'bad-read', asanReport],
   ['overrun', 'asan', 'good', PASS],
@@ -82,7 +92,7 @@ const CASES = [
   ['streams', 'plain', 'bad-wrong-stream', wrong(/read before the stream finished/)],
   ['streams', 'plain', 'bad-host-fn', refused('cudaErrorNotPermitted', /cudaDeviceSynchronize called from a cudaLaunchHostFunc callback/)],
   ['streams', 'plain', 'good', PASS],
-  ['streams', 'race', 'good', PASS, { LK_EMU_SEED: '4' }],
+  ['streams', 'race', 'good', PASS, { LK_EMU_SEED: '4', LK_EMU_UNINIT: '1' }],
 ];
 
 // Which cases run, in which flavor: under --asan every non-race case is built with ASan + UBSan.

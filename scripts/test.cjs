@@ -4,7 +4,8 @@
 // the CUDA backend executing the exact kernel sources on the emulator, then the emulator selftest,
 // then the emulator's verifier tests (scripts/emu-verify.cjs: bugs it must catch, and their correct
 // counterparts), then the device suites on the race-detecting emulator build (build:race) under two
-// drawn thread / block orders (LK_EMU_SEED), so a missing __syncthreads in any kernel fails a test.
+// drawn thread / block orders (LK_EMU_SEED), so a missing __syncthreads in any kernel fails a test,
+// as does a read of shared memory no thread of the block wrote (LK_EMU_UNINIT=1).
 // `node scripts/test.cjs --asan` runs the emulated device suites, the selftest and the verifier
 // tests under AddressSanitizer + UBSan.
 const { spawnSync } = require('child_process');
@@ -75,5 +76,5 @@ must('build emulated CUDA with shared-memory race detection', 'npm', ['run', '--
 const raceAddon = path.join(root, 'build-race', 'Release', 'lifelong_kernels.node');
 for (const seed of RACE_SEEDS)
   ava(`device suites, CUDA kernels on the emulator with race detection, LK_EMU_SEED=${seed}`, DEVICE_SUITES,
-    { LIFELONG_CUDA_EMULATE: '1', LIFELONG_ADDON: raceAddon, LK_EMU_SEED: seed });
+    { LIFELONG_CUDA_EMULATE: '1', LIFELONG_ADDON: raceAddon, LK_EMU_SEED: seed, LK_EMU_UNINIT: '1' });
 finish();

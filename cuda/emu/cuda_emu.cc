@@ -487,6 +487,9 @@ struct RaceState {
   int tid = -1;  // the running emulated thread (linear index in its block), -1 outside a kernel
   std::vector<Cell> s_cells, d_cells;
   uint64_t interval = 0;
+  uint64_t block_start = 0;     // the interval the running block started in
+  bool check_uninitialised = false;  // LK_EMU_UNINIT=1
+  int uninitialised_reports = 0;
   std::vector<uint32_t> epoch;  // [thread]: current warp epoch
   std::vector<uint32_t> clock;  // [thread * 32 + lane]: latest epoch of `lane` (same warp) ordered before
   RaceLaunch launch;
@@ -499,6 +502,12 @@ RaceState race;
 constexpr int kMaxRaceReports = 4;
 
 void race_launch_begin(const RaceLaunch& l) {
+  static const bool uninitialised = [] {
+    const char* env = std::getenv("LK_EMU_UNINIT");
+    return env && *env && std::strcmp(env, "0") != 0;
+  }();
+  race.check_uninitialised = uninitialised;
+  race.uninitialised_reports = 0;
   race.launch = l;
   race.reports = 0;
   race.failed = false;
@@ -516,12 +525,15 @@ bool race_launch_end() {
   race.tid = -1;
   if (race.reports > kMaxRaceReports)
     warn("  ... and %d more shared-memory races in this launch", race.reports - kMaxRaceReports);
+  if (race.uninitialised_reports > kMaxRaceReports)
+    warn("  ... and %d more reads of uninitialised shared memory in this launch", race.uninitialised_reports - kMaxRaceReports);
   return race.failed;
 }
 
 void race_block_begin(uint3 block_idx, int threads) {
   race.block_idx = block_idx;
   ++race.interval;  // the previous block's accesses are all ordered before this block's
+  race.block_start = race.interval;
   race.epoch.assign((size_t)threads, 1u);
   race.clock.assign((size_t)threads * 32, 0u);
 }
@@ -599,7 +611,23 @@ void race_report(uintptr_t a, size_t n, const Stamp& earlier, bool earlier_write
        same_warp ? "__syncthreads, __syncwarp or warp collective of both lanes" : "__syncthreads");
 }
 
-void race_access(uintptr_t a, size_t n, bool write, bool atomic) {
+// LK_EMU_UNINIT=1: a read of shared bytes no thread of the block wrote (they hold 0xff) fails the
+// launch too. Off by default: a kernel may load garbage it then discards (e.g. padding lanes).
+void uninitialised_report(uintptr_t a, size_t n, int me) {
+  race.failed = true;
+  if (++race.uninitialised_reports > kMaxRaceReports) return;
+  const RaceLaunch& l = race.launch;
+  warn("read of uninitialised shared memory in kernel %s (launched at %s), block (%u,%u,%u):\n"
+       "  %s reads %zu byte%s of %s, which no thread of the block has written",
+       l.kernel ? l.kernel->name.c_str() : "?", l.site ? where(*l.site).c_str() : "?", race.block_idx.x, race.block_idx.y,
+       race.block_idx.z, thread_name(me).c_str(), n, n == 1 ? "" : "s", shared_location(a).c_str());
+}
+
+// Access kinds: bits of kRead, kWrite, kAtomic (an atomic read-modify-write has all three).
+enum : unsigned { kRead = 1, kWrite = 2, kAtomic = 4 };
+
+void race_access(uintptr_t a, size_t n, unsigned kind) {
+  const bool write = kind & kWrite, atomic = kind & kAtomic;
   const int me = race.tid;
   if (me < 0) return;
   const Stamp now{race.interval, race.epoch[(size_t)me], (uint16_t)me, (uint8_t)(atomic ? 1 : 0)};
@@ -614,6 +642,10 @@ void race_access(uintptr_t a, size_t n, bool write, bool atomic) {
     if (b - race.s_lo < race.s_len) c = &race.s_cells[b - race.s_lo];
     else if (b - race.d_lo < race.d_len) c = &race.d_cells[b - race.d_lo];
     else continue;
+    if (!reported && (kind & kRead) && race.check_uninitialised && c->write.interval < race.block_start) {
+      uninitialised_report(in_static || in_dynamic ? a : b, shown, me);
+      reported = true;
+    }
     if (!reported) {
       if (concurrent(c->write, me, atomic)) { race_report(in_static || in_dynamic ? a : b, shown, c->write, true, me, write, atomic); reported = true; }
       else if (write && concurrent(c->read1, me, atomic)) { race_report(in_static || in_dynamic ? a : b, shown, c->read1, false, me, write, atomic); reported = true; }
@@ -632,12 +664,12 @@ void race_access(uintptr_t a, size_t n, bool write, bool atomic) {
   }
 }
 
-inline __attribute__((always_inline)) void race_check(const volatile void* p, size_t n, bool write, bool atomic) {
+inline __attribute__((always_inline)) void race_check(const volatile void* p, size_t n, unsigned kind) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   if (__builtin_expect(a - __atomic_load_n(&race.s_lo, __ATOMIC_RELAXED) < __atomic_load_n(&race.s_len, __ATOMIC_RELAXED) ||
                            a - __atomic_load_n(&race.d_lo, __ATOMIC_RELAXED) < __atomic_load_n(&race.d_len, __ATOMIC_RELAXED),
                        0))
-    race_access(a, n, write, atomic);
+    race_access(a, n, kind);
 }
 #else
 void race_launch_begin(const RaceLaunch&) {}
@@ -808,7 +840,7 @@ void* dynamic_shared() {
 
 void note_shared_access(const void* addr, size_t bytes, bool write) {
 #if LK_EMU_RACE
-  race_check(addr, bytes, write, false);
+  race_check(addr, bytes, write ? kWrite : kRead);
 #else
   (void)addr, (void)bytes, (void)write;
 #endif
@@ -886,12 +918,13 @@ void run_block(BlockRun& run, uint3 block_idx, uint64_t threads, Rng& rng) {
   std::vector<int>& order = tls.order;
   order.resize(threads);
   std::iota(order.begin(), order.end(), 0);
+  Fiber* const fibers = tls.fibers.data();
   int idle_rounds = 0;
   while (run.live > 0) {
     const uint64_t before = run.progress;
     if (run.seeded) rng.shuffle(order, threads);
     for (uint64_t i = 0; i < threads; ++i) {
-      Fiber& f = tls.fibers[(size_t)order[i]];
+      Fiber& f = fibers[order[i]];
       if (!f.done) switch_to_fiber(f);
     }
     if (run.progress == before && run.live > 0) {
@@ -1229,15 +1262,15 @@ cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t shared_byte
                    std::function<void()> body) {
   LK_EMU_NOT_IN_HOST_FN("a kernel launch");
   if (tls.block) fail("a kernel launched another kernel (dynamic parallelism is not emulated)");
+  KernelInfo& k = kernel_info(kernel, &site);
   const uint64_t threads = (uint64_t)block.x * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
       grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
     warn("launch of %s at %s refused: grid (%u,%u,%u) x block (%u,%u,%u) is outside the device's limits (grid.x < 2^31, "
          "grid.y and grid.z <= 65535, block <= (1024,1024,64) and <= 1024 threads) (cudaErrorInvalidConfiguration)",
-         site.expr, where(site).c_str(), grid.x, grid.y, grid.z, block.x, block.y, block.z);
+         k.name.c_str(), where(site).c_str(), grid.x, grid.y, grid.z, block.x, block.y, block.z);
     return cudaErrorInvalidConfiguration;
   }
-  KernelInfo& k = kernel_info(kernel, &site);
   size_t max_dynamic;
   {
     std::lock_guard<std::mutex> lock(kernels_mutex);
@@ -1660,26 +1693,29 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 #if LK_EMU_RACE
 #define LK_TSAN extern "C" __attribute__((visibility("hidden"), used))
 using lk_emu::race_check;
+using lk_emu::kAtomic;
+using lk_emu::kRead;
+using lk_emu::kWrite;
 
 LK_TSAN void __tsan_init() {}
 LK_TSAN void __tsan_func_entry(void*) {}
 LK_TSAN void __tsan_func_exit() {}
-LK_TSAN void __tsan_vptr_update(void** vptr, void*) { race_check(vptr, sizeof(void*), true, false); }
-LK_TSAN void __tsan_vptr_read(void** vptr) { race_check(vptr, sizeof(void*), false, false); }
-LK_TSAN void __tsan_read_range(void* p, unsigned long n) { race_check(p, n, false, false); }
-LK_TSAN void __tsan_write_range(void* p, unsigned long n) { race_check(p, n, true, false); }
+LK_TSAN void __tsan_vptr_update(void** vptr, void*) { race_check(vptr, sizeof(void*), kWrite); }
+LK_TSAN void __tsan_vptr_read(void** vptr) { race_check(vptr, sizeof(void*), kRead); }
+LK_TSAN void __tsan_read_range(void* p, unsigned long n) { race_check(p, n, kRead); }
+LK_TSAN void __tsan_write_range(void* p, unsigned long n) { race_check(p, n, kWrite); }
 
 #define LK_TSAN_ACCESS(n)                                                                      \
-  LK_TSAN void __tsan_read##n(void* p) { race_check(p, n, false, false); }                     \
-  LK_TSAN void __tsan_write##n(void* p) { race_check(p, n, true, false); }                     \
-  LK_TSAN void __tsan_unaligned_read##n(void* p) { race_check(p, n, false, false); }           \
-  LK_TSAN void __tsan_unaligned_write##n(void* p) { race_check(p, n, true, false); }           \
-  LK_TSAN void __tsan_volatile_read##n(void* p) { race_check(p, n, false, false); }            \
-  LK_TSAN void __tsan_volatile_write##n(void* p) { race_check(p, n, true, false); }            \
-  LK_TSAN void __tsan_unaligned_volatile_read##n(void* p) { race_check(p, n, false, false); }  \
-  LK_TSAN void __tsan_unaligned_volatile_write##n(void* p) { race_check(p, n, true, false); }  \
-  LK_TSAN void __tsan_read##n##_pc(void* p, void*) { race_check(p, n, false, false); }         \
-  LK_TSAN void __tsan_write##n##_pc(void* p, void*) { race_check(p, n, true, false); }
+  LK_TSAN void __tsan_read##n(void* p) { race_check(p, n, kRead); }                     \
+  LK_TSAN void __tsan_write##n(void* p) { race_check(p, n, kWrite); }                     \
+  LK_TSAN void __tsan_unaligned_read##n(void* p) { race_check(p, n, kRead); }           \
+  LK_TSAN void __tsan_unaligned_write##n(void* p) { race_check(p, n, kWrite); }           \
+  LK_TSAN void __tsan_volatile_read##n(void* p) { race_check(p, n, kRead); }            \
+  LK_TSAN void __tsan_volatile_write##n(void* p) { race_check(p, n, kWrite); }            \
+  LK_TSAN void __tsan_unaligned_volatile_read##n(void* p) { race_check(p, n, kRead); }  \
+  LK_TSAN void __tsan_unaligned_volatile_write##n(void* p) { race_check(p, n, kWrite); }  \
+  LK_TSAN void __tsan_read##n##_pc(void* p, void*) { race_check(p, n, kRead); }         \
+  LK_TSAN void __tsan_write##n##_pc(void* p, void*) { race_check(p, n, kWrite); }
 LK_TSAN_ACCESS(1)
 LK_TSAN_ACCESS(2)
 LK_TSAN_ACCESS(4)
@@ -1691,51 +1727,51 @@ LK_TSAN_ACCESS(16)
 // block, so only other host threads could observe them, and they must see real atomics.
 #define LK_TSAN_ATOMIC(bits, T)                                                                              \
   LK_TSAN T __tsan_atomic##bits##_load(const volatile T* a, int) {                                          \
-    race_check(a, sizeof(T), false, true);                                                                   \
+    race_check(a, sizeof(T), kRead | kAtomic);                                                                   \
     return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                             \
   }                                                                                                          \
   LK_TSAN void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                                       \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kWrite | kAtomic);                                                                    \
     __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                                \
   }                                                                                                          \
   LK_TSAN T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                                       \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
     return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                      \
   }                                                                                                          \
   LK_TSAN T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                                      \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
     return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                       \
   }                                                                                                          \
   LK_TSAN T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                                      \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
     return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                       \
   }                                                                                                          \
   LK_TSAN T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                                      \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
     return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                       \
   }                                                                                                          \
   LK_TSAN T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                                       \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
     return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                        \
   }                                                                                                          \
   LK_TSAN T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                                      \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
     return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                       \
   }                                                                                                          \
   LK_TSAN T __tsan_atomic##bits##_fetch_nand(volatile T* a, T v, int) {                                     \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
     return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                                      \
   }                                                                                                          \
   LK_TSAN int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {           \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
     return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                  \
   }                                                                                                          \
   LK_TSAN int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {             \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
     return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                  \
   }                                                                                                          \
   LK_TSAN T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                 \
-    race_check(a, sizeof(T), true, true);                                                                    \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
     __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                        \
     return c;                                                                                                \
   }
@@ -1752,7 +1788,7 @@ typedef unsigned __int128 a128;
 }  // namespace
 #define LK_TSAN_ATOMIC128(name, expr)                                   \
   LK_TSAN a128 __tsan_atomic128_##name(volatile a128* a, a128 v, int) { \
-    race_check(a, 16, true, true);                                      \
+    race_check(a, 16, kRead | kWrite | kAtomic);                                      \
     std::lock_guard<std::mutex> lock(atomic128_mutex);                  \
     const a128 old = *a;                                                \
     *a = (expr);                                                        \
@@ -1767,17 +1803,17 @@ LK_TSAN_ATOMIC128(fetch_xor, old ^ v)
 LK_TSAN_ATOMIC128(fetch_nand, ~(old & v))
 #undef LK_TSAN_ATOMIC128
 LK_TSAN a128 __tsan_atomic128_load(const volatile a128* a, int) {
-  race_check(a, 16, false, true);
+  race_check(a, 16, kRead | kAtomic);
   std::lock_guard<std::mutex> lock(atomic128_mutex);
   return *a;
 }
 LK_TSAN void __tsan_atomic128_store(volatile a128* a, a128 v, int) {
-  race_check(a, 16, true, true);
+  race_check(a, 16, kWrite | kAtomic);
   std::lock_guard<std::mutex> lock(atomic128_mutex);
   *a = v;
 }
 LK_TSAN a128 __tsan_atomic128_compare_exchange_val(volatile a128* a, a128 c, a128 v, int, int) {
-  race_check(a, 16, true, true);
+  race_check(a, 16, kRead | kWrite | kAtomic);
   std::lock_guard<std::mutex> lock(atomic128_mutex);
   const a128 old = *a;
   if (old == c) *a = v;
