@@ -26,7 +26,8 @@
 //   host-side pointer inside one. Launch limits are the device's (1,024 threads, grid.y / grid.z
 //   <= 65,535, dynamic shared memory above 48 KiB only after cudaFuncSetAttribute).
 // Restrictions for kernel authors: __shared__ variables are declared (not initialised) inside
-// kernels (a device function's own __shared__ variables are not refilled per block); dynamic shared
+// kernels (a device function's own __shared__ variables are neither refilled per block nor
+// race-checked: declare them in the kernel and pass them down); dynamic shared
 // memory is reached through LK_DYNAMIC_SHARED (compat.cuh), not `extern __shared__`;
 // warp-synchronous functions must be called by every lane named in their mask (else the emulator
 // aborts with a message).
