@@ -22,9 +22,11 @@ const RACE_SEEDS = (process.env.LK_EMU_RACE_SEEDS || '1,2').split(',').filter(Bo
 
 function run(title, cmd, args, env = {}) {
   console.log(`\n== ${title}\n$ ${cmd} ${args.join(' ')}`);
+  const started = Date.now();
   const r = spawnSync(cmd, args, { cwd: root, env: { ...process.env, ...env }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28 });
   process.stdout.write(r.stdout || '');
   process.stderr.write(r.stderr || '');
+  console.log(`== ${title}: ${((Date.now() - started) / 1000).toFixed(1)} s`);
   return { status: r.status ?? 1, out: (r.stdout || '') + (r.stderr || '') };
 }
 
