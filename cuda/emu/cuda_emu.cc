@@ -284,6 +284,20 @@ unsigned warp_ballot(unsigned mask, bool predicate) {
   return bits;
 }
 
+// ---- for emu_tensor_core.cc (mma / ldmatrix): see emu_tensor_core.h.
+void warp_all_gather(unsigned mask, const void* mine, void (*read)(const void* const* lanes, void* self), void* self) {
+  current();  // aborts outside a kernel
+  Fiber& f = *tls.fiber;
+  Warp& w = warp_of(f);
+  w.payload[f.ctx.linear % 32] = reinterpret_cast<uintptr_t>(mine);
+  warp_rendezvous(mask);  // every lane has published
+  const void* lanes[32];
+  for (int lane = 0; lane < 32; ++lane) lanes[lane] = (mask >> lane) & 1u ? reinterpret_cast<const void*>(w.payload[lane]) : nullptr;
+  read(lanes, self);
+  warp_rendezvous(mask);  // every lane has read before any publication goes away
+}
+// ---- end of the block for emu_tensor_core.cc
+
 void set_last_error(cudaError_t e) { last_error = e; }
 
 // Dynamic shared memory a kernel may ask for: 48 KiB unless raised by cudaFuncSetAttribute, up to
@@ -322,6 +336,7 @@ cudaError_t run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_by
     if (it == dynamic_limits().end() || shared_bytes > it->second) return cudaErrorInvalidValue;
   }
   if (tls.block) fail("a kernel launched another kernel (dynamic parallelism is not emulated)");
+  note_launch();  // emu_tensor_core.cc: launch counter
   // Exactly the bytes asked for, on the heap: AddressSanitizer sees any access past them.
   std::unique_ptr<unsigned char[]> dynamic(shared_bytes ? new unsigned char[shared_bytes] : nullptr);
   ensure_stacks(threads);
@@ -400,6 +415,7 @@ extern "C" void lk_emu_fiber_main() {
   __sanitizer_finish_switch_fiber(nullptr, &lk_emu::tls.main_stack_bottom, &lk_emu::tls.main_stack_size);
 #endif
   (*lk_emu::tls.block->body)();
+  lk_emu::note_thread_exit();  // emu_tensor_core.cc: cp.async copies never waited for fail the launch
   lk_emu::exit_current();
 }
 

@@ -340,3 +340,6 @@ Launcher<Params...> launcher(void (*kernel)(Params...), dim3 grid, dim3 block, s
 
 #define LK_LAUNCH(kernel, grid, block, shared_bytes, stream) \
   ::lk_emu::launcher(kernel, dim3(grid), dim3(block), shared_bytes, stream)
+
+// Tensor-core / cp.async primitives behind cuda/common/mma.cuh, and the emulator's counters.
+#include "emu_tensor_core.h"
