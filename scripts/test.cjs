@@ -10,7 +10,7 @@ const path = require('path');
 const root = path.join(__dirname, '..');
 const asan = process.argv.includes('--asan');
 const totals = { passed: 0, failed: 0, skipped: 0 };
-const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts'];
+const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts', 'test/emulator.test.ts'];
 
 function run(title, cmd, args, env = {}) {
   console.log(`\n== ${title}\n$ ${cmd} ${args.join(' ')}`);
@@ -53,12 +53,15 @@ if (asan) {
   };
   ava('device suites, emulated CUDA under ASan + UBSan', DEVICE_SUITES, env);
   must('emulator selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS });
+  must('emulator tensor-core selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest_mma'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS });
   finish();
 }
 ava('all suites, native build', []);
 must('build emulated CUDA', 'npm', ['run', '--silent', 'build:emu']);
 ava('device suites, CUDA kernels on the emulator', DEVICE_SUITES, { LIFELONG_CUDA_EMULATE: '1' });
-const selftest = path.join(root, 'build-emu', 'Release', 'lk_emu_selftest');
-if (fs.existsSync(selftest)) must('emulator selftest', selftest, []);
-else { console.error('emulator selftest binary missing'); totals.failed += 1; }
+for (const [title, binary] of [['emulator selftest', 'lk_emu_selftest'], ['emulator tensor-core selftest', 'lk_emu_selftest_mma']]) {
+  const file = path.join(root, 'build-emu', 'Release', binary);
+  if (fs.existsSync(file)) must(title, file, []);
+  else { console.error(`${title}: binary missing`); totals.failed += 1; }
+}
 finish();
