@@ -295,6 +295,17 @@ def merge(driver, sanitizer, torch_out, phases, notes):
     return report
 
 
+def finite(x):
+    """The report as strict JSON: non-finite numbers become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    return x
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--driver-json', required=True)
@@ -329,7 +340,7 @@ def main():
     report = merge(driver, sanitizer, torch_out, phases, notes)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, 'w') as f:
-        json.dump(report, f, indent=1, allow_nan=False, default=str)
+        json.dump(finite(report), f, indent=1, allow_nan=False, default=str)
     # A short table last (the device tool returns the end of the output).
     print(f"{'kernel':24} {'shape':22} {'rule':14} {'dtype':9} {'ms':>9} {'TFLOP/s':>8} {'GB/s':>8} {'%mm':>5} {'torch/ours':>10}")
     for b in report.get('bench', []):
