@@ -11,7 +11,9 @@ import type { PackedLayout } from './helpers';
 
 const cuda = backends().cuda;
 const emulated = cuda.available && cuda.emulated === true;
-const why = emulated ? '' : ' (skipped: not the emulated-CUDA build; run with LIFELONG_CUDA_EMULATE=1 after `npm run build:emu`)';
+const why = emulated ? '' : cuda.available
+  ? ' (skipped: a real GPU has no execution counters; the value tests below run on it)'
+  : ` (skipped: CUDA unavailable: ${cuda.reason ?? 'no reason given'}; run with LIFELONG_CUDA_EMULATE=1 after \`npm run build:emu\`)`;
 const devices = parityDevices();
 const HALF: DType[] = ['bfloat16', 'float16'];
 
