@@ -10,7 +10,7 @@ const path = require('path');
 const root = path.join(__dirname, '..');
 const asan = process.argv.includes('--asan');
 const totals = { passed: 0, failed: 0, skipped: 0 };
-const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts', 'test/emulator.test.ts', 'test/cuda-host.test.ts'];
+const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts', 'test/emulator.test.ts', 'test/cuda-host.test.ts', 'test/tc-attention.test.ts'];
 
 function run(title, cmd, args, env = {}) {
   console.log(`\n== ${title}\n$ ${cmd} ${args.join(' ')}`);

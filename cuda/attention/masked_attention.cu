@@ -13,6 +13,7 @@
 #include "../common/host_check.cuh"
 #include "../kernel_timing.h"
 #include "masked_attention_kernel.cuh"
+#include "tc_attention.cuh"
 
 namespace lk::cuda {
 namespace {
@@ -87,7 +88,11 @@ std::string masked_attention(const AttentionParams& host) {
   if (host.heads < 1 || host.heads > kMaxGridYZ)
     return "maskedAttention: " + std::to_string(host.heads) + " heads exceed the CUDA grid's 65,535";
   const int cap = head_capacity(host.head_dim, host.value_dim);
-  const int bm = block_m(cap), bn = block_n(cap);
+  // ---- tensor-core dispatch (tc_attention.cuh): float16 / bfloat16 on sm_80+ run the tensor-core
+  // kernel, with its own tile sizes for the summaries; everything else the FP32 kernel.
+  const TcChoice tc = choose_tc_attention(host);
+  const int bm = tc.use ? tc.block_m : block_m(cap), bn = tc.use ? tc.block_n : block_n(cap);
+  // ---- end of the tensor-core dispatch
   const std::vector<int32_t> q_base = tile_bases(host.q_layout.offsets, host.batch, bm);
   const std::vector<int32_t> k_base = tile_bases(host.kv_layout.offsets, host.batch, bn);
   const std::vector<TileRef> work = tiles_longest_first(q_base);
@@ -148,7 +153,9 @@ std::string masked_attention(const AttentionParams& host) {
     LK_LAUNCH(summary, dim3(q_sum_blocks), dim3(threads), 0, 0)(p.q_layout, host.batch, bm, plan.q_base, nq, q_tiles);
     if (nk > 0)
       LK_LAUNCH(summary, dim3(k_sum_blocks), dim3(threads), 0, 0)(p.kv_layout, host.batch, bn, plan.k_base, nk, k_tiles);
-    switch (host.dtype) {
+    if (tc.use)  // tensor-core dispatch
+      launch_tc_attention(tc, p, plan.work, plan.n_work, plan.q_tiles, plan.q_base, plan.k_tiles, plan.k_base);
+    else switch (host.dtype) {
       case kFloat16: launch_for_capacity<__half>(cap, p, plan); break;
       case kBFloat16: launch_for_capacity<__nv_bfloat16>(cap, p, plan); break;
       default: launch_for_capacity<float>(cap, p, plan); break;
