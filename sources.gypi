@@ -16,7 +16,8 @@
       "cuda/sparse/sparse.cu"
     ],
     "lk_emu_sources": [
-      "cuda/emu/cuda_emu.cc"
+      "cuda/emu/cuda_emu.cc",
+      "cuda/emu/emu_tensor_core.cc"
     ]
   }
 }

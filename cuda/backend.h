@@ -22,6 +22,13 @@ struct DeviceInfo {
 bool available(std::string* reason, std::vector<DeviceInfo>* devices);
 bool emulated();
 
+// The emulated build only (cuda/emu/emu_tensor_core.cc): what the emulator has executed since load
+// (SPEC §8) — launches, warp-wide mma and ldmatrix instructions, per-thread 16-byte cp.async copies.
+struct EmulatorCounters {
+  unsigned long long launches = 0, mma = 0, ldmatrix = 0, cp_async = 0;
+};
+bool emulator_counters(EmulatorCounters* out);
+
 std::string alloc(size_t bytes, void** ptr);
 void release(void* ptr);
 std::string copy_to_device(void* dst, const void* src, size_t bytes);

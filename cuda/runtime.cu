@@ -1,19 +1,20 @@
 // Device discovery and memory for the binding. cudart is linked statically, so this loads on
 // machines without a driver and reports why CUDA is unusable instead of failing to load.
+// Every failure here clears the thread's last error (common/host_check.cuh): a failed allocation
+// of a tensor is that call's error, never the next op's.
+#include <atomic>
+#include <chrono>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "backend.h"
 #include "common/compat.cuh"
+#include "common/host_check.cuh"
+#include "kernel_timing.h"
 
 namespace lk::cuda {
 namespace {
-
-std::string check(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return std::string();
-  return std::string(what) + ": " + cudaGetErrorString(err);
-}
 
 struct Probe {
   bool ok = false;
@@ -70,11 +71,13 @@ bool emulated() {
 
 std::string alloc(size_t bytes, void** ptr) {
   *ptr = nullptr;
-  return check(cudaMalloc(ptr, bytes < 256 ? 256 : bytes), "cudaMalloc");
+  std::string err = check(cudaMalloc(ptr, bytes < 256 ? 256 : bytes), "cudaMalloc");
+  if (!err.empty()) *ptr = nullptr;
+  return err;
 }
 
 void release(void* ptr) {
-  if (ptr) cudaFree(ptr);
+  if (ptr && cudaFree(ptr) != cudaSuccess) cudaGetLastError();  // nothing to report to (destructors)
 }
 
 std::string copy_to_device(void* dst, const void* src, size_t bytes) {
@@ -91,6 +94,67 @@ std::string copy_on_device(void* dst, const void* src, size_t bytes) {
 
 std::string zero(void* ptr, size_t bytes) {
   return bytes ? check(cudaMemset(ptr, 0, bytes), "cudaMemset") : "";
+}
+
+// ---------------------------------------------------------------- kernel timing (kernel_timing.h)
+
+namespace {
+std::atomic<bool> g_kernel_timing{false};
+thread_local double t_last_kernel_ms = -1.0;
+
+#ifdef LK_CUDA_EMULATE
+double host_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+#endif
+}  // namespace
+
+void set_kernel_timing(bool on) { g_kernel_timing.store(on); }
+double last_kernel_ms() { return t_last_kernel_ms; }
+
+KernelSpan::KernelSpan() : on_(g_kernel_timing.load(std::memory_order_relaxed)) {
+  if (on_) t_last_kernel_ms = -1.0;
+}
+
+KernelSpan::~KernelSpan() {
+#ifndef LK_CUDA_EMULATE
+  if (start_) cudaEventDestroy(static_cast<cudaEvent_t>(start_));
+  if (stop_) cudaEventDestroy(static_cast<cudaEvent_t>(stop_));
+#endif
+}
+
+void KernelSpan::begin() {
+  if (!on_ || begun_) return;
+  begun_ = true;
+#ifdef LK_CUDA_EMULATE
+  t0_ = host_ms();
+#else
+  cudaEvent_t a = nullptr, b = nullptr;
+  if (cudaEventCreate(&a) != cudaSuccess || cudaEventCreate(&b) != cudaSuccess || cudaEventRecord(a, 0) != cudaSuccess) {
+    cudaGetLastError();
+    if (a) cudaEventDestroy(a);
+    if (b) cudaEventDestroy(b);
+    on_ = false;
+    return;
+  }
+  start_ = a;
+  stop_ = b;
+#endif
+}
+
+void KernelSpan::end() {
+  if (!on_ || !begun_) return;
+  on_ = false;
+#ifdef LK_CUDA_EMULATE
+  t_last_kernel_ms = host_ms() - t0_;
+#else
+  cudaEvent_t a = static_cast<cudaEvent_t>(start_), b = static_cast<cudaEvent_t>(stop_);
+  float ms = -1.0f;
+  // An error here is left for the op's own check (a failed launch fails the events too).
+  if (cudaEventRecord(b, 0) != cudaSuccess || cudaEventSynchronize(b) != cudaSuccess || cudaEventElapsedTime(&ms, a, b) != cudaSuccess)
+    ms = -1.0f;
+  t_last_kernel_ms = ms;
+#endif
 }
 
 }  // namespace lk::cuda

@@ -1,5 +1,8 @@
 // What can run here: backends() as in SPEC §1, with a reason in words when CUDA cannot be used.
 import { native } from './native';
+import type { EmulatorCounters } from './native';
+
+export type { EmulatorCounters };
 
 export interface CudaDevice {
   name: string;
@@ -9,12 +12,24 @@ export interface CudaDevice {
 
 export interface Backends {
   cpu: { threads: number; simd: string };
-  cuda: { available: boolean; compiled: boolean; emulated: boolean; devices: CudaDevice[]; reason?: string };
+  cuda: {
+    available: boolean;
+    compiled: boolean;
+    emulated: boolean;
+    devices: CudaDevice[];
+    reason?: string;
+    /**
+     * Emulated build only: launches run, warp-wide mma / ldmatrix instructions and per-thread
+     * 16-byte cp.async copies executed by the CUDA emulator since the addon was loaded.
+     */
+    emulator?: EmulatorCounters;
+  };
 }
 
 export function backends(): Backends {
   const b = native().backends();
-  const cuda = { ...b.cuda, devices: b.cuda.devices.slice() };
+  const cuda: Backends['cuda'] = { ...b.cuda, devices: b.cuda.devices.slice() };
+  if (b.cuda.emulator) cuda.emulator = { ...b.cuda.emulator };
   if (process.env.LIFELONG_DEVICE === 'cpu') {
     cuda.reason = cuda.available ? 'disabled by LIFELONG_DEVICE=cpu' : `disabled by LIFELONG_DEVICE=cpu (and: ${cuda.reason})`;
     cuda.available = false;

@@ -2,7 +2,7 @@
 export { Tensor, tensor, zeros } from './tensor';
 export type { DType, Device, TensorData, TensorOptions } from './tensor';
 export { backends } from './backends';
-export type { Backends, CudaDevice } from './backends';
+export type { Backends, CudaDevice, EmulatorCounters } from './backends';
 export { maskedAttention } from './attention';
 export type { MaskedAttentionOptions, AttentionResult } from './attention';
 export { presets, encodeRule } from './rules';

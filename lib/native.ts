@@ -33,7 +33,16 @@ export interface NativeBackends {
     emulated: boolean;
     devices: { name: string; computeCapability: string; totalMemory: number }[];
     reason?: string;
+    emulator?: EmulatorCounters;
   };
+}
+
+/** The emulated build's execution counters since load (SPEC §8). */
+export interface EmulatorCounters {
+  launches: number;
+  mma: number;
+  ldmatrix: number;
+  cpAsync: number;
 }
 
 export interface NativeAddon {

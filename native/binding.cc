@@ -739,6 +739,17 @@ Napi::Value Backends(const Napi::CallbackInfo& info) {
   cuda_info.Set("available", ok);
   cuda_info.Set("compiled", true);
   cuda_info.Set("emulated", cuda::emulated());
+#ifdef LK_CUDA_EMULATE
+  cuda::EmulatorCounters counters;
+  if (cuda::emulated() && cuda::emulator_counters(&counters)) {
+    Napi::Object emulator = Napi::Object::New(env);
+    emulator.Set("launches", (double)counters.launches);
+    emulator.Set("mma", (double)counters.mma);
+    emulator.Set("ldmatrix", (double)counters.ldmatrix);
+    emulator.Set("cpAsync", (double)counters.cp_async);
+    cuda_info.Set("emulator", emulator);
+  }
+#endif
   if (!ok) cuda_info.Set("reason", reason);
 #else
   cuda_info.Set("available", false);

@@ -7,6 +7,8 @@ const os = require('os');
 
 const root = path.join(__dirname, '..');
 const sources = JSON.parse(require('fs').readFileSync(path.join(root, 'sources.gypi'), 'utf8')).variables.lk_cuda_sources;
+// Also the tensor-core selftest's kernels: proves mma.cuh's inline PTX assembles for every arch.
+sources.push('cuda/emu/selftest_mma.cu');
 const ARCHS = ['75', '80', '86', '89', '90'];
 const nvcc = spawnSync('sh', ['-c', 'command -v nvcc'], { encoding: 'utf8' }).stdout.trim();
 if (!nvcc) { console.log('check-spills: nvcc not found; nothing to check'); process.exit(0); }

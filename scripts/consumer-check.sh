@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Packs the package with its prebuilt binary, installs the tarball into an empty project and runs
-# an op through both `import` and `require` on the CPU.
+# Packs the package (its prepack step puts the prebuilt binary in prebuilds/), installs the tarball
+# into an empty project with a PATH holding only node, npm and sh (no compiler, cmake, nvcc or Python:
+# the prebuilt binary must serve), and runs an op through both `import` and `require` on the CPU.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-npm run --silent prebuild
 tarball="$root/$(npm pack --silent | tail -n 1)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work" "$tarball"' EXIT
-cd "$work"
+listing="$(tar -tzf "$tarball")"
+grep -q '^package/prebuilds/linux-x64/.*\.node$' <<<"$listing" || { echo "consumer check: no prebuilt binary in the tarball"; exit 1; }
+mkdir "$work/bin"
+ln -s "$(command -v node)" "$work/bin/node"
+ln -s "$(command -v npm)" "$work/bin/npm"
+ln -s /bin/sh "$work/bin/sh"  # npm runs lifecycle scripts through sh
+mkdir "$work/app"
+cd "$work/app"
 npm init -y >/dev/null
-npm install --no-audit --no-fund "$tarball" >/dev/null
+PATH="$work/bin" npm install --no-audit --no-fund "$tarball" >/dev/null
+[ ! -d node_modules/lifelong-kernels/build ] || { echo "consumer check: the install compiled the addon instead of using the prebuilt binary"; exit 1; }
 cat > use.cjs <<'JS'
 const lk = require('lifelong-kernels');
 (async () => {
@@ -30,6 +38,6 @@ const out = Array.from(await output.float32());
 if (out.length !== 4 || lk.tensor !== tensor) throw new Error('bad ESM entry');
 console.log('import ok', out.map((v) => v.toFixed(4)).join(' '), backends().cpu.threads, 'threads');
 JS
-node use.cjs
-node use.mjs
+PATH="$work/bin" node use.cjs
+PATH="$work/bin" node use.mjs
 echo "consumer check: ok"

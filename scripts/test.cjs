@@ -15,8 +15,11 @@ const path = require('path');
 const root = path.join(__dirname, '..');
 const asan = process.argv.includes('--asan');
 const totals = { passed: 0, failed: 0, skipped: 0 };
-const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts'];
+const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts', 'test/emulator.test.ts', 'test/cuda-host.test.ts', 'test/tc-attention.test.ts'];
 
+// lk_emu_selftest_mma reads a launch's execution error right after the launch, which only blocking
+// launches give (on a GPU as on the emulator, which queues work until a synchronization).
+const SELFTEST_ENV = { lk_emu_selftest: {}, lk_emu_selftest_mma: { CUDA_LAUNCH_BLOCKING: '1' } };
 // Drawn orders for the race-detecting runs (LK_EMU_RACE_SEEDS=3,4 picks others).
 const RACE_SEEDS = (process.env.LK_EMU_RACE_SEEDS || '1,2').split(',').filter(Boolean);
 
@@ -64,15 +67,18 @@ if (asan) {
   };
   ava('device suites, emulated CUDA under ASan + UBSan', DEVICE_SUITES, env);
   must('emulator selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS });
+  must('emulator tensor-core selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest_mma'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS, ...SELFTEST_ENV.lk_emu_selftest_mma });
   must('emulator verifier tests under ASan + UBSan', 'node', [path.join(__dirname, 'emu-verify.cjs'), '--asan']);
   finish();
 }
 ava('all suites, native build', []);
 must('build emulated CUDA', 'npm', ['run', '--silent', 'build:emu']);
 ava('device suites, CUDA kernels on the emulator', DEVICE_SUITES, { LIFELONG_CUDA_EMULATE: '1' });
-const selftest = path.join(root, 'build-emu', 'Release', 'lk_emu_selftest');
-if (fs.existsSync(selftest)) must('emulator selftest', selftest, []);
-else { console.error('emulator selftest binary missing'); totals.failed += 1; }
+for (const [title, binary] of [['emulator selftest', 'lk_emu_selftest'], ['emulator tensor-core selftest', 'lk_emu_selftest_mma']]) {
+  const file = path.join(root, 'build-emu', 'Release', binary);
+  if (fs.existsSync(file)) must(title, file, [], SELFTEST_ENV[binary]);
+  else { console.error(`${title}: binary missing`); totals.failed += 1; }
+}
 must('emulator verifier tests', 'node', [path.join(__dirname, 'emu-verify.cjs')]);
 must('build emulated CUDA with shared-memory race detection', 'npm', ['run', '--silent', 'build:race']);
 const raceAddon = path.join(root, 'build-race', 'Release', 'lifelong_kernels.node');

@@ -50,6 +50,26 @@ function buildCases(): Case[] {
         headDim: rng.pick([16, 64, 128]), valueDim: rng.pick([8, 64]) });
   cases.push({ name: 'rule allowing nothing (zeros, lse -Infinity)', seed: seed++, dtype: 'float32', rule: {}, layout: 'mixed', heads: 1, kvHeads: 1, headDim: 8, valueDim: 8 });
   cases.push({ name: 'batch of 8 long sequences', seed: seed++, dtype: 'float32', rule: 'persrec', layout: 'persrec', heads: 2, kvHeads: 2, headDim: 16, valueDim: 16, batch: 8, maxItems: 70 });
+  // float16 / bfloat16 over every preset, random rules, every head size, GQA, Dv != D, cross
+  // attention and silu: on CUDA (sm_80+, and the emulator) the tensor-core kernel runs these.
+  const hrng = new Rng(20261201);
+  const halfHeads = () => { const kv = hrng.pick([1, 2]); return { kvHeads: kv, heads: kv * hrng.pick([1, 2, 4]) }; };
+  for (const dtype of ['float16', 'bfloat16'] as DType[]) {
+    for (const p of PRESETS)
+      cases.push({ name: `${dtype} ${p}`, seed: seed++, dtype, rule: p, layout: p === 'causal' || p === 'full' ? 'mixed' : p, ...halfHeads(),
+        headDim: hrng.pick([8, 16, 32, 64, 128]), valueDim: hrng.pick([8, 16, 32, 64, 128]) });
+    for (let i = 0; i < 3; i++)
+      cases.push({ name: `${dtype} custom rule #${i}`, seed: seed++, dtype, rule: randomRule(hrng), layout: 'mixed', ...halfHeads(),
+        headDim: hrng.pick([8, 16, 64]), valueDim: hrng.pick([8, 32, 64]) });
+    for (const d of HEAD_SIZES)
+      cases.push({ name: `${dtype} head size ${d}`, seed: seed++, dtype, rule: hrng.pick(PRESETS), layout: 'mixed', heads: 2, kvHeads: 1,
+        headDim: d, valueDim: hrng.pick(HEAD_SIZES), maxItems: 40 });
+    cases.push({ name: `${dtype} cross attention Lq < Lk`, seed: seed++, dtype, rule: hrng.pick(['causal', 'persrec', 'full'] as PresetName[]),
+      layout: 'persrec', ...halfHeads(), headDim: 32, valueDim: 16, cross: 'shorter' });
+    cases.push({ name: `${dtype} cross attention, any lengths`, seed: seed++, dtype, rule: randomRule(hrng), layout: 'mixed', heads: 4, kvHeads: 2,
+      headDim: 64, valueDim: 32, cross: 'any' });
+    cases.push({ name: `${dtype} silu`, seed: seed++, dtype, rule: hrng.pick(PRESETS), layout: 'persrec', ...halfHeads(), headDim: 16, valueDim: 64, silu: true });
+  }
   return cases;
 }
 

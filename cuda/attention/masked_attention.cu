@@ -2,21 +2,21 @@
 // sequence's tiles and the list of real query tiles, cuda/common/tile_plan.h), summarizes the real
 // tiles on the device and launches the kernel instantiated for the dtype and head capacity over the
 // real query tiles only: memory and blocks follow the tokens, never batch x the longest sequence.
+// Grid sizes are computed in 64-bit and checked against CUDA's limits (x < 2^31, heads in y at most
+// 65,535); every failure clears the thread's last error (common/host_check.cuh).
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "../backend.h"
 #include "../common/compat.cuh"
+#include "../common/host_check.cuh"
+#include "../kernel_timing.h"
 #include "masked_attention_kernel.cuh"
+#include "tc_attention.cuh"
 
 namespace lk::cuda {
 namespace {
-
-std::string check(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return std::string();
-  return std::string(what) + ": " + cudaGetErrorString(err);
-}
 
 // Packs host arrays into one staging buffer (one upload, one device allocation per call).
 struct Staging {
@@ -82,9 +82,17 @@ bool head_dim_supported(int dim) {
 }
 
 std::string masked_attention(const AttentionParams& host) {
+  discard_stale_error();
   if (host.tq == 0 || host.batch == 0) return std::string();
+  // Heads are the grid's y (the binding caps them at 65,535, the limit of grid.y).
+  if (host.heads < 1 || host.heads > kMaxGridYZ)
+    return "maskedAttention: " + std::to_string(host.heads) + " heads exceed the CUDA grid's 65,535";
   const int cap = head_capacity(host.head_dim, host.value_dim);
-  const int bm = block_m(cap), bn = block_n(cap);
+  // ---- tensor-core dispatch (tc_attention.cuh): float16 / bfloat16 on sm_80+ run the tensor-core
+  // kernel, with its own tile sizes for the summaries; everything else the FP32 kernel.
+  const TcChoice tc = choose_tc_attention(host);
+  const int bm = tc.use ? tc.block_m : block_m(cap), bn = tc.use ? tc.block_n : block_n(cap);
+  // ---- end of the tensor-core dispatch
   const std::vector<int32_t> q_base = tile_bases(host.q_layout.offsets, host.batch, bm);
   const std::vector<int32_t> k_base = tile_bases(host.kv_layout.offsets, host.batch, bn);
   const std::vector<TileRef> work = tiles_longest_first(q_base);
@@ -113,8 +121,16 @@ std::string masked_attention(const AttentionParams& host) {
   const size_t k_sum = q_sum + ((size_t)nq * sizeof(TileSummary) + 255) / 256 * 256;
   const size_t total = k_sum + (size_t)nk * sizeof(TileSummary);
 
+  // Blocks of each launch (tile counts are int32; the summary grids are rounded up in 64-bit).
+  const int threads = 128;
+  unsigned work_blocks = 0, q_sum_blocks = 0, k_sum_blocks = 0;
+  std::string err = grid_x(nq, "maskedAttention", &work_blocks);  // the grid's x is plan.n_work = nq
+  if (err.empty()) err = grid_x(((int64_t)nq + threads - 1) / threads, "maskedAttention", &q_sum_blocks);
+  if (err.empty()) err = grid_x(((int64_t)nk + threads - 1) / threads, "maskedAttention", &k_sum_blocks);
+  if (!err.empty()) return err;
+
   unsigned char* dev = nullptr;
-  std::string err = check(cudaMalloc(reinterpret_cast<void**>(&dev), total), "cudaMalloc(layout)");
+  err = check(cudaMalloc(reinterpret_cast<void**>(&dev), total), "cudaMalloc(layout)");
   if (!err.empty()) return err;
   err = check(cudaMemcpy(dev, st.bytes.data(), uploaded, cudaMemcpyHostToDevice), "cudaMemcpy(layout)");
 
@@ -130,23 +146,25 @@ std::string masked_attention(const AttentionParams& host) {
   const DevicePlan plan{reinterpret_cast<const TileRef*>(dev + work_at), q_tiles, reinterpret_cast<const int32_t*>(dev + q_base_at),
                         k_tiles, reinterpret_cast<const int32_t*>(dev + k_base_at), nq};
 
-  if (err.empty()) {
-    const int threads = 128;
+  if (err.empty() && nq > 0) {
+    KernelSpan span;
+    span.begin();
     auto* summary = tile_summary_kernel;
-    LK_LAUNCH(summary, dim3((unsigned)((nq + threads - 1) / threads)), dim3(threads), 0, 0)(
-        p.q_layout, host.batch, bm, plan.q_base, nq, q_tiles);
+    LK_LAUNCH(summary, dim3(q_sum_blocks), dim3(threads), 0, 0)(p.q_layout, host.batch, bm, plan.q_base, nq, q_tiles);
     if (nk > 0)
-      LK_LAUNCH(summary, dim3((unsigned)((nk + threads - 1) / threads)), dim3(threads), 0, 0)(
-          p.kv_layout, host.batch, bn, plan.k_base, nk, k_tiles);
-    switch (host.dtype) {
+      LK_LAUNCH(summary, dim3(k_sum_blocks), dim3(threads), 0, 0)(p.kv_layout, host.batch, bn, plan.k_base, nk, k_tiles);
+    if (tc.use)  // tensor-core dispatch
+      launch_tc_attention(tc, p, plan.work, plan.n_work, plan.q_tiles, plan.q_base, plan.k_tiles, plan.k_base);
+    else switch (host.dtype) {
       case kFloat16: launch_for_capacity<__half>(cap, p, plan); break;
       case kBFloat16: launch_for_capacity<__nv_bfloat16>(cap, p, plan); break;
       default: launch_for_capacity<float>(cap, p, plan); break;
     }
+    span.end();
     err = check(cudaGetLastError(), "maskedAttention launch");
     if (err.empty()) err = check(cudaDeviceSynchronize(), "maskedAttention");
   }
-  cudaFree(dev);
+  if (cudaFree(dev) != cudaSuccess) cudaGetLastError();
   return err;
 }
 

@@ -17,7 +17,8 @@ struct TileRef {
   int32_t tile;
 };
 
-LK_HD int tiles_of(int length, int tile) { return (length + tile - 1) / tile; }
+// 64-bit sum: a sequence of nearly 2^31 tokens must not wrap.
+LK_HD int tiles_of(int length, int tile) { return (int)(((int64_t)length + tile - 1) / tile); }
 
 // The entry b with prefix[b] <= index < prefix[b + 1] (prefix nondecreasing, batch + 1 entries,
 // prefix[0] <= index < prefix[batch]). Entries with no rows (prefix[b] == prefix[b + 1]) are never

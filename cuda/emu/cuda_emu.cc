@@ -611,8 +611,8 @@ void race_report(uintptr_t a, size_t n, const Stamp& earlier, bool earlier_write
        same_warp ? "__syncthreads, __syncwarp or warp collective of both lanes" : "__syncthreads");
 }
 
-// LK_EMU_UNINIT=1: a read of shared bytes no thread of the block wrote (they hold 0xff) fails the
-// launch too. Off by default: a kernel may load garbage it then discards (e.g. padding lanes).
+// LK_EMU_UNINIT=1: a read of shared bytes no thread of the block wrote (still holding the 0xff
+// fill) fails the launch too. Off by default: a kernel may load garbage it then discards.
 void uninitialised_report(uintptr_t a, size_t n, int me) {
   race.failed = true;
   if (++race.uninitialised_reports > kMaxRaceReports) return;
@@ -636,13 +636,19 @@ void race_access(uintptr_t a, size_t n, unsigned kind) {
   const bool in_static = a - race.s_lo < race.s_len, in_dynamic = a - race.d_lo < race.d_len;
   const uintptr_t region_end = in_static ? race.s_lo + race.s_len : race.d_lo + race.d_len;
   const size_t shown = in_static || in_dynamic ? (size_t)std::min<uintptr_t>(n, region_end - a) : 1;
+  // An uninitialised read: every byte of it still holds the block's 0xff fill and no instrumented
+  // code wrote it in this block (emulator code -- a cp.async landing -- writes uninstrumented, but
+  // its data is not all 0xff bytes).
+  bool uninitialised_read = (kind & kRead) && race.check_uninitialised;
   for (size_t i = 0; i < n; ++i) {
     const uintptr_t b = a + i;
     Cell* c;
     if (b - race.s_lo < race.s_len) c = &race.s_cells[b - race.s_lo];
     else if (b - race.d_lo < race.d_len) c = &race.d_cells[b - race.d_lo];
-    else continue;
-    if (!reported && (kind & kRead) && race.check_uninitialised && c->write.interval < race.block_start) {
+    else { uninitialised_read = false; continue; }
+    if (uninitialised_read && (c->write.interval >= race.block_start || *reinterpret_cast<const unsigned char*>(b) != 0xff))
+      uninitialised_read = false;
+    if (!reported && uninitialised_read && i + 1 == n) {
       uninitialised_report(in_static || in_dynamic ? a : b, shown, me);
       reported = true;
     }
@@ -831,6 +837,20 @@ unsigned warp_ballot(unsigned mask, bool predicate) {
   return bits;
 }
 
+// ---- for emu_tensor_core.cc (mma / ldmatrix): see emu_tensor_core.h.
+void warp_all_gather(unsigned mask, const void* mine, void (*read)(const void* const* lanes, void* self), void* self) {
+  current();  // aborts outside a kernel
+  Fiber& f = *tls.fiber;
+  Warp& w = warp_of(f);
+  w.payload[f.ctx.linear % 32] = reinterpret_cast<uintptr_t>(mine);
+  warp_rendezvous(mask);  // every lane has published
+  const void* lanes[32];
+  for (int lane = 0; lane < 32; ++lane) lanes[lane] = (mask >> lane) & 1u ? reinterpret_cast<const void*>(w.payload[lane]) : nullptr;
+  read(lanes, self);
+  warp_rendezvous(mask);  // every lane has read before any publication goes away
+}
+// ---- end of the block for emu_tensor_core.cc
+
 void set_last_error(cudaError_t e) { last_error = e; }
 
 void* dynamic_shared() {
@@ -970,6 +990,7 @@ cudaError_t execute_launch(const LaunchRec& L) {
   const uint64_t blocks = (uint64_t)L.grid.x * L.grid.y * L.grid.z;
   const Order& cfg = order_config();
   Rng rng{cfg.seed * 0x2545f4914f6cdd1dull + L.serial};
+  note_launch();  // emu_tensor_core.cc: launch counter
   // Exactly the bytes asked for, on the heap: AddressSanitizer sees any access past them.
   std::unique_ptr<unsigned char[]> dynamic(L.shared_bytes ? new unsigned char[L.shared_bytes] : nullptr);
   unsigned char* tls_base = k.module ? tls_block(*k.module) : nullptr;
@@ -1000,6 +1021,10 @@ cudaError_t execute_launch(const LaunchRec& L) {
 
   BlockOrder block_order;
   block_order.draw(blocks, cfg.seeded, rng);
+  // Device-side emulator code (emu_tensor_core.cc) fails a launch through set_last_error: that
+  // error becomes the launch's, reported at the synchronization that ran it.
+  const cudaError_t host_error = last_error;
+  last_error = cudaSuccess;
   tls.block = &run;
   for (uint64_t i = 0; i < blocks; ++i) {
     const uint64_t linear = block_order.at(i);
@@ -1014,7 +1039,11 @@ cudaError_t execute_launch(const LaunchRec& L) {
     run_block(run, block_idx, threads, rng);
   }
   tls.block = nullptr;
-  return race_launch_end() ? cudaErrorLaunchFailure : cudaSuccess;
+  const cudaError_t device_error = last_error;
+  last_error = host_error;
+  const bool raced = race_launch_end();
+  if (device_error != cudaSuccess) return device_error;
+  return raced ? cudaErrorLaunchFailure : cudaSuccess;
 }
 
 // ---------------------------------------------------------------- streams and events
@@ -1158,6 +1187,16 @@ cudaError_t take_pending() {
   return record(e);
 }
 
+// CUDA_LAUNCH_BLOCKING=1, as CUDA's: every operation runs when it is issued (a launch returns its
+// execution error), for debugging a host path step by step.
+bool launch_blocking() {
+  static const bool on = [] {
+    const char* env = std::getenv("CUDA_LAUNCH_BLOCKING");
+    return env && std::strcmp(env, "1") == 0;
+  }();
+  return on;
+}
+
 std::shared_ptr<Done> enqueue(CUstream_st* s, std::function<cudaError_t()> run, std::shared_ptr<Done> extra_dep = nullptr) {
   Op op;
   op.done = std::make_shared<Done>();
@@ -1177,6 +1216,7 @@ std::shared_ptr<Done> enqueue(CUstream_st* s, std::function<cudaError_t()> run, 
   s->last = op.done;
   s->queue.push_back(std::move(op));
   s->query_pending = false;
+  if (launch_blocking()) run_until(s->last);
   return s->last;
 }
 
@@ -1300,6 +1340,11 @@ cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t shared_byte
   L->body = std::move(body);
   L->serial = ++launch_counter;
   enqueue(s, [L] { return execute_launch(*L); });
+  if (launch_blocking()) {  // the launch ran: its error is the launch's
+    const cudaError_t e = pending_error;
+    pending_error = cudaSuccess;
+    return e;
+  }
   return cudaSuccess;
 }
 
@@ -1310,6 +1355,7 @@ extern "C" void lk_emu_fiber_main() {
   __sanitizer_finish_switch_fiber(nullptr, &lk_emu::tls.main_stack_bottom, &lk_emu::tls.main_stack_size);
 #endif
   (*lk_emu::tls.block->body)();
+  lk_emu::note_thread_exit();  // emu_tensor_core.cc: cp.async copies never waited for fail the launch
   lk_emu::exit_current();
 }
 

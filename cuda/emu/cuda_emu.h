@@ -20,7 +20,8 @@
 //   queued on their stream and run, in issue order, only when the host synchronizes (a stream, an
 //   event, the device, a synchronous cudaMemcpy or cudaFree), so a host that uses results before
 //   synchronizing reads stale data, as it may on a GPU. Errors of queued work surface at the next
-//   synchronization (or cudaGetLastError), as on a GPU.
+//   synchronization (or cudaGetLastError), as on a GPU. CUDA_LAUNCH_BLOCKING=1 runs every operation
+//   when it is issued instead, as CUDA's variable does.
 // - cudaMalloc gives exactly the bytes asked (256-byte aligned): AddressSanitizer sees one byte of
 //   overrun. cudaMemcpy* refuse a device-side pointer outside every device allocation and a
 //   host-side pointer inside one. Launch limits are the device's (1,024 threads, grid.y / grid.z
@@ -400,3 +401,6 @@ Launcher<Params...> launcher(void (*kernel)(Params...), dim3 grid, dim3 block, s
 
 #define LK_LAUNCH(kernel, grid, block, shared_bytes, stream) \
   ::lk_emu::launcher(kernel, dim3(grid), dim3(block), shared_bytes, stream, ::lk_emu::LaunchSite{#kernel, __FILE__, __LINE__})
+
+// Tensor-core / cp.async primitives behind cuda/common/mma.cuh, and the emulator's counters.
+#include "emu_tensor_core.h"

@@ -1,16 +1,22 @@
-// Host side of the MemoryBank row gather on CUDA: uploads the plan, one launch for the whole call.
+// Host side of the MemoryBank row gather on CUDA: uploads the plan, one launch for the whole call
+// (several only past 2^31 - 1 rows, grid.x's limit: each launch then takes its slice of the plan).
+// Every failure clears the thread's last error (common/host_check.cuh).
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "../backend.h"
 #include "../common/compat.cuh"
+#include "../common/host_check.cuh"
+#include "../kernel_timing.h"
 #include "gather_rows_kernel.cuh"
 
 namespace lk::cuda {
 
 std::string gather_rows(const GatherParams& host) {
-  if (host.rows == 0) return std::string();
+  discard_stale_error();
+  if (host.rows <= 0) return std::string();
   const size_t n = (size_t)host.rows;
   const size_t sel_at = 0, src_at = (n + 255) / 256 * 256, dst_at = src_at + n * 4, alpha_at = dst_at + n * 4;
   const size_t bytes = alpha_at + (host.alpha ? n * 4 : 0);
@@ -21,26 +27,33 @@ std::string gather_rows(const GatherParams& host) {
   if (host.alpha) std::memcpy(staging.data() + alpha_at, host.alpha, n * 4);
 
   unsigned char* dev = nullptr;
-  cudaError_t err = cudaMalloc(reinterpret_cast<void**>(&dev), bytes);
-  if (err != cudaSuccess) return std::string("cudaMalloc(gather plan): ") + cudaGetErrorString(err);
-  err = cudaMemcpy(dev, staging.data(), bytes, cudaMemcpyHostToDevice);
-  if (err == cudaSuccess) {
-    GatherParams p = host;
-    p.src_sel = dev + sel_at;
-    p.src_row = reinterpret_cast<const int32_t*>(dev + src_at);
-    p.dst_row = reinterpret_cast<const int32_t*>(dev + dst_at);
-    p.alpha = host.alpha ? reinterpret_cast<const float*>(dev + alpha_at) : nullptr;
-    const dim3 grid((unsigned)n), block(host.width >= 256 ? 256 : 64);
-    switch (host.dtype) {
-      case kFloat16: { auto* k = gather_rows_kernel<__half>; LK_LAUNCH(k, grid, block, 0, 0)(p); break; }
-      case kBFloat16: { auto* k = gather_rows_kernel<__nv_bfloat16>; LK_LAUNCH(k, grid, block, 0, 0)(p); break; }
-      default: { auto* k = gather_rows_kernel<float>; LK_LAUNCH(k, grid, block, 0, 0)(p); break; }
+  std::string err = check(cudaMalloc(reinterpret_cast<void**>(&dev), bytes), "cudaMalloc(gather plan)");
+  if (!err.empty()) return err;
+  err = check(cudaMemcpy(dev, staging.data(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy(gather plan)");
+  if (err.empty()) {
+    const dim3 block(host.width >= 256 ? 256 : 64);
+    KernelSpan span;
+    span.begin();
+    for (int64_t r0 = 0; r0 < host.rows; r0 += kMaxGridX) {
+      GatherParams p = host;
+      p.rows = std::min<int64_t>(kMaxGridX, host.rows - r0);
+      p.src_sel = dev + sel_at + r0;
+      p.src_row = reinterpret_cast<const int32_t*>(dev + src_at) + r0;
+      p.dst_row = reinterpret_cast<const int32_t*>(dev + dst_at) + r0;
+      p.alpha = host.alpha ? reinterpret_cast<const float*>(dev + alpha_at) + r0 : nullptr;
+      const dim3 grid((unsigned)p.rows);
+      switch (host.dtype) {
+        case kFloat16: { auto* k = gather_rows_kernel<__half>; LK_LAUNCH(k, grid, block, 0, 0)(p); break; }
+        case kBFloat16: { auto* k = gather_rows_kernel<__nv_bfloat16>; LK_LAUNCH(k, grid, block, 0, 0)(p); break; }
+        default: { auto* k = gather_rows_kernel<float>; LK_LAUNCH(k, grid, block, 0, 0)(p); break; }
+      }
     }
-    err = cudaGetLastError();
-    if (err == cudaSuccess) err = cudaDeviceSynchronize();
+    span.end();
+    err = check(cudaGetLastError(), "memory bank gather");
+    if (err.empty()) err = check(cudaDeviceSynchronize(), "memory bank gather");
   }
-  cudaFree(dev);
-  return err == cudaSuccess ? std::string() : std::string("memory bank gather: ") + cudaGetErrorString(err);
+  if (cudaFree(dev) != cudaSuccess) cudaGetLastError();
+  return err;
 }
 
 }  // namespace lk::cuda

@@ -1,24 +1,34 @@
 // Host side of the sparse attention ops on CUDA: uploads offsets / indices, launches one kernel per
 // op (the fused path when a score row fits shared memory, else indexer -> top-k -> attention).
+// Host hazards handled here: every grid dimension stays within CUDA's limits whatever the query
+// count (the indexer's rows go in launches of at most 65,535 grid rows; 1-D grids are checked
+// against 2^31 - 1 in 64-bit arithmetic); the fused kernel's dynamic shared-memory limit is raised
+// once per device to the most it may ever ask, never per call (so concurrent calls cannot race on
+// it); every failure clears the thread's last error (common/host_check.cuh).
+#include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../backend.h"
 #include "../common/compat.cuh"
+#include "../common/host_check.cuh"
+#include "../kernel_timing.h"
 #include "sparse_kernels.cuh"
 
 namespace lk::cuda {
 namespace {
 
-std::string check(cudaError_t err, const char* what) {
-  return err == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(err);
-}
-
 // Device copies of small host arrays, freed together.
 class Uploads {
  public:
-  ~Uploads() { for (void* p : owned_) cudaFree(p); }
+  ~Uploads() {
+    for (void* p : owned_)
+      if (cudaFree(p) != cudaSuccess) cudaGetLastError();
+  }
   template <typename T>
   const T* put(const T* host, size_t count, std::string* err) {
     if (!host || !err->empty()) return nullptr;
@@ -32,15 +42,17 @@ class Uploads {
   void* scratch(size_t bytes, std::string* err) {
     void* dev = nullptr;
     if (!err->empty()) return nullptr;
-    *err = check(cudaMalloc(&dev, bytes + 1), "cudaMalloc");
+    *err = check(cudaMalloc(&dev, bytes + 1), "cudaMalloc(scores scratch)");
     if (err->empty()) owned_.push_back(dev);
-    return dev;
+    return err->empty() ? dev : nullptr;
   }
 
  private:
   std::vector<void*> owned_;
 };
 
+// After the launches of an op: a launch error (cleared by cudaGetLastError itself), else the
+// kernels' outcome.
 std::string finish(const char* what) {
   std::string err = check(cudaGetLastError(), what);
   if (err.empty()) err = check(cudaDeviceSynchronize(), what);
@@ -56,11 +68,17 @@ void by_dtype(DType dtype, Args&&... args) {
   }
 }
 
+// Query rows [row_begin, row_end) of the indexer; score row r - score_row0 of p.scores. Rows go in
+// launches of at most 65,535 (grid.y); key tiles in grid.x (at most 2^31 / 128 for any int32 key
+// count).
 template <typename T> struct LaunchIndexer {
-  static void run(const IndexerParams& p) {
+  static void run(const IndexerParams& p, int64_t row_begin, int64_t row_end, int64_t score_row0) {
     auto* k = indexer_kernel<T>;
-    const dim3 grid((unsigned)((p.max_len + kIndexerThreads - 1) / kIndexerThreads), (unsigned)p.nq);
-    LK_LAUNCH(k, grid, dim3(kIndexerThreads), 0, 0)(p);
+    const int64_t tiles = ((int64_t)p.max_len + kIndexerThreads - 1) / kIndexerThreads;
+    for (int64_t r0 = row_begin; r0 < row_end; r0 += kMaxGridYZ) {
+      const dim3 grid((unsigned)tiles, (unsigned)std::min<int64_t>(kMaxGridYZ, row_end - r0));
+      LK_LAUNCH(k, grid, dim3(kIndexerThreads), 0, 0)(p, r0, score_row0);
+    }
   }
 };
 template <typename T> struct LaunchSparse {
@@ -69,40 +87,69 @@ template <typename T> struct LaunchSparse {
     LK_LAUNCH(k, dim3((unsigned)p.nq), dim3(kSelectThreads), 0, 0)(p);
   }
 };
+
 // Dynamic shared memory of the fused kernel for a batch whose longest row has `max_len` keys.
 size_t fused_score_bytes(int max_len) { return (size_t)(max_len > 0 ? max_len : 1) * sizeof(float); }
 
-// Whether the fused kernel takes rows of `max_len` keys on this device: at most kFusedMaxKeys, and
-// the score row plus the static part within the device's opt-in shared memory per block (64 KiB
-// on sm_75, 99-227 KiB on later parts), so on older parts long rows take the unfused path.
-bool fused_fits(int max_len) {
-  if (max_len > kFusedMaxKeys) return false;
+// The fused kernel's dynamic shared-memory limit, raised once per (device, kernel) to the most any
+// call may ask: kFusedMaxKeys floats, or less where the device's opt-in shared memory per block
+// (64 KiB on sm_75, 99-227 KiB on later parts) leaves less beside the static part. Returns that
+// limit in bytes, or 0 when it could not be set (then the unfused path runs). A mutex, not a
+// per-call cudaFuncSetAttribute: two calls can never see each other's smaller limit.
+template <typename T>
+size_t fused_dynamic_limit() {
+  static std::mutex mutex;
+  static std::vector<std::pair<int, size_t>> done;  // (device, limit set)
   int device = 0, optin = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
+  if (cudaGetDevice(&device) != cudaSuccess) { cudaGetLastError(); return 0; }
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& d : done)
+    if (d.first == device) return d.second;
+  size_t limit = 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+      (size_t)optin > sizeof(FusedShared)) {
+    limit = std::min((size_t)optin - sizeof(FusedShared), fused_score_bytes(kFusedMaxKeys));
+    auto* k = fused_indexed_attention_kernel<T>;
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)limit) != cudaSuccess) limit = 0;
   }
-  return sizeof(FusedShared) + fused_score_bytes(max_len) <= (size_t)optin;
+  cudaGetLastError();  // a refused attribute or query is no error of any op: the unfused path runs
+  done.emplace_back(device, limit);
+  return limit;
+}
+
+size_t fused_limit_for(DType dtype) {
+  switch (dtype) {
+    case kFloat16: return fused_dynamic_limit<__half>();
+    case kBFloat16: return fused_dynamic_limit<__nv_bfloat16>();
+    default: return fused_dynamic_limit<float>();
+  }
+}
+
+// Whether the fused kernel takes rows of `max_len` keys on this device.
+bool fused_fits(DType dtype, int max_len) {
+  return max_len <= kFusedMaxKeys && fused_score_bytes(max_len) <= fused_limit_for(dtype);
 }
 
 template <typename T> struct LaunchFused {
   static void run(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
     auto* k = fused_indexed_attention_kernel<T>;
-    const size_t bytes = fused_score_bytes(ip.max_len);
-    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) != cudaSuccess) return;  // reported by finish()
-    LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kSelectThreads), bytes, 0)(ip, tp, sp);
+    LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kSelectThreads), fused_score_bytes(ip.max_len), 0)(ip, tp, sp);
   }
 };
 
+// Score rows the unfused path keeps in its scratch at a time (at least one row): the scratch stays
+// bounded whatever nq x Lmax is.
+constexpr size_t kScratchBytes = size_t(256) << 20;
+
 }  // namespace
 
-bool indexer_fits(int heads, int dim) { return heads * dim <= kIndexerMaxQ && heads <= kIndexerMaxHeads; }
+bool indexer_fits(int heads, int dim) { return (int64_t)heads * dim <= kIndexerMaxQ && heads <= kIndexerMaxHeads; }
 int topk_capacity() { return kTopKCapacity; }
 int indexer_max_elements() { return kIndexerMaxQ; }
 int indexer_max_heads() { return kIndexerMaxHeads; }
 
 std::string indexer_scores(const IndexerParams& host) {
+  discard_stale_error();
   if (host.nq == 0 || host.max_len == 0) return std::string();
   if (!indexer_fits(host.heads, host.dim)) return "indexer: heads x dim above the CUDA kernel's 8192";
   std::string err;
@@ -111,38 +158,56 @@ std::string indexer_scores(const IndexerParams& host) {
   p.q_offsets = up.put(host.q_offsets, (size_t)host.batch + 1, &err);
   p.k_offsets = up.put(host.k_offsets, (size_t)host.batch + 1, &err);
   if (!err.empty()) return err;
-  by_dtype<LaunchIndexer>(p.dtype, p);
+  KernelSpan span;
+  span.begin();
+  by_dtype<LaunchIndexer>(p.dtype, p, int64_t(0), p.nq, int64_t(0));
+  span.end();
   return finish("indexerScores");
 }
 
 std::string top_k(const TopKParams& host) {
+  discard_stale_error();
   if (host.rows == 0) return std::string();
   if (host.k > kTopKCapacity) return "topK: k above the CUDA kernel's 2048";
-  std::string err;
+  unsigned blocks = 0;
+  std::string err = grid_x(host.rows, "topK", &blocks);
+  if (!err.empty()) return err;
   Uploads up;
   TopKParams p = host;
   p.lengths = up.put(host.lengths, (size_t)host.rows, &err);
   if (!err.empty()) return err;
-  LK_LAUNCH(topk_kernel, dim3((unsigned)p.rows), dim3(kSelectThreads), 0, 0)(p);
+  KernelSpan span;
+  span.begin();
+  LK_LAUNCH(topk_kernel, dim3(blocks), dim3(kSelectThreads), 0, 0)(p);
+  span.end();
   return finish("topK");
 }
 
 std::string sparse_attention(const SparseParams& host) {
+  discard_stale_error();
   if (host.nq == 0) return std::string();
-  std::string err;
+  unsigned blocks = 0;
+  std::string err = grid_x(host.nq, "sparseAttention", &blocks);
+  if (!err.empty()) return err;
   Uploads up;
   SparseParams p = host;
   p.q_offsets = up.put(host.q_offsets, (size_t)host.batch + 1, &err);
   p.k_offsets = up.put(host.k_offsets, (size_t)host.batch + 1, &err);
-  p.indices = up.put(host.indices, (size_t)(host.nq * host.top_k), &err);
+  p.indices = up.put(host.indices, (size_t)host.nq * (size_t)host.top_k, &err);
   if (!err.empty()) return err;
+  KernelSpan span;
+  span.begin();
   by_dtype<LaunchSparse>(p.dtype, p);
+  span.end();
   return finish("sparseAttention");
 }
 
 std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost) {
+  discard_stale_error();
   if (ihost.nq == 0) return std::string();
-  std::string err;
+  unsigned blocks = 0;
+  std::string err = grid_x(ihost.nq, "indexedCrossAttention", &blocks);
+  if (!err.empty()) return err;
   Uploads up;
   IndexerParams ip = ihost;
   SparseParams sp = shost;
@@ -150,23 +215,40 @@ std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams
   ip.q_offsets = sp.q_offsets = up.put(ihost.q_offsets, (size_t)ihost.batch + 1, &err);
   ip.k_offsets = sp.k_offsets = up.put(ihost.k_offsets, (size_t)ihost.batch + 1, &err);
   if (!err.empty()) return err;
-  if (tp.k <= kFusedMaxK && ip.heads * ip.dim <= kFusedMaxQ && fused_fits(ip.max_len)) {
+  if (tp.k <= kFusedMaxK && (int64_t)ip.heads * ip.dim <= kFusedMaxQ && fused_fits(ip.dtype, ip.max_len)) {
+    KernelSpan span;
+    span.begin();
     by_dtype<LaunchFused>(ip.dtype, ip, tp, sp);
+    span.end();
     return finish("indexedCrossAttention");
   }
-  // Unfused fallback: the score matrix goes through global memory.
+  // Unfused fallback: score rows go through a bounded global scratch, a chunk of queries at a time
+  // (indexer, then top-k of the chunk), then one sparse attention launch over every query.
   if (!indexer_fits(ip.heads, ip.dim)) return "indexer: heads x dim above the CUDA kernel's 8192";
   if (tp.k > kTopKCapacity) return "topK: k above the CUDA kernel's 2048";
-  ip.scores = static_cast<float*>(up.scratch((size_t)ip.nq * (ip.max_len > 0 ? ip.max_len : 1) * sizeof(float), &err));
+  const size_t row_bytes = (size_t)(ip.max_len > 0 ? ip.max_len : 1) * sizeof(float);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(ip.nq, (int64_t)(kScratchBytes / row_bytes)));
+  float* scratch = static_cast<float*>(up.scratch((size_t)chunk * row_bytes, &err));
   if (!err.empty()) return err;
-  if (ip.max_len > 0) by_dtype<LaunchIndexer>(ip.dtype, ip);
-  tp.scores = ip.scores;
-  tp.cols = ip.max_len;
-  // Row r only considers its own sequence's keys; the -Infinity tail is never selected anyway.
-  tp.lengths = nullptr;
-  LK_LAUNCH(topk_kernel, dim3((unsigned)tp.rows), dim3(kSelectThreads), 0, 0)(tp);
+  ip.scores = scratch;
+  KernelSpan span;
+  span.begin();
+  for (int64_t c0 = 0; c0 < ip.nq; c0 += chunk) {
+    const int64_t rows = std::min<int64_t>(chunk, ip.nq - c0);
+    if (ip.max_len > 0) by_dtype<LaunchIndexer>(ip.dtype, ip, c0, c0 + rows, c0);
+    TopKParams part = tp;
+    part.scores = scratch;
+    part.cols = ip.max_len;
+    part.rows = rows;
+    part.indices = tp.indices + c0 * tp.k;
+    part.values = tp.values + c0 * tp.k;
+    // Row r only considers its own sequence's keys; the -Infinity tail is never selected anyway.
+    part.lengths = nullptr;
+    LK_LAUNCH(topk_kernel, dim3((unsigned)rows), dim3(kSelectThreads), 0, 0)(part);
+  }
   sp.indices = tp.indices;
   by_dtype<LaunchSparse>(sp.dtype, sp);
+  span.end();
   return finish("indexedCrossAttention");
 }
 

@@ -43,21 +43,25 @@ __device__ __forceinline__ void load_indexer_query(const IndexerParams& p, int64
   __syncthreads();
 }
 
-// grid (key tiles of kIndexerThreads, nq): one thread per key of one query.
+// grid (key tiles of kIndexerThreads, rows of this launch): one thread per key of one query. Query
+// row `row0 + blockIdx.y` writes score row `row0 + blockIdx.y - score_row0` of p.scores. grid.y is
+// at most 65,535, so the host launches longer batches as several launches with increasing row0
+// (and the unfused indexedCrossAttention scores a chunk of rows into a scratch whose row 0 is
+// score_row0).
 template <typename T>
-__global__ void __launch_bounds__(kIndexerThreads) indexer_kernel(IndexerParams p) {
+__global__ void __launch_bounds__(kIndexerThreads) indexer_kernel(IndexerParams p, int64_t row0, int64_t score_row0) {
   __shared__ float q_s[kIndexerMaxQ];
   __shared__ float w_s[kIndexerMaxHeads];
-  const int64_t row = blockIdx.y;
+  const int64_t row = row0 + blockIdx.y;
   const int b = sequence_of(p.q_offsets, p.batch, row);
   const int64_t k_start = p.k_offsets[b];
   const int len = p.k_offsets[b + 1] - (int)k_start;
   load_indexer_query<T>(p, row, q_s, w_s);
-  const int j = blockIdx.x * kIndexerThreads + threadIdx.x;
+  const int64_t j = (int64_t)blockIdx.x * kIndexerThreads + threadIdx.x;  // 64-bit: max_len may be near 2^31
   if (j >= p.max_len) return;
   float s = -INFINITY;
   if (j < len) s = indexer_score(q_s, w_s, static_cast<const T*>(p.k) + (k_start + j) * p.dim, p.heads, p.dim);
-  p.scores[row * p.max_len + j] = s;
+  p.scores[(row - score_row0) * p.max_len + j] = s;
 }
 
 struct TopKShared {

@@ -1,0 +1,125 @@
+// Host side of the tensor-core attention kernel (tc_attention_kernel.cuh): when it applies, its
+// tile sizes (for the tile summaries) and its launch. masked_attention.cu asks choose_tc_attention
+// once per call and launches either this kernel or the FP32 one over the same tile plan.
+#pragma once
+#include <stdint.h>
+
+#include <mutex>
+
+#include "../common/attention_params.h"
+#include "../common/compat.cuh"
+#include "../common/mask_rules.h"
+#include "../common/tile_plan.h"
+#include "tc_attention_kernel.cuh"
+#include "tc_traits.cuh"
+
+namespace lk::cuda {
+
+struct TcChoice {
+  bool use = false;
+  int cap = 0;      // head capacity the kernel is instantiated for
+  int block_m = 0;  // query / key tile sizes of the summaries and the grid
+  int block_n = 0;
+};
+
+// Compute capability (10 major + minor) and opt-in shared memory per block of the current device,
+// asked of the runtime once per device. False when the runtime cannot say (then: no tensor cores).
+inline bool tc_device_info(int* sm, int* smem_optin) {
+  struct Info {
+    bool known;
+    int sm, optin;
+  };
+  constexpr int kMaxDevices = 64;
+  static std::mutex mutex;
+  static Info cache[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+    cudaGetLastError();
+    return false;
+  }
+  std::lock_guard<std::mutex> lock(mutex);
+  Info& info = cache[device];
+  if (!info.known) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    info = Info{true, prop.major * 10 + prop.minor, (int)prop.sharedMemPerBlockOptin};
+  }
+  *sm = info.sm;
+  *smem_optin = info.optin;
+  return true;
+}
+
+inline int tc_smem_bytes(int cap) {
+  switch (cap) {
+    case 16: return TcAttentionTraits<16>::kSmemBytes;
+    case 32: return TcAttentionTraits<32>::kSmemBytes;
+    case 64: return TcAttentionTraits<64>::kSmemBytes;
+    case 128: return TcAttentionTraits<128>::kSmemBytes;
+    default: return TcAttentionTraits<256>::kSmemBytes;
+  }
+}
+
+// The tensor-core kernel runs float16 / bfloat16 (softmax and silu) on sm_80 and newer (the
+// emulator reports 9.0, so the parity suites run it), with every tensor 16-byte aligned (cp.async
+// and the 16-byte output stores) and head sizes powers of two in 8..256. Everything else — float32,
+// sm_75, an unaligned view — keeps the FP32 kernel.
+inline TcChoice choose_tc_attention(const AttentionParams& p) {
+  TcChoice c;
+  if (p.dtype != kFloat16 && p.dtype != kBFloat16) return c;
+  const auto dim_ok = [](int d) { return d >= 8 && d <= 256 && (d & (d - 1)) == 0; };
+  if (!dim_ok(p.head_dim) || !dim_ok(p.value_dim)) return c;
+  const auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; };
+  if (!aligned(p.q) || !aligned(p.k) || !aligned(p.v) || !aligned(p.out)) return c;
+  int sm = 0, optin = 0;
+  if (!tc_device_info(&sm, &optin) || sm < 80) return c;
+  const int cap = tc_head_capacity(p.head_dim, p.value_dim);
+  const int need = tc_smem_bytes(cap);
+  if (need > 48 * 1024 && need > optin) return c;
+  c.use = true;
+  c.cap = cap;
+  static_assert(TcAttentionTraits<16>::kBlockM == TcAttentionTraits<256>::kBlockM, "one query tile size");
+  static_assert(TcAttentionTraits<16>::kBlockN == TcAttentionTraits<128>::kBlockN, "one key tile size up to 128");
+  c.block_m = TcAttentionTraits<64>::kBlockM;
+  c.block_n = cap == 256 ? TcAttentionTraits<256>::kBlockN : TcAttentionTraits<64>::kBlockN;
+  return c;
+}
+
+template <typename T, int kCap>
+void launch_tc_attention(const AttentionParams& p, const TileRef* work, int32_t n_work, const TileSummary* q_tiles,
+                         const int32_t* q_base, const TileSummary* k_tiles, const int32_t* k_base) {
+  using Tr = TcAttentionTraits<kCap>;
+  auto* kernel = tc_attention_kernel<T, kCap>;
+  // Above 48 KiB a kernel must opt in (per kernel; cheap, and safe to repeat from any thread). A
+  // failure is left for the caller's cudaGetLastError.
+  if (Tr::kSmemBytes > 48 * 1024 &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes) != cudaSuccess)
+    return;
+  LK_LAUNCH(kernel, dim3((unsigned)n_work, (unsigned)p.heads, 1), dim3(Tr::kThreads), (size_t)Tr::kSmemBytes, 0)(
+      p, work, q_tiles, q_base, k_tiles, k_base);
+}
+
+template <typename T>
+void launch_tc_attention_for(const TcChoice& c, const AttentionParams& p, const TileRef* work, int32_t n_work,
+                             const TileSummary* q_tiles, const int32_t* q_base, const TileSummary* k_tiles,
+                             const int32_t* k_base) {
+  switch (c.cap) {
+    case 16: launch_tc_attention<T, 16>(p, work, n_work, q_tiles, q_base, k_tiles, k_base); break;
+    case 32: launch_tc_attention<T, 32>(p, work, n_work, q_tiles, q_base, k_tiles, k_base); break;
+    case 64: launch_tc_attention<T, 64>(p, work, n_work, q_tiles, q_base, k_tiles, k_base); break;
+    case 128: launch_tc_attention<T, 128>(p, work, n_work, q_tiles, q_base, k_tiles, k_base); break;
+    default: launch_tc_attention<T, 256>(p, work, n_work, q_tiles, q_base, k_tiles, k_base); break;
+  }
+}
+
+// Launches the kernel `c` chose for p's dtype.
+inline void launch_tc_attention(const TcChoice& c, const AttentionParams& p, const TileRef* work, int32_t n_work,
+                                const TileSummary* q_tiles, const int32_t* q_base, const TileSummary* k_tiles,
+                                const int32_t* k_base) {
+  if (p.dtype == kBFloat16) launch_tc_attention_for<__nv_bfloat16>(c, p, work, n_work, q_tiles, q_base, k_tiles, k_base);
+  else launch_tc_attention_for<__half>(c, p, work, n_work, q_tiles, q_base, k_tiles, k_base);
+}
+
+}  // namespace lk::cuda
