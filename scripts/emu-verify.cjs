@@ -119,11 +119,15 @@ function buildSteps(file, flavor) {
     const obj = `${exe}.o`;
     return { exe, steps: [
       ['g++', [...BASE, ...RACE_KERNEL, '-c', src, '-o', obj]],
-      ['g++', ['-std=c++17', '-DLK_CUDA_EMULATE', '-DLK_EMU_RACECHECK', '-I', 'cuda', obj, ...emuSources, '-lpthread', '-o', exe]],
+      ['g++', [obj, ...raceEmuObjects(), '-lpthread', '-o', exe]],
     ] };
   }
   return { exe, steps: [['g++', [...BASE, ...(flavor === 'asan' ? SAN : []), src, ...emuSources, '-lpthread', '-o', exe]]] };
 }
+
+// The race flavor's emulator, compiled once (uninstrumented, with the __tsan_* entry points).
+const raceEmuObjects = () => emuSources.map((src) => path.join(outDir, 'race', `emu-${path.basename(src)}.o`));
+const raceEmuSteps = () => emuSources.map((src, i) => ['g++', ['-std=c++17', '-DLK_CUDA_EMULATE', '-DLK_EMU_RACECHECK', '-I', 'cuda', '-c', src, '-o', raceEmuObjects()[i]]]);
 
 async function pool(items, limit, fn) {
   const results = new Array(items.length);
@@ -160,6 +164,13 @@ function judge(expect, r) {
   const jobs = Math.max(1, Math.min(4, os.cpus().length));
   let failed = 0, passed = 0;
   const built = new Map();
+  if (builds.some(([, flavor]) => flavor === 'race')) {
+    const results = await pool(raceEmuSteps(), jobs, ([cmd, args]) => sh(cmd, args));
+    results.forEach((r, i) => {
+      if (r.status !== 0) { console.log(`FAIL build ${raceEmuSteps()[i][1].join(' ')}\n${r.stderr}`); failed++; }
+    });
+    console.log(`built the race flavor's emulator: ${raceEmuSteps().map(([c, a]) => `${c} ${a.join(' ')}`).join(' && ')}`);
+  }
   await pool(builds, jobs, async ([file, flavor]) => {
     const { exe, steps } = buildSteps(file, flavor);
     for (const [cmd, args] of steps) {
