@@ -7,7 +7,7 @@
 //   good-shuffle   a warp collective (__shfl_xor_sync) between them orders them as well
 #include "verify.h"
 
-__device__ int source_of(int t, bool across_warps) { return (t & 31) > 0 || (across_warps && t > 0) ? t - 1 : t; }
+__host__ __device__ int source_of(int t, bool across_warps) { return (t & 31) > 0 || (across_warps && t > 0) ? t - 1 : t; }
 
 __global__ void neighbour_kernel(int* out, int mode) {
   __shared__ int slots[64];
