@@ -1,8 +1,13 @@
 #!/usr/bin/env node
 // `npm test`: type-checks the tests, runs the whole ava suite on the native build (CPU, plus CUDA
 // when a GPU is present), then builds the emulated-CUDA addon and runs the device suites again with
-// the CUDA backend executing the exact kernel sources on the emulator, then the emulator selftest.
-// `node scripts/test.cjs --asan` runs the emulated device suites under AddressSanitizer + UBSan.
+// the CUDA backend executing the exact kernel sources on the emulator, then the emulator selftest,
+// then the emulator's verifier tests (scripts/emu-verify.cjs: bugs it must catch, and their correct
+// counterparts), then the device suites on the race-detecting emulator build (build:race) under two
+// drawn thread / block orders (LK_EMU_SEED), so a missing __syncthreads in any kernel fails a test,
+// as does a read of shared memory no thread of the block wrote (LK_EMU_UNINIT=1).
+// `node scripts/test.cjs --asan` runs the emulated device suites, the selftest and the verifier
+// tests under AddressSanitizer + UBSan.
 const { spawnSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
@@ -12,11 +17,19 @@ const asan = process.argv.includes('--asan');
 const totals = { passed: 0, failed: 0, skipped: 0 };
 const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts', 'test/emulator.test.ts', 'test/cuda-host.test.ts', 'test/tc-attention.test.ts'];
 
+// lk_emu_selftest_mma reads a launch's execution error right after the launch, which only blocking
+// launches give (on a GPU as on the emulator, which queues work until a synchronization).
+const SELFTEST_ENV = { lk_emu_selftest: {}, lk_emu_selftest_mma: { CUDA_LAUNCH_BLOCKING: '1' } };
+// Drawn orders for the race-detecting runs (LK_EMU_RACE_SEEDS=3,4 picks others).
+const RACE_SEEDS = (process.env.LK_EMU_RACE_SEEDS || '1,2').split(',').filter(Boolean);
+
 function run(title, cmd, args, env = {}) {
   console.log(`\n== ${title}\n$ ${cmd} ${args.join(' ')}`);
+  const started = Date.now();
   const r = spawnSync(cmd, args, { cwd: root, env: { ...process.env, ...env }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28 });
   process.stdout.write(r.stdout || '');
   process.stderr.write(r.stderr || '');
+  console.log(`== ${title}: ${((Date.now() - started) / 1000).toFixed(1)} s`);
   return { status: r.status ?? 1, out: (r.stdout || '') + (r.stderr || '') };
 }
 
@@ -50,10 +63,12 @@ if (asan) {
     LD_PRELOAD: [gcc('libasan.so'), gcc('libubsan.so')].join(':'),
     ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1:halt_on_error=1',
     UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
+    LK_EMU_SEED: '3',  // a drawn order here too (index order runs in `npm test`)
   };
   ava('device suites, emulated CUDA under ASan + UBSan', DEVICE_SUITES, env);
   must('emulator selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS });
-  must('emulator tensor-core selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest_mma'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS });
+  must('emulator tensor-core selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest_mma'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS, ...SELFTEST_ENV.lk_emu_selftest_mma });
+  must('emulator verifier tests under ASan + UBSan', 'node', [path.join(__dirname, 'emu-verify.cjs'), '--asan']);
   finish();
 }
 ava('all suites, native build', []);
@@ -61,7 +76,13 @@ must('build emulated CUDA', 'npm', ['run', '--silent', 'build:emu']);
 ava('device suites, CUDA kernels on the emulator', DEVICE_SUITES, { LIFELONG_CUDA_EMULATE: '1' });
 for (const [title, binary] of [['emulator selftest', 'lk_emu_selftest'], ['emulator tensor-core selftest', 'lk_emu_selftest_mma']]) {
   const file = path.join(root, 'build-emu', 'Release', binary);
-  if (fs.existsSync(file)) must(title, file, []);
+  if (fs.existsSync(file)) must(title, file, [], SELFTEST_ENV[binary]);
   else { console.error(`${title}: binary missing`); totals.failed += 1; }
 }
+must('emulator verifier tests', 'node', [path.join(__dirname, 'emu-verify.cjs')]);
+must('build emulated CUDA with shared-memory race detection', 'npm', ['run', '--silent', 'build:race']);
+const raceAddon = path.join(root, 'build-race', 'Release', 'lifelong_kernels.node');
+for (const seed of RACE_SEEDS)
+  ava(`device suites, CUDA kernels on the emulator with race detection, LK_EMU_SEED=${seed}`, DEVICE_SUITES,
+    { LIFELONG_CUDA_EMULATE: '1', LIFELONG_ADDON: raceAddon, LK_EMU_SEED: seed, LK_EMU_UNINIT: '1' });
 finish();

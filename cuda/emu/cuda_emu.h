@@ -1,18 +1,37 @@
 // A CPU emulation of the CUDA execution model, so that the project's kernel and launch sources
-// (cuda/**/*.cu) compile with g++ and run without a GPU, ASan/UBSan included.
+// (cuda/**/*.cu) compile with g++ and run without a GPU, ASan/UBSan included, and so that the
+// emulator verifies them: it is the only place the kernels' exact source runs without a GPU.
 //
-// Model: a launch runs its blocks one after another on the calling OS thread; the threads of a
-// block are fibers on that OS thread, switched only at __syncthreads, warp shuffles / votes /
-// __syncwarp, so every barrier is real. Because a block's fibers share one OS thread,
-// `__shared__` is `static thread_local`: one copy per block in flight, as on a GPU.
-// Dynamic shared memory (the launch's shared_bytes) is one heap buffer of exactly that size per
-// launch, refilled with 0xff bytes (NaN floats) for every block, so AddressSanitizer catches a
-// kernel indexing past it and reads of never-written shared memory show up as NaN; launches asking
-// for more than 48 KiB fail unless cudaFuncSetAttribute raised the kernel's limit, as on a GPU.
+// Model (details in cuda_emu.cc and SPEC section 8):
+// - A launch runs its blocks one after another; the threads of a block are fibers on one OS thread,
+//   switched only at __syncthreads, warp shuffles / votes / __syncwarp, so every barrier is real.
+//   LK_EMU_SEED=n runs the blocks, and the threads between two synchronization points, in an order
+//   drawn from seed n (index order when unset), so a missing barrier shows whoever runs first.
+// - `__shared__` is `static thread_local`: one copy per OS thread, i.e. per block in flight. The
+//   emulator finds each kernel's __shared__ variables in the module's symbol table (their names
+//   carry the kernel's) and fills them, and the launch's dynamic shared memory, with 0xff bytes
+//   (NaN floats) before every block, so reads of never-written shared memory show up as NaN. It
+//   also enforces 48 KiB of static shared memory per kernel.
+// - Built with LK_EMU_RACECHECK and the kernel sources compiled with -fsanitize=thread, every
+//   shared-memory access is checked against the barrier / warp-synchronization order: two threads
+//   touching the same bytes, at least one writing, with no __syncthreads between them (or, for
+//   lanes of one warp, no __syncwarp / warp collective) fail the launch, naming both threads.
+// - Launches, cudaMemcpyAsync / cudaMemsetAsync / cudaMemset, event records and host functions are
+//   queued on their stream and run, in issue order, only when the host synchronizes (a stream, an
+//   event, the device, a synchronous cudaMemcpy or cudaFree), so a host that uses results before
+//   synchronizing reads stale data, as it may on a GPU. Errors of queued work surface at the next
+//   synchronization (or cudaGetLastError), as on a GPU. CUDA_LAUNCH_BLOCKING=1 runs every operation
+//   when it is issued instead, as CUDA's variable does.
+// - cudaMalloc gives exactly the bytes asked (256-byte aligned): AddressSanitizer sees one byte of
+//   overrun. cudaMemcpy* refuse a device-side pointer outside every device allocation and a
+//   host-side pointer inside one. Launch limits are the device's (1,024 threads, grid.y / grid.z
+//   <= 65,535, dynamic shared memory above 48 KiB only after cudaFuncSetAttribute).
 // Restrictions for kernel authors: __shared__ variables are declared (not initialised) inside
-// kernels or device functions; dynamic shared memory is reached through LK_DYNAMIC_SHARED
-// (compat.cuh), not `extern __shared__`; warp-synchronous functions must be called by every lane
-// named in their mask (else the emulator aborts with a message).
+// kernels (a device function's own __shared__ variables are neither refilled per block nor
+// race-checked: declare them in the kernel and pass them down); dynamic shared
+// memory is reached through LK_DYNAMIC_SHARED (compat.cuh), not `extern __shared__`;
+// warp-synchronous functions must be called by every lane named in their mask (else the emulator
+// aborts with a message).
 #pragma once
 #ifndef LK_CUDA_EMULATE
 #error "cuda_emu.h is the emulated-CUDA build only (define LK_CUDA_EMULATE)"
@@ -245,7 +264,10 @@ enum cudaError_t {
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInsufficientDriver = 35,
   cudaErrorNoDevice = 100,
+  cudaErrorInvalidResourceHandle = 400,
+  cudaErrorNotReady = 600,
   cudaErrorLaunchFailure = 719,
+  cudaErrorNotPermitted = 800,
 };
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
@@ -258,7 +280,16 @@ enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlock = 8, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 struct CUstream_st;
 typedef CUstream_st* cudaStream_t;
+struct CUevent_st;
+typedef CUevent_st* cudaEvent_t;
+typedef void (*cudaHostFn_t)(void* user_data);
+constexpr unsigned cudaStreamDefault = 0;
 constexpr unsigned cudaStreamNonBlocking = 1;
+constexpr unsigned cudaEventDefault = 0;
+constexpr unsigned cudaEventBlockingSync = 1;
+constexpr unsigned cudaEventDisableTiming = 2;
+#define cudaStreamLegacy (reinterpret_cast<cudaStream_t>(0x1))
+#define cudaStreamPerThread (reinterpret_cast<cudaStream_t>(0x2))
 
 struct cudaDeviceProp {
   char name[256];
@@ -267,6 +298,8 @@ struct cudaDeviceProp {
   size_t sharedMemPerBlockOptin;
   int warpSize;
   int maxThreadsPerBlock;
+  int maxThreadsDim[3];
+  int maxGridSize[3];
   int major, minor;
   int multiProcessorCount;
 };
@@ -284,6 +317,8 @@ template <typename T>
 inline cudaError_t cudaMalloc(T** ptr, size_t bytes) { return cudaMalloc(reinterpret_cast<void**>(ptr), bytes); }
 cudaError_t cudaFree(void* ptr);
 cudaError_t cudaMallocHost(void** ptr, size_t bytes);
+template <typename T>
+inline cudaError_t cudaMallocHost(T** ptr, size_t bytes) { return cudaMallocHost(reinterpret_cast<void**>(ptr), bytes); }
 cudaError_t cudaFreeHost(void* ptr);
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream = nullptr);
@@ -293,6 +328,16 @@ cudaError_t cudaStreamCreate(cudaStream_t* stream);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaStreamQuery(cudaStream_t stream);
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags = 0);
+cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* user_data);
+cudaError_t cudaEventCreate(cudaEvent_t* event);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags);
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
+cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaEventQuery(cudaEvent_t event);
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
+cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaDeviceSynchronize();
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes);
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
@@ -307,39 +352,55 @@ inline cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int v
 // ---------------------------------------------------------------- launches
 namespace lk_emu {
 
-// Runs `body` as every thread of every block of the grid (see the model above), with
-// `shared_bytes` of dynamic shared memory for `kernel`. Returns cudaErrorInvalidConfiguration /
-// cudaErrorInvalidValue without running anything for a launch CUDA would refuse.
-cudaError_t run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
+// Where a launch was written (LK_LAUNCH's kernel expression, file and line), for messages.
+struct LaunchSite {
+  const char* expr;
+  const char* file;
+  int line;
+};
+
+// Validates a launch of `kernel` as CUDA does at launch time (returning the error, nothing queued)
+// and queues `body` -- run as every thread of every block of the grid -- on `stream`.
+cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                   const LaunchSite& site, std::function<void()> body);
 void set_last_error(cudaError_t e);
 // The running block's dynamic shared memory (nullptr when the launch asked for none).
 void* dynamic_shared();
+// For emulator-side primitives that read or write shared memory on behalf of the running thread
+// (ldmatrix, cp.async, ...): race detection sees the access as the thread's own. A no-op unless
+// the emulator is built with LK_EMU_RACECHECK.
+void note_shared_access(const void* addr, size_t bytes, bool write);
 
 template <typename... Params>
 struct Launcher {
   void (*kernel)(Params...);
   dim3 grid, block;
   size_t shared_bytes;
+  cudaStream_t stream;
+  LaunchSite site;
   template <typename... Args>
   void operator()(Args&&... args) const {
-    // Arguments are copied once per launch, converted to the kernel's parameter types, and each
-    // emulated thread receives its own by-value copies, as on a GPU.
-    const std::tuple<typename std::decay<Params>::type...> copies(std::forward<Args>(args)...);
+    // Arguments are copied once at launch, converted to the kernel's parameter types (as on a GPU,
+    // later changes to the host's variables do not reach a queued launch), and each emulated
+    // thread receives its own by-value copies.
+    auto copies = std::make_shared<const std::tuple<typename std::decay<Params>::type...>>(std::forward<Args>(args)...);
     auto* fn = kernel;
-    const cudaError_t e = run_grid(reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, [fn, &copies] { std::apply(fn, copies); });
+    const cudaError_t e = launch(reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, stream, site,
+                                 [fn, copies] { std::apply(fn, *copies); });
     if (e != cudaSuccess) set_last_error(e);
   }
 };
 
 template <typename... Params>
-Launcher<Params...> launcher(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t /*stream*/) {
-  return Launcher<Params...>{kernel, grid, block, shared_bytes};
+Launcher<Params...> launcher(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                             LaunchSite site) {
+  return Launcher<Params...>{kernel, grid, block, shared_bytes, stream, site};
 }
 
 }  // namespace lk_emu
 
 #define LK_LAUNCH(kernel, grid, block, shared_bytes, stream) \
-  ::lk_emu::launcher(kernel, dim3(grid), dim3(block), shared_bytes, stream)
+  ::lk_emu::launcher(kernel, dim3(grid), dim3(block), shared_bytes, stream, ::lk_emu::LaunchSite{#kernel, __FILE__, __LINE__})
 
 // Tensor-core / cp.async primitives behind cuda/common/mma.cuh, and the emulator's counters.
 #include "emu_tensor_core.h"

@@ -316,6 +316,7 @@ int main() {
       cudaMalloc(&out, 64 * 4);
       std::freopen("/dev/null", "w", stderr);
       LK_LAUNCH(deadlock_kernel, 1, 64, 0, 0)(out);
+      cudaDeviceSynchronize();  // launches run at synchronization
       _exit(0);
     }
     int status = 0;
