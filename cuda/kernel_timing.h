@@ -8,7 +8,7 @@ namespace lk::cuda {
 void set_kernel_timing(bool on);
 
 // Milliseconds between the first and the last kernel of the last op this thread ran with timing
-// on (CUDA events on a GPU; a host clock on the emulator, whose launches are synchronous), or -1.
+// on (CUDA events, on a GPU and on the emulator), or -1.
 double last_kernel_ms();
 
 // Inside an op: begin() right before its first launch, end() right after its last (before the
@@ -25,9 +25,8 @@ class KernelSpan {
  private:
   bool on_;
   bool begun_ = false;
-  void* start_ = nullptr;  // cudaEvent_t on a GPU
+  void* start_ = nullptr;  // cudaEvent_t
   void* stop_ = nullptr;
-  double t0_ = 0.0;        // host clock (ms) on the emulator
 };
 
 }  // namespace lk::cuda

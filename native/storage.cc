@@ -61,7 +61,7 @@ BufferRef allocate(Device device, size_t bytes, std::string* error) {
 #endif
   } else {
 #ifdef LK_WITH_CUDA
-    *error = cuda::alloc(rounded, &ptr);
+    *error = cuda::alloc(bytes, &ptr);  // exact: see cuda::alloc
     if (!error->empty()) return nullptr;
 #else
     *error = "CUDA support was not compiled into this build";

@@ -47,6 +47,12 @@ const CASES = [
   ['race_block', 'race', 'bad-dynamic', race('neighbour_dynamic')],
   ['race_block', 'race', 'bad-atomic', race('count_kernel')],
   ['race_block', 'race', 'good', PASS, { LK_EMU_UNINIT: '1' }],
+  // cp.async and ldmatrix access shared memory on a thread's behalf: the detector sees them.
+  ['race_tensor_core', 'race', 'bad-wait-no-barrier', race('tile_kernel')],
+  ['race_tensor_core', 'race', 'bad-overwrite', race('tile_kernel')],
+  ['race_tensor_core', 'race', 'bad-ldmatrix', race('tile_kernel')],
+  ['race_tensor_core', 'race', 'good', PASS, { LK_EMU_SEED: '5', LK_EMU_UNINIT: '1' }],
+  ['race_tensor_core', 'plain', 'good', PASS],
   ['race_warp', 'race', 'bad-warp', race('neighbour_kernel')],
   ['race_warp', 'race', 'bad-crosswarp', race('neighbour_kernel')],
   ['race_warp', 'race', 'good-syncwarp', PASS, { LK_EMU_UNINIT: '1' }],

@@ -137,6 +137,7 @@ void ldmatrix(uint32_t* r, int matrices, bool trans, const void* smem_row) {
   if (lane < 8 * matrices) {  // x2: only lanes 0-15 supply rows
     if (reinterpret_cast<uintptr_t>(smem_row) % 16 != 0) fail("ldmatrix: a row address is not 16-byte aligned", lane, smem_row);
     std::memcpy(mine.e, smem_row, 16);
+    note_shared_access(smem_row, 16, false);  // the race detector sees this lane's row read
   }
   LdmatrixSelf self{lane, matrices, trans, {0, 0, 0, 0}};
   warp_all_gather(kFullWarp, &mine, ldmatrix_read, &self);
@@ -151,6 +152,9 @@ void cp_async_16(void* smem_dst, const void* gmem_src) {
   copy.dst = static_cast<unsigned char*>(smem_dst);
   std::memcpy(copy.bytes, gmem_src, 16);
   std::memset(smem_dst, 0xff, 16);  // in flight: reads see 0xff bytes until the wait
+  // The copy may land any time until its wait: a write at issue (catches other threads still
+  // reading the stage it overwrites) and again at the wait (catches readers not ordered after it).
+  note_shared_access(smem_dst, 16, true);
   my_copies().open.push_back(copy);
   n_cp_async.fetch_add(1, std::memory_order_relaxed);
 }
@@ -164,7 +168,10 @@ void cp_async_commit() {
 void cp_async_wait(int n) {
   ThreadCopies& tc = my_copies();
   while (tc.groups.size() > (size_t)(n < 0 ? 0 : n)) {
-    for (const Copy& copy : tc.groups.front()) std::memcpy(copy.dst, copy.bytes, 16);
+    for (const Copy& copy : tc.groups.front()) {
+      std::memcpy(copy.dst, copy.bytes, 16);
+      note_shared_access(copy.dst, 16, true);
+    }
     tc.groups.pop_front();
   }
 }

@@ -33,7 +33,7 @@ class Uploads {
   const T* put(const T* host, size_t count, std::string* err) {
     if (!host || !err->empty()) return nullptr;
     void* dev = nullptr;
-    *err = check(cudaMalloc(&dev, count * sizeof(T) + 1), "cudaMalloc");
+    *err = check(cudaMalloc(&dev, count ? count * sizeof(T) : 1), "cudaMalloc");
     if (!err->empty()) return nullptr;
     owned_.push_back(dev);
     *err = check(cudaMemcpy(dev, host, count * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
@@ -42,7 +42,7 @@ class Uploads {
   void* scratch(size_t bytes, std::string* err) {
     void* dev = nullptr;
     if (!err->empty()) return nullptr;
-    *err = check(cudaMalloc(&dev, bytes + 1), "cudaMalloc(scores scratch)");
+    *err = check(cudaMalloc(&dev, bytes ? bytes : 1), "cudaMalloc(scores scratch)");
     if (err->empty()) owned_.push_back(dev);
     return err->empty() ? dev : nullptr;
   }
