@@ -10,6 +10,7 @@
 #include "../../cuda/common/ieee.h"
 #include "../../cuda/common/tile_plan.h"
 #include "../thread_pool.h"
+#include "isa.h"
 #include "simd.h"
 
 namespace lk::cpu {
@@ -375,23 +376,19 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
   }
 }
 
-// One entry per instruction set, each compiled for it; chosen once at run time.
-__attribute__((target("arch=x86-64-v4"))) void attend_tile_avx512(const Job& j, int b, int t, int h, Scratch& s) {
-  attend_tile_impl<GemmAvx512>(j, b, t, h, s);
-}
-__attribute__((target("arch=x86-64-v3"))) void attend_tile_avx2(const Job& j, int b, int t, int h, Scratch& s) {
-  attend_tile_impl<GemmAvx2>(j, b, t, h, s);
-}
-void attend_tile_baseline(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmBaseline>(j, b, t, h, s); }
+// One entry per instruction set, each compiled for it (native/cpu/isa.h).
+#if LK_ISA_X86
+LK_TARGET_AVX512 void attend_tile_avx512(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmAvx512>(j, b, t, h, s); }
+LK_TARGET_AVX2 void attend_tile_avx2(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmAvx2>(j, b, t, h, s); }
+#endif
+#if LK_ISA_NEON
+void attend_tile_neon(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmNeon>(j, b, t, h, s); }
+#endif
+void attend_tile_portable(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmBaseline>(j, b, t, h, s); }
 
 using AttendTileFn = void (*)(const Job&, int, int, int, Scratch&);
-
-AttendTileFn select_attend_tile() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return attend_tile_avx512;
-  if (__builtin_cpu_supports("x86-64-v3")) return attend_tile_avx2;
-  return attend_tile_baseline;
-}
+const IsaTable<AttendTileFn> kAttendTile = {{attend_tile_portable, LK_IF_NEON(attend_tile_neon), LK_IF_X86(attend_tile_avx2),
+                                             LK_IF_X86(attend_tile_avx512), nullptr}};
 
 // Summaries of the batch's real tiles of `tile` tokens, sequence b's at [base[b], base[b + 1]):
 // memory and time follow the tokens, not batch x the longest sequence (cuda/common/tile_plan.h).
@@ -437,7 +434,7 @@ void masked_attention(const AttentionParams& p) {
   ThreadPool& pool = ThreadPool::shared();
   std::vector<Scratch> scratch(pool.size());
   for (auto& sc : scratch) sc.init(p.head_dim);
-  static const AttendTileFn attend_tile = select_attend_tile();
+  const AttendTileFn attend_tile = isa_pick(kAttendTile);  // one path for the whole call
   pool.parallel_for((int64_t)tasks.size() * p.heads, [&](int64_t i, int worker) {
     const TileRef& t = tasks[i / p.heads];
     attend_tile(job, t.seq, t.tile, (int)(i % p.heads), scratch[worker]);
