@@ -8,7 +8,8 @@
       "native/cpu/attention_cpu.cc",
       "native/cpu/gather_rows_cpu.cc",
       "native/cpu/sparse_cpu.cc",
-      "native/cpu/isa.cc"
+      "native/cpu/isa.cc",
+      "native/cpu/convert.cc"
     ],
     "lk_cuda_sources": [
       "cuda/runtime.cu",

@@ -13,6 +13,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 #define LK_INLINE inline __attribute__((always_inline))
 
 LK_INLINE v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+LK_INLINE v8i splat_int(int32_t x) { return v8i{x, x, x, x, x, x, x, x}; }
 LK_INLINE v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
 LK_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 
