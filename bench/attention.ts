@@ -91,7 +91,7 @@ async function main() {
   for (const r of rows as { shape: string; rule: string; oursMs: number; oursGflops: number; ortMs: number; ortGflops: number; speedup: number }[])
     console.log(`${r.shape.padEnd(8)} ${r.rule.padEnd(14)} ${r.oursMs.toFixed(2).padStart(8)} ${r.oursGflops.toFixed(1).padStart(10)} ${r.ortMs.toFixed(2).padStart(8)} ${r.ortGflops.toFixed(1).padStart(10)} ${('x' + r.speedup.toFixed(2)).padStart(9)} ${((r.oursGflops / peakGflops) * 100).toFixed(0).padStart(8)}%`);
 
-  const targets = await cpuTargets(peakGflops, threads);
+  const targets = await cpuTargets(threads);
   console.log(`load average at the end: ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} on ${threads} CPUs (other processes share them)`);
 
   const dir = path.join(__dirname, '..', '..', 'bench', 'results');
