@@ -7,7 +7,9 @@
       "native/op_queue.cc",
       "native/cpu/attention_cpu.cc",
       "native/cpu/gather_rows_cpu.cc",
-      "native/cpu/sparse_cpu.cc"
+      "native/cpu/sparse_cpu.cc",
+      "native/cpu/isa.cc",
+      "native/cpu/convert.cc"
     ],
     "lk_cuda_sources": [
       "cuda/runtime.cu",

@@ -26,7 +26,7 @@ export interface NativeLimits {
 }
 
 export interface NativeBackends {
-  cpu: { threads: number; simd: string };
+  cpu: { threads: number; simd: string; isaPaths: string[] };
   cuda: {
     available: boolean;
     compiled: boolean;
@@ -62,6 +62,8 @@ export interface NativeAddon {
   liveMemory(): { buffers: number; bytes: number };
   /** Test support: a pool call whose task `failAt` throws; must reject and leave the pool healthy. */
   _failInPoolTask(tasks: number, failAt: number): Promise<void>;
+  /** Test support: forces the CPU kernels' instruction set (one of backends().cpu.isaPaths). */
+  _setCpuIsa(isa: string): void;
 }
 
 /** The package root: the nearest folder above this file whose package.json names this package. */

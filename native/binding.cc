@@ -19,6 +19,7 @@
 #include "../cuda/common/half_convert.h"
 #include "cpu/attention_cpu.h"
 #include "cpu/gather_rows_cpu.h"
+#include "cpu/isa.h"
 #include "cpu/sparse_cpu.h"
 #include "op_queue.h"
 #include "storage.h"
@@ -709,11 +710,16 @@ Napi::Value FromFloat32(const Napi::CallbackInfo& info) {
   return dst;
 }
 
-const char* SimdLevel() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return "avx512";
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
-  return "sse2";
+// _setCpuIsa(name): test support, forces the CPU kernels' instruction set (native/cpu/isa.h) for
+// calls that start from now on. RangeError when unknown or not runnable here.
+Napi::Value SetCpuIsa(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "isa: expected a string");
+  const std::string name = info[0].As<Napi::String>().Utf8Value();
+  cpu::Isa isa;
+  if (!cpu::parse_isa(name.c_str(), &isa)) throw Napi::RangeError::New(env, "isa: unknown instruction set '" + name + "'");
+  if (!cpu::set_active_isa(isa)) throw Napi::RangeError::New(env, "isa: this CPU or build cannot run '" + name + "'");
+  return env.Undefined();
 }
 
 Napi::Value Backends(const Napi::CallbackInfo& info) {
@@ -721,7 +727,11 @@ Napi::Value Backends(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(env);
   Napi::Object cpu = Napi::Object::New(env);
   cpu.Set("threads", ThreadPool::shared().size());
-  cpu.Set("simd", SimdLevel());
+  cpu.Set("simd", cpu::isa_name(cpu::active_isa()));
+  Napi::Array paths = Napi::Array::New(env);
+  for (int i = 0; i < cpu::kIsaCount; ++i)
+    if (cpu::isa_supported((cpu::Isa)i)) paths.Set(paths.Length(), cpu::isa_name((cpu::Isa)i));
+  cpu.Set("isaPaths", paths);
   result.Set("cpu", cpu);
   Napi::Object cuda_info = Napi::Object::New(env);
   Napi::Array devices = Napi::Array::New(env);
@@ -820,6 +830,7 @@ Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  if (const char* bad = cpu::isa_env_error()) throw Napi::Error::New(env, bad);
   exports.Set("Storage", Storage::Init(env));
   exports.Set("backends", Napi::Function::New(env, Backends));
   exports.Set("maskedAttention", Napi::Function::New(env, MaskedAttention));
@@ -832,6 +843,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("limits", Napi::Function::New(env, Limits));
   exports.Set("liveMemory", Napi::Function::New(env, LiveMemoryJs));
   exports.Set("_failInPoolTask", Napi::Function::New(env, FailInPoolTask));
+  exports.Set("_setCpuIsa", Napi::Function::New(env, SetCpuIsa));
   exports.Set("toFloat32", Napi::Function::New(env, ToFloat32));
   exports.Set("fromFloat32", Napi::Function::New(env, FromFloat32));
   return exports;

@@ -72,6 +72,11 @@ if (asan) {
   finish();
 }
 ava('all suites, native build', []);
+// The CPU suites again on every other instruction-set path this machine runs (native/cpu/isa.h).
+const CPU_SUITES = ['test/attention.parity.test.ts', 'test/sparse.test.ts', 'test/memory-bank.test.ts', 'test/fuzz.test.ts'];
+const isaPaths = JSON.parse(spawnSync('node', ['-p', "JSON.stringify(require('./dist/lib/index.js').backends().cpu.isaPaths)"], { cwd: root, encoding: 'utf8' }).stdout || '[]');
+if (isaPaths.length === 0) { console.error('could not list the CPU instruction-set paths'); totals.failed += 1; }
+for (const isa of isaPaths.slice(0, -1)) ava(`CPU suites forced onto the ${isa} path`, CPU_SUITES, { LK_CPU_ISA: isa, LIFELONG_DEVICE: 'cpu' });
 must('build emulated CUDA', 'npm', ['run', '--silent', 'build:emu']);
 ava('device suites, CUDA kernels on the emulator', DEVICE_SUITES, { LIFELONG_CUDA_EMULATE: '1' });
 for (const [title, binary] of [['emulator selftest', 'lk_emu_selftest'], ['emulator tensor-core selftest', 'lk_emu_selftest_mma']]) {
