@@ -1,6 +1,6 @@
 // Jagged (packed) batch layouts, SPEC §2, and the argument checks every op shares (SPEC §6).
 import { Tensor, DType, Device } from './tensor';
-import { limits } from './native';
+import { codes, limits } from './native';
 
 export interface Layout {
   offsets: Int32Array;
@@ -43,8 +43,10 @@ export function checkLayout(layout: unknown, tokens: number, name: string): Chec
   if (roles !== undefined) {
     if (!(roles instanceof Uint8Array)) throw new TypeError(`${name}.roles: expected a Uint8Array`);
     if (roles.length !== tokens) throw new RangeError(`${name}.roles: expected ${tokens} entries (one per token), got ${roles.length}`);
+    const known = codes().role;
     for (let t = 0; t < tokens; t++)
-      if (roles[t] > 2) throw new RangeError(`${name}.roles: roles are 0 (item), 1 (memory) or 2 (target), got ${roles[t]} at ${t}`);
+      if (roles[t] >= codes().roleCount)
+        throw new RangeError(`${name}.roles: roles are ${Object.entries(known).map(([n, c]) => `${c} (${n})`).join(', ')}, got ${roles[t]} at ${t}`);
   }
   return { offsets, segments, roles, batch, maxLength };
 }
