@@ -135,7 +135,7 @@ for (const device of parityDevices()) {
     const ids = Buffer.from(new Int32Array([7, -8, 9]).buffer);
     t.deepEqual(Array.from(await tensor(ids, [3], { dtype: 'int32', device }).data()), [7, -8, 9]);
     t.throws(() => tensor(buf, [16], { device }), { instanceOf: RangeError, message: /^data: shape \[16\] of float32 needs 64 bytes, got a Buffer of 16 bytes/ });
-    t.throws(() => tensor(new BigInt64Array(2), [2], { device }), { instanceOf: TypeError, message: /^data: BigInt arrays \(int64\)/ });
+    t.throws(() => tensor(new BigInt64Array(2) as never, [2], { device }), { instanceOf: TypeError, message: /^data: BigInt arrays \(int64\)/ });
     t.throws(() => tensor([1n, 2n] as unknown as number[], [2], { dtype: 'int32', device }), { instanceOf: TypeError, message: /^data: element 0 is a BigInt/ });
   });
 
