@@ -1,7 +1,7 @@
 // onnxruntime-node interop (SPEC §11): dense layers run in ONNX Runtime, attention and memory here,
 // and tensors cross without copies on the CPU where the dtypes allow. onnxruntime is not a
 // dependency: the caller passes its module, and only its Tensor class is used.
-import { DType, Device, Tensor, TensorData, tensor } from './tensor';
+import { DTYPE_CODE, DType, Device, Tensor, TensorData, describe, tensor } from './tensor';
 import { native } from './native';
 
 /** The part of an onnxruntime-common Tensor this module reads. */
@@ -52,15 +52,11 @@ export function toOrt<T extends OrtTensorLike>(t: Tensor, ort: OrtModuleLike<T>,
       if (want === 'float32') throw new TypeError("options.type: 'float32' converts float16 / bfloat16 tensors, this one is int32");
       return make('int32', new Int32Array(memory, 0, t.size));
     case 'float16':
-      if (want === 'float32') return make('float32', native().toFloat32(new Uint16Array(memory, 0, t.size), codeOf('float16')));
+      if (want === 'float32') return make('float32', native().toFloat32(new Uint16Array(memory, 0, t.size), DTYPE_CODE.float16));
       return make('float16', new Uint16Array(memory, 0, t.size));
     case 'bfloat16':
-      return make('float32', native().toFloat32(new Uint16Array(memory, 0, t.size), codeOf('bfloat16')));
+      return make('float32', native().toFloat32(new Uint16Array(memory, 0, t.size), DTYPE_CODE.bfloat16));
   }
-}
-
-function codeOf(dtype: DType): number {
-  return native().codes().dtype[dtype];
 }
 
 export interface FromOrtOptions {
@@ -115,9 +111,4 @@ export function fromOrt(ortTensor: OrtTensorLike, options: FromOrtOptions = {}):
       throw new TypeError(`ortTensor: type '${ortTensor.type}' is not supported; expected float32, float16, int32 or int64`);
   }
   throw new TypeError(`ortTensor: type '${ortTensor.type}' with data of ${describe(data)} is not an onnxruntime CPU tensor`);
-}
-
-function describe(value: unknown): string {
-  if (value === null || typeof value !== 'object') return String(value);
-  return (value as object).constructor?.name ?? 'an object';
 }

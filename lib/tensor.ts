@@ -199,7 +199,8 @@ export class Tensor<D extends DType = DType> {
   }
 }
 
-function describe(value: unknown): string {
+/** @internal What a value is, for error messages: its class name or type. */
+export function describe(value: unknown): string {
   if (value === null) return 'null';
   if (typeof value !== 'object') return typeof value;
   return (value as object).constructor?.name ?? 'an object';
