@@ -8,6 +8,7 @@ import { backends, maskedAttention, presets, reference, tensor, Tensor } from '.
 import type { PresetName } from '../lib/index';
 import { cpuTargets } from './cpu-targets';
 import { buildAdditiveMask, createDenseMaskedAttention, measureSgemmPeak, padPacked, timeIt } from './ort-peer';
+import { writeAttentionChart } from './chart';
 
 const H = 4, D = 64, SEGMENT_ITEMS = 200, MEMORY_TOKENS = 4;
 const SHAPES = [{ users: 8, tokens: 1024 }, { users: 1, tokens: 4096 }];
@@ -62,6 +63,7 @@ async function main() {
   const rows: Record<string, unknown>[] = [];
   for (const { users, tokens } of SHAPES) {
     const T = users * tokens;
+    console.log(`-- ${users} users x ${tokens} tokens (${RULES.length} rules) …`);
     const q = randomFloats(T * H * D, 1), k = randomFloats(T * H * D, 2), v = randomFloats(T * H * D, 3);
     const qt = tensor(q, [T, H, D]), kt = tensor(k, [T, H, D]), vt = tensor(v, [T, H, D]);
     const offsetsFull = new Int32Array(users + 1).map((_, i) => i * tokens);
@@ -104,6 +106,7 @@ async function main() {
     loadAverage: os.loadavg(),
   }, null, 2));
   console.log(`\nwrote ${path.relative(process.cwd(), file)}`);
+  writeAttentionChart(path.relative(process.cwd(), file), rows);
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

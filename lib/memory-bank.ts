@@ -4,7 +4,8 @@
 // run in call order; every check happens before the kernel, so a rejected call changes nothing.
 import { promises as fsp } from 'fs';
 import * as path from 'path';
-import { native, NativeStorage } from './native';
+import { codes, native, NativeStorage } from './native';
+import { ROLE, RoleName } from './rules';
 import { DTYPE_CODE, DType, Device, Tensor, deviceCapacity, emptyTensor } from './tensor';
 import { checkLayout, checkTensor, Layout } from './layout';
 import { cudaDisabledReason } from './backends';
@@ -25,8 +26,7 @@ export interface MemoryBankOptions {
 
 export type RoleSelect = 'item' | 'memory' | 'target' | { role: 'item' | 'memory' | 'target'; last: number };
 
-const ROLE_CODE = { item: 0, memory: 1, target: 2 } as const;
-const BYTES: Record<string, number> = { float32: 4, float16: 2, bfloat16: 2 };
+const BANK_DTYPES = ['float32', 'float16', 'bfloat16'] as const;
 
 function checkCount(v: unknown, name: string, min: number, max = 2 ** 31 - 1): number {
   if (typeof v !== 'number' || !Number.isInteger(v)) throw new TypeError(`${name}: expected an integer, got ${String(v)}`);
@@ -70,7 +70,7 @@ export class MemoryBank {
     this.slots = checkCount(options.slots, 'slots', 1);
     this.width = checkCount(options.width, 'width', 1);
     const dtype = options.dtype ?? 'float32';
-    if (typeof dtype !== 'string' || !Object.hasOwn(BYTES, dtype)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
+    if (typeof dtype !== 'string' || !(BANK_DTYPES as readonly string[]).includes(dtype)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
     this.dtype = dtype;
     const device = options.device ?? 'cpu';
     if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`device: expected 'cpu' or 'cuda', got ${String(device)}`);
@@ -86,7 +86,7 @@ export class MemoryBank {
     this.overflow = overflow;
     const rows = this.users * this.slots;
     if (rows > 2 ** 31 - 1) throw new RangeError(`users * slots: at most 2^31 - 1 rows, got ${rows}`);
-    const bytes = rows * this.width * BYTES[dtype];
+    const bytes = rows * this.width * codes().dtypeBytes[dtype];
     if (bytes > deviceCapacity(device))
       throw new RangeError(`width: users x slots x width of ${dtype} is ${bytes} bytes, more than the ${device} device holds (${deviceCapacity(device)})`);
     this.#storage = new (native().Storage)(device, bytes, true);
@@ -97,7 +97,7 @@ export class MemoryBank {
   get disposed(): boolean { return this.#storage === undefined; }
 
   /** Bytes of token storage per user (slots x width x element size). */
-  get bytesPerUser(): number { return this.slots * this.width * BYTES[this.dtype]; }
+  get bytesPerUser(): number { return this.slots * this.width * codes().dtypeBytes[this.dtype]; }
 
   dispose(): void {
     this.#storage?.dispose();
@@ -105,6 +105,13 @@ export class MemoryBank {
   }
 
   [Symbol.dispose](): void { this.dispose(); }
+
+  toString(): string {
+    return `MemoryBank(${this.mode}${this.mode === 'append' ? `, overflow ${this.overflow}` : ''}, ${this.users} users × ${this.slots} slots × ${this.width} ${this.dtype}, ${this.device}${this.disposed ? ', disposed' : ''})`;
+  }
+
+  /** @internal console.log / util.inspect show what toString says. */
+  [Symbol.for('nodejs.util.inspect.custom')](): string { return this.toString(); }
 
   #live(): NativeStorage {
     if (!this.#storage) throw new Error('memory bank is disposed');
@@ -224,7 +231,7 @@ export class MemoryBank {
       const lay = checkLayout(layout, src.shape[0], 'layout');
       if (lay.batch !== ids.length) throw new RangeError(`layout: ${lay.batch} sequences for ${ids.length} users`);
       let role: number, last = Infinity;
-      const roleOf = (name: unknown) => (typeof name === 'string' && Object.hasOwn(ROLE_CODE, name) ? ROLE_CODE[name as keyof typeof ROLE_CODE] : -1);
+      const roleOf = (name: unknown) => (typeof name === 'string' && Object.hasOwn(ROLE, name) ? ROLE[name as RoleName] : -1);
       if (typeof select === 'string') {
         role = roleOf(select);
         if (role < 0) throw new TypeError(`select: unknown role '${select}', expected 'item', 'memory' or 'target'`);
@@ -376,7 +383,14 @@ export class MemoryBank {
    */
   save(file: string): Promise<void> {
     if (typeof file !== 'string' || file === '') return Promise.reject(new TypeError('file: expected a path'));
-    return this.#submit(() => ({ run: () => this.#saveNow(file) }));
+    return this.#submit(() => ({
+      run: () => this.#saveNow(file).catch((e: NodeJS.ErrnoException) => {
+        // fs errors name the temporary file; the caller asked about `file`.
+        const error: NodeJS.ErrnoException = new Error(`MemoryBank.save(${file}): ${e.message}`, { cause: e });
+        if (e.code !== undefined) error.code = e.code;
+        throw error;
+      }),
+    }));
   }
 
   async #saveNow(file: string): Promise<void> {
@@ -387,7 +401,7 @@ export class MemoryBank {
     header.writeUInt32LE(this.users, 12);
     header.writeUInt32LE(this.slots, 16);
     header.writeUInt32LE(this.width, 20);
-    header.writeUInt8(DTYPE_CODE[this.dtype], 24);
+    header.writeUInt8(FILE_DTYPES.indexOf(this.dtype), 24);
     header.writeUInt8(this.mode === 'overwrite' ? 0 : 1, 25);
     header.writeUInt8(this.overflow === 'error' ? 0 : 1, 26);
     const parts = [header, Buffer.from(this.#lengths.buffer, this.#lengths.byteOffset, this.#lengths.byteLength),
@@ -431,11 +445,11 @@ export class MemoryBank {
       if (version !== FORMAT_VERSION) throw fail(`format version ${version} is not supported (this build reads version ${FORMAT_VERSION})`);
       const users = header.readUInt32LE(12), slots = header.readUInt32LE(16), width = header.readUInt32LE(20);
       const dtypeCode = header.readUInt8(24), mode = header.readUInt8(25), overflow = header.readUInt8(26);
-      if (dtypeCode > 2 || mode > 1 || overflow > 1 || header.subarray(27, HEADER_BYTES).some((b) => b !== 0) ||
+      if (dtypeCode >= FILE_DTYPES.length || mode > 1 || overflow > 1 || header.subarray(27, HEADER_BYTES).some((b) => b !== 0) ||
           users < 1 || slots < 1 || width < 1 || users * slots > 2 ** 31 - 1)
         throw fail('corrupt header');
-      const dtype = (['float32', 'float16', 'bfloat16'] as const)[dtypeCode];
-      const expected = HEADER_BYTES + 8 * users + users * slots * width * BYTES[dtype] + 4;
+      const dtype = FILE_DTYPES[dtypeCode];
+      const expected = HEADER_BYTES + 8 * users + users * slots * width * codes().dtypeBytes[dtype] + 4;
       if (size !== expected) throw fail(`expected ${expected} bytes, found ${size} (truncated or corrupt)`);
       buf = Buffer.alloc(expected);
       header.copy(buf);
@@ -446,7 +460,7 @@ export class MemoryBank {
     }
     const expected = buf.length;
     const users = buf.readUInt32LE(12), slots = buf.readUInt32LE(16), width = buf.readUInt32LE(20);
-    const dtype = (['float32', 'float16', 'bfloat16'] as const)[buf.readUInt8(24)];
+    const dtype = FILE_DTYPES[buf.readUInt8(24)];
     const stored = buf.readUInt32LE(expected - 4);
     if ((crc32(buf.subarray(0, expected - 4), 0) >>> 0) !== stored) throw fail('checksum mismatch (corrupt file)');
     const lengths = new Int32Array(buf.buffer.slice(buf.byteOffset + HEADER_BYTES, buf.byteOffset + HEADER_BYTES + 4 * users));
@@ -495,5 +509,7 @@ function processIsGone(pid: number): boolean {
 }
 
 const MAGIC = Buffer.from('LKMEMBNK', 'latin1');
+// The file format's own dtype codes (README, "MemoryBank file format"): fixed by the format, not the kernels.
+const FILE_DTYPES = ['float32', 'float16', 'bfloat16'] as const;
 const FORMAT_VERSION = 1;
 const HEADER_BYTES = 32;

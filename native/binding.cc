@@ -10,6 +10,7 @@
 #include <cmath>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -32,6 +33,67 @@
 namespace lk {
 namespace {
 
+// ---------------------------------------------------------------- caller memory
+
+// What this addon keeps per JS environment (main thread or worker): which thread runs it, whether
+// it is still alive, and references to release on it that were dropped on another thread.
+struct EnvState {
+  napi_env env;
+  std::thread::id thread;
+  std::atomic<bool> alive{true};
+  std::mutex mutex;
+  std::vector<napi_ref> pending;
+  void drain() {
+    std::vector<napi_ref> refs;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      refs.swap(pending);
+    }
+    for (napi_ref r : refs) napi_delete_reference(env, r);
+  }
+};
+struct EnvStateHolder {
+  std::shared_ptr<EnvState> state;
+  ~EnvStateHolder() { state->alive = false; }  // the environment is being torn down
+};
+
+std::shared_ptr<EnvState> StateOf(napi_env env) {
+  return Napi::Env(env).GetInstanceData<EnvStateHolder>()->state;
+}
+
+// A caller's typed array used in place (tensor(..., { copy: false })): a strong reference keeps it
+// alive for as long as any Buffer on its memory lives, op closures included.
+class JsArrayOwner : public ExternalOwner {
+ public:
+  JsArrayOwner(std::shared_ptr<EnvState> state, napi_ref ref) : state_(std::move(state)), ref_(ref) {}
+  ~JsArrayOwner() override {
+    if (!state_->alive) return;  // the environment (and the array) are gone already
+    if (std::this_thread::get_id() == state_->thread) {
+      napi_delete_reference(state_->env, ref_);
+    } else {  // only the JS thread may touch references: released at its next call into the addon
+      std::lock_guard<std::mutex> lock(state_->mutex);
+      state_->pending.push_back(ref_);
+    }
+  }
+  // Called on the JS thread only (BufferOf): a transferred array's memory belongs to someone else.
+  bool detached() const override {
+    napi_value array, buffer;
+    bool is_detached = false;
+    if (napi_get_reference_value(state_->env, ref_, &array) != napi_ok || array == nullptr) return true;
+    if (napi_get_typedarray_info(state_->env, array, nullptr, nullptr, nullptr, &buffer, nullptr) != napi_ok) return true;
+    return napi_is_detached_arraybuffer(state_->env, buffer, &is_detached) != napi_ok || is_detached;
+  }
+
+ private:
+  std::shared_ptr<EnvState> state_;
+  napi_ref ref_;
+};
+
+// The bytes of a typed array argument (checked to be one).
+void* TypedArrayBytes(const Napi::TypedArray& a) {
+  return static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
+}
+
 // ---------------------------------------------------------------- Storage
 
 class Storage : public Napi::ObjectWrap<Storage> {
@@ -45,6 +107,11 @@ class Storage : public Napi::ObjectWrap<Storage> {
                                       InstanceMethod("read", &Storage::Read),
                                       InstanceMethod("copyTo", &Storage::CopyTo),
                                       InstanceMethod("share", &Storage::Share),
+                                      InstanceMethod("view", &Storage::View),
+                                      InstanceMethod("readInto", &Storage::ReadInto),
+                                      InstanceMethod("copyFrom", &Storage::CopyFrom),
+                                      InstanceMethod("hostView", &Storage::HostView),
+                                      InstanceAccessor("external", &Storage::External, nullptr),
                                       InstanceAccessor("bytes", &Storage::Bytes, nullptr),
                                       InstanceAccessor("device", &Storage::DeviceName, nullptr),
                                       InstanceAccessor("disposed", &Storage::Disposed, nullptr)});
@@ -56,7 +123,8 @@ class Storage : public Napi::ObjectWrap<Storage> {
   // for as long as JS owns it.
   explicit Storage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Storage>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() == 1 && info[0].IsExternal()) {  // share(): another handle, memory counted once
+    StateOf(env)->drain();
+    if (info.Length() == 1 && info[0].IsExternal()) {  // share() / view() / wrap(): memory counted once, by its owner
       buffer_ = *info[0].As<Napi::External<BufferRef>>().Data();
       counted_ = false;
       return;
@@ -87,7 +155,19 @@ class Storage : public Napi::ObjectWrap<Storage> {
       throw Napi::TypeError::New(env, std::string(name) + ": expected a tensor storage");
     Storage* s = Napi::ObjectWrap<Storage>::Unwrap(v.As<Napi::Object>());
     if (!s->buffer_) throw Napi::Error::New(env, "tensor is disposed");
+    CheckAttached(env, s->buffer_, name);
     return s->buffer_;
+  }
+
+  // A Storage object for `buf` (a view or wrapped memory; not counted again).
+  static Napi::Object Wrap(Napi::Env env, BufferRef buf) {
+    return constructor->New({Napi::External<BufferRef>::New(env, &buf)});
+  }
+
+  static void CheckAttached(Napi::Env env, const BufferRef& buf, const char* name) {
+    const ExternalOwner* ext = buf->external_owner();
+    if (ext && ext->detached())
+      throw Napi::TypeError::New(env, std::string(name) + ": the array this tensor wraps (copy: false) was transferred or detached");
   }
 
  private:
@@ -109,11 +189,47 @@ class Storage : public Napi::ObjectWrap<Storage> {
     return Napi::String::New(info.Env(), buffer_ ? device_name(buffer_->device) : "cpu");
   }
   Napi::Value Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !buffer_); }
+  Napi::Value External(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), buffer_ && buffer_->external_owner() != nullptr);
+  }
 
   BufferRef Live(Napi::Env env) {
     if (!buffer_) throw Napi::Error::New(env, "tensor is disposed");
+    CheckAttached(env, buffer_, "tensor");
     return buffer_;
   }
+
+  // view(byteOffset, bytes) -> a Storage on bytes [byteOffset, byteOffset + bytes) of this one: no
+  // copy; the memory stays alive until this and every view of it are disposed or collected.
+  Napi::Value View(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    BufferRef buf = Live(env);
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
+      throw Napi::TypeError::New(env, "view(byteOffset, bytes): expected two integers");
+    const double off = info[0].As<Napi::Number>().DoubleValue(), len = info[1].As<Napi::Number>().DoubleValue();
+    if (!(off >= 0 && len >= 0) || off != std::floor(off) || len != std::floor(len) || off + len > (double)buf->bytes)
+      throw Napi::RangeError::New(env, "view: bytes [" + std::to_string(off) + ", +" + std::to_string(len) +
+                                           ") lie outside the storage's " + std::to_string(buf->bytes));
+    return Wrap(env, view_of(buf, (size_t)off, (size_t)len));
+  }
+
+  // hostView() -> an ArrayBuffer on this CPU storage's own memory (no copy), for handing a tensor to
+  // onnxruntime-node; it keeps the memory alive until it is collected.
+  Napi::Value HostView(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    BufferRef buf = Live(env);
+    if (buf->device != Device::kCpu) throw Napi::TypeError::New(env, "tensor: on cuda; only CPU memory can be viewed in place");
+    if (buf->bytes == 0) return Napi::ArrayBuffer::New(env, 0);
+    auto* keep = new BufferRef(buf);
+    return Napi::ArrayBuffer::New(env, buf->ptr, buf->bytes, [](Napi::Env, void*, BufferRef* k) { delete k; }, keep);
+  }
+
+  // readInto(typedArray) -> Promise<void>: copies the storage into the caller's array (of exactly
+  // its size) off the event loop; the array is referenced until the copy is done.
+  Napi::Value ReadInto(const Napi::CallbackInfo& info);
+
+  // copyFrom(storage) -> Promise<void>: this storage's bytes from another of the same size (any devices).
+  Napi::Value CopyFrom(const Napi::CallbackInfo& info);
 
   // write(typedArray): copies exactly `bytes` bytes from the view into the storage.
   Napi::Value Write(const Napi::CallbackInfo& info) {
@@ -133,8 +249,7 @@ class Storage : public Napi::ObjectWrap<Storage> {
   // share() -> a second Storage on the same memory, which stays alive until every handle is disposed
   // or collected. Ops take one at the call, so a caller may dispose its tensor right after.
   Napi::Value Share(const Napi::CallbackInfo& info) {
-    BufferRef buf = Live(info.Env());
-    return constructor->New({Napi::External<BufferRef>::New(info.Env(), &buf)});
+    return Wrap(info.Env(), Live(info.Env()));
   }
 
   // read() -> Promise<ArrayBuffer>: a host copy, made off the event loop.
@@ -189,6 +304,37 @@ Napi::Value Storage::CopyTo(const Napi::CallbackInfo& info) {
   auto* worker = new PromiseWorker(
       env, [buf, dst] { return copy_bytes(dst->device, dst->ptr, buf->device, buf->ptr, buf->bytes); },
       [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value Storage::ReadInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  BufferRef buf = Live(env);
+  if (info.Length() < 1 || !info[0].IsTypedArray()) throw Napi::TypeError::New(env, "array: expected a typed array");
+  Napi::TypedArray dst = info[0].As<Napi::TypedArray>();
+  if (dst.ByteLength() != buf->bytes)
+    throw Napi::RangeError::New(env, "array: expected " + std::to_string(buf->bytes) + " bytes, got " + std::to_string(dst.ByteLength()));
+  auto ref = std::make_shared<Napi::Reference<Napi::TypedArray>>(Napi::Persistent(dst));
+  void* to = TypedArrayBytes(dst);
+  auto* worker = new PromiseWorker(
+      env, [buf, to] { return copy_bytes(Device::kCpu, to, buf->device, buf->ptr, buf->bytes); },
+      [ref](Napi::Env e) -> Napi::Value { return e.Undefined(); });
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value Storage::CopyFrom(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  BufferRef dst = Live(env);
+  if (info.Length() < 1) throw Napi::TypeError::New(env, "source: expected a tensor storage");
+  BufferRef src = BufferOf(info[0], "source");
+  if (src->bytes != dst->bytes)
+    throw Napi::RangeError::New(env, "source: holds " + std::to_string(src->bytes) + " bytes, expected " + std::to_string(dst->bytes));
+  auto* worker = new PromiseWorker(
+      env, [src, dst] { return copy_bytes(dst->device, dst->ptr, src->device, src->ptr, dst->bytes); }, nullptr);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
@@ -334,6 +480,7 @@ void SettleOnJsThread(napi_env env, napi_value, void*, void* data) {
   std::unique_ptr<QueuedOp> op(static_cast<QueuedOp*>(data));
   if (env == nullptr) return;  // the environment is going away: nobody awaits the promise
   Napi::HandleScope scope(env);
+  StateOf(env)->drain();
   if (op->error.empty()) napi_resolve_deferred(env, op->deferred, Napi::Env(env).Undefined());
   else napi_reject_deferred(env, op->deferred, Napi::Error::New(env, op->error).Value());
 }
@@ -440,7 +587,8 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
 
 #ifdef LK_WITH_CUDA
   if (device == Device::kCuda && (!cuda::head_dim_supported(p.head_dim) || !cuda::head_dim_supported(p.value_dim)))
-    throw Napi::RangeError::New(env, "headDim/valueDim: the CUDA kernels support 8, 16, 32, 64, 128 and 256");
+    throw Napi::RangeError::New(env, "headDim/valueDim: the CUDA kernels do not support D = " + std::to_string(p.head_dim) +
+                                         ", Dv = " + std::to_string(p.value_dim) + " (see limits().cuda.headSizes)");
 #endif
 
   return Settle(env, device, [params, q_layout, kv_layout, q, k, v, out, lse, device]() -> std::string {
@@ -806,6 +954,48 @@ Napi::Value Limits(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// codes() -> the numeric codes the kernels read (attention_params.h, mask_rules.h): dtype, role and
+// segment-relation names to codes, and each dtype's element size. The TypeScript layer encodes with these.
+Napi::Value Codes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  Napi::Object dtype = Napi::Object::New(env), bytes = Napi::Object::New(env);
+  const std::pair<const char*, DType> dtypes[] = {{"float32", kFloat32}, {"float16", kFloat16}, {"bfloat16", kBFloat16}, {"int32", kInt32}};
+  for (const auto& [name, code] : dtypes) {
+    dtype.Set(name, (int)code);
+    bytes.Set(name, (double)DTypeSize(code));
+  }
+  o.Set("dtype", dtype);
+  o.Set("dtypeBytes", bytes);
+  Napi::Object role = Napi::Object::New(env);
+  role.Set("item", (int)kRoleItem);
+  role.Set("memory", (int)kRoleMemory);
+  role.Set("target", (int)kRoleTarget);
+  o.Set("role", role);
+  o.Set("roleCount", (int)kNumRoles);
+  Napi::Object seg = Napi::Object::New(env);
+  const std::pair<const char*, SegRelation> rels[] = {{"none", kSegNone}, {"self", kSegSelf}, {"same", kSegSame},
+                                                      {"earlier", kSegEarlier}, {"same-or-earlier", kSegSameOrEarlier}, {"any", kSegAny}};
+  for (const auto& [name, code] : rels) seg.Set(name, (int)code);
+  o.Set("segRelation", seg);
+  Napi::Object norm = Napi::Object::New(env);
+  norm.Set("softmax", (int)kSoftmax);
+  norm.Set("silu", (int)kSilu);
+  o.Set("normalize", norm);
+  return o;
+}
+
+// wrapHost(typedArray) -> a CPU Storage on the array's own memory (tensor(..., { copy: false })).
+Napi::Value WrapHost(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray()) throw Napi::TypeError::New(env, "data: expected a typed array");
+  Napi::TypedArray a = info[0].As<Napi::TypedArray>();
+  napi_ref ref;
+  if (napi_create_reference(env, a, 1, &ref) != napi_ok) throw Napi::Error::New(env, "cannot reference the array");
+  auto owner = std::make_shared<JsArrayOwner>(StateOf(env), ref);
+  return Storage::Wrap(env, wrap_external(TypedArrayBytes(a), a.ByteLength(), owner));
+}
+
 // _failInPoolTask(tasks, failAt) -> Promise: a parallel_for of `tasks` on the CPU pool whose task
 // `failAt` throws. Lets the tests prove that a throwing task rejects its call and leaves the pool
 // (and the process) healthy; no kernel path exposes a deterministic way to throw.
@@ -831,6 +1021,10 @@ Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   if (const char* bad = cpu::isa_env_error()) throw Napi::Error::New(env, bad);
+  auto state = std::make_shared<EnvState>();
+  state->env = env;
+  state->thread = std::this_thread::get_id();
+  env.SetInstanceData(new EnvStateHolder{state});
   exports.Set("Storage", Storage::Init(env));
   exports.Set("backends", Napi::Function::New(env, Backends));
   exports.Set("maskedAttention", Napi::Function::New(env, MaskedAttention));
@@ -841,6 +1035,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("indexedCrossAttention", Napi::Function::New(env, IndexedCrossAttention));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
   exports.Set("limits", Napi::Function::New(env, Limits));
+  exports.Set("codes", Napi::Function::New(env, Codes));
+  exports.Set("wrapHost", Napi::Function::New(env, WrapHost));
   exports.Set("liveMemory", Napi::Function::New(env, LiveMemoryJs));
   exports.Set("_failInPoolTask", Napi::Function::New(env, FailInPoolTask));
   exports.Set("_setCpuIsa", Napi::Function::New(env, SetCpuIsa));

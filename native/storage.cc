@@ -29,7 +29,7 @@ bool parse_device(const std::string& s, Device* out) {
 }
 
 Buffer::~Buffer() {
-  if (!ptr) return;
+  if (!ptr || !owns()) return;  // a view: the parent / external owner is released with it
   g_live_buffers.fetch_sub(1);
   g_live_bytes.fetch_sub((int64_t)bytes);
   if (device == Device::kCpu) {
@@ -71,6 +71,16 @@ BufferRef allocate(Device device, size_t bytes, std::string* error) {
   g_live_buffers.fetch_add(1);
   g_live_bytes.fetch_add((int64_t)bytes);
   return std::make_shared<Buffer>(device, bytes, ptr);
+}
+
+BufferRef view_of(const BufferRef& of, size_t byte_offset, size_t bytes) {
+  // A view of a view points at the memory's owner, so chains of views never grow.
+  const BufferRef& owner = of->parent ? of->parent : of;
+  return std::make_shared<Buffer>(of->device, bytes, static_cast<char*>(of->ptr) + byte_offset, owner, of->external);
+}
+
+BufferRef wrap_external(void* ptr, size_t bytes, std::shared_ptr<ExternalOwner> owner) {
+  return std::make_shared<Buffer>(Device::kCpu, bytes, ptr, nullptr, std::move(owner));
 }
 
 std::string zero_bytes(Device device, void* ptr, size_t bytes) {
