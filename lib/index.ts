@@ -13,3 +13,5 @@ export { MemoryBank } from './memory-bank';
 export type { MemoryBankOptions, BankMode, BankOverflow, RoleSelect } from './memory-bank';
 export { indexerScores, topK, sparseAttention, indexedCrossAttention } from './sparse';
 export type { SparseLayout, IndexedCrossAttentionOptions } from './sparse';
+export { multiStreamAttention } from './multi-stream';
+export type { MultiStreams, DenseStream, IndexedStream, MultiStreamOptions, MultiStreamResult, StreamName } from './multi-stream';
