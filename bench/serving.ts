@@ -3,7 +3,8 @@
 // requests of 4-16 queries; one small model of fixed dimensions serves them six ways: full-history
 // attention recomputed per request, a per-user K/V cache, PerSRec, Rec2PM (overwrite / append) and
 // GEMs (three streams through multiStreamAttention). Prints a table, writes JSON and an SVG chart
-// under bench/results/. `--quick` is the CI smoke run (1-2 minutes); `--device cuda` runs on a GPU.
+// under bench/results/. `--quick` is the CI smoke run (1-2 minutes); `--device cuda|cpu` picks the device
+// (default: a real GPU when present); `--out FILE` names the JSON.
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -27,7 +28,10 @@ const METHODS = ['full-attention', 'kv-cache', 'persrec', 'rec2pm-overwrite', 'r
 type Method = typeof METHODS[number];
 
 const quick = process.argv.includes('--quick');
-const deviceArg = process.argv.includes('--device') ? process.argv[process.argv.indexOf('--device') + 1] : undefined;
+const argAfter = (flag: string) => (process.argv.includes(flag) ? process.argv[process.argv.indexOf(flag) + 1] : undefined);
+const deviceArg = argAfter('--device');
+/** `--out FILE`: the JSON goes there (the SVG beside it) instead of bench/results/. */
+const outArg = argAfter('--out');
 /** Users and requests per history length (fewer at 100k); full attention runs fewer requests. */
 const PLAN: Record<number, { users: number; requests: number; fullRequests: number; updates: number }> = quick
   ? { 1_000: { users: 2, requests: 6, fullRequests: 3, updates: 2 }, 10_000: { users: 1, requests: 4, fullRequests: 1, updates: 1 }, 100_000: { users: 1, requests: 3, fullRequests: 1, updates: 1 } }
@@ -208,12 +212,25 @@ function fullAttention(w: Weights, device: Device): Served {
   };
 }
 
-/** Per-user K/V of every layer for the whole history; requests and updates attend the cache bottom-right causally. */
+/**
+ * Per-user K/V of every layer for the whole history, resident as tensors. Updates run the new
+ * segment bottom-right causally over the cache and append its K/V; a request's candidates attend
+ * the cache and the request's own candidates in one exact softmax (multiStreamAttention, 'union' of
+ * the cache and the candidates' keys: the cache is never copied per request).
+ */
 function kvCache(w: Weights, device: Device, users: User[], rng: Rng): Served {
   // Contents are drawn at the cache's exact shape (a 100k prefill would cost hours here); cost does not depend on values.
   const cache = new Map<number, LayerKv[]>();
-  for (const u of users)
+  const resident = new Map<number, { k: Tensor; v: Tensor }[]>();
+  const H = MODEL.heads, D = MODEL.headDim;
+  const upload = (id: number) => {
+    for (const t of resident.get(id) ?? []) { t.k.dispose(); t.v.dispose(); }
+    resident.set(id, cache.get(id)!.map((c) => ({ k: tensor(c.k, [c.rows, H, D], { device }), v: tensor(c.v, [c.rows, H, D], { device }) })));
+  };
+  for (const u of users) {
     cache.set(u.id, Array.from({ length: MODEL.layers }, () => ({ k: rng.floats(u.history.length * W, 1), v: rng.floats(u.history.length * W, 1), rows: u.history.length })));
+    upload(u.id);
+  }
   return {
     bytes: (u) => cache.get(u.id)!.reduce((a, c) => a + (c.k.length + c.v.length) * 4, 0),
     update: async (u, segment) => {
@@ -221,13 +238,30 @@ function kvCache(w: Weights, device: Device, users: User[], rng: Rng): Served {
       const kept: LayerKv[] = [];
       await forward(gatherRows(w.embedding, W, segment), segment.length, device, w, { prefix: (l) => layers[l], keep: (l, kv) => { kept[l] = kv; } });
       cache.set(u.id, layers.map((c, l) => ({ k: concatRows(c.k, kept[l].k), v: concatRows(c.v, kept[l].v), rows: c.rows + kept[l].rows })));
+      upload(u.id);
       u.history.push(...segment);
     },
     request: async (u, candidates) => {
-      const layers = cache.get(u.id)!;
-      return forward(candidateRows(w, candidates), candidates.length, device, w, { prefix: (l) => layers[l] });
+      const layers = resident.get(u.id)!;
+      const C = candidates.length;
+      let h = candidateRows(w, candidates);
+      for (let l = 0; l < MODEL.layers; l++) {
+        const q = tensor(matmul(h, C, w.wq[l], W, W), [C, H, D], { device });
+        const k = tensor(matmul(h, C, w.wk[l], W, W), [C, H, D], { device }), v = tensor(matmul(h, C, w.wv[l], W, W), [C, H, D], { device });
+        const cached = { k: layers[l].k, v: layers[l].v, kv: { offsets: Int32Array.of(0, layers[l].k.shape[0]) } };
+        const own = { k, v, kv: { offsets: Int32Array.of(0, C) } };
+        const { output, lse } = await multiStreamAttention(q, { recent: cached, lifecycle: own }, { q: { offsets: Int32Array.of(0, C) }, fusion: 'union' });
+        const out = await output.float32();
+        for (const t of [q, k, v, output, lse!]) t.dispose();
+        h = h.slice();
+        for (let i = 0; i < h.length; i++) h[i] += out[i];
+      }
+      return h;
     },
-    dispose: () => cache.clear(),
+    dispose: () => {
+      for (const layers of resident.values()) for (const t of layers) { t.k.dispose(); t.v.dispose(); }
+      cache.clear();
+    },
   };
 }
 
@@ -515,7 +549,7 @@ async function main() {
   const dir = path.join(__dirname, '..', '..', 'bench', 'results');
   fs.mkdirSync(dir, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  const file = path.join(dir, `serving-${quick ? 'quick-' : ''}${stamp}.json`);
+  const file = outArg ? path.resolve(outArg) : path.join(dir, `serving-${quick ? 'quick-' : ''}${stamp}.json`);
   fs.writeFileSync(file, JSON.stringify({
     bench: 'serving', date: new Date().toISOString(), quick, device, seconds,
     machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, loadAverage: os.loadavg(), cuda: info.cuda.devices.map((d) => d.name) },

@@ -72,6 +72,7 @@ if (asan) {
   finish();
 }
 ava('all suites, native build', []);
+must('bench:serving --quick (every method x history length in its JSON)', 'node', [path.join(__dirname, 'check-serving-bench.cjs')]);
 must('build emulated CUDA', 'npm', ['run', '--silent', 'build:emu']);
 ava('device suites, CUDA kernels on the emulator', DEVICE_SUITES, { LIFELONG_CUDA_EMULATE: '1' });
 for (const [title, binary] of [['emulator selftest', 'lk_emu_selftest'], ['emulator tensor-core selftest', 'lk_emu_selftest_mma']]) {
