@@ -35,7 +35,7 @@ const outArg = argAfter('--out');
 /** Users and requests per history length (fewer at 100k); full attention runs fewer requests. */
 const PLAN: Record<number, { users: number; requests: number; fullRequests: number; updates: number }> = quick
   ? { 1_000: { users: 2, requests: 6, fullRequests: 3, updates: 2 }, 10_000: { users: 1, requests: 4, fullRequests: 1, updates: 1 }, 100_000: { users: 1, requests: 3, fullRequests: 1, updates: 1 } }
-  : { 1_000: { users: 4, requests: 16, fullRequests: 8, updates: 3 }, 10_000: { users: 2, requests: 8, fullRequests: 2, updates: 2 }, 100_000: { users: 1, requests: 6, fullRequests: 1, updates: 1 } };
+  : { 1_000: { users: 4, requests: 40, fullRequests: 16, updates: 4 }, 10_000: { users: 2, requests: 20, fullRequests: 3, updates: 3 }, 100_000: { users: 1, requests: 10, fullRequests: 1, updates: 2 } };
 /** Above this history length full attention's causal pass is timed on its last STRIP query rows and scaled by allowed pairs. */
 const FULL_DIRECT_MAX = quick ? 1_000 : 10_000;
 const STRIP = 256;
