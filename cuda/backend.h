@@ -9,6 +9,7 @@
 #include "common/attention_params.h"
 #include "common/gather_params.h"
 #include "common/sparse_params.h"
+#include "common/stream_merge.h"
 
 namespace lk::cuda {
 
@@ -48,6 +49,19 @@ std::string indexer_scores(const IndexerParams& p);
 std::string top_k(const TopKParams& p);  // p.lengths is a HOST pointer
 std::string sparse_attention(const SparseParams& p);
 std::string indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp);
+
+// One stream of multiStreamAttention (SPEC §12): dense cross attention, or indexer-selected sparse
+// attention. Host pointers as in the single ops.
+struct StreamCall {
+  bool indexed = false;
+  AttentionParams dense;
+  IndexerParams indexer;
+  TopKParams top_k;
+  SparseParams sparse;
+};
+// Every stream, then the merge into merge.out (merge's pointers are device pointers), queued
+// without a host wait between them; one synchronization at the end.
+std::string multi_stream_attention(const StreamCall* calls, int n, const MergeParams& merge);
 
 // Head sizes the CUDA kernels are instantiated for (every size of SPEC §3).
 bool head_dim_supported(int dim);

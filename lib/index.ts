@@ -20,3 +20,5 @@ export { toOrt, fromOrt } from './ort';
 export type { OrtTensorLike, OrtModuleLike, ToOrtOptions, FromOrtOptions } from './ort';
 export { limits } from './native';
 export type { NativeLimits as Limits } from './native';
+export { multiStreamAttention } from './multi-stream';
+export type { MultiStreams, DenseStream, IndexedStream, MultiStreamOptions, MultiStreamResult, StreamName } from './multi-stream';

@@ -74,6 +74,7 @@ export interface NativeAddon {
   topK(args: Record<string, unknown>): Promise<void>;
   sparseAttention(args: Record<string, unknown>): Promise<void>;
   indexedCrossAttention(args: Record<string, unknown>): Promise<void>;
+  multiStreamAttention(args: Record<string, unknown>): Promise<void>;
   toFloat32(bits: Uint16Array, dtype: number): Float32Array;
   externalMemory(): number;
   fromFloat32(values: Float32Array, dtype: number): Uint16Array;

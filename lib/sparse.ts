@@ -44,7 +44,7 @@ function sameDevice(tensors: [Tensor, string][]) {
   }
 }
 
-function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: [string, string, string]) {
+export function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: [string, string, string]) {
   checkTensor(qI, qName, 3, FLOAT_DTYPES);
   checkTensor(kI, kName, 2, FLOAT_DTYPES);
   checkTensor(w, wName, 2, FLOAT_DTYPES);
@@ -77,7 +77,7 @@ export async function indexerScores(qI: Tensor, kI: Tensor, w: Tensor, options: 
   return scores as Tensor<'float32'>;
 }
 
-function checkK(k: unknown, name: string, device: Device): number {
+export function checkK(k: unknown, name: string, device: Device): number {
   if (typeof k !== 'number' || !Number.isInteger(k)) throw new TypeError(`${name}: expected an integer, got ${String(k)}`);
   if (k < 1) throw new RangeError(`${name}: expected an integer >= 1, got ${k}`);
   const lim = limits();

@@ -22,6 +22,7 @@
 #include "cpu/gather_rows_cpu.h"
 #include "cpu/isa.h"
 #include "cpu/sparse_cpu.h"
+#include "cpu/stream_merge_cpu.h"
 #include "op_queue.h"
 #include "storage.h"
 #include "thread_pool.h"
@@ -539,14 +540,25 @@ int MaxTopK(Device device) {
 #endif
 
 
-// maskedAttention(args) -> Promise<void>; writes args.out (and args.lse).
-Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Napi::Object a = ArgsObject(info, "maskedAttention");
-  const Device device = DeviceArg(a);
+// The arguments of one masked attention, validated, with the host copies its run needs.
+struct AttentionArgs {
+  std::shared_ptr<AttentionParams> params;
+  std::shared_ptr<OwnedLayout> q_layout, kv_layout;
+  std::vector<BufferRef> keep;
+  // The params with layout views into the owned copies (valid while this object lives).
+  AttentionParams run() const {
+    AttentionParams r = *params;
+    r.q_layout = q_layout->view();
+    r.kv_layout = kv_layout->view();
+    return r;
+  }
+};
 
-  auto params = std::make_shared<AttentionParams>();
-  AttentionParams& p = *params;
+AttentionArgs ReadAttention(const Napi::Object& a, Device device) {
+  Napi::Env env = a.Env();
+  AttentionArgs r;
+  r.params = std::make_shared<AttentionParams>();
+  AttentionParams& p = *r.params;
   p.dtype = (DType)IntField(a, "dtype", 0, 2);
   p.batch = (int)IntField(a, "batch", 0, 1 << 30);
   p.tq = IntField(a, "tq", 0, INT32_MAX);
@@ -560,12 +572,12 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   p.normalize = (Normalize)IntField(a, "normalize", 0, 1);
   p.silu_inv_divisor = (float)NumberField(a, "siluInvDivisor");
 
-  auto q_layout = std::make_shared<OwnedLayout>();
-  auto kv_layout = std::make_shared<OwnedLayout>();
-  q_layout->read(a, "qOffsets", "qSegments", "qRoles", p.batch, p.tq);
-  kv_layout->read(a, "kvOffsets", "kvSegments", "kvRoles", p.batch, p.tk);
-  p.max_q_len = q_layout->max_len;
-  p.max_k_len = kv_layout->max_len;
+  r.q_layout = std::make_shared<OwnedLayout>();
+  r.kv_layout = std::make_shared<OwnedLayout>();
+  r.q_layout->read(a, "qOffsets", "qSegments", "qRoles", p.batch, p.tq);
+  r.kv_layout->read(a, "kvOffsets", "kvSegments", "kvRoles", p.batch, p.tk);
+  p.max_q_len = r.q_layout->max_len;
+  p.max_k_len = r.kv_layout->max_len;
 
   std::vector<uint8_t> rule;
   CopyTyped<uint8_t, napi_uint8_array>(a, "rule", &rule, false);
@@ -584,17 +596,24 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   BufferRef lse = StorageField(a, "lse", device, (size_t)p.tq * p.heads * 4, true);
   p.q = q->ptr; p.k = k->ptr; p.v = v->ptr; p.out = out->ptr;
   p.lse = lse ? static_cast<float*>(lse->ptr) : nullptr;
+  r.keep = {q, k, v, out};
+  if (lse) r.keep.push_back(lse);
 
 #ifdef LK_WITH_CUDA
   if (device == Device::kCuda && (!cuda::head_dim_supported(p.head_dim) || !cuda::head_dim_supported(p.value_dim)))
     throw Napi::RangeError::New(env, "headDim/valueDim: the CUDA kernels do not support D = " + std::to_string(p.head_dim) +
                                          ", Dv = " + std::to_string(p.value_dim) + " (see limits().cuda.headSizes)");
 #endif
+  return r;
+}
 
-  return Settle(env, device, [params, q_layout, kv_layout, q, k, v, out, lse, device]() -> std::string {
-    AttentionParams run = *params;
-    run.q_layout = q_layout->view();
-    run.kv_layout = kv_layout->view();
+// maskedAttention(args) -> Promise<void>; writes args.out (and args.lse).
+Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
+  Napi::Object a = ArgsObject(info, "maskedAttention");
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<AttentionArgs>(ReadAttention(a, device));
+  return Settle(info.Env(), device, [args, device]() -> std::string {
+    const AttentionParams run = args->run();
     LK_ON_DEVICE(device, cpu::masked_attention(run), cuda::masked_attention(run))
   });
 }
@@ -809,26 +828,140 @@ Napi::Value SparseAttention(const Napi::CallbackInfo& info) {
   });
 }
 
-// indexedCrossAttention(args) -> Promise<void>: indexer + top-k + sparse attention in one call,
-// writing args.out (and args.indices / args.values of the choice).
-Napi::Value IndexedCrossAttention(const Napi::CallbackInfo& info) {
-  Napi::Object a = ArgsObject(info, "indexedCrossAttention");
-  const Device device = DeviceArg(a);
-  auto ia = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
-  auto sa = std::make_shared<SparseArgs>(ReadSparse(a, device));
-  if (ia->p.nq != sa->p.nq || ia->p.tk != sa->p.tk) throw Napi::RangeError::New(info.Env(), "indexer: q / k rows must match the attention's");
-  auto tp = std::make_shared<TopKParams>();
-  tp->rows = sa->p.nq;
-  tp->cols = ia->p.max_len;
-  tp->k = sa->p.top_k;
+// The arguments of one indexer + top-k + sparse attention, validated.
+struct IndexedArgs {
+  std::shared_ptr<IndexerArgs> indexer;
+  std::shared_ptr<SparseArgs> sparse;
+  std::shared_ptr<TopKParams> top_k;
+  std::vector<BufferRef> keep;  // indices, values
+};
+
+IndexedArgs ReadIndexed(const Napi::Object& a, Device device) {
+  IndexedArgs r;
+  r.indexer = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
+  r.sparse = std::make_shared<SparseArgs>(ReadSparse(a, device));
+  if (r.indexer->p.nq != r.sparse->p.nq || r.indexer->p.tk != r.sparse->p.tk)
+    throw Napi::RangeError::New(a.Env(), "indexer: q / k rows must match the attention's");
+  auto tp = r.top_k = std::make_shared<TopKParams>();
+  tp->rows = r.sparse->p.nq;
+  tp->cols = r.indexer->p.max_len;
+  tp->k = r.sparse->p.top_k;
   tp->lengths = nullptr;
   tp->scores = nullptr;
   BufferRef indices = StorageField(a, "indices", device, (size_t)tp->rows * tp->k * 4, false);
   BufferRef values = StorageField(a, "values", device, (size_t)tp->rows * tp->k * 4, false);
   tp->indices = static_cast<int32_t*>(indices->ptr);
   tp->values = static_cast<float*>(values->ptr);
-  return Settle(info.Env(), device, [ia, sa, tp, indices, values, device]() -> std::string {
-    LK_ON_DEVICE(device, cpu::indexed_cross_attention(ia->p, *tp, sa->p), cuda::indexed_cross_attention(ia->p, *tp, sa->p))
+  r.keep = {indices, values};
+  return r;
+}
+
+// indexedCrossAttention(args) -> Promise<void>: indexer + top-k + sparse attention in one call,
+// writing args.out (and args.indices / args.values of the choice).
+Napi::Value IndexedCrossAttention(const Napi::CallbackInfo& info) {
+  Napi::Object a = ArgsObject(info, "indexedCrossAttention");
+  const Device device = DeviceArg(a);
+  auto r = std::make_shared<IndexedArgs>(ReadIndexed(a, device));
+  return Settle(info.Env(), device, [r, device]() -> std::string {
+    LK_ON_DEVICE(device, cpu::indexed_cross_attention(r->indexer->p, *r->top_k, r->sparse->p),
+                 cuda::indexed_cross_attention(r->indexer->p, *r->top_k, r->sparse->p))
+  });
+}
+
+// multiStreamAttention(args) -> Promise<void> (SPEC §12): args.streams is an array of 1 to 3
+// argument objects, each a maskedAttention's (kind 'dense') or an indexedCrossAttention's (kind
+// 'indexed'), writing its own output (and lse); then args.outs / args.lses are merged into args.out
+// (and args.lse for fusion 1, 'union'). One queued job: on CUDA the streams and the merge are
+// queued back to back and synchronized once.
+Napi::Value MultiStreamAttention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object a = ArgsObject(info, "multiStreamAttention");
+  const Device device = DeviceArg(a);
+  Napi::Value list_value = a.Get("streams");
+  if (!list_value.IsArray()) throw Napi::TypeError::New(env, "streams: expected an array");
+  Napi::Array list = list_value.As<Napi::Array>();
+  const int n = (int)list.Length();
+  if (n < 1 || n > kMaxStreams) throw Napi::RangeError::New(env, "streams: expected 1 to 3 streams");
+
+  auto merge = std::make_shared<MergeParams>();
+  merge->dtype = (DType)IntField(a, "dtype", 0, 2);
+  merge->streams = n;
+  merge->fusion = (int)IntField(a, "fusion", 0, 1);
+  merge->rows = IntField(a, "rows", 0, INT64_MAX / kMaxHeadDim);
+  merge->value_dim = (int)IntField(a, "valueDim", 1, kMaxHeadDim);
+  const size_t es = DTypeSize(merge->dtype);
+  const size_t out_bytes = (size_t)merge->rows * merge->value_dim * es, lse_bytes = (size_t)merge->rows * 4;
+  const bool with_lse = merge->fusion == kFusionUnion;
+
+  auto dense = std::make_shared<std::vector<AttentionArgs>>();
+  auto indexed = std::make_shared<std::vector<IndexedArgs>>();
+  std::vector<int> which(n);  // stream s: index into dense (>= 0) or indexed (-1 - i)
+  std::vector<BufferRef> keep;
+  for (int s = 0; s < n; ++s) {
+    Napi::Value item = list.Get((uint32_t)s);
+    if (!item.IsObject()) throw Napi::TypeError::New(env, "streams: expected argument objects");
+    Napi::Object o = item.As<Napi::Object>();
+    Napi::Value kind = o.Get("kind");
+    const std::string k = kind.IsString() ? kind.As<Napi::String>().Utf8Value() : std::string();
+    BufferRef out, lse;
+    if (k == "dense") {
+      dense->push_back(ReadAttention(o, device));
+      const AttentionParams& p = *dense->back().params;
+      if ((int64_t)p.tq * p.heads != merge->rows || p.value_dim != merge->value_dim || p.dtype != merge->dtype || (with_lse && !p.lse))
+        throw Napi::RangeError::New(env, "streams: every stream must have rows x heads = rows, valueDim, dtype (and lse for union)");
+      which[s] = (int)dense->size() - 1;
+      merge->outs[s] = p.out;
+      merge->lses[s] = p.lse;
+    } else if (k == "indexed") {
+      indexed->push_back(ReadIndexed(o, device));
+      const SparseParams& p = indexed->back().sparse->p;
+      if ((int64_t)p.nq * p.heads != merge->rows || p.value_dim != merge->value_dim || p.dtype != merge->dtype || (with_lse && !p.lse))
+        throw Napi::RangeError::New(env, "streams: every stream must have rows x heads = rows, valueDim, dtype (and lse for union)");
+      which[s] = -1 - ((int)indexed->size() - 1);
+      merge->outs[s] = p.out;
+      merge->lses[s] = p.lse;
+    } else {
+      throw Napi::TypeError::New(env, "streams: kind must be 'dense' or 'indexed'");
+    }
+  }
+  BufferRef out = StorageField(a, "out", device, out_bytes, false);
+  BufferRef lse = StorageField(a, "lse", device, lse_bytes, !with_lse);
+  merge->out = out->ptr;
+  merge->lse = with_lse ? static_cast<float*>(lse->ptr) : nullptr;
+  for (int s = n; s < kMaxStreams; ++s) { merge->outs[s] = nullptr; merge->lses[s] = nullptr; }
+  keep = {out};
+  if (lse) keep.push_back(lse);
+
+  return Settle(env, device, [dense, indexed, which, merge, keep, device]() -> std::string {
+    const int n = merge->streams;
+#ifdef LK_WITH_CUDA
+    if (device == Device::kCuda) {
+      cuda::StreamCall calls[kMaxStreams];
+      for (int s = 0; s < n; ++s) {
+        if (which[s] >= 0) {
+          calls[s].dense = (*dense)[which[s]].run();
+        } else {
+          const IndexedArgs& r = (*indexed)[-1 - which[s]];
+          calls[s].indexed = true;
+          calls[s].indexer = r.indexer->p;
+          calls[s].top_k = *r.top_k;
+          calls[s].sparse = r.sparse->p;
+        }
+      }
+      return cuda::multi_stream_attention(calls, n, *merge);
+    }
+#endif
+    if (device != Device::kCpu) return std::string("CUDA support was not compiled into this build");
+    for (int s = 0; s < n; ++s) {
+      if (which[s] >= 0) {
+        cpu::masked_attention((*dense)[which[s]].run());
+      } else {
+        const IndexedArgs& r = (*indexed)[-1 - which[s]];
+        cpu::indexed_cross_attention(r.indexer->p, *r.top_k, r.sparse->p);
+      }
+    }
+    cpu::merge_streams(*merge);
+    return std::string();
   });
 }
 
@@ -1033,6 +1166,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("topK", Napi::Function::New(env, TopK));
   exports.Set("sparseAttention", Napi::Function::New(env, SparseAttention));
   exports.Set("indexedCrossAttention", Napi::Function::New(env, IndexedCrossAttention));
+  exports.Set("multiStreamAttention", Napi::Function::New(env, MultiStreamAttention));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
   exports.Set("limits", Napi::Function::New(env, Limits));
   exports.Set("codes", Napi::Function::New(env, Codes));

@@ -12,6 +12,7 @@
 #include "../common/compat.cuh"
 #include "../common/host_check.cuh"
 #include "../kernel_timing.h"
+#include "../multistream/staged_ops.h"
 #include "masked_attention_kernel.cuh"
 #include "tc_attention.cuh"
 
@@ -81,8 +82,8 @@ bool head_dim_supported(int dim) {
   return dim == 8 || dim == 16 || dim == 32 || dim == 64 || dim == 128 || dim == 256;
 }
 
-std::string masked_attention(const AttentionParams& host) {
-  discard_stale_error();
+std::string stage_masked_attention(const AttentionParams& host, DeviceScratch* scratch, Launches* launch) {
+  *launch = nullptr;
   if (host.tq == 0 || host.batch == 0) return std::string();
   // Heads are the grid's y (the binding caps them at 65,535, the limit of grid.y).
   if (host.heads < 1 || host.heads > kMaxGridYZ)
@@ -129,10 +130,10 @@ std::string masked_attention(const AttentionParams& host) {
   if (err.empty()) err = grid_x(((int64_t)nk + threads - 1) / threads, "maskedAttention", &k_sum_blocks);
   if (!err.empty()) return err;
 
-  unsigned char* dev = nullptr;
-  err = check(cudaMalloc(reinterpret_cast<void**>(&dev), total), "cudaMalloc(layout)");
+  unsigned char* dev = static_cast<unsigned char*>(scratch->scratch(total, &err));
   if (!err.empty()) return err;
   err = check(cudaMemcpy(dev, st.bytes.data(), uploaded, cudaMemcpyHostToDevice), "cudaMemcpy(layout)");
+  if (!err.empty() || nq == 0) return err;
 
   AttentionParams p = host;
   p.q_layout.offsets = reinterpret_cast<const int32_t*>(dev + q_off);
@@ -145,26 +146,35 @@ std::string masked_attention(const AttentionParams& host) {
   TileSummary* k_tiles = reinterpret_cast<TileSummary*>(dev + k_sum);
   const DevicePlan plan{reinterpret_cast<const TileRef*>(dev + work_at), q_tiles, reinterpret_cast<const int32_t*>(dev + q_base_at),
                         k_tiles, reinterpret_cast<const int32_t*>(dev + k_base_at), nq};
-
-  if (err.empty() && nq > 0) {
-    KernelSpan span;
-    span.begin();
+  const int batch = host.batch;
+  *launch = [p, plan, q_tiles, k_tiles, tc, cap, bm, bn, batch, nq, nk, q_sum_blocks, k_sum_blocks, threads] {
     auto* summary = tile_summary_kernel;
-    LK_LAUNCH(summary, dim3(q_sum_blocks), dim3(threads), 0, 0)(p.q_layout, host.batch, bm, plan.q_base, nq, q_tiles);
+    LK_LAUNCH(summary, dim3(q_sum_blocks), dim3(threads), 0, 0)(p.q_layout, batch, bm, plan.q_base, nq, q_tiles);
     if (nk > 0)
-      LK_LAUNCH(summary, dim3(k_sum_blocks), dim3(threads), 0, 0)(p.kv_layout, host.batch, bn, plan.k_base, nk, k_tiles);
+      LK_LAUNCH(summary, dim3(k_sum_blocks), dim3(threads), 0, 0)(p.kv_layout, batch, bn, plan.k_base, nk, k_tiles);
     if (tc.use)  // tensor-core dispatch
       launch_tc_attention(tc, p, plan.work, plan.n_work, plan.q_tiles, plan.q_base, plan.k_tiles, plan.k_base);
-    else switch (host.dtype) {
+    else switch (p.dtype) {
       case kFloat16: launch_for_capacity<__half>(cap, p, plan); break;
       case kBFloat16: launch_for_capacity<__nv_bfloat16>(cap, p, plan); break;
       default: launch_for_capacity<float>(cap, p, plan); break;
     }
-    span.end();
-    err = check(cudaGetLastError(), "maskedAttention launch");
-    if (err.empty()) err = check(cudaDeviceSynchronize(), "maskedAttention");
-  }
-  if (cudaFree(dev) != cudaSuccess) cudaGetLastError();
+  };
+  return err;
+}
+
+std::string masked_attention(const AttentionParams& host) {
+  discard_stale_error();
+  DeviceScratch scratch;  // freed after the synchronization below
+  Launches launch;
+  std::string err = stage_masked_attention(host, &scratch, &launch);
+  if (!err.empty() || !launch) return err;
+  KernelSpan span;
+  span.begin();
+  launch();
+  span.end();
+  err = check(cudaGetLastError(), "maskedAttention launch");
+  if (err.empty()) err = check(cudaDeviceSynchronize(), "maskedAttention");
   return err;
 }
 

@@ -17,39 +17,11 @@
 #include "../common/compat.cuh"
 #include "../common/host_check.cuh"
 #include "../kernel_timing.h"
+#include "../multistream/staged_ops.h"
 #include "sparse_kernels.cuh"
 
 namespace lk::cuda {
 namespace {
-
-// Device copies of small host arrays, freed together.
-class Uploads {
- public:
-  ~Uploads() {
-    for (void* p : owned_)
-      if (cudaFree(p) != cudaSuccess) cudaGetLastError();
-  }
-  template <typename T>
-  const T* put(const T* host, size_t count, std::string* err) {
-    if (!host || !err->empty()) return nullptr;
-    void* dev = nullptr;
-    *err = check(cudaMalloc(&dev, count ? count * sizeof(T) : 1), "cudaMalloc");
-    if (!err->empty()) return nullptr;
-    owned_.push_back(dev);
-    *err = check(cudaMemcpy(dev, host, count * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
-    return static_cast<const T*>(dev);
-  }
-  void* scratch(size_t bytes, std::string* err) {
-    void* dev = nullptr;
-    if (!err->empty()) return nullptr;
-    *err = check(cudaMalloc(&dev, bytes ? bytes : 1), "cudaMalloc(scores scratch)");
-    if (err->empty()) owned_.push_back(dev);
-    return err->empty() ? dev : nullptr;
-  }
-
- private:
-  std::vector<void*> owned_;
-};
 
 // After the launches of an op: a launch error (cleared by cudaGetLastError itself), else the
 // kernels' outcome.
@@ -153,7 +125,7 @@ std::string indexer_scores(const IndexerParams& host) {
   if (host.nq == 0 || host.max_len == 0) return std::string();
   if (!indexer_fits(host.heads, host.dim)) return "indexer: heads x dim above the CUDA kernel's 8192";
   std::string err;
-  Uploads up;
+  DeviceScratch up;
   IndexerParams p = host;
   p.q_offsets = up.put(host.q_offsets, (size_t)host.batch + 1, &err);
   p.k_offsets = up.put(host.k_offsets, (size_t)host.batch + 1, &err);
@@ -172,7 +144,7 @@ std::string top_k(const TopKParams& host) {
   unsigned blocks = 0;
   std::string err = grid_x(host.rows, "topK", &blocks);
   if (!err.empty()) return err;
-  Uploads up;
+  DeviceScratch up;
   TopKParams p = host;
   p.lengths = up.put(host.lengths, (size_t)host.rows, &err);
   if (!err.empty()) return err;
@@ -189,7 +161,7 @@ std::string sparse_attention(const SparseParams& host) {
   unsigned blocks = 0;
   std::string err = grid_x(host.nq, "sparseAttention", &blocks);
   if (!err.empty()) return err;
-  Uploads up;
+  DeviceScratch up;
   SparseParams p = host;
   p.q_offsets = up.put(host.q_offsets, (size_t)host.batch + 1, &err);
   p.k_offsets = up.put(host.k_offsets, (size_t)host.batch + 1, &err);
@@ -202,25 +174,22 @@ std::string sparse_attention(const SparseParams& host) {
   return finish("sparseAttention");
 }
 
-std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost) {
-  discard_stale_error();
+std::string stage_indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost,
+                                          DeviceScratch* up, Launches* launch) {
+  *launch = nullptr;
   if (ihost.nq == 0) return std::string();
   unsigned blocks = 0;
   std::string err = grid_x(ihost.nq, "indexedCrossAttention", &blocks);
   if (!err.empty()) return err;
-  Uploads up;
   IndexerParams ip = ihost;
   SparseParams sp = shost;
   TopKParams tp = thost;
-  ip.q_offsets = sp.q_offsets = up.put(ihost.q_offsets, (size_t)ihost.batch + 1, &err);
-  ip.k_offsets = sp.k_offsets = up.put(ihost.k_offsets, (size_t)ihost.batch + 1, &err);
+  ip.q_offsets = sp.q_offsets = up->put(ihost.q_offsets, (size_t)ihost.batch + 1, &err);
+  ip.k_offsets = sp.k_offsets = up->put(ihost.k_offsets, (size_t)ihost.batch + 1, &err);
   if (!err.empty()) return err;
   if (tp.k <= kFusedMaxK && (int64_t)ip.heads * ip.dim <= kFusedMaxQ && fused_fits(ip.dtype, ip.max_len)) {
-    KernelSpan span;
-    span.begin();
-    by_dtype<LaunchFused>(ip.dtype, ip, tp, sp);
-    span.end();
-    return finish("indexedCrossAttention");
+    *launch = [ip, tp, sp] { by_dtype<LaunchFused>(ip.dtype, ip, tp, sp); };
+    return err;
   }
   // Unfused fallback: score rows go through a bounded global scratch, a chunk of queries at a time
   // (indexer, then top-k of the chunk), then one sparse attention launch over every query.
@@ -228,26 +197,38 @@ std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams
   if (tp.k > kTopKCapacity) return "topK: k above the CUDA kernel's 2048";
   const size_t row_bytes = (size_t)(ip.max_len > 0 ? ip.max_len : 1) * sizeof(float);
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(ip.nq, (int64_t)(kScratchBytes / row_bytes)));
-  float* scratch = static_cast<float*>(up.scratch((size_t)chunk * row_bytes, &err));
+  float* scores = static_cast<float*>(up->scratch((size_t)chunk * row_bytes, &err));
   if (!err.empty()) return err;
-  ip.scores = scratch;
+  ip.scores = scores;
+  *launch = [ip, tp, sp, chunk, scores]() mutable {
+    for (int64_t c0 = 0; c0 < ip.nq; c0 += chunk) {
+      const int64_t rows = std::min<int64_t>(chunk, ip.nq - c0);
+      if (ip.max_len > 0) by_dtype<LaunchIndexer>(ip.dtype, ip, c0, c0 + rows, c0);
+      TopKParams part = tp;
+      part.scores = scores;
+      part.cols = ip.max_len;
+      part.rows = rows;
+      part.indices = tp.indices + c0 * tp.k;
+      part.values = tp.values + c0 * tp.k;
+      // Row r only considers its own sequence's keys; the -Infinity tail is never selected anyway.
+      part.lengths = nullptr;
+      LK_LAUNCH(topk_kernel, dim3((unsigned)rows), dim3(kSelectThreads), 0, 0)(part);
+    }
+    sp.indices = tp.indices;
+    by_dtype<LaunchSparse>(sp.dtype, sp);
+  };
+  return err;
+}
+
+std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost) {
+  discard_stale_error();
+  DeviceScratch scratch;  // freed after the synchronization in finish()
+  Launches launch;
+  const std::string err = stage_indexed_cross_attention(ihost, thost, shost, &scratch, &launch);
+  if (!err.empty() || !launch) return err;
   KernelSpan span;
   span.begin();
-  for (int64_t c0 = 0; c0 < ip.nq; c0 += chunk) {
-    const int64_t rows = std::min<int64_t>(chunk, ip.nq - c0);
-    if (ip.max_len > 0) by_dtype<LaunchIndexer>(ip.dtype, ip, c0, c0 + rows, c0);
-    TopKParams part = tp;
-    part.scores = scratch;
-    part.cols = ip.max_len;
-    part.rows = rows;
-    part.indices = tp.indices + c0 * tp.k;
-    part.values = tp.values + c0 * tp.k;
-    // Row r only considers its own sequence's keys; the -Infinity tail is never selected anyway.
-    part.lengths = nullptr;
-    LK_LAUNCH(topk_kernel, dim3((unsigned)rows), dim3(kSelectThreads), 0, 0)(part);
-  }
-  sp.indices = tp.indices;
-  by_dtype<LaunchSparse>(sp.dtype, sp);
+  launch();
   span.end();
   return finish("indexedCrossAttention");
 }
