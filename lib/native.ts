@@ -45,6 +45,15 @@ export interface EmulatorCounters {
   cpAsync: number;
 }
 
+/** What the CUDA host path has done since load (cuda/backend.h, HostPathStats). */
+export interface CudaHostPathStats {
+  submitted: number; completed: number; inFlight: number;
+  issuerWaits: number; completionWaits: number;
+  deviceMallocs: number; deviceFrees: number; cacheHits: number; trims: number; allocRetries: number;
+  cachedBytes: number; reservedBytes: number; cacheLimit: number;
+  pinnedMallocs: number; pinnedHits: number; pinnedCachedBytes: number;
+}
+
 export interface NativeAddon {
   Storage: new (device: 'cpu' | 'cuda', bytes: number, zero?: boolean) => NativeStorage;
   backends(): NativeBackends;
@@ -62,6 +71,14 @@ export interface NativeAddon {
   liveMemory(): { buffers: number; bytes: number };
   /** Test support: a pool call whose task `failAt` throws; must reject and leave the pool healthy. */
   _failInPoolTask(tasks: number, failAt: number): Promise<void>;
+  /** Test support, CUDA builds only (cuda/backend.h): the host path's counters since load. */
+  _cudaHostPath?(): CudaHostPathStats;
+  /** Test support: while held, the completion thread waits for no event (nothing executes on the emulator). */
+  _cudaHoldCompletions?(hold: boolean): void;
+  /** Test support: the caching allocator's bound. */
+  _cudaSetCacheLimit?(bytes: number): void;
+  /** Test support: a CUDA op failing when its kernel runs (mode 0) or when it is launched (mode 1). */
+  _cudaFaultOp?(mode: 0 | 1): Promise<void>;
 }
 
 /** The package root: the nearest folder above this file whose package.json names this package. */
