@@ -148,7 +148,6 @@ class DeviceContext {
 
   const std::string& init_error() const { return init_error_; }
   cudaStream_t stream() const { return stream_; }
-  Counters& counters() { return counters_; }
 
   // ---- caching allocator
   std::string device_alloc(size_t bytes, void** out, const char* what) {
@@ -345,6 +344,7 @@ class DeviceContext {
   }
 
   void complete_loop() {
+    if (cudaSetDevice(device_) != cudaSuccess) cudaGetLastError();  // the idle trim frees this device's blocks
     std::unique_lock<std::mutex> lock(done_mutex_);
     for (;;) {
       done_cv_.wait(lock, [&] { return (!pending_.empty() && !held_) || (trim_wanted_ && in_flight_ == 0 && !trim_blocked_); });

@@ -188,12 +188,13 @@ if (reason) {
     const q = rng.floats(T * H * D), k = rng.floats(T * H * D), v = rng.floats(T * H * D), layout = randomLayout(rng, T, B);
     const [qt, kt, vt] = [q, k, v].map((x) => tensor(x, [T, H, D], { device: 'cuda' }));
     const out = zeros([T, H, D], { device: 'cuda' });
+    const hostQ = tensor(q, [T, H, D]);
     let settled = 0;
     const pending = await held(async () => {
       const op = nativeAttention(qt.storage(), kt.storage(), vt.storage(), out.storage(), T, layout, encodeRule('persrec'));
       const read = out.float32().finally(() => { settled++; });  // called before the op completed
       const toCpu = out.to('cpu').finally(() => { settled++; });
-      const roundTrip = tensor(q, [T, H, D]).to('cuda').finally(() => { settled++; });
+      const roundTrip = hostQ.to('cuda').finally(() => { settled++; });
       await new Promise((r) => setTimeout(r, 50));
       t.is(settled, 0, 'nothing settles while the stream has not executed it');
       return { op, read, toCpu, roundTrip };
@@ -208,7 +209,7 @@ if (reason) {
     t.deepEqual(await back.float32(), q, 'cpu -> cuda copy');
     const again = await back.to('cuda');
     t.deepEqual(await again.float32(), q, 'cuda -> cuda copy');
-    for (const x of [qt, kt, vt, out, host, back, again]) x.dispose();
+    for (const x of [qt, kt, vt, out, hostQ, host, back, again]) x.dispose();
   });
 
   test.serial('an op failing at launch or in its kernel rejects that op only; the ops around it resolve', async (t) => {
