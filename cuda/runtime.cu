@@ -153,17 +153,7 @@ class DeviceContext {
   std::string device_alloc(size_t bytes, void** out, const char* what) {
     *out = nullptr;
     const size_t cls = device_class(bytes);
-    {
-      std::lock_guard<std::mutex> lock(cache_mutex_);
-      auto it = free_blocks_.find(cls);
-      if (it != free_blocks_.end() && !it->second.empty()) {
-        *out = it->second.back();
-        it->second.pop_back();
-        cached_bytes_ -= cls;
-        counters_.cache_hits++;
-        return std::string();
-      }
-    }
+    if ((*out = take_cached(free_blocks_, cls, &cached_bytes_, counters_.cache_hits))) return std::string();
     void* p = nullptr;
     if (cudaMalloc(&p, cls) != cudaSuccess) {
       cudaGetLastError();
@@ -198,16 +188,9 @@ class DeviceContext {
   // ---- pinned staging pool
   std::string pinned_alloc(size_t bytes, PinnedBlock* out) {
     const size_t cls = pinned_class(bytes);
-    {
-      std::lock_guard<std::mutex> lock(cache_mutex_);
-      auto it = free_pinned_.find(cls);
-      if (it != free_pinned_.end() && !it->second.empty()) {
-        *out = PinnedBlock{it->second.back(), cls};
-        it->second.pop_back();
-        pinned_cached_ -= cls;
-        counters_.pinned_hits++;
-        return std::string();
-      }
+    if (void* cached = take_cached(free_pinned_, cls, &pinned_cached_, counters_.pinned_hits)) {
+      *out = PinnedBlock{cached, cls};
+      return std::string();
     }
     void* p = nullptr;
     if (cudaMallocHost(&p, cls) != cudaSuccess) {
@@ -382,6 +365,18 @@ class DeviceContext {
         trim_blocked_ = true;
       }
     }
+  }
+
+  // A cached block of class `cls` from `pool`, or null.
+  void* take_cached(std::map<size_t, std::vector<void*>>& pool, size_t cls, size_t* cached, std::atomic<unsigned long long>& hits) {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    auto it = pool.find(cls);
+    if (it == pool.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    *cached -= cls;
+    hits++;
+    return p;
   }
 
   void want_trim() {
