@@ -65,6 +65,15 @@ export interface EmulatorCounters {
   cpAsync: number;
 }
 
+/** What the CUDA host path has done since load (cuda/backend.h, HostPathStats). */
+export interface CudaHostPathStats {
+  submitted: number; completed: number; inFlight: number;
+  issuerWaits: number; completionWaits: number;
+  deviceMallocs: number; deviceFrees: number; cacheHits: number; trims: number; allocRetries: number;
+  cachedBytes: number; reservedBytes: number; cacheLimit: number;
+  pinnedMallocs: number; pinnedHits: number; pinnedCachedBytes: number;
+}
+
 export interface NativeAddon {
   Storage: new (device: 'cpu' | 'cuda', bytes: number, zero?: boolean) => NativeStorage;
   backends(): NativeBackends;
@@ -88,6 +97,14 @@ export interface NativeAddon {
   _failInPoolTask(tasks: number, failAt: number): Promise<void>;
   /** Test support: forces the CPU kernels' instruction set (one of backends().cpu.isaPaths). */
   _setCpuIsa(isa: string): void;
+  /** Test support, CUDA builds only (cuda/backend.h): the host path's counters since load. */
+  _cudaHostPath?(): CudaHostPathStats;
+  /** Test support: while held, the completion thread waits for no event (nothing executes on the emulator). */
+  _cudaHoldCompletions?(hold: boolean): void;
+  /** Test support: the caching allocator's bound. */
+  _cudaSetCacheLimit?(bytes: number): void;
+  /** Test support: a CUDA op failing when its kernel runs (mode 0) or when it is launched (mode 1). */
+  _cudaFaultOp?(mode: 0 | 1): Promise<void>;
 }
 
 /** The package root: the nearest folder above this file whose package.json names this package. */

@@ -97,6 +97,31 @@ void* TypedArrayBytes(const Napi::TypedArray& a) {
 
 // ---------------------------------------------------------------- Storage
 
+// Device memory is written on the device's stream (cuda/runtime.cu), issued right here on the JS
+// thread: the data is staged in pinned memory at the call, so the caller's array may change at once,
+// and every op using the tensor is issued later on the same stream. An issue error is thrown here.
+std::string ZeroOnStream(const BufferRef& buf) {
+#ifdef LK_WITH_CUDA
+  return cuda::submit("zero-filled tensor", [&] { return cuda::zero_async(buf->ptr, buf->bytes); }, nullptr);
+#else
+  (void)buf;
+  return "CUDA support was not compiled into this build";
+#endif
+}
+
+std::string UploadOnStream(const BufferRef& buf, const void* host) {
+#ifdef LK_WITH_CUDA
+  return cuda::submit("tensor upload", [&] { return cuda::upload_async(buf->ptr, host, buf->bytes); }, nullptr);
+#else
+  (void)buf, (void)host;
+  return "CUDA support was not compiled into this build";
+#endif
+}
+
+// Queues `work` on `device`'s op queue and settles a promise with its outcome (defined below).
+using ResultOf = std::function<napi_value(napi_env)>;
+Napi::Value Settle(Napi::Env env, Device device, const char* what, std::function<std::string()> work, ResultOf result = nullptr);
+
 class Storage : public Napi::ObjectWrap<Storage> {
  public:
   static Napi::FunctionReference* constructor;
@@ -142,7 +167,7 @@ class Storage : public Napi::ObjectWrap<Storage> {
     buffer_ = allocate(device, (size_t)bytes, &error);
     if (!buffer_) throw Napi::Error::New(env, error);
     if (info.Length() > 2 && info[2].ToBoolean().Value()) {
-      error = zero_bytes(device, buffer_->ptr, buffer_->bytes);
+      error = device == Device::kCuda ? ZeroOnStream(buffer_) : zero_bytes(device, buffer_->ptr, buffer_->bytes);
       if (!error.empty()) throw Napi::Error::New(env, error);
     }
     Napi::MemoryManagement::AdjustExternalMemory(env, (int64_t)buffer_->bytes);
@@ -242,7 +267,7 @@ class Storage : public Napi::ObjectWrap<Storage> {
       throw Napi::RangeError::New(env, "data: expected " + std::to_string(buf->bytes) + " bytes, got " +
                                            std::to_string(src.ByteLength()));
     const void* from = static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset();
-    const std::string err = copy_bytes(buf->device, buf->ptr, Device::kCpu, from, buf->bytes);
+    const std::string err = buf->device == Device::kCuda ? UploadOnStream(buf, from) : copy_bytes(buf->device, buf->ptr, Device::kCpu, from, buf->bytes);
     if (!err.empty()) throw Napi::Error::New(env, err);
     return env.Undefined();
   }
@@ -295,6 +320,17 @@ class PromiseWorker : public Napi::AsyncWorker {
   Result result_;
 };
 
+// Copies that touch device memory go through the CUDA op queue and the stream, after every op
+// called before; the promise settles when the stream has executed the copy (a copy to the host is
+// staged in pinned memory and lands in the destination on the completion thread).
+#ifdef LK_WITH_CUDA
+std::string CudaCopy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  if (src_device == Device::kCuda && dst_device == Device::kCuda) return cuda::copy_on_device_async(dst, src, bytes);
+  if (dst_device == Device::kCuda) return cuda::upload_async(dst, src, bytes);
+  return cuda::download_async(dst, src, bytes);
+}
+#endif
+
 Napi::Value Storage::CopyTo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   BufferRef buf = Live(env);
@@ -302,6 +338,12 @@ Napi::Value Storage::CopyTo(const Napi::CallbackInfo& info) {
   Napi::Object out = constructor->New({info[0], Napi::Number::New(env, (double)buf->bytes)});
   BufferRef dst = BufferOf(out, "device");
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
+  if (buf->device == Device::kCuda || dst->device == Device::kCuda) {
+#ifdef LK_WITH_CUDA
+    return Settle(env, Device::kCuda, "tensor copy", [buf, dst] { return CudaCopy(dst->ptr, dst->device, buf->ptr, buf->device, buf->bytes); },
+                  [ref](napi_env) -> napi_value { return ref->Value(); });
+#endif
+  }
   auto* worker = new PromiseWorker(
       env, [buf, dst] { return copy_bytes(dst->device, dst->ptr, buf->device, buf->ptr, buf->bytes); },
       [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
@@ -319,6 +361,12 @@ Napi::Value Storage::ReadInto(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "array: expected " + std::to_string(buf->bytes) + " bytes, got " + std::to_string(dst.ByteLength()));
   auto ref = std::make_shared<Napi::Reference<Napi::TypedArray>>(Napi::Persistent(dst));
   void* to = TypedArrayBytes(dst);
+  if (buf->device == Device::kCuda) {
+#ifdef LK_WITH_CUDA
+    return Settle(env, Device::kCuda, "tensor read", [buf, to] { return cuda::download_async(to, buf->ptr, buf->bytes); },
+                  [ref](napi_env e) -> napi_value { return Napi::Env(e).Undefined(); });
+#endif
+  }
   auto* worker = new PromiseWorker(
       env, [buf, to] { return copy_bytes(Device::kCpu, to, buf->device, buf->ptr, buf->bytes); },
       [ref](Napi::Env e) -> Napi::Value { return e.Undefined(); });
@@ -334,6 +382,11 @@ Napi::Value Storage::CopyFrom(const Napi::CallbackInfo& info) {
   BufferRef src = BufferOf(info[0], "source");
   if (src->bytes != dst->bytes)
     throw Napi::RangeError::New(env, "source: holds " + std::to_string(src->bytes) + " bytes, expected " + std::to_string(dst->bytes));
+  if (src->device == Device::kCuda || dst->device == Device::kCuda) {
+#ifdef LK_WITH_CUDA
+    return Settle(env, Device::kCuda, "tensor copy", [src, dst] { return CudaCopy(dst->ptr, dst->device, src->ptr, src->device, dst->bytes); });
+#endif
+  }
   auto* worker = new PromiseWorker(
       env, [src, dst] { return copy_bytes(dst->device, dst->ptr, src->device, src->ptr, dst->bytes); }, nullptr);
   Napi::Promise promise = worker->Promise();
@@ -347,6 +400,12 @@ Napi::Value Storage::Read(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer host = Napi::ArrayBuffer::New(env, buf->bytes);
   auto ref = std::make_shared<Napi::Reference<Napi::ArrayBuffer>>(Napi::Persistent(host));
   void* dst = host.Data();
+  if (buf->device == Device::kCuda) {
+#ifdef LK_WITH_CUDA
+    return Settle(env, Device::kCuda, "tensor read", [buf, dst] { return cuda::download_async(dst, buf->ptr, buf->bytes); },
+                  [ref](napi_env) -> napi_value { return ref->Value(); });
+#endif
+  }
   auto* worker = new PromiseWorker(
       env, [buf, dst] { return copy_bytes(Device::kCpu, dst, buf->device, buf->ptr, buf->bytes); },
       [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
@@ -463,10 +522,15 @@ Napi::Object ArgsObject(const Napi::CallbackInfo& info, const char* op) {
 
 // One op in the addon's queue: `work` runs on the device's queue thread, then the promise settles
 // on the JS thread through a thread-safe function (which also keeps the event loop alive meanwhile).
+// A CUDA op's work only issues (copies and launches on the device's stream, cuda/runtime.h); its
+// promise settles from the device's completion thread once the stream has executed it, so the
+// queue thread goes on to the next op without waiting for the device. The op's captures (the
+// buffers it uses) live in `work` until the promise has settled.
 struct QueuedOp {
   napi_deferred deferred = nullptr;
   napi_threadsafe_function tsfn = nullptr;
   std::function<std::string()> work;
+  ResultOf result;  // what the promise resolves with (undefined when empty), on the JS thread
   std::string error;
 };
 
@@ -479,16 +543,32 @@ OpQueue& QueueFor(Device device) {
 
 void SettleOnJsThread(napi_env env, napi_value, void*, void* data) {
   std::unique_ptr<QueuedOp> op(static_cast<QueuedOp*>(data));
-  if (env == nullptr) return;  // the environment is going away: nobody awaits the promise
+  if (env == nullptr) {  // the environment is going away: nobody awaits the promise
+    if (op->result) op.release();  // its references may not be deleted without an environment
+    return;
+  }
   Napi::HandleScope scope(env);
   StateOf(env)->drain();
-  if (op->error.empty()) napi_resolve_deferred(env, op->deferred, Napi::Env(env).Undefined());
+  if (op->error.empty()) napi_resolve_deferred(env, op->deferred, op->result ? op->result(env) : Napi::Env(env).Undefined());
   else napi_reject_deferred(env, op->deferred, Napi::Error::New(env, op->error).Value());
 }
 
-// Runs `work` after every earlier op on `device` and returns a promise of its outcome. Any
-// exception inside the work (out of memory in a pool task, say) rejects the promise.
-Napi::Value Settle(Napi::Env env, Device device, std::function<std::string()> work) {
+// The work's error, or the message of any exception inside it (out of memory in a pool task, say).
+std::string RunGuarded(const std::function<std::string()>& work) {
+  try {
+    return work();
+  } catch (const std::bad_alloc&) {
+    return "out of memory";
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown native error";
+  }
+}
+
+// Runs `work` after every earlier op on `device` and returns a promise of its outcome (named
+// `what` in an execution error of a CUDA op).
+Napi::Value Settle(Napi::Env env, Device device, const char* what, std::function<std::string()> work, ResultOf result) {
   auto op = std::make_unique<QueuedOp>();
   napi_value promise;
   if (napi_create_promise(env, &op->deferred, &promise) != napi_ok) throw Napi::Error::New(env, "cannot create a promise");
@@ -496,21 +576,23 @@ Napi::Value Settle(Napi::Env env, Device device, std::function<std::string()> wo
                                       nullptr, SettleOnJsThread, &op->tsfn) != napi_ok)
     throw Napi::Error::New(env, "cannot create a thread-safe function");
   op->work = std::move(work);
+  op->result = std::move(result);
   QueuedOp* raw = op.release();
-  QueueFor(device).push([raw] {
-    try {
-      raw->error = raw->work();
-    } catch (const std::bad_alloc&) {
-      raw->error = "out of memory";
-    } catch (const std::exception& e) {
-      raw->error = e.what();
-    } catch (...) {
-      raw->error = "unknown native error";
-    }
+  auto hand_over = [raw](const std::string& error) {
+    raw->error = error;
     const napi_threadsafe_function tsfn = raw->tsfn;  // `raw` belongs to the JS thread once handed over
-    if (napi_call_threadsafe_function(tsfn, raw, napi_tsfn_blocking) != napi_ok) delete raw;
+    if (napi_call_threadsafe_function(tsfn, raw, napi_tsfn_blocking) != napi_ok && !raw->result) delete raw;
     napi_release_threadsafe_function(tsfn, napi_tsfn_release);
-  });
+  };
+#ifdef LK_WITH_CUDA
+  if (device == Device::kCuda) {
+    QueueFor(device).push([raw, what, hand_over] { cuda::submit(what, [raw] { return RunGuarded(raw->work); }, hand_over); });
+    return Napi::Value(env, promise);
+  }
+#else
+  (void)what;
+#endif
+  QueueFor(device).push([raw, hand_over] { hand_over(RunGuarded(raw->work)); });
   return Napi::Value(env, promise);
 }
 
@@ -612,7 +694,7 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   Napi::Object a = ArgsObject(info, "maskedAttention");
   const Device device = DeviceArg(a);
   auto args = std::make_shared<AttentionArgs>(ReadAttention(a, device));
-  return Settle(info.Env(), device, [args, device]() -> std::string {
+  return Settle(info.Env(), device, "maskedAttention", [args, device]() -> std::string {
     const AttentionParams run = args->run();
     LK_ON_DEVICE(device, cpu::masked_attention(run), cuda::masked_attention(run))
   });
@@ -675,7 +757,7 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
     if ((*dst_row)[i] < 0 || (*dst_row)[i] >= p.dst_rows) throw Napi::RangeError::New(env, "dstRow: row out of range");
   }
 
-  return Settle(env, device, [params, sel, src_row, dst_row, alpha, has_alpha, keep, device]() -> std::string {
+  return Settle(env, device, "memory bank gather", [params, sel, src_row, dst_row, alpha, has_alpha, keep, device]() -> std::string {
     GatherParams run = *params;
     run.src_sel = sel->data();
     run.src_row = src_row->data();
@@ -768,7 +850,7 @@ Napi::Value IndexerScores(const Napi::CallbackInfo& info) {
   auto args = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
   BufferRef scores = StorageField(a, "scores", device, (size_t)args->p.nq * args->p.max_len * 4, false);
   args->p.scores = static_cast<float*>(scores->ptr);
-  return Settle(info.Env(), device, [args, scores, device]() -> std::string {
+  return Settle(info.Env(), device, "indexerScores", [args, scores, device]() -> std::string {
     LK_ON_DEVICE(device, cpu::indexer_scores(args->p), cuda::indexer_scores(args->p))
   });
 }
@@ -790,7 +872,7 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
   p->scores = static_cast<const float*>(scores->ptr);
   p->indices = static_cast<int32_t*>(indices->ptr);
   p->values = static_cast<float*>(values->ptr);
-  return Settle(info.Env(), device, [p, lengths, has_lengths, scores, indices, values, device]() -> std::string {
+  return Settle(info.Env(), device, "topK", [p, lengths, has_lengths, scores, indices, values, device]() -> std::string {
     TopKParams run = *p;
     run.lengths = has_lengths ? lengths->data() : nullptr;
     LK_ON_DEVICE(device, cpu::top_k(run), cuda::top_k(run))
@@ -821,7 +903,7 @@ Napi::Value SparseAttention(const Napi::CallbackInfo& info) {
   CopyTyped<int32_t, napi_int32_array>(a, "indices", idx.get(), false);
   if ((int64_t)idx->size() != args->p.nq * args->p.top_k) throw Napi::RangeError::New(info.Env(), "indices: expected nq x topK entries");
   CheckIndices(info.Env(), *idx, args->p);
-  return Settle(info.Env(), device, [args, idx, device]() -> std::string {
+  return Settle(info.Env(), device, "sparseAttention", [args, idx, device]() -> std::string {
     SparseParams run = args->p;
     run.indices = idx->data();
     LK_ON_DEVICE(device, cpu::sparse_attention(run), cuda::sparse_attention(run))
@@ -862,7 +944,7 @@ Napi::Value IndexedCrossAttention(const Napi::CallbackInfo& info) {
   Napi::Object a = ArgsObject(info, "indexedCrossAttention");
   const Device device = DeviceArg(a);
   auto r = std::make_shared<IndexedArgs>(ReadIndexed(a, device));
-  return Settle(info.Env(), device, [r, device]() -> std::string {
+  return Settle(info.Env(), device, "indexedCrossAttention", [r, device]() -> std::string {
     LK_ON_DEVICE(device, cpu::indexed_cross_attention(r->indexer->p, *r->top_k, r->sparse->p),
                  cuda::indexed_cross_attention(r->indexer->p, *r->top_k, r->sparse->p))
   });
@@ -932,7 +1014,7 @@ Napi::Value MultiStreamAttention(const Napi::CallbackInfo& info) {
   keep = {out};
   if (lse) keep.push_back(lse);
 
-  return Settle(env, device, [dense, indexed, which, merge, keep, device]() -> std::string {
+  return Settle(env, device, "multiStreamAttention", [dense, indexed, which, merge, keep, device]() -> std::string {
     const int n = merge->streams;
 #ifdef LK_WITH_CUDA
     if (device == Device::kCuda) {
@@ -1136,7 +1218,7 @@ Napi::Value FailInPoolTask(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "tasks, failAt: expected numbers");
   const int64_t tasks = info[0].As<Napi::Number>().Int64Value(), fail_at = info[1].As<Napi::Number>().Int64Value();
-  return Settle(env, Device::kCpu, [tasks, fail_at]() -> std::string {
+  return Settle(env, Device::kCpu, "pool test", [tasks, fail_at]() -> std::string {
     std::atomic<int64_t> done{0};
     ThreadPool::shared().parallel_for(tasks, [&](int64_t t, int) {
       if (t == fail_at) throw std::runtime_error("task " + std::to_string(t) + " failed on purpose");
@@ -1146,6 +1228,44 @@ Napi::Value FailInPoolTask(const Napi::CallbackInfo& info) {
     return std::string();
   });
 }
+
+#ifdef LK_WITH_CUDA
+// _cudaHostPath() -> what the CUDA host path has done since load (cuda::HostPathStats): ops
+// submitted / completed / in flight, waits for the device by issuing threads (none in the addon's
+// own ops) and by the completion thread, the caching allocator's and the pinned pool's counters.
+Napi::Value CudaHostPath(const Napi::CallbackInfo& info) {
+  const cuda::HostPathStats s = cuda::host_path_stats();
+  Napi::Object o = Napi::Object::New(info.Env());
+  const std::pair<const char*, unsigned long long> fields[] = {
+      {"submitted", s.submitted}, {"completed", s.completed}, {"inFlight", s.in_flight}, {"issuerWaits", s.issuer_waits},
+      {"completionWaits", s.completion_waits}, {"deviceMallocs", s.device_mallocs}, {"deviceFrees", s.device_frees},
+      {"cacheHits", s.cache_hits}, {"trims", s.trims}, {"allocRetries", s.alloc_retries}, {"cachedBytes", s.cached_bytes},
+      {"reservedBytes", s.reserved_bytes}, {"cacheLimit", s.cache_limit}, {"pinnedMallocs", s.pinned_mallocs},
+      {"pinnedHits", s.pinned_hits}, {"pinnedCachedBytes", s.pinned_cached_bytes}};
+  for (const auto& f : fields) o.Set(f.first, (double)f.second);
+  return o;
+}
+
+// _cudaHoldCompletions(hold): test support (cuda::hold_completions).
+Napi::Value CudaHoldCompletions(const Napi::CallbackInfo& info) {
+  cuda::hold_completions(info.Length() > 0 && info[0].ToBoolean().Value());
+  return info.Env().Undefined();
+}
+
+// _cudaSetCacheLimit(bytes): test support (cuda::set_cache_limit).
+Napi::Value CudaSetCacheLimit(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "bytes: expected a number");
+  cuda::set_cache_limit((size_t)info[0].As<Napi::Number>().DoubleValue());
+  return info.Env().Undefined();
+}
+
+// _cudaFaultOp(mode) -> Promise: a queued CUDA op that fails when its kernel runs (mode 0, __trap)
+// or when it is issued (mode 1, a refused launch), so tests can check that the error is that op's.
+Napi::Value CudaFaultOp(const Napi::CallbackInfo& info) {
+  const int mode = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 0;
+  return Settle(info.Env(), Device::kCuda, "fault op", [mode] { return cuda::fault_op(mode); });
+}
+#endif
 
 // externalMemory() -> the external-memory total V8 holds for this isolate (what storages report).
 Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
@@ -1174,6 +1294,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("liveMemory", Napi::Function::New(env, LiveMemoryJs));
   exports.Set("_failInPoolTask", Napi::Function::New(env, FailInPoolTask));
   exports.Set("_setCpuIsa", Napi::Function::New(env, SetCpuIsa));
+#ifdef LK_WITH_CUDA
+  exports.Set("_cudaHostPath", Napi::Function::New(env, CudaHostPath));
+  exports.Set("_cudaHoldCompletions", Napi::Function::New(env, CudaHoldCompletions));
+  exports.Set("_cudaFaultOp", Napi::Function::New(env, CudaFaultOp));
+  exports.Set("_cudaSetCacheLimit", Napi::Function::New(env, CudaSetCacheLimit));
+#endif
   exports.Set("toFloat32", Napi::Function::New(env, ToFloat32));
   exports.Set("fromFloat32", Napi::Function::New(env, FromFloat32));
   return exports;

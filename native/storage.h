@@ -1,5 +1,7 @@
-// Device memory owned by the addon. Tensors hold it through a Storage JS object; async ops hold
-// their own reference, so dispose() during an op frees the memory only once the op is done.
+// Memory owned by the addon. Tensors hold it through a Storage JS object; async ops hold their own
+// reference, so dispose() during an op frees the memory only once the op is done (for a CUDA op:
+// once the device's stream has executed it). Device memory comes from the CUDA runtime module's
+// caching allocator (cuda/runtime.cu).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -55,8 +57,8 @@ LiveMemory live_memory();
 
 // Allocates `bytes` on `device`; on failure returns null and sets *error.
 BufferRef allocate(Device device, size_t bytes, std::string* error);
-// Copies between any two buffers' memory, or host memory (device kCpu), by device kind.
-// Sets `bytes` bytes at ptr (on device) to zero.
+// Host memory only (device kCpu); device memory is zeroed and copied on the device's stream by the
+// binding (cuda/backend.h), in order with the ops.
 std::string zero_bytes(Device device, void* ptr, size_t bytes);
 std::string copy_bytes(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes);
 

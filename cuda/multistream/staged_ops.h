@@ -1,22 +1,16 @@
-// Ops split in two for multi-stream attention (SPEC §12): staging (every upload and allocation,
-// which may block the host) and launching (kernels queued on the device, no synchronization). The
-// multi-stream op stages every stream first, then queues every stream's kernels and the merge back
-// to back, and synchronizes once: no host round trip between the streams.
+// Ops split for multi-stream attention (SPEC §12): issuing an op queues its uploads and kernels on
+// the device's stream (cuda/runtime.h) and returns without waiting; the public op is issue + finish.
+// The multi-stream op issues every stream and the merge back to back and finishes once: no host
+// round trip between the streams.
 #pragma once
-#include <functional>
 #include <string>
 
 #include "../common/attention_params.h"
-#include "../common/device_scratch.cuh"
 #include "../common/sparse_params.h"
 
 namespace lk::cuda {
 
-using Launches = std::function<void()>;
-
-// `*launch` is left empty when the op has nothing to compute (no query, no tile).
-std::string stage_masked_attention(const AttentionParams& host, DeviceScratch* scratch, Launches* launch);
-std::string stage_indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost,
-                                          DeviceScratch* scratch, Launches* launch);
+std::string issue_masked_attention(const AttentionParams& host);
+std::string issue_indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost);
 
 }  // namespace lk::cuda

@@ -1,5 +1,6 @@
-// Host side of the sparse attention ops on CUDA: uploads offsets / indices, launches one kernel per
-// op (the fused path when a score row fits shared memory, else indexer -> top-k -> attention).
+// Host side of the sparse attention ops on CUDA: uploads offsets / indices through the runtime's
+// pinned staging (cuda/runtime.h), launches one kernel per op on the device's stream (the fused path
+// when a score row fits shared memory, else indexer -> top-k -> attention).
 // Host hazards handled here: every grid dimension stays within CUDA's limits whatever the query
 // count (the indexer's rows go in launches of at most 65,535 grid rows; 1-D grids are checked
 // against 2^31 - 1 in 64-bit arithmetic); the fused kernel's dynamic shared-memory limit is raised
@@ -18,18 +19,26 @@
 #include "../common/host_check.cuh"
 #include "../kernel_timing.h"
 #include "../multistream/staged_ops.h"
+#include "../runtime.h"
 #include "sparse_kernels.cuh"
 
 namespace lk::cuda {
 namespace {
 
-// After the launches of an op: a launch error (cleared by cudaGetLastError itself), else the
-// kernels' outcome.
-std::string finish(const char* what) {
-  std::string err = check(cudaGetLastError(), what);
-  if (err.empty()) err = check(cudaDeviceSynchronize(), what);
-  return err;
-}
+// An op's host arrays (offsets, indices, lengths), uploaded together by one async copy from pinned
+// staging (cuda/runtime.h); a null array stays null on the device.
+class Uploads {
+ public:
+  template <typename T>
+  size_t add(const T* host, size_t count) { return host ? upload_.add(host, count * sizeof(T)) : kAbsent; }
+  std::string commit(const char* what) { return upload_.commit(what); }
+  template <typename T>
+  const T* at(size_t offset) const { return offset == kAbsent ? nullptr : upload_.at<const T>(offset); }
+
+ private:
+  static constexpr size_t kAbsent = ~size_t(0);
+  Upload upload_;
+};
 
 template <template <typename> class Launch, typename... Args>
 void by_dtype(DType dtype, Args&&... args) {
@@ -49,14 +58,14 @@ template <typename T> struct LaunchIndexer {
     const int64_t tiles = ((int64_t)p.max_len + kIndexerThreads - 1) / kIndexerThreads;
     for (int64_t r0 = row_begin; r0 < row_end; r0 += kMaxGridYZ) {
       const dim3 grid((unsigned)tiles, (unsigned)std::min<int64_t>(kMaxGridYZ, row_end - r0));
-      LK_LAUNCH(k, grid, dim3(kIndexerThreads), 0, 0)(p, r0, score_row0);
+      LK_LAUNCH(k, grid, dim3(kIndexerThreads), 0, stream())(p, r0, score_row0);
     }
   }
 };
 template <typename T> struct LaunchSparse {
   static void run(const SparseParams& p) {
     auto* k = sparse_attention_kernel<T>;
-    LK_LAUNCH(k, dim3((unsigned)p.nq), dim3(kSelectThreads), 0, 0)(p);
+    LK_LAUNCH(k, dim3((unsigned)p.nq), dim3(kSelectThreads), 0, stream())(p);
   }
 };
 
@@ -105,7 +114,7 @@ bool fused_fits(DType dtype, int max_len) {
 template <typename T> struct LaunchFused {
   static void run(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
     auto* k = fused_indexed_attention_kernel<T>;
-    LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kSelectThreads), fused_score_bytes(ip.max_len), 0)(ip, tp, sp);
+    LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kSelectThreads), fused_score_bytes(ip.max_len), stream())(ip, tp, sp);
   }
 };
 
@@ -124,12 +133,13 @@ std::string indexer_scores(const IndexerParams& host) {
   discard_stale_error();
   if (host.nq == 0 || host.max_len == 0) return std::string();
   if (!indexer_fits(host.heads, host.dim)) return "indexer: heads x dim above the CUDA kernel's 8192";
-  std::string err;
-  DeviceScratch up;
+  Uploads up;
   IndexerParams p = host;
-  p.q_offsets = up.put(host.q_offsets, (size_t)host.batch + 1, &err);
-  p.k_offsets = up.put(host.k_offsets, (size_t)host.batch + 1, &err);
+  const size_t q_off = up.add(host.q_offsets, (size_t)host.batch + 1), k_off = up.add(host.k_offsets, (size_t)host.batch + 1);
+  const std::string err = up.commit("indexerScores offsets upload");
   if (!err.empty()) return err;
+  p.q_offsets = up.at<int32_t>(q_off);
+  p.k_offsets = up.at<int32_t>(k_off);
   KernelSpan span;
   span.begin();
   by_dtype<LaunchIndexer>(p.dtype, p, int64_t(0), p.nq, int64_t(0));
@@ -144,13 +154,15 @@ std::string top_k(const TopKParams& host) {
   unsigned blocks = 0;
   std::string err = grid_x(host.rows, "topK", &blocks);
   if (!err.empty()) return err;
-  DeviceScratch up;
+  Uploads up;
   TopKParams p = host;
-  p.lengths = up.put(host.lengths, (size_t)host.rows, &err);
+  const size_t lengths = up.add(host.lengths, (size_t)host.rows);
+  err = up.commit("topK lengths upload");
   if (!err.empty()) return err;
+  p.lengths = up.at<int32_t>(lengths);
   KernelSpan span;
   span.begin();
-  LK_LAUNCH(topk_kernel, dim3(blocks), dim3(kSelectThreads), 0, 0)(p);
+  LK_LAUNCH(topk_kernel, dim3(blocks), dim3(kSelectThreads), 0, stream())(p);
   span.end();
   return finish("topK");
 }
@@ -161,12 +173,15 @@ std::string sparse_attention(const SparseParams& host) {
   unsigned blocks = 0;
   std::string err = grid_x(host.nq, "sparseAttention", &blocks);
   if (!err.empty()) return err;
-  DeviceScratch up;
+  Uploads up;
   SparseParams p = host;
-  p.q_offsets = up.put(host.q_offsets, (size_t)host.batch + 1, &err);
-  p.k_offsets = up.put(host.k_offsets, (size_t)host.batch + 1, &err);
-  p.indices = up.put(host.indices, (size_t)host.nq * (size_t)host.top_k, &err);
+  const size_t q_off = up.add(host.q_offsets, (size_t)host.batch + 1), k_off = up.add(host.k_offsets, (size_t)host.batch + 1);
+  const size_t indices = up.add(host.indices, (size_t)host.nq * (size_t)host.top_k);
+  err = up.commit("sparseAttention offsets / indices upload");
   if (!err.empty()) return err;
+  p.q_offsets = up.at<int32_t>(q_off);
+  p.k_offsets = up.at<int32_t>(k_off);
+  p.indices = up.at<int32_t>(indices);
   KernelSpan span;
   span.begin();
   by_dtype<LaunchSparse>(p.dtype, p);
@@ -174,22 +189,26 @@ std::string sparse_attention(const SparseParams& host) {
   return finish("sparseAttention");
 }
 
-std::string stage_indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost,
-                                          DeviceScratch* up, Launches* launch) {
-  *launch = nullptr;
+std::string issue_indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost) {
   if (ihost.nq == 0) return std::string();
   unsigned blocks = 0;
   std::string err = grid_x(ihost.nq, "indexedCrossAttention", &blocks);
   if (!err.empty()) return err;
+  Uploads up;
   IndexerParams ip = ihost;
   SparseParams sp = shost;
   TopKParams tp = thost;
-  ip.q_offsets = sp.q_offsets = up->put(ihost.q_offsets, (size_t)ihost.batch + 1, &err);
-  ip.k_offsets = sp.k_offsets = up->put(ihost.k_offsets, (size_t)ihost.batch + 1, &err);
+  const size_t q_off = up.add(ihost.q_offsets, (size_t)ihost.batch + 1), k_off = up.add(ihost.k_offsets, (size_t)ihost.batch + 1);
+  err = up.commit("indexedCrossAttention offsets upload");
   if (!err.empty()) return err;
+  ip.q_offsets = sp.q_offsets = up.at<int32_t>(q_off);
+  ip.k_offsets = sp.k_offsets = up.at<int32_t>(k_off);
   if (tp.k <= kFusedMaxK && (int64_t)ip.heads * ip.dim <= kFusedMaxQ && fused_fits(ip.dtype, ip.max_len)) {
-    *launch = [ip, tp, sp] { by_dtype<LaunchFused>(ip.dtype, ip, tp, sp); };
-    return err;
+    KernelSpan span;
+    span.begin();
+    by_dtype<LaunchFused>(ip.dtype, ip, tp, sp);
+    span.end();
+    return std::string();
   }
   // Unfused fallback: score rows go through a bounded global scratch, a chunk of queries at a time
   // (indexer, then top-k of the chunk), then one sparse attention launch over every query.
@@ -197,40 +216,36 @@ std::string stage_indexed_cross_attention(const IndexerParams& ihost, const TopK
   if (tp.k > kTopKCapacity) return "topK: k above the CUDA kernel's 2048";
   const size_t row_bytes = (size_t)(ip.max_len > 0 ? ip.max_len : 1) * sizeof(float);
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(ip.nq, (int64_t)(kScratchBytes / row_bytes)));
-  float* scores = static_cast<float*>(up->scratch((size_t)chunk * row_bytes, &err));
+  DeviceScratch score_rows;  // from the caching allocator; back to the cache stream-ordered
+  err = score_rows.allocate((size_t)chunk * row_bytes, "indexedCrossAttention score scratch");
   if (!err.empty()) return err;
-  ip.scores = scores;
-  *launch = [ip, tp, sp, chunk, scores]() mutable {
-    for (int64_t c0 = 0; c0 < ip.nq; c0 += chunk) {
-      const int64_t rows = std::min<int64_t>(chunk, ip.nq - c0);
-      if (ip.max_len > 0) by_dtype<LaunchIndexer>(ip.dtype, ip, c0, c0 + rows, c0);
-      TopKParams part = tp;
-      part.scores = scores;
-      part.cols = ip.max_len;
-      part.rows = rows;
-      part.indices = tp.indices + c0 * tp.k;
-      part.values = tp.values + c0 * tp.k;
-      // Row r only considers its own sequence's keys; the -Infinity tail is never selected anyway.
-      part.lengths = nullptr;
-      LK_LAUNCH(topk_kernel, dim3((unsigned)rows), dim3(kSelectThreads), 0, 0)(part);
-    }
-    sp.indices = tp.indices;
-    by_dtype<LaunchSparse>(sp.dtype, sp);
-  };
-  return err;
+  float* scratch = reinterpret_cast<float*>(score_rows.get());
+  ip.scores = scratch;
+  KernelSpan span;
+  span.begin();
+  for (int64_t c0 = 0; c0 < ip.nq; c0 += chunk) {
+    const int64_t rows = std::min<int64_t>(chunk, ip.nq - c0);
+    if (ip.max_len > 0) by_dtype<LaunchIndexer>(ip.dtype, ip, c0, c0 + rows, c0);
+    TopKParams part = tp;
+    part.scores = scratch;
+    part.cols = ip.max_len;
+    part.rows = rows;
+    part.indices = tp.indices + c0 * tp.k;
+    part.values = tp.values + c0 * tp.k;
+    // Row r only considers its own sequence's keys; the -Infinity tail is never selected anyway.
+    part.lengths = nullptr;
+    LK_LAUNCH(topk_kernel, dim3((unsigned)rows), dim3(kSelectThreads), 0, stream())(part);
+  }
+  sp.indices = tp.indices;
+  by_dtype<LaunchSparse>(sp.dtype, sp);
+  span.end();
+  return std::string();
 }
 
 std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost) {
   discard_stale_error();
-  DeviceScratch scratch;  // freed after the synchronization in finish()
-  Launches launch;
-  const std::string err = stage_indexed_cross_attention(ihost, thost, shost, &scratch, &launch);
-  if (!err.empty() || !launch) return err;
-  KernelSpan span;
-  span.begin();
-  launch();
-  span.end();
-  return finish("indexedCrossAttention");
+  const std::string err = issue_indexed_cross_attention(ihost, thost, shost);
+  return err.empty() ? finish("indexedCrossAttention") : err;
 }
 
 }  // namespace lk::cuda
