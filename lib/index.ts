@@ -13,3 +13,6 @@ export { MemoryBank } from './memory-bank';
 export type { MemoryBankOptions, BankMode, BankOverflow, RoleSelect } from './memory-bank';
 export { indexerScores, topK, sparseAttention, indexedCrossAttention } from './sparse';
 export type { SparseLayout, IndexedCrossAttentionOptions } from './sparse';
+export { RedisMemoryStore, RedisMemoryStoreError } from './redis-store';
+export type { RedisMemoryStoreOptions, RedisClientLike, UserId } from './redis-store';
+export { MemoryRecordError } from './memory-record';
