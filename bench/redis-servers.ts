@@ -19,8 +19,13 @@ export function redisUnavailable(): string | undefined {
   return undefined;
 }
 
+// Servers die with the process that started them, however it ends (ava ends a timed-out worker
+// with a signal).
 const live = new Set<ChildProcess>();
-process.on('exit', () => { for (const p of live) p.kill('SIGKILL'); });
+const killLive = () => { for (const p of live) { p.kill('SIGCONT'); p.kill('SIGKILL'); } };
+process.on('exit', killLive);
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const)
+  process.once(signal, () => { killLive(); process.kill(process.pid, signal); });
 
 function portIsFree(port: number): Promise<boolean> {
   return new Promise((resolve) => {

@@ -87,6 +87,7 @@ const CAS_SHA = createHash('sha1').update(CAS_SCRIPT).digest('hex');
 const RESP_BLOB_STRING = 36;
 // Records checked or encoded between two yields to the event loop (CRC-32 runs in JavaScript).
 const BYTES_PER_SLICE = 1 << 20;
+const COMMANDS_PER_SIGNAL = 64;
 
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -116,26 +117,47 @@ interface Tracked<T> {
  * dropped by node-redis, and those written are, from then on, in doubt.
  */
 class Call {
-  readonly controller = new AbortController();
-  readonly commands: Commands;
   timedOut = false;
+  aborted = false;
   connectionError: unknown;
+  readonly #client: RedisClientLike;
+  // Node's AbortSignal adds a listener in time linear in those it has (node-redis adds one per
+  // command not yet written), so each signal serves a group of commands, not a whole batch.
+  readonly #controllers: AbortController[] = [];
+  #group: Commands | undefined;
+  #groupLeft = 0;
   readonly #deadline: Promise<void>;
   readonly #timer: NodeJS.Timeout;
 
   constructor(client: RedisClientLike, readonly timeoutMs: number) {
-    setMaxListeners(0, this.controller.signal);  // one listener per command not yet written
-    this.commands = client.withCommandOptions({ typeMapping: { [RESP_BLOB_STRING]: Buffer }, abortSignal: this.controller.signal } as never) as Commands;
+    this.#client = client;
     let expire!: () => void;
     this.#deadline = new Promise<void>((resolve) => { expire = resolve; });
     this.#timer = setTimeout(() => {
       this.timedOut = true;
-      this.controller.abort();
+      this.abort();
       expire();
     }, timeoutMs);
   }
 
-  get aborted(): boolean { return this.controller.signal.aborted; }
+  /** The client to send the next command through, carrying this call's cancellation. */
+  get commands(): Commands {
+    if (this.#groupLeft-- <= 0) {
+      const controller = new AbortController();
+      setMaxListeners(0, controller.signal);
+      if (this.aborted) controller.abort();
+      this.#controllers.push(controller);
+      this.#group = this.#client.withCommandOptions({ typeMapping: { [RESP_BLOB_STRING]: Buffer }, abortSignal: controller.signal } as never) as Commands;
+      this.#groupLeft = COMMANDS_PER_SIGNAL - 1;
+    }
+    return this.#group!;
+  }
+
+  abort(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    for (const c of this.#controllers) c.abort();
+  }
 
   finish(): void { clearTimeout(this.#timer); }
 
@@ -147,7 +169,7 @@ class Call {
       // A lost connection fails the call at once: what was not sent is dropped, not left queued.
       if (!neverSent(error) && !serverRefused(error)) {
         this.connectionError ??= error;
-        this.controller.abort();
+        this.abort();
       }
     });
     return t;
@@ -277,8 +299,10 @@ export class RedisMemoryStore {
 
   /** One pipelined GET (whole records) or GETRANGE (headers) per user, checked against this store. */
   async #fetch(call: Call, op: string, targets: Target[], whole: boolean): Promise<(DecodedRecord | undefined)[]> {
-    const c = call.commands;
-    const replies = targets.map((t) => call.track(whole ? c.get(t.key) : c.getRange(t.key, 0, RECORD_HEADER_BYTES - 1)));
+    const replies = targets.map((t) => {
+      const c = call.commands;
+      return call.track(whole ? c.get(t.key) : c.getRange(t.key, 0, RECORD_HEADER_BYTES - 1));
+    });
     await call.settle(replies);
     // Nothing was written (a mutating op's caller fills in its lists).
     if (call.aborted) throw new RedisMemoryStoreError(op, call.reason(), { written: [], notWritten: [], inDoubt: [] }, call.connectionError);
@@ -321,7 +345,7 @@ export class RedisMemoryStore {
         const record = next[j];
         if (record === null) return undefined;
         const args = { keys: [targets[i].key], arguments: [records[j]?.header ?? '', record] };
-        const c = call.commands;
+        const c = call.commands;  // the same group for the fallback
         // The script is cached by the server; a server that lost it (NOSCRIPT) is sent the source.
         return call.track(c.evalSha(CAS_SHA, args).catch((e) => (serverRefused(e) && messageOf(e).startsWith('NOSCRIPT') ? c.eval(CAS_SCRIPT, args) : Promise.reject(e))));
       });
