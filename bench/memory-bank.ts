@@ -95,6 +95,21 @@ async function redisRows(rows: Record<string, unknown>[]): Promise<Record<string
           tokens.dispose();
         }
       }
+      // The floor under an update: node-redis alone, a pipelined GET then a pipelined SET of a
+      // record-sized value per user (no check, no kernel, no compare-and-set).
+      const raw = (client as unknown as RedisClientLike).withCommandOptions({ typeMapping: { 36: Buffer } } as never) as {
+        get(k: string): Promise<unknown>; set(k: string, v: Buffer): Promise<unknown> };
+      const value = Buffer.alloc(SLOTS * WIDTH * 4 + 36, 7);
+      for (const batch of [1, 64, 4096]) {
+        const keys = Array.from({ length: batch }, (_, i) => `bench:raw:${(i * 7919) % USERS}`);
+        const t = await timeIt(async () => {
+          await Promise.all(keys.map((k) => raw.get(k)));
+          await Promise.all(keys.map((k) => raw.set(k, value)));
+        }, { minMs: 500 });
+        const usersPerSecond = batch / (t.medianMs / 1000);
+        rows.push({ device: target, op: 'node-redis GET+SET', batch, pipelineDepth: batch, msPerCall: t.medianMs, usersPerSecond });
+        console.log(`${target.padEnd(13)} ${'GET+SET'.padEnd(10)} ${String(batch).padStart(6)} ${t.medianMs.toFixed(3).padStart(9)} ${usersPerSecond.toExponential(2).padStart(9)}  (node-redis alone: the floor)`);
+      }
       // Bytes per user in Redis: the record, and the server's memory per key (record, key, overheads).
       const users = 20000;
       const store = new RedisMemoryStore(client as unknown as RedisClientLike, { slots: SLOTS, width: WIDTH, mode: 'overwrite', keyPrefix: 'bench:size:', timeoutMs: 120000 });

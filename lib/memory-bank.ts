@@ -34,6 +34,26 @@ export function checkCount(v: unknown, name: string, min: number, max = 2 ** 31 
   return v;
 }
 
+/** The options a MemoryBank and a RedisMemoryStore share, checked (defaults filled in). */
+export function checkMemoryOptions(options: { slots: unknown; width: unknown; dtype?: unknown; device?: unknown; mode: unknown; overflow?: unknown }):
+  { slots: number; width: number; dtype: Exclude<DType, 'int32'>; device: Device; mode: BankMode; overflow: BankOverflow } {
+  const slots = checkCount(options.slots, 'slots', 1);
+  const width = checkCount(options.width, 'width', 1);
+  const dtype = options.dtype ?? 'float32';
+  if (typeof dtype !== 'string' || !Object.hasOwn(BYTES, dtype)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
+  const device = options.device ?? 'cpu';
+  if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`device: expected 'cpu' or 'cuda', got ${String(device)}`);
+  if (device === 'cuda') {
+    const reason = cudaDisabledReason();
+    if (reason) throw new Error(`device: CUDA is not available: ${reason}`);
+  }
+  const mode = options.mode;
+  if (mode !== 'overwrite' && mode !== 'append') throw new TypeError(`mode: expected 'overwrite' or 'append', got ${String(mode)}`);
+  const overflow = options.overflow ?? 'error';
+  if (overflow !== 'error' && overflow !== 'evict-oldest') throw new TypeError(`overflow: expected 'error' or 'evict-oldest', got ${String(overflow)}`);
+  return { slots, width, dtype: dtype as Exclude<DType, 'int32'>, device, mode, overflow };
+}
+
 /** Rows of `owner`'s dtype, device and width (`ownerName`: 'bank', 'store'). */
 export function checkRows(t: unknown, name: string, owner: { dtype: DType; device: Device; width: number }, ownerName: string): Tensor {
   const x = checkTensor(t, name, 2, ['float32', 'float16', 'bfloat16']);
@@ -114,23 +134,8 @@ export class MemoryBank {
   constructor(options: MemoryBankOptions) {
     if (options === null || typeof options !== 'object') throw new TypeError('options: expected { users, slots, width, mode, ... }');
     this.users = checkCount(options.users, 'users', 1);
-    this.slots = checkCount(options.slots, 'slots', 1);
-    this.width = checkCount(options.width, 'width', 1);
-    const dtype = options.dtype ?? 'float32';
-    if (typeof dtype !== 'string' || !Object.hasOwn(BYTES, dtype)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
-    this.dtype = dtype;
-    const device = options.device ?? 'cpu';
-    if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`device: expected 'cpu' or 'cuda', got ${String(device)}`);
-    if (device === 'cuda') {
-      const reason = cudaDisabledReason();
-      if (reason) throw new Error(`device: CUDA is not available: ${reason}`);
-    }
-    this.device = device;
-    if (options.mode !== 'overwrite' && options.mode !== 'append') throw new TypeError(`mode: expected 'overwrite' or 'append', got ${String(options.mode)}`);
-    this.mode = options.mode;
-    const overflow = options.overflow ?? 'error';
-    if (overflow !== 'error' && overflow !== 'evict-oldest') throw new TypeError(`overflow: expected 'error' or 'evict-oldest', got ${String(overflow)}`);
-    this.overflow = overflow;
+    ({ slots: this.slots, width: this.width, dtype: this.dtype, device: this.device, mode: this.mode, overflow: this.overflow } = checkMemoryOptions(options));
+    const dtype = this.dtype, device = this.device;
     const rows = this.users * this.slots;
     if (rows > 2 ** 31 - 1) throw new RangeError(`users * slots: at most 2^31 - 1 rows, got ${rows}`);
     const bytes = rows * this.width * BYTES[dtype];

@@ -13,8 +13,7 @@
 import { native, NativeStorage } from './native';
 import { DTYPE_CODE, Device, Tensor, emptyTensor } from './tensor';
 import { checkLayout, Layout } from './layout';
-import { cudaDisabledReason } from './backends';
-import { checkBlendOption, checkCount, checkRows, RoleSelect, selectRows } from './memory-bank';
+import { checkBlendOption, checkCount, checkMemoryOptions, checkRows, RoleSelect, selectRows } from './memory-bank';
 import {
   DecodedRecord, decodeRecord, ELEMENT_BYTES, encodeRecord, MemoryRecordError, nextGeneration, RECORD_HEADER_BYTES,
   RecordConfig, RecordDType, RecordMode, RecordOverflow, recordBytes,
@@ -212,35 +211,19 @@ export class RedisMemoryStore {
     for (const m of ['get', 'getRange', 'eval', 'evalSha'] as const)
       if (typeof probe?.[m] !== 'function') throw new TypeError(`client: expected a node-redis (redis >= 5) client or cluster (it has no ${m}())`);
     if (options === null || typeof options !== 'object') throw new TypeError('options: expected { slots, width, mode, ... }');
-    this.slots = checkCount(options.slots, 'slots', 1);
-    this.width = checkCount(options.width, 'width', 1);
-    const dtype = options.dtype ?? 'float32';
-    if (typeof dtype !== 'string' || !Object.hasOwn(ELEMENT_BYTES, dtype)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
-    this.dtype = dtype;
-    if (options.mode !== 'overwrite' && options.mode !== 'append') throw new TypeError(`mode: expected 'overwrite' or 'append', got ${String(options.mode)}`);
-    this.mode = options.mode;
-    const overflow = options.overflow ?? 'error';
-    if (overflow !== 'error' && overflow !== 'evict-oldest') throw new TypeError(`overflow: expected 'error' or 'evict-oldest', got ${String(overflow)}`);
-    this.overflow = overflow;
+    ({ slots: this.slots, width: this.width, dtype: this.dtype, device: this.device, mode: this.mode, overflow: this.overflow } = checkMemoryOptions(options));
     const keyPrefix = options.keyPrefix ?? 'lk:mem:';
     if (typeof keyPrefix !== 'string') throw new TypeError('keyPrefix: expected a string');
     if (/[{}]/.test(keyPrefix)) throw new RangeError(`keyPrefix: '${keyPrefix}' holds '{' or '}'; a hash tag would put every user in one cluster slot`);
     this.keyPrefix = keyPrefix;
-    const device = options.device ?? 'cpu';
-    if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`device: expected 'cpu' or 'cuda', got ${String(device)}`);
-    if (device === 'cuda') {
-      const reason = cudaDisabledReason();
-      if (reason) throw new Error(`device: CUDA is not available: ${reason}`);
-    }
-    this.device = device;
     const timeoutMs = options.timeoutMs ?? 10000;
     if (typeof timeoutMs !== 'number') throw new TypeError('timeoutMs: expected a number');
     if (!(timeoutMs > 0 && timeoutMs <= 2 ** 31 - 1)) throw new RangeError(`timeoutMs: expected a number in (0, 2^31 - 1], got ${timeoutMs}`);
     this.timeoutMs = timeoutMs;
-    if (this.slots * this.width * ELEMENT_BYTES[dtype] > 2 ** 29)
-      throw new RangeError(`width: slots x width of ${dtype} is more than a 512 MiB Redis value holds`);
+    if (this.slots * this.width * ELEMENT_BYTES[this.dtype] > 2 ** 29)
+      throw new RangeError(`width: slots x width of ${this.dtype} is more than a 512 MiB Redis value holds`);
     this.#client = client;
-    this.#config = { slots: this.slots, width: this.width, dtype, mode: this.mode, overflow };
+    this.#config = { slots: this.slots, width: this.width, dtype: this.dtype, mode: this.mode, overflow: this.overflow };
   }
 
   /** Bytes of a full user's record in Redis (header, slots x width elements, checksum). */

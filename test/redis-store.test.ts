@@ -362,7 +362,7 @@ redisSerial('RedisMemoryStore single: a server already down rejects within timeo
   }
 });
 
-redisSerial('RedisMemoryStore cluster: one of three masters killed mid-batch; users on the other nodes are written; no record torn after it restarts', async (t) => {
+redisSerial('RedisMemoryStore cluster: one of three masters killed mid-batch: rejects with the three lists, some users written; no record torn once it restarts; users on every master', async (t) => {
   const servers = await RedisClusterServers.start(3, { durable: true });
   try {
     const client = await connect('cluster', { rootNodes: servers.rootNodes });
