@@ -13,7 +13,7 @@ import { RedisMemoryStore, RedisMemoryStoreError, MemoryRecordError, tensor, DTy
 import type { RedisClientLike, UserId } from '../lib/index';
 import { ReferenceMemoryBank } from '../lib/reference/memory-bank';
 import { RedisClusterServers, RedisServer, redisUnavailable } from '../bench/redis-servers';
-import { compare, Rng } from './helpers';
+import { compare, parityDevices, Rng } from './helpers';
 
 // Without redis-server the suite skips, saying why, except where LK_REQUIRE_REDIS=1 or CI is set
 // (.ci/run installs the server and sets LK_REQUIRE_REDIS): there it fails.
@@ -83,16 +83,18 @@ async function both(t: ExecutionContext, what: string, onRef: () => void, onStor
   t.is(storeError?.constructor, (refError as Error | undefined)?.constructor, `${what}: ${String(storeError)} vs ${String(refError)}`);
 }
 
+// The store's kernels run on every backend present (CUDA on a GPU or the emulator), on one node;
+// the cluster runs the CPU kernels.
 for (const kind of ['single', 'cluster'] as const) {
-  for (const m of MODES) {
+  for (const device of kind === 'single' ? parityDevices() : ['cpu' as const]) for (const m of MODES) {
     for (const dtype of ['float32', 'bfloat16'] as const) {
-      redisTest(`RedisMemoryStore ${kind} ${modeName(m)} ${dtype}: random op streams (update, blend, updateFrom, assemble, reset, rejected calls) equal the reference bank`, async (t) => {
+      redisTest(`RedisMemoryStore ${kind} ${device} ${modeName(m)} ${dtype}: random op streams (update, blend, updateFrom, assemble, reset, rejected calls) equal the reference bank`, async (t) => {
         const rng = new Rng(1 + m.mode.length * 7 + (m.overflow?.length ?? 0) * 3 + dtype.length + (kind === 'cluster' ? 100 : 0));
         const users = 16, slots = rng.int(1, 5), width = rng.pick([1, 3, 8, 64]);
-        const store = new RedisMemoryStore(await connect(kind), { slots, width, dtype, ...m, keyPrefix: freshPrefix('replay') });
+        const store = new RedisMemoryStore(await connect(kind), { slots, width, dtype, device, ...m, keyPrefix: freshPrefix('replay') });
         const ref = new ReferenceMemoryBank({ users, slots, width, ...m });
         const rows = async (n: number) => {
-          const x = tensor(rng.floats(n * width), [n, width], { dtype });
+          const x = tensor(rng.floats(n * width), [n, width], { dtype, device });
           return { x, exact: { data: await x.float32(), shape: [n, width] } };
         };
         for (let step = 0; step < 14; step++) {
