@@ -22,3 +22,6 @@ export { limits } from './native';
 export type { NativeLimits as Limits } from './native';
 export { multiStreamAttention } from './multi-stream';
 export type { MultiStreams, DenseStream, IndexedStream, MultiStreamOptions, MultiStreamResult, StreamName } from './multi-stream';
+export { RedisMemoryStore, RedisMemoryStoreError } from './redis-store';
+export type { RedisMemoryStoreOptions, RedisClientLike, UserId } from './redis-store';
+export { MemoryRecordError } from './memory-record';

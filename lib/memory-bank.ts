@@ -7,7 +7,7 @@ import * as path from 'path';
 import { codes, native, NativeStorage } from './native';
 import { ROLE, RoleName } from './rules';
 import { DTYPE_CODE, DType, Device, Tensor, deviceCapacity, emptyTensor } from './tensor';
-import { checkLayout, checkTensor, Layout } from './layout';
+import { checkLayout, checkTensor, CheckedLayout, Layout } from './layout';
 import { cudaDisabledReason } from './backends';
 import { crc32 } from './crc32';
 
@@ -28,10 +28,77 @@ export type RoleSelect = 'item' | 'memory' | 'target' | { role: 'item' | 'memory
 
 const BANK_DTYPES = ['float32', 'float16', 'bfloat16'] as const;
 
-function checkCount(v: unknown, name: string, min: number, max = 2 ** 31 - 1): number {
+export function checkCount(v: unknown, name: string, min: number, max = 2 ** 31 - 1): number {
   if (typeof v !== 'number' || !Number.isInteger(v)) throw new TypeError(`${name}: expected an integer, got ${String(v)}`);
   if (v < min || v > max) throw new RangeError(`${name}: expected an integer in [${min}, ${max}], got ${v}`);
   return v;
+}
+
+/** The options a MemoryBank and a RedisMemoryStore share, checked (defaults filled in). */
+export function checkMemoryOptions(options: { slots: unknown; width: unknown; dtype?: unknown; device?: unknown; mode: unknown; overflow?: unknown }):
+  { slots: number; width: number; dtype: Exclude<DType, 'int32'>; device: Device; mode: BankMode; overflow: BankOverflow } {
+  const slots = checkCount(options.slots, 'slots', 1);
+  const width = checkCount(options.width, 'width', 1);
+  const dtype = options.dtype ?? 'float32';
+  if (typeof dtype !== 'string' || !(BANK_DTYPES as readonly string[]).includes(dtype)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
+  const device = options.device ?? 'cpu';
+  if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`device: expected 'cpu' or 'cuda', got ${String(device)}`);
+  if (device === 'cuda') {
+    const reason = cudaDisabledReason();
+    if (reason) throw new Error(`device: CUDA is not available: ${reason}`);
+  }
+  const mode = options.mode;
+  if (mode !== 'overwrite' && mode !== 'append') throw new TypeError(`mode: expected 'overwrite' or 'append', got ${String(mode)}`);
+  const overflow = options.overflow ?? 'error';
+  if (overflow !== 'error' && overflow !== 'evict-oldest') throw new TypeError(`overflow: expected 'error' or 'evict-oldest', got ${String(overflow)}`);
+  return { slots, width, dtype: dtype as Exclude<DType, 'int32'>, device, mode, overflow };
+}
+
+/** Rows of `owner`'s dtype, device and width (`ownerName`: 'bank', 'store'). */
+export function checkRows(t: unknown, name: string, owner: { dtype: DType; device: Device; width: number }, ownerName: string): Tensor {
+  const x = checkTensor(t, name, 2, ['float32', 'float16', 'bfloat16']);
+  if (x.dtype !== owner.dtype) throw new TypeError(`${name}: dtype ${x.dtype} differs from the ${ownerName}'s ${owner.dtype}`);
+  if (x.device !== owner.device) throw new TypeError(`${name}: on ${x.device} but the ${ownerName} is on ${owner.device}`);
+  if (x.shape[1] !== owner.width) throw new RangeError(`${name}: width ${x.shape[1]} differs from the ${ownerName}'s ${owner.width}`);
+  return x;
+}
+
+/** The update options `{ blend? }`, checked at the call (`blendable`: the memory's mode is 'overwrite'). */
+export function checkBlendOption(options: unknown, blendable: boolean, ownerName: string): number | undefined {
+  if (options === null || typeof options !== 'object') throw new TypeError('options: expected { blend? }');
+  const blend = (options as { blend?: unknown }).blend;
+  if (blend === undefined) return undefined;
+  if (typeof blend !== 'number') throw new TypeError('options.blend: expected a number');
+  if (!(blend > 0 && blend <= 1)) throw new RangeError(`options.blend: expected a number in (0, 1], got ${blend}`);
+  if (!blendable) throw new RangeError(`options.blend: only a mode 'overwrite' ${ownerName} blends`);
+  return blend;
+}
+
+/**
+ * updateFrom's row choice: per sequence of `lay`, the rows whose role is `select` (or only the
+ * last n of them with `{ role, last: n }`), and how many that is.
+ */
+export function selectRows(lay: CheckedLayout, select: unknown): { rows: number[][]; counts: Int32Array } {
+  let role: number, last = Infinity;
+  const roleOf = (name: unknown) => (typeof name === 'string' && Object.hasOwn(ROLE, name) ? ROLE[name as RoleName] : -1);
+  if (typeof select === 'string') {
+    role = roleOf(select);
+    if (role < 0) throw new TypeError(`select: unknown role '${select}', expected 'item', 'memory' or 'target'`);
+  } else if (select !== null && typeof select === 'object') {
+    const s = select as { role?: unknown; last?: unknown };
+    role = roleOf(s.role);
+    if (role < 0) throw new TypeError(`select.role: unknown role '${String(s.role)}', expected 'item', 'memory' or 'target'`);
+    last = checkCount(s.last, 'select.last', 1);
+  } else throw new TypeError(`select: expected 'item', 'memory', 'target' or { role, last }`);
+  const rows: number[][] = [];
+  const counts = new Int32Array(lay.batch);
+  for (let b = 0; b < lay.batch; b++) {
+    const picked: number[] = [];
+    for (let t = lay.offsets[b]; t < lay.offsets[b + 1]; t++) if ((lay.roles ? lay.roles[t] : 0) === role) picked.push(t);
+    rows.push(picked.length > last ? picked.slice(picked.length - last) : picked);
+    counts[b] = rows[b].length;
+  }
+  return { rows, counts };
 }
 
 /** One gather call: row i writes dst[dstRow[i]] from sources[srcSel[i]][srcRow[i]]. */
@@ -67,23 +134,8 @@ export class MemoryBank {
   constructor(options: MemoryBankOptions) {
     if (options === null || typeof options !== 'object') throw new TypeError('options: expected { users, slots, width, mode, ... }');
     this.users = checkCount(options.users, 'users', 1);
-    this.slots = checkCount(options.slots, 'slots', 1);
-    this.width = checkCount(options.width, 'width', 1);
-    const dtype = options.dtype ?? 'float32';
-    if (typeof dtype !== 'string' || !(BANK_DTYPES as readonly string[]).includes(dtype)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
-    this.dtype = dtype;
-    const device = options.device ?? 'cpu';
-    if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`device: expected 'cpu' or 'cuda', got ${String(device)}`);
-    if (device === 'cuda') {
-      const reason = cudaDisabledReason();
-      if (reason) throw new Error(`device: CUDA is not available: ${reason}`);
-    }
-    this.device = device;
-    if (options.mode !== 'overwrite' && options.mode !== 'append') throw new TypeError(`mode: expected 'overwrite' or 'append', got ${String(options.mode)}`);
-    this.mode = options.mode;
-    const overflow = options.overflow ?? 'error';
-    if (overflow !== 'error' && overflow !== 'evict-oldest') throw new TypeError(`overflow: expected 'error' or 'evict-oldest', got ${String(overflow)}`);
-    this.overflow = overflow;
+    ({ slots: this.slots, width: this.width, dtype: this.dtype, device: this.device, mode: this.mode, overflow: this.overflow } = checkMemoryOptions(options));
+    const dtype = this.dtype, device = this.device;
     const rows = this.users * this.slots;
     if (rows > 2 ** 31 - 1) throw new RangeError(`users * slots: at most 2^31 - 1 rows, got ${rows}`);
     const bytes = rows * this.width * codes().dtypeBytes[dtype];
@@ -160,22 +212,12 @@ export class MemoryBank {
   }
 
   #checkTokens(t: unknown, name: string): Tensor {
-    const x = checkTensor(t, name, 2, ['float32', 'float16', 'bfloat16']);
-    if (x.dtype !== this.dtype) throw new TypeError(`${name}: dtype ${x.dtype} differs from the bank's ${this.dtype}`);
-    if (x.device !== this.device) throw new TypeError(`${name}: on ${x.device} but the bank is on ${this.device}`);
-    if (x.shape[1] !== this.width) throw new RangeError(`${name}: width ${x.shape[1]} differs from the bank's ${this.width}`);
-    return x;
+    return checkRows(t, name, this, 'bank');
   }
 
   // The update options, checked at the call.
   #blendOption(options: unknown): number | undefined {
-    if (options === null || typeof options !== 'object') throw new TypeError('options: expected { blend? }');
-    const blend = (options as { blend?: unknown }).blend;
-    if (blend === undefined) return undefined;
-    if (typeof blend !== 'number') throw new TypeError('options.blend: expected a number');
-    if (!(blend > 0 && blend <= 1)) throw new RangeError(`options.blend: expected a number in (0, 1], got ${blend}`);
-    if (this.mode !== 'overwrite') throw new RangeError("options.blend: only a mode 'overwrite' bank blends");
-    return blend;
+    return checkBlendOption(options, this.mode === 'overwrite', 'bank');
   }
 
   #checkCounts(ids: Int32Array, counts: Int32Array, countName: string): void {
@@ -230,25 +272,8 @@ export class MemoryBank {
       const src = this.#checkTokens(hidden, 'hidden');
       const lay = checkLayout(layout, src.shape[0], 'layout');
       if (lay.batch !== ids.length) throw new RangeError(`layout: ${lay.batch} sequences for ${ids.length} users`);
-      let role: number, last = Infinity;
-      const roleOf = (name: unknown) => (typeof name === 'string' && Object.hasOwn(ROLE, name) ? ROLE[name as RoleName] : -1);
-      if (typeof select === 'string') {
-        role = roleOf(select);
-        if (role < 0) throw new TypeError(`select: unknown role '${select}', expected 'item', 'memory' or 'target'`);
-      } else if (select !== null && typeof select === 'object') {
-        role = roleOf(select.role);
-        if (role < 0) throw new TypeError(`select.role: unknown role '${String(select.role)}', expected 'item', 'memory' or 'target'`);
-        last = checkCount(select.last, 'select.last', 1);
-      } else throw new TypeError(`select: expected 'item', 'memory', 'target' or { role, last }`);
+      const { rows, counts } = selectRows(lay, select);
       const blend = this.#blendOption(options);
-      const rows: number[][] = [];
-      const counts = new Int32Array(ids.length);
-      for (let b = 0; b < lay.batch; b++) {
-        const picked: number[] = [];
-        for (let t = lay.offsets[b]; t < lay.offsets[b + 1]; t++) if ((lay.roles ? lay.roles[t] : 0) === role) picked.push(t);
-        rows.push(picked.length > last ? picked.slice(picked.length - last) : picked);
-        counts[b] = rows[b].length;
-      }
       this.#checkCounts(ids, counts, 'select');
       const held = src.hold();
       return { held: [held], run: () => this.#write(ids, counts, (i, r) => rows[i][r], held, blend, 'select') };
