@@ -34,7 +34,9 @@ function run(title, cmd, args, env = {}) {
 }
 
 function ava(title, files, env) {
-  const r = run(title, 'npx', ['ava', ...files], env);
+  // Ava's watchdog (no test finishing for this long) sized for the instrumented emulator runs, whose
+  // single parity tests take minutes under ASan or the race detector on a 2-core machine.
+  const r = run(title, 'npx', ['ava', '--timeout=30m', ...files], env);
   const count = (re) => { const m = r.out.match(re); return m ? Number(m[1]) : 0; };
   const passed = count(/(\d+) tests? passed/), failed = count(/(\d+) tests? failed/) + count(/(\d+) uncaught exceptions?/) + count(/(\d+) unhandled rejections?/);
   totals.passed += passed;
