@@ -256,13 +256,18 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   if (p.normalize == kSoftmax) {
     for (int r = 0; r < t.rows; ++r) {
       float* srow = s + r * kBlockN;
-      if (allowed_keys(r) == 0) {  // the row sees none of these keys: they contribute nothing
+      const uint64_t bits = allowed_keys(r);
+      if (bits == 0) {  // the row sees none of these keys: they contribute nothing
         std::fill(srow, srow + n_pad, 0.0f);
         continue;
       }
       sc.seen[r] = true;
+      // Groups of 8 keys the row sees none of (a causal block's upper part, masked memory columns)
+      // weigh 0 without their exp: the softmax costs the row's allowed groups only.
+      auto any_allowed = [&](int j) { return ((bits >> j) & 0xffu) != 0; };
       v8f mx = splat(kNegInf);
-      for (int j = 0; j < n_pad; j += 8) mx = max_keep_nan8(mx, load8(srow + j));
+      for (int j = 0; j < n_pad; j += 8)
+        if (any_allowed(j)) mx = max_keep_nan8(mx, load8(srow + j));
       // m_old is -inf (and l 0) until the row met an allowed score above -inf. An allowed +inf or
       // NaN turns the row NaN through exp(inf - inf) or the NaN max, as in the reference; masked
       // entries (-inf) weigh exactly 0 whenever the row is not NaN anyway.
@@ -274,6 +279,10 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       }
       v8f sum = splat(0.0f);
       for (int j = 0; j < n_pad; j += 8) {
+        if (!any_allowed(j)) {
+          store8(srow + j, splat(0.0f));
+          continue;
+        }
         const v8f e = exp8(load8(srow + j) - splat(m_new));
         store8(srow + j, e);
         sum += e;
