@@ -233,15 +233,20 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     const float* panel = t.job->kt_panels + (t.panel * Hkv + t.g) * (int64_t)D * kBlockN;
     gemm_blocks<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false);
   } else {
-    // K^T block so that S = Q K^T reads both operands row-wise.
+    // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes.
     float* kt = sc.kt.get();
-    for (int j = 0; j < n_pad; ++j) {
-      if (j < count) {
-        const float* krow = key_row(t.k_start + sc.keys[j]);
-        for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = krow[d];
-      } else {
-        for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = 0.0f;
+    const int d8 = D / 8 * 8;
+    for (int j0 = 0; j0 < n_pad; j0 += 8) {
+      const float* krows[8];
+      for (int u = 0; u < 8; ++u) krows[u] = j0 + u < count ? key_row(t.k_start + sc.keys[j0 + u]) : nullptr;
+      for (int d = 0; d < d8; d += 8) {
+        v8f x[8];
+        for (int u = 0; u < 8; ++u) x[u] = krows[u] ? load8(krows[u] + d) : splat(0.0f);
+        transpose8x8(x);
+        for (int u = 0; u < 8; ++u) store8(kt + (d + u) * kBlockN + j0, x[u]);
       }
+      for (int d = d8; d < D; ++d)
+        for (int u = 0; u < 8; ++u) kt[d * kBlockN + j0 + u] = krows[u] ? krows[u][d] : 0.0f;
     }
     gemm_blocks<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false);
   }
@@ -414,9 +419,12 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h0, int g
   for (int i = 0; i < group; ++i) {
     select_head(t, i);
     float* qs = t.q_rows;
-    for (int r = 0; r < t.m_pad; ++r)
-      for (int d = 0; d < D; ++d)
-        qs[r * D + d] = r < t.rows ? job.q[((t.q_start + t.row0 + r) * H + t.h) * D + d] * p.scale : 0.0f;
+    const float scale = p.scale;
+    for (int r = 0; r < t.m_pad; ++r) {
+      const float* src = job.q + ((t.q_start + t.row0 + r) * H + t.h) * D;
+      if (r < t.rows) for (int d = 0; d < D; ++d) qs[r * D + d] = src[d] * scale;
+      else std::fill(qs + r * D, qs + (r + 1) * D, 0.0f);
+    }
     if (t.key_major) {  // Q^T, scaled, zero columns past the tile's rows
       for (int d = 0; d < D; ++d)
         for (int r = 0; r < kFewRows; ++r) t.q_cols[d * kFewRows + r] = r < t.rows ? qs[r * D + d] : 0.0f;
@@ -564,13 +572,26 @@ void masked_attention(const AttentionParams& p) {
   const std::vector<TileSummary> q_tiles = summarize(p.q_layout, p.batch, kBlockM, q_base);
   const std::vector<TileSummary> k_tiles = summarize(p.kv_layout, p.batch, kBlockN, k_base);
   ThreadPool& pool = ThreadPool::shared();
-  // K^T panels for sequences whose key tiles several query tiles visit (one transpose per key tile
-  // and head instead of one per query tile); zero columns past a short tile's keys.
+  // K^T panels for key tiles that several query tiles visit and at least one sees whole (one
+  // transpose per key tile and head instead of one per query tile; partial tiles are gathered and
+  // never read a panel); zero columns past a short tile's keys.
   std::vector<int64_t> panel_of_tile((size_t)k_base[(size_t)p.batch], -1);
   std::vector<std::pair<int, int>> panel_tiles;  // (sequence, key tile)
   for (int b = 0; b < p.batch; ++b) {
-    if (q_base[(size_t)b + 1] - q_base[(size_t)b] < 2) continue;
+    const int n_q = q_base[(size_t)b + 1] - q_base[(size_t)b];
+    if (n_q < 2) continue;
+    const int Lq = p.q_layout.offsets[b + 1] - p.q_layout.offsets[b];
+    const int Lk = p.kv_layout.offsets[b + 1] - p.kv_layout.offsets[b];
     for (int t = 0; t < k_base[(size_t)b + 1] - k_base[(size_t)b]; ++t) {
+      const int col0 = t * kBlockN;
+      const TileBounds kb{k_tiles[(size_t)(k_base[(size_t)b] + t)], col0, std::min(Lk, col0 + kBlockN) - 1};
+      bool full_somewhere = false;
+      for (int qt = 0; qt < n_q && !full_somewhere; ++qt) {
+        const int row0 = qt * kBlockM, rows = std::min(kBlockM, Lq - row0);
+        const TileBounds qb{q_tiles[(size_t)(q_base[(size_t)b] + qt)], row0 + Lk - Lq, row0 + rows - 1 + Lk - Lq};
+        full_somewhere = classify_tile(p.rule, qb, kb) == kTileFull;
+      }
+      if (!full_somewhere) continue;
       panel_of_tile[(size_t)(k_base[(size_t)b] + t)] = (int64_t)panel_tiles.size();
       panel_tiles.emplace_back(b, t);
     }

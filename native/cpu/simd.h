@@ -48,6 +48,25 @@ LK_INLINE v8f hsum8x8(const v8f a[8]) {
   return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
+// In-place 8 x 8 transpose of the rows x[0..8): unpack pairs, then 64-bit pairs, then 128-bit halves.
+LK_INLINE void transpose8x8(v8f x[8]) {
+  v8f a[8], b[8];
+  for (int i = 0; i < 8; i += 2) {
+    a[i] = __builtin_shufflevector(x[i], x[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    a[i + 1] = __builtin_shufflevector(x[i], x[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    for (int k = 0; k < 2; ++k) {  // b[i + c] holds columns c and c + 4 of rows i..i+3
+      b[i + 2 * k] = __builtin_shufflevector(a[i + k], a[i + k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      b[i + 2 * k + 1] = __builtin_shufflevector(a[i + k], a[i + k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  }
+  for (int k = 0; k < 4; ++k) {
+    x[k] = __builtin_shufflevector(b[k], b[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    x[k + 4] = __builtin_shufflevector(b[k], b[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
 // exp(x) for 8 lanes: 2^n * p(r) with r = x - n ln2 in [-ln2/2, ln2/2] and a degree-6 polynomial
 // (relative error ~2e-7, inside SPEC §7's float32 tolerance). Underflow (incl. -inf) gives exactly 0;
 // NaN gives NaN (exp(Inf - Inf) of an overflowing score must stay NaN, as in the reference).
