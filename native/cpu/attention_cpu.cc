@@ -366,7 +366,7 @@ LK_INLINE void select_head(TileTask& t, int i) {
 template <typename Shape>
 LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   const AttentionParams& p = *t.job->p;
-  if (!masked) {
+  if (!masked && t.group < p.heads) {
     // The next block's rows of the group's kv heads (consecutive within a key row; the rows are all
     // heads' width apart, which hardware prefetchers miss).
     const int Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim;
