@@ -212,7 +212,32 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   // Rows of the block's keys: read in place when they are consecutive (full tiles), else gathered.
   const bool in_place = !masked;
   const int64_t first = t.k_start + sc.keys[0];
-  if (t.key_major) {
+  if (t.key_major && t.rows <= 4 && D % 8 == 0) {
+    // At most 4 queries: dot products of whole key rows (read in place or through the gather list)
+    // with the 4 query rows, two keys at a time, eight sums reduced together. Every multiply is
+    // useful, where the key-major GEMM would spend half its columns on absent queries.
+    auto krow = [&](int j) { return key_row(t.k_start + sc.keys[j]); };
+    const float* q = t.q_rows;  // rows past t.rows are zero (m_pad >= 4 for every shape)
+    static_assert(Shape::kRows >= 4, "four query rows exist in the padded Q tile");
+    for (int j = 0; j < count; j += 2) {
+      const float* k0 = krow(j);
+      const float* k1 = krow(std::min(j + 1, count - 1));
+      v8f acc[8] = {};
+      for (int d = 0; d < D; d += 8) {
+        const v8f a0 = load8(k0 + d), a1 = load8(k1 + d);
+        for (int r = 0; r < 4; ++r) {
+          const v8f qv = load8(q + r * D + d);
+          acc[r] += a0 * qv;
+          acc[4 + r] += a1 * qv;
+        }
+      }
+      const v8f dots = hsum8x8(acc);  // lane r: key j, query r; lane 4 + r: key j + 1
+      for (int r = 0; r < t.rows; ++r) {
+        s[r * kBlockN + j] = dots[r];
+        if (j + 1 < count) s[r * kBlockN + j + 1] = dots[4 + r];
+      }
+    }
+  } else if (t.key_major) {
     const int n8 = round_up(count, GemmKeyMajor::kRows);
     const float* a = key_row(first);
     int lda = Hkv * D;
