@@ -370,7 +370,13 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       return;
     }
   }
-  gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
+  if (t.rows <= 4) {  // few-query tiles: 4-row blocks, no padding rows to multiply
+    using FourRows = GemmShape<typename Shape::Vec, 4, Shape::kVecsPerRow>;
+    static_assert(FourRows::kCols == Shape::kCols, "the same column padding");
+    gemm_blocks<FourRows>(4, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
+  } else {
+    gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
+  }
 }
 
 // Points the task at head `i` of its group.
