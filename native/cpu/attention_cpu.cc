@@ -197,7 +197,7 @@ LK_INLINE void mask_scores(const TileTask& t, int count) {
 // row that may see none of the block's keys is left untouched, the running max keeps NaN, and when a
 // masked block's V rows hold a NaN / Inf, P V is accumulated by selection over each row's allowed
 // keys instead of the GEMM (where a masked key's 0 weight times its NaN would leak).
-template <typename Shape>
+template <typename Shape, bool kFewQueries>
 LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   const AttentionParams& p = *t.job->p;
   Scratch& sc = *t.sc;
@@ -212,7 +212,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   // Rows of the block's keys: read in place when they are consecutive (full tiles), else gathered.
   const bool in_place = !masked;
   const int64_t first = t.k_start + sc.keys[0];
-  if (t.key_major && t.rows <= 4 && D % 8 == 0) {
+  if (kFewQueries && D % 8 == 0) {
     // At most 4 queries: dot products of whole key rows (read in place or through the gather list)
     // with the 4 query rows, two keys at a time, eight sums reduced together. Every multiply is
     // useful, where the key-major GEMM would spend half its columns on absent queries.
@@ -254,6 +254,8 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     gemm_blocks<GemmKeyMajor>(n8, kFewRows, D, a, lda, t.q_cols, kFewRows, st, kFewRows, false);
     for (int r = 0; r < t.rows; ++r)
       for (int j = 0; j < count; ++j) s[r * kBlockN + j] = st[j * kFewRows + r];
+  } else if (kFewQueries) {
+    // not reached (few-query tiles are key-major); ends the few-query instantiation's chain here
   } else if (!masked && t.panel >= 0) {
     const float* panel = t.job->kt_panels + (t.panel * Hkv + t.g) * (int64_t)D * kBlockN;
     gemm_blocks<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false);
@@ -370,7 +372,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       return;
     }
   }
-  if (t.rows <= 4) {  // few-query tiles: 4-row blocks, no padding rows to multiply
+  if constexpr (kFewQueries) {  // 4-row blocks, no padding rows to multiply
     using FourRows = GemmShape<typename Shape::Vec, 4, Shape::kVecsPerRow>;
     static_assert(FourRows::kCols == Shape::kCols, "the same column padding");
     gemm_blocks<FourRows>(4, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
@@ -394,7 +396,7 @@ LK_INLINE void select_head(TileTask& t, int i) {
 
 // One block of `count` keys (sc.keys) for every head of the group: the rule's bit sets are computed
 // once, then each head runs its online-softmax step.
-template <typename Shape>
+template <typename Shape, bool kFewQueries>
 LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   const AttentionParams& p = *t.job->p;
   if (!masked && t.group < p.heads) {
@@ -415,7 +417,7 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   }
   for (int i = 0; i < t.group; ++i) {
     select_head(t, i);
-    attend_head_keys<Shape>(t, count, masked);
+    attend_head_keys<Shape, kFewQueries>(t, count, masked);
   }
 }
 
@@ -423,7 +425,7 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
 // skipped tiles cost nothing, full tiles run without per-element checks, and from partial tiles only
 // the keys that some query of the tile may see are gathered into dense blocks, so the work follows
 // the allowed pairs even for masks as sparse as PerSRec's.
-template <typename Shape>
+template <typename Shape, bool kFewQueries>
 LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h0, int group, Scratch& sc) {
   const AttentionParams& p = *job.p;
   TileTask t;
@@ -484,7 +486,7 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h0, int g
       std::memcpy(full_keys, sc.keys, sizeof(int) * pending);  // park the pending gather
       for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
       t.panel = job.panel_of_tile[job.k_base[b] + kt];
-      attend_keys<Shape>(t, cols, false);
+      attend_keys<Shape, kFewQueries>(t, cols, false);
       t.panel = -1;
       std::memcpy(sc.keys, full_keys, sizeof(int) * pending);
       continue;
@@ -511,12 +513,12 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h0, int g
       }
       sc.keys[pending++] = col0 + j;
       if (pending == kBlockN) {
-        attend_keys<Shape>(t, pending, true);
+        attend_keys<Shape, kFewQueries>(t, pending, true);
         pending = 0;
       }
     }
   }
-  if (pending > 0) attend_keys<Shape>(t, pending, true);
+  if (pending > 0) attend_keys<Shape, kFewQueries>(t, pending, true);
 
   const int Dv = p.value_dim;
   for (int i = 0; i < group; ++i) {
@@ -538,19 +540,31 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h0, int g
 }
 
 // One entry per instruction set, each compiled for it (native/cpu/isa.h).
+// One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries
+// have their own entries (dot-product Q K^T, 4-row P V), so the large tiles' code stays compact.
+#define LK_ATTEND_ENTRIES(name, attr, Shape)                                                          \
+  attr void name(const Job& j, int b, int t, int h, int n, Scratch& s) {                             \
+    attend_tile_impl<Shape, false>(j, b, t, h, n, s);                                                 \
+  }                                                                                                   \
+  attr void name##_few(const Job& j, int b, int t, int h, int n, Scratch& s) {                       \
+    attend_tile_impl<Shape, true>(j, b, t, h, n, s);                                                  \
+  }
 #if LK_ISA_X86
-LK_TARGET_AVX512 void attend_tile_avx512(const Job& j, int b, int t, int h, int n, Scratch& s) { attend_tile_impl<GemmAvx512>(j, b, t, h, n, s); }
-LK_TARGET_AVX2 void attend_tile_avx2(const Job& j, int b, int t, int h, int n, Scratch& s) { attend_tile_impl<GemmAvx2>(j, b, t, h, n, s); }
+LK_ATTEND_ENTRIES(attend_tile_avx512, LK_TARGET_AVX512, GemmAvx512)
+LK_ATTEND_ENTRIES(attend_tile_avx2, LK_TARGET_AVX2, GemmAvx2)
 #endif
 #if LK_ISA_NEON
-void attend_tile_neon(const Job& j, int b, int t, int h, int n, Scratch& s) { attend_tile_impl<GemmNeon>(j, b, t, h, n, s); }
+LK_ATTEND_ENTRIES(attend_tile_neon, , GemmNeon)
 #endif
-void attend_tile_portable(const Job& j, int b, int t, int h, int n, Scratch& s) { attend_tile_impl<GemmBaseline>(j, b, t, h, n, s); }
+LK_ATTEND_ENTRIES(attend_tile_portable, , GemmBaseline)
+#undef LK_ATTEND_ENTRIES
 
 // (job, sequence, query tile, first head, heads in the group, scratch)
 using AttendTileFn = void (*)(const Job&, int, int, int, int, Scratch&);
 const IsaTable<AttendTileFn> kAttendTile = {{attend_tile_portable, LK_IF_NEON(attend_tile_neon), LK_IF_X86(attend_tile_avx2),
                                              LK_IF_X86(attend_tile_avx512), nullptr}};
+const IsaTable<AttendTileFn> kAttendFewTile = {{attend_tile_portable_few, LK_IF_NEON(attend_tile_neon_few),
+                                                LK_IF_X86(attend_tile_avx2_few), LK_IF_X86(attend_tile_avx512_few), nullptr}};
 
 // Summaries of the batch's real tiles of `tile` tokens, sequence b's at [base[b], base[b + 1]):
 // memory and time follow the tokens, not batch x the longest sequence (cuda/common/tile_plan.h).
@@ -652,10 +666,12 @@ void masked_attention(const AttentionParams& p) {
   std::vector<Scratch> scratch(pool.size());
   for (auto& sc : scratch) sc.init(p.head_dim, p.value_dim, group);
   const AttendTileFn attend_tile = isa_pick(kAttendTile);  // one path for the whole call
+  const AttendTileFn attend_few_tile = isa_pick(kAttendFewTile);
   pool.parallel_for((int64_t)tasks.size() * n_groups, [&](int64_t i, int worker) {
     const TileRef& t = tasks[i / n_groups];
     const int h0 = (int)(i % n_groups) * group;
-    attend_tile(job, t.seq, t.tile, h0, std::min(group, p.heads - h0), scratch[worker]);
+    const int rows = p.q_layout.offsets[t.seq + 1] - p.q_layout.offsets[t.seq] - t.tile * kBlockM;
+    (rows <= 4 ? attend_few_tile : attend_tile)(job, t.seq, t.tile, h0, std::min(group, p.heads - h0), scratch[worker]);
   });
 
   if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);
