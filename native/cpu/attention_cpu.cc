@@ -21,6 +21,10 @@ constexpr int kBlockM = 32;    // query rows per task
 constexpr int kBlockN = 64;    // keys per block of the key loop
 constexpr int kMaxRows = 36;   // kBlockM rounded up to any micro-kernel's row count
 constexpr int kMaxCols = 256;  // value_dim rounded up to any micro-kernel's column count
+constexpr int kWidestCols = 32;  // the widest micro-kernel's column count (GemmAvx512::kCols)
+// Heads one task computes together (a head group): the key tiles' classification, gathers and
+// masks are shared by the group, and for few-query tiles every K / V row streams once per block.
+constexpr int kMaxGroupHeads = 16;
 constexpr float kNegInf = -INFINITY;
 // Query tiles of at most kFewRows rows (cross attention of a few candidates over a long history)
 // compute S^T = K Q^T: key rows are read in place as the GEMM's rows, instead of transposing a K
@@ -59,22 +63,25 @@ Float32View as_float32(const void* src, DType dtype, int64_t count) {
   return view;
 }
 
-// Per-worker tiles, padded so the micro-kernels never need edge cases.
+// Per-worker tiles, padded so the micro-kernels never need edge cases. Q, O and the softmax state
+// exist once per head of the group; the score, K and V blocks are reused head after head.
 struct Scratch {
   FloatBuffer q, kt, s, v, o;
-  FloatBuffer q_cols, s_keys;  // key-major path: Q^T [D][kFewRows], S^T [kBlockN][kFewRows]
-  float m[kMaxRows], l[kMaxRows];
+  FloatBuffer q_cols, s_keys;  // key-major path: Q^T [D][kFewRows] per head, S^T [kBlockN][kFewRows]
+  size_t o_stride = 0;         // floats of one head's O tile
+  float m[kMaxGroupHeads][kMaxRows], l[kMaxGroupHeads][kMaxRows];
   uint64_t allow[kMaxRows];  // masked blocks: bit j of row r set when the row may see key j
-  bool seen[kMaxRows];       // the row has met an allowed key
+  bool seen[kMaxRows];       // the row has met an allowed key (the mask is the same for every head)
   int keys[kBlockN];  // key positions (inside the sequence) of the block being computed
   int32_t key_role[kBlockN], key_seg[kBlockN], key_pos[kBlockN];  // masked blocks: the keys' attributes
-  void init(int head_dim) {
-    q = alloc_floats((size_t)kMaxRows * head_dim);
+  void init(int head_dim, int value_dim, int group_heads) {
+    o_stride = (size_t)kMaxRows * round_up(value_dim, kWidestCols);
+    q = alloc_floats((size_t)group_heads * kMaxRows * head_dim);
     kt = alloc_floats((size_t)head_dim * kBlockN);
     s = alloc_floats((size_t)kMaxRows * kBlockN);
     v = alloc_floats((size_t)kBlockN * kMaxCols);
-    o = alloc_floats((size_t)kMaxRows * kMaxCols);
-    q_cols = alloc_floats((size_t)head_dim * kFewRows);
+    o = alloc_floats((size_t)group_heads * o_stride);
+    q_cols = alloc_floats((size_t)group_heads * head_dim * kFewRows);
     s_keys = alloc_floats((size_t)kBlockN * kFewRows);
   }
 };
@@ -95,17 +102,20 @@ struct Job {
   const int64_t* panel_of_tile;
 };
 
-// Everything one (sequence, query tile, head) task needs while it walks its keys.
+// Everything one (sequence, query tile, head group) task needs while it walks its keys.
 struct TileTask {
   const Job* job;
   Scratch* sc;
-  int b, h, g;
+  int b, h0, group;  // heads [h0, h0 + group)
   int64_t q_start, k_start;
   int row0, rows, m_pad, align;
   int dv_pad;
   bool key_major;  // rows <= kFewRows
-  const float* panel;  // the current full key tile's packed K^T panel, or null
+  int64_t panel;   // the current full key tile's packed K^T panels (per kv head), or -1
   TileBounds qb;
+  // The head being computed inside the group, and its slices of the scratch.
+  int h, g;
+  float *q_rows, *q_cols, *o, *m, *l;
 };
 
 // seg_admits (cuda/common/mask_rules.h) as flags over the cases a key's segment / position can be
@@ -122,10 +132,10 @@ inline int32_t seg_admit_flags(uint8_t rel) {
   }
 }
 
-// Masks the scores of a gathered block (keys sc.keys[0, count)) by the rule: each row's allowed keys
-// become a bit set (sc.allow) and its masked scores -inf. Key roles / segments / positions are read
+// The rule over a gathered block (keys sc.keys[0, count)): each row's allowed keys become a bit set
+// (sc.allow), computed once for every head of the group. Key roles / segments / positions are read
 // once per block; each row then costs ~10 vector operations per 8 keys, not a rule lookup per pair.
-LK_INLINE void apply_block_mask(const TileTask& t, int count) {
+LK_INLINE void block_allowed_keys(const TileTask& t, int count) {
   const AttentionParams& p = *t.job->p;
   Scratch& sc = *t.sc;
   const int32_t* qseg = p.q_layout.segments;
@@ -141,7 +151,6 @@ LK_INLINE void apply_block_mask(const TileTask& t, int count) {
     sc.key_pos[j] = real ? sc.keys[j] : 0;
   }
   for (int r = 0; r < t.rows; ++r) {
-    float* srow = sc.s.get() + r * kBlockN;
     const int64_t qi = t.q_start + t.row0 + r;
     const int rq = qrole ? qrole[qi] : 0;
     const v8i sq = splat_int(qseg ? qseg[qi] : 0), pq = splat_int(t.row0 + r + t.align);
@@ -161,13 +170,24 @@ LK_INLINE void apply_block_mask(const TileTask& t, int count) {
       const v8i admit = ((seg == sq) & ((flags & kAdmitSame) != 0)) | ((seg < sq) & ((flags & kAdmitEarlier) != 0)) |
                         ((seg > sq) & ((flags & kAdmitLater) != 0)) | ((pos == pq) & ((flags & kAdmitSelf) != 0));
       const v8i ok = admit & (~causal | (pos <= pq));
-      v8f sv;
-      std::memcpy(&sv, srow + j, sizeof sv);
-      sv = ok != 0 ? sv : splat(kNegInf);
-      std::memcpy(srow + j, &sv, sizeof sv);
       for (int u = 0; u < 8; ++u) bits |= (uint64_t)(ok[u] & 1) << (j + u);
     }
     sc.allow[r] = bits;
+  }
+}
+
+// One head's scores of a gathered block: -inf where sc.allow says masked.
+LK_INLINE void mask_scores(const TileTask& t, int count) {
+  Scratch& sc = *t.sc;
+  const int n8 = round_up(count, 8);
+  const v8i lane_bit{1, 2, 4, 8, 16, 32, 64, 128};
+  for (int r = 0; r < t.rows; ++r) {
+    float* srow = sc.s.get() + r * kBlockN;
+    const uint64_t bits = sc.allow[r];
+    for (int j = 0; j < n8; j += 8) {
+      const v8i ok = (splat_int((int32_t)((bits >> j) & 0xff)) & lane_bit) != 0;
+      store8(srow + j, ok != 0 ? load8(srow + j) : splat(kNegInf));
+    }
   }
 }
 
@@ -177,8 +197,8 @@ LK_INLINE void apply_block_mask(const TileTask& t, int count) {
 // row that may see none of the block's keys is left untouched, the running max keeps NaN, and when a
 // masked block's V rows hold a NaN / Inf, P V is accumulated by selection over each row's allowed
 // keys instead of the GEMM (where a masked key's 0 weight times its NaN would leak).
-template <typename Shape>
-LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
+template <typename Shape, bool kFewQueries>
+LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   const AttentionParams& p = *t.job->p;
   Scratch& sc = *t.sc;
   const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
@@ -192,15 +212,32 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
   // Rows of the block's keys: read in place when they are consecutive (full tiles), else gathered.
   const bool in_place = !masked;
   const int64_t first = t.k_start + sc.keys[0];
-  if (in_place) {  // the next block's rows: strided by all heads' width, which hardware prefetchers miss
-    const int64_t next = first + kBlockN;
-    const int ahead = (int)std::max<int64_t>(0, std::min<int64_t>(kBlockN, p.tk - next));
-    for (int j = 0; j < ahead; ++j) {
-      for (int d = 0; d < D; d += 16) __builtin_prefetch(key_row(next + j) + d);
-      for (int d = 0; d < Dv; d += 16) __builtin_prefetch(value_row(next + j) + d);
+  if (kFewQueries && D % 8 == 0) {
+    // At most 4 queries: dot products of whole key rows (read in place or through the gather list)
+    // with the 4 query rows, two keys at a time, eight sums reduced together. Every multiply is
+    // useful, where the key-major GEMM would spend half its columns on absent queries.
+    auto krow = [&](int j) { return key_row(t.k_start + sc.keys[j]); };
+    const float* q = t.q_rows;  // rows past t.rows are zero (m_pad >= 4 for every shape)
+    static_assert(Shape::kRows >= 4, "four query rows exist in the padded Q tile");
+    for (int j = 0; j < count; j += 2) {
+      const float* k0 = krow(j);
+      const float* k1 = krow(std::min(j + 1, count - 1));
+      v8f acc[8] = {};
+      for (int d = 0; d < D; d += 8) {
+        const v8f a0 = load8(k0 + d), a1 = load8(k1 + d);
+        for (int r = 0; r < 4; ++r) {
+          const v8f qv = load8(q + r * D + d);
+          acc[r] += a0 * qv;
+          acc[4 + r] += a1 * qv;
+        }
+      }
+      const v8f dots = hsum8x8(acc);  // lane r: key j, query r; lane 4 + r: key j + 1
+      for (int r = 0; r < t.rows; ++r) {
+        s[r * kBlockN + j] = dots[r];
+        if (j + 1 < count) s[r * kBlockN + j + 1] = dots[4 + r];
+      }
     }
-  }
-  if (t.key_major) {
+  } else if (t.key_major) {
     const int n8 = round_up(count, GemmKeyMajor::kRows);
     const float* a = key_row(first);
     int lda = Hkv * D;
@@ -214,28 +251,36 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
       lda = D;
     }
     float* st = sc.s_keys.get();
-    gemm_blocks<GemmKeyMajor>(n8, kFewRows, D, a, lda, sc.q_cols.get(), kFewRows, st, kFewRows, false);
+    gemm_blocks<GemmKeyMajor>(n8, kFewRows, D, a, lda, t.q_cols, kFewRows, st, kFewRows, false);
     for (int r = 0; r < t.rows; ++r)
       for (int j = 0; j < count; ++j) s[r * kBlockN + j] = st[j * kFewRows + r];
-  } else if (!masked && t.panel) {
-    gemm_blocks<Shape>(t.m_pad, n_pad, D, sc.q.get(), D, t.panel, kBlockN, s, kBlockN, false);
+  } else if (kFewQueries) {
+    // not reached (few-query tiles are key-major); ends the few-query instantiation's chain here
+  } else if (!masked && t.panel >= 0) {
+    const float* panel = t.job->kt_panels + (t.panel * Hkv + t.g) * (int64_t)D * kBlockN;
+    gemm_blocks<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false);
   } else {
-    // K^T block so that S = Q K^T reads both operands row-wise.
+    // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes.
     float* kt = sc.kt.get();
-    for (int j = 0; j < n_pad; ++j) {
-      if (j < count) {
-        const float* krow = key_row(t.k_start + sc.keys[j]);
-        for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = krow[d];
-      } else {
-        for (int d = 0; d < D; ++d) kt[d * kBlockN + j] = 0.0f;
+    const int d8 = D / 8 * 8;
+    for (int j0 = 0; j0 < n_pad; j0 += 8) {
+      const float* krows[8];
+      for (int u = 0; u < 8; ++u) krows[u] = j0 + u < count ? key_row(t.k_start + sc.keys[j0 + u]) : nullptr;
+      for (int d = 0; d < d8; d += 8) {
+        v8f x[8];
+        for (int u = 0; u < 8; ++u) x[u] = krows[u] ? load8(krows[u] + d) : splat(0.0f);
+        transpose8x8(x);
+        for (int u = 0; u < 8; ++u) store8(kt + (d + u) * kBlockN + j0, x[u]);
       }
+      for (int d = d8; d < D; ++d)
+        for (int u = 0; u < 8; ++u) kt[d * kBlockN + j0 + u] = krows[u] ? krows[u][d] : 0.0f;
     }
-    gemm_blocks<Shape>(t.m_pad, n_pad, D, sc.q.get(), D, kt, kBlockN, s, kBlockN, false);
+    gemm_blocks<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false);
   }
 
   for (int r = 0; r < t.rows; ++r)
     for (int j = count; j < n_pad; ++j) s[r * kBlockN + j] = kNegInf;
-  if (masked) apply_block_mask(t, count);
+  if (masked) mask_scores(t, count);
   static_assert(kBlockN <= 64, "one 64-bit allowed-key mask per row");
   const uint64_t all_keys = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
   auto allowed_keys = [&](int r) { return masked ? sc.allow[r] : all_keys; };
@@ -243,17 +288,22 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
   if (p.normalize == kSoftmax) {
     for (int r = 0; r < t.rows; ++r) {
       float* srow = s + r * kBlockN;
-      if (allowed_keys(r) == 0) {  // the row sees none of these keys: they contribute nothing
+      const uint64_t bits = allowed_keys(r);
+      if (bits == 0) {  // the row sees none of these keys: they contribute nothing
         std::fill(srow, srow + n_pad, 0.0f);
         continue;
       }
       sc.seen[r] = true;
+      // Groups of 8 keys the row sees none of (a causal block's upper part, masked memory columns)
+      // weigh 0 without their exp: the softmax costs the row's allowed groups only.
+      auto any_allowed = [&](int j) { return ((bits >> j) & 0xffu) != 0; };
       v8f mx = splat(kNegInf);
-      for (int j = 0; j < n_pad; j += 8) mx = max_keep_nan8(mx, load8(srow + j));
+      for (int j = 0; j < n_pad; j += 8)
+        if (any_allowed(j)) mx = max_keep_nan8(mx, load8(srow + j));
       // m_old is -inf (and l 0) until the row met an allowed score above -inf. An allowed +inf or
       // NaN turns the row NaN through exp(inf - inf) or the NaN max, as in the reference; masked
       // entries (-inf) weigh exactly 0 whenever the row is not NaN anyway.
-      const float m_old = sc.m[r];
+      const float m_old = t.m[r];
       const float m_new = max_keep_nan(m_old, hmax_keep_nan(mx));
       if (m_new == kNegInf) {  // allowed scores all -inf so far: weight 0 for now (NaN at the end if it stays so)
         std::fill(srow, srow + n_pad, 0.0f);
@@ -261,15 +311,19 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
       }
       v8f sum = splat(0.0f);
       for (int j = 0; j < n_pad; j += 8) {
+        if (!any_allowed(j)) {
+          store8(srow + j, splat(0.0f));
+          continue;
+        }
         const v8f e = exp8(load8(srow + j) - splat(m_new));
         store8(srow + j, e);
         sum += e;
       }
       const float alpha = std::exp(m_old - m_new);
-      sc.l[r] = sc.l[r] * alpha + hsum(sum);
-      sc.m[r] = m_new;
+      t.l[r] = t.l[r] * alpha + hsum(sum);
+      t.m[r] = m_new;
       if (alpha != 1.0f) {
-        float* orow = sc.o.get() + r * dvp;
+        float* orow = t.o + r * dvp;
         for (int c = 0; c < dvp; ++c) orow[c] *= alpha;
       }
     }
@@ -306,7 +360,7 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
     if (masked && !all_finite(vs, n_pad * dvp)) {
       // Exact path: each row adds only its allowed keys' values (a masked NaN / Inf stays out).
       for (int r = 0; r < t.rows; ++r) {
-        float* orow = sc.o.get() + r * dvp;
+        float* orow = t.o + r * dvp;
         const float* srow = s + r * kBlockN;
         for (uint64_t bits = sc.allow[r]; bits; bits &= bits - 1) {
           const int j = __builtin_ctzll(bits);
@@ -318,22 +372,68 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
       return;
     }
   }
-  gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, sc.o.get(), dvp, true);
+  if constexpr (kFewQueries) {  // 4-row blocks, no padding rows to multiply
+    using FourRows = GemmShape<typename Shape::Vec, 4, Shape::kVecsPerRow>;
+    static_assert(FourRows::kCols == Shape::kCols, "the same column padding");
+    gemm_blocks<FourRows>(4, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
+  } else {
+    gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
+  }
 }
 
-// One query tile of one head of one sequence. Key tiles are classified with the shared rule table:
+// Points the task at head `i` of its group.
+LK_INLINE void select_head(TileTask& t, int i) {
+  const AttentionParams& p = *t.job->p;
+  Scratch& sc = *t.sc;
+  t.h = t.h0 + i;
+  t.g = t.h / (p.heads / p.kv_heads);
+  t.q_rows = sc.q.get() + (size_t)i * kMaxRows * p.head_dim;
+  t.q_cols = sc.q_cols.get() + (size_t)i * p.head_dim * kFewRows;
+  t.o = sc.o.get() + (size_t)i * sc.o_stride;
+  t.m = sc.m[i];
+  t.l = sc.l[i];
+}
+
+// One block of `count` keys (sc.keys) for every head of the group: the rule's bit sets are computed
+// once, then each head runs its online-softmax step.
+template <typename Shape, bool kFewQueries>
+LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
+  const AttentionParams& p = *t.job->p;
+  if (!masked && t.group < p.heads) {
+    // The next block's rows of the group's kv heads (consecutive within a key row; the rows are all
+    // heads' width apart, which hardware prefetchers miss).
+    const int Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim;
+    const int g_lo = t.h0 / (p.heads / Hkv), g_hi = (t.h0 + t.group - 1) / (p.heads / Hkv);
+    const int64_t next = t.k_start + t.sc->keys[0] + kBlockN;
+    const int ahead = (int)std::max<int64_t>(0, std::min<int64_t>(kBlockN, p.tk - next));
+    for (int j = 0; j < ahead; ++j) {
+      const float* krow = t.job->k + (next + j) * Hkv * D;
+      const float* vrow = t.job->v + (next + j) * Hkv * Dv;
+      for (int d = g_lo * D; d < (g_hi + 1) * D; d += 16) __builtin_prefetch(krow + d);
+      for (int d = g_lo * Dv; d < (g_hi + 1) * Dv; d += 16) __builtin_prefetch(vrow + d);
+    }
+  } else {
+    block_allowed_keys(t, count);
+  }
+  for (int i = 0; i < t.group; ++i) {
+    select_head(t, i);
+    attend_head_keys<Shape, kFewQueries>(t, count, masked);
+  }
+}
+
+// One query tile of one head group of one sequence. Key tiles are classified with the shared rule table:
 // skipped tiles cost nothing, full tiles run without per-element checks, and from partial tiles only
 // the keys that some query of the tile may see are gathered into dense blocks, so the work follows
 // the allowed pairs even for masks as sparse as PerSRec's.
-template <typename Shape>
-LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratch& sc) {
+template <typename Shape, bool kFewQueries>
+LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h0, int group, Scratch& sc) {
   const AttentionParams& p = *job.p;
   TileTask t;
   t.job = &job;
   t.sc = &sc;
   t.b = b;
-  t.h = h;
-  t.g = h / (p.heads / p.kv_heads);
+  t.h0 = h0;
+  t.group = group;
   t.q_start = p.q_layout.offsets[b];
   t.k_start = p.kv_layout.offsets[b];
   const int Lq = p.q_layout.offsets[b + 1] - (int)t.q_start;
@@ -346,24 +446,29 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
   t.qb = TileBounds{job.q_tiles[job.q_base[b] + q_tile], t.row0 + t.align, t.row0 + t.rows - 1 + t.align};
   const int D = p.head_dim, H = p.heads;
 
-  // Scaled query rows; padding rows are zero and never written out.
-  float* qs = sc.q.get();
-  for (int r = 0; r < t.m_pad; ++r)
-    for (int d = 0; d < D; ++d)
-      qs[r * D + d] = r < t.rows ? job.q[((t.q_start + t.row0 + r) * H + h) * D + d] * p.scale : 0.0f;
+  // Scaled query rows per head; padding rows are zero and never written out.
   t.key_major = t.rows <= kFewRows;
-  t.panel = nullptr;
-  if (t.key_major) {  // Q^T, scaled, zero columns past the tile's rows
-    float* qc = sc.q_cols.get();
-    for (int d = 0; d < D; ++d)
-      for (int r = 0; r < kFewRows; ++r) qc[d * kFewRows + r] = r < t.rows ? qs[r * D + d] : 0.0f;
+  t.panel = -1;
+  for (int i = 0; i < group; ++i) {
+    select_head(t, i);
+    float* qs = t.q_rows;
+    const float scale = p.scale;
+    for (int r = 0; r < t.m_pad; ++r) {
+      const float* src = job.q + ((t.q_start + t.row0 + r) * H + t.h) * D;
+      if (r < t.rows) for (int d = 0; d < D; ++d) qs[r * D + d] = src[d] * scale;
+      else std::fill(qs + r * D, qs + (r + 1) * D, 0.0f);
+    }
+    if (t.key_major) {  // Q^T, scaled, zero columns past the tile's rows
+      for (int d = 0; d < D; ++d)
+        for (int r = 0; r < kFewRows; ++r) t.q_cols[d * kFewRows + r] = r < t.rows ? qs[r * D + d] : 0.0f;
+    }
+    std::fill(t.o, t.o + (size_t)t.m_pad * t.dv_pad, 0.0f);
+    for (int r = 0; r < t.m_pad; ++r) {
+      t.m[r] = kNegInf;
+      t.l[r] = 0.0f;
+    }
   }
-  std::fill(sc.o.get(), sc.o.get() + (size_t)t.m_pad * t.dv_pad, 0.0f);
-  for (int r = 0; r < t.m_pad; ++r) {
-    sc.m[r] = kNegInf;
-    sc.l[r] = 0.0f;
-    sc.seen[r] = false;
-  }
+  std::fill(sc.seen, sc.seen + t.m_pad, false);
 
   const int key_end = visible_key_end(p.rule, t.qb, Lk);
   const int n_key_tiles = (key_end + kBlockN - 1) / kBlockN;
@@ -380,10 +485,9 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
     if (cls == kTileFull) {
       std::memcpy(full_keys, sc.keys, sizeof(int) * pending);  // park the pending gather
       for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
-      const int64_t panel = job.panel_of_tile[job.k_base[b] + kt];
-      t.panel = panel < 0 ? nullptr : job.kt_panels + (panel * p.kv_heads + t.g) * (int64_t)D * kBlockN;
-      attend_keys<Shape>(t, cols, false);
-      t.panel = nullptr;
+      t.panel = job.panel_of_tile[job.k_base[b] + kt];
+      attend_keys<Shape, kFewQueries>(t, cols, false);
+      t.panel = -1;
       std::memcpy(sc.keys, full_keys, sizeof(int) * pending);
       continue;
     }
@@ -409,42 +513,58 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
       }
       sc.keys[pending++] = col0 + j;
       if (pending == kBlockN) {
-        attend_keys<Shape>(t, pending, true);
+        attend_keys<Shape, kFewQueries>(t, pending, true);
         pending = 0;
       }
     }
   }
-  if (pending > 0) attend_keys<Shape>(t, pending, true);
+  if (pending > 0) attend_keys<Shape, kFewQueries>(t, pending, true);
 
   const int Dv = p.value_dim;
-  for (int r = 0; r < t.rows; ++r) {
-    const int64_t qi = t.q_start + t.row0 + r;
-    float* dst = job.out + (qi * H + h) * Dv;
-    const float* orow = sc.o.get() + r * t.dv_pad;
-    // No allowed key: 0 and lse -inf. Allowed keys whose scores are all -inf: l is 0, the row NaN
-    // (the reference's exp(-inf + inf)). Else l >= 1 (the max's own term) or NaN.
-    const float l = sc.l[r];
-    const bool seen = sc.seen[r];
-    float norm = 1.0f;
-    if (p.normalize == kSoftmax) norm = !seen ? 0.0f : l == 0.0f ? quiet_nan() : 1.0f / l;
-    for (int c = 0; c < Dv; ++c) dst[c] = orow[c] * norm;
-    if (p.lse) p.lse[qi * H + h] = !seen ? kNegInf : l == 0.0f ? quiet_nan() : sc.m[r] + std::log(l);
+  for (int i = 0; i < group; ++i) {
+    select_head(t, i);
+    for (int r = 0; r < t.rows; ++r) {
+      const int64_t qi = t.q_start + t.row0 + r;
+      float* dst = job.out + (qi * H + t.h) * Dv;
+      const float* orow = t.o + r * t.dv_pad;
+      // No allowed key: 0 and lse -inf. Allowed keys whose scores are all -inf: l is 0, the row NaN
+      // (the reference's exp(-inf + inf)). Else l >= 1 (the max's own term) or NaN.
+      const float l = t.l[r];
+      const bool seen = sc.seen[r];
+      float norm = 1.0f;
+      if (p.normalize == kSoftmax) norm = !seen ? 0.0f : l == 0.0f ? quiet_nan() : 1.0f / l;
+      for (int c = 0; c < Dv; ++c) dst[c] = orow[c] * norm;
+      if (p.lse) p.lse[qi * H + t.h] = !seen ? kNegInf : l == 0.0f ? quiet_nan() : t.m[r] + std::log(l);
+    }
   }
 }
 
 // One entry per instruction set, each compiled for it (native/cpu/isa.h).
+// One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries
+// have their own entries (dot-product Q K^T, 4-row P V), so the large tiles' code stays compact.
+#define LK_ATTEND_ENTRIES(name, attr, Shape)                                                          \
+  attr void name(const Job& j, int b, int t, int h, int n, Scratch& s) {                             \
+    attend_tile_impl<Shape, false>(j, b, t, h, n, s);                                                 \
+  }                                                                                                   \
+  attr void name##_few(const Job& j, int b, int t, int h, int n, Scratch& s) {                       \
+    attend_tile_impl<Shape, true>(j, b, t, h, n, s);                                                  \
+  }
 #if LK_ISA_X86
-LK_TARGET_AVX512 void attend_tile_avx512(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmAvx512>(j, b, t, h, s); }
-LK_TARGET_AVX2 void attend_tile_avx2(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmAvx2>(j, b, t, h, s); }
+LK_ATTEND_ENTRIES(attend_tile_avx512, LK_TARGET_AVX512, GemmAvx512)
+LK_ATTEND_ENTRIES(attend_tile_avx2, LK_TARGET_AVX2, GemmAvx2)
 #endif
 #if LK_ISA_NEON
-void attend_tile_neon(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmNeon>(j, b, t, h, s); }
+LK_ATTEND_ENTRIES(attend_tile_neon, , GemmNeon)
 #endif
-void attend_tile_portable(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmBaseline>(j, b, t, h, s); }
+LK_ATTEND_ENTRIES(attend_tile_portable, , GemmBaseline)
+#undef LK_ATTEND_ENTRIES
 
-using AttendTileFn = void (*)(const Job&, int, int, int, Scratch&);
+// (job, sequence, query tile, first head, heads in the group, scratch)
+using AttendTileFn = void (*)(const Job&, int, int, int, int, Scratch&);
 const IsaTable<AttendTileFn> kAttendTile = {{attend_tile_portable, LK_IF_NEON(attend_tile_neon), LK_IF_X86(attend_tile_avx2),
                                              LK_IF_X86(attend_tile_avx512), nullptr}};
+const IsaTable<AttendTileFn> kAttendFewTile = {{attend_tile_portable_few, LK_IF_NEON(attend_tile_neon_few),
+                                                LK_IF_X86(attend_tile_avx2_few), LK_IF_X86(attend_tile_avx512_few), nullptr}};
 
 // Summaries of the batch's real tiles of `tile` tokens, sequence b's at [base[b], base[b + 1]):
 // memory and time follow the tokens, not batch x the longest sequence (cuda/common/tile_plan.h).
@@ -458,6 +578,20 @@ std::vector<TileSummary> summarize(const LayoutView& layout, int batch, int tile
     }
   }
   return out;
+}
+
+// Heads per task. Small heads are grouped up to 64 columns of Q K^T work, so the group shares one
+// classification, gather and mask per key block; when every query tile is a few-query tile (cross
+// attention of a few candidates over a long history), all heads are grouped so that whole K / V rows
+// stream once per key block. Groups shrink while there would be too few tasks to balance the pool.
+int group_heads(const AttentionParams& p, const std::vector<int32_t>& q_base, int threads) {
+  int max_rows = 0;
+  for (int b = 0; b < p.batch; ++b) max_rows = std::max(max_rows, p.q_layout.offsets[b + 1] - p.q_layout.offsets[b]);
+  int group = max_rows <= kFewRows ? p.heads : std::max(1, 64 / std::max(p.head_dim, p.value_dim));
+  group = std::min({group, p.heads, kMaxGroupHeads});
+  const int64_t tiles = q_base[(size_t)p.batch];
+  while (group > 1 && tiles * ((p.heads + group - 1) / group) < 4 * (int64_t)threads) group = (group + 1) / 2;
+  return group;
 }
 
 }  // namespace
@@ -483,13 +617,26 @@ void masked_attention(const AttentionParams& p) {
   const std::vector<TileSummary> q_tiles = summarize(p.q_layout, p.batch, kBlockM, q_base);
   const std::vector<TileSummary> k_tiles = summarize(p.kv_layout, p.batch, kBlockN, k_base);
   ThreadPool& pool = ThreadPool::shared();
-  // K^T panels for sequences whose key tiles several query tiles visit (one transpose per key tile
-  // and head instead of one per query tile); zero columns past a short tile's keys.
+  // K^T panels for key tiles that several query tiles visit and at least one sees whole (one
+  // transpose per key tile and head instead of one per query tile; partial tiles are gathered and
+  // never read a panel); zero columns past a short tile's keys.
   std::vector<int64_t> panel_of_tile((size_t)k_base[(size_t)p.batch], -1);
   std::vector<std::pair<int, int>> panel_tiles;  // (sequence, key tile)
   for (int b = 0; b < p.batch; ++b) {
-    if (q_base[(size_t)b + 1] - q_base[(size_t)b] < 2) continue;
+    const int n_q = q_base[(size_t)b + 1] - q_base[(size_t)b];
+    if (n_q < 2) continue;
+    const int Lq = p.q_layout.offsets[b + 1] - p.q_layout.offsets[b];
+    const int Lk = p.kv_layout.offsets[b + 1] - p.kv_layout.offsets[b];
     for (int t = 0; t < k_base[(size_t)b + 1] - k_base[(size_t)b]; ++t) {
+      const int col0 = t * kBlockN;
+      const TileBounds kb{k_tiles[(size_t)(k_base[(size_t)b] + t)], col0, std::min(Lk, col0 + kBlockN) - 1};
+      bool full_somewhere = false;
+      for (int qt = 0; qt < n_q && !full_somewhere; ++qt) {
+        const int row0 = qt * kBlockM, rows = std::min(kBlockM, Lq - row0);
+        const TileBounds qb{q_tiles[(size_t)(q_base[(size_t)b] + qt)], row0 + Lk - Lq, row0 + rows - 1 + Lk - Lq};
+        full_somewhere = classify_tile(p.rule, qb, kb) == kTileFull;
+      }
+      if (!full_somewhere) continue;
       panel_of_tile[(size_t)(k_base[(size_t)b] + t)] = (int64_t)panel_tiles.size();
       panel_tiles.emplace_back(b, t);
     }
@@ -514,12 +661,17 @@ void masked_attention(const AttentionParams& p) {
   // Tasks = (sequence, query tile, head); later query tiles first since causal ones cost most.
   const std::vector<TileRef> tasks = tiles_longest_first(q_base);
 
+  const int group = group_heads(p, q_base, pool.size());
+  const int n_groups = (p.heads + group - 1) / group;
   std::vector<Scratch> scratch(pool.size());
-  for (auto& sc : scratch) sc.init(p.head_dim);
+  for (auto& sc : scratch) sc.init(p.head_dim, p.value_dim, group);
   const AttendTileFn attend_tile = isa_pick(kAttendTile);  // one path for the whole call
-  pool.parallel_for((int64_t)tasks.size() * p.heads, [&](int64_t i, int worker) {
-    const TileRef& t = tasks[i / p.heads];
-    attend_tile(job, t.seq, t.tile, (int)(i % p.heads), scratch[worker]);
+  const AttendTileFn attend_few_tile = isa_pick(kAttendFewTile);
+  pool.parallel_for((int64_t)tasks.size() * n_groups, [&](int64_t i, int worker) {
+    const TileRef& t = tasks[i / n_groups];
+    const int h0 = (int)(i % n_groups) * group;
+    const int rows = p.q_layout.offsets[t.seq + 1] - p.q_layout.offsets[t.seq] - t.tile * kBlockM;
+    (rows <= 4 ? attend_few_tile : attend_tile)(job, t.seq, t.tile, h0, std::min(group, p.heads - h0), scratch[worker]);
   });
 
   if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);

@@ -20,10 +20,11 @@ LK_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 // Lane-wise max that keeps NaN (a NaN in either operand gives NaN), for softmax maxima: the
 // reference's running max becomes NaN when any allowed score is NaN (cuda/common/ieee.h).
 LK_INLINE v8f max_keep_nan8(v8f a, v8f b) { return (a < b) | (b != b) ? b : a; }
-LK_INLINE float hmax_keep_nan(v8f v) {
-  float m = v[0];
-  for (int i = 1; i < 8; ++i) m = (m < v[i] || v[i] != v[i]) ? v[i] : m;
-  return m;
+LK_INLINE float hmax_keep_nan(v8f v) {  // a tree of lane-wise maxima (NaN anywhere gives NaN)
+  v8f m = max_keep_nan8(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
+  m = max_keep_nan8(m, __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5));
+  m = max_keep_nan8(m, __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6));
+  return m[0];
 }
 LK_INLINE float hsum(v8f v) {
   return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
@@ -47,6 +48,25 @@ LK_INLINE v8f hsum8x8(const v8f a[8]) {
   return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
+// In-place 8 x 8 transpose of the rows x[0..8): unpack pairs, then 64-bit pairs, then 128-bit halves.
+LK_INLINE void transpose8x8(v8f x[8]) {
+  v8f a[8], b[8];
+  for (int i = 0; i < 8; i += 2) {
+    a[i] = __builtin_shufflevector(x[i], x[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    a[i + 1] = __builtin_shufflevector(x[i], x[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    for (int k = 0; k < 2; ++k) {  // b[i + c] holds columns c and c + 4 of rows i..i+3
+      b[i + 2 * k] = __builtin_shufflevector(a[i + k], a[i + k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      b[i + 2 * k + 1] = __builtin_shufflevector(a[i + k], a[i + k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  }
+  for (int k = 0; k < 4; ++k) {
+    x[k] = __builtin_shufflevector(b[k], b[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    x[k + 4] = __builtin_shufflevector(b[k], b[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
 // exp(x) for 8 lanes: 2^n * p(r) with r = x - n ln2 in [-ln2/2, ln2/2] and a degree-6 polynomial
 // (relative error ~2e-7, inside SPEC §7's float32 tolerance). Underflow (incl. -inf) gives exactly 0;
 // NaN gives NaN (exp(Inf - Inf) of an overflowing score must stay NaN, as in the reference).
@@ -54,9 +74,14 @@ LK_INLINE v8f exp8(v8f x) {
   const v8f hi = splat(88.3762626647949f), lo = splat(-87.3365478515625f);
   const v8f xc = x > hi ? hi : (x < lo ? lo : x);
   const v8f t = xc * splat(1.44269504088896341f);
-  const v8f half = t >= splat(0.0f) ? splat(0.5f) : splat(-0.5f);
-  const v8i n = __builtin_convertvector(t + half, v8i);  // round to nearest
-  const v8f nf = __builtin_convertvector(n, v8f);
+  // Round to nearest by adding 1.5 * 2^23 (|t| < 2^22): the sum's low mantissa bits are n.
+  const v8f shifter = splat(12582912.0f);
+  const v8f shifted = t + shifter;
+  const v8f nf = shifted - shifter;
+  v8i n, shifter_bits;
+  std::memcpy(&n, &shifted, sizeof n);
+  std::memcpy(&shifter_bits, &shifter, sizeof shifter_bits);
+  n -= shifter_bits;
   v8f r = xc - nf * splat(0.693359375f);
   r = r - nf * splat(-2.12194440e-4f);
   v8f p = splat(1.9875691500e-4f);
