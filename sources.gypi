@@ -7,7 +7,8 @@
       "native/op_queue.cc",
       "native/cpu/attention_cpu.cc",
       "native/cpu/gather_rows_cpu.cc",
-      "native/cpu/sparse_cpu.cc"
+      "native/cpu/sparse_cpu.cc",
+      "native/cpu/attention_backward_cpu.cc"
     ],
     "lk_cuda_sources": [
       "cuda/runtime.cu",

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/attention_params.h"
+#include "common/backward_params.h"
 #include "common/gather_params.h"
 #include "common/sparse_params.h"
 
@@ -48,6 +49,11 @@ std::string indexer_scores(const IndexerParams& p);
 std::string top_k(const TopKParams& p);  // p.lengths is a HOST pointer
 std::string sparse_attention(const SparseParams& p);
 std::string indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp);
+
+// Backward ops (SPEC §9): tensors are device pointers; layouts, offsets and indices HOST pointers.
+std::string masked_attention_backward(const AttentionBackwardParams& p);
+std::string sparse_attention_backward(const SparseBackwardParams& p);
+std::string indexer_scores_backward(const IndexerBackwardParams& p);
 
 // Head sizes the CUDA kernels are instantiated for (every size of SPEC §3).
 bool head_dim_supported(int dim);

@@ -54,6 +54,9 @@ export interface NativeAddon {
   topK(args: Record<string, unknown>): Promise<void>;
   sparseAttention(args: Record<string, unknown>): Promise<void>;
   indexedCrossAttention(args: Record<string, unknown>): Promise<void>;
+  maskedAttentionBackward(args: Record<string, unknown>): Promise<void>;
+  sparseAttentionBackward(args: Record<string, unknown>): Promise<void>;
+  indexerScoresBackward(args: Record<string, unknown>): Promise<void>;
   toFloat32(bits: Uint16Array, dtype: number): Float32Array;
   externalMemory(): number;
   fromFloat32(values: Float32Array, dtype: number): Uint16Array;

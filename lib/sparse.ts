@@ -21,7 +21,7 @@ function checkOffsets(offsets: unknown, rows: number, name: string): { batch: nu
 
 // The query / key offsets, in either form of SPEC §5: `{ qOffsets, kOffsets }` or the layouts
 // `{ q: { offsets }, kv: { offsets } }` that maskedAttention takes.
-function checkPair(options: unknown, nq: number, tk: number) {
+export function checkPair(options: unknown, nq: number, tk: number) {
   if (options === null || typeof options !== 'object') throw new TypeError('options: expected { qOffsets, kOffsets, ... } or { q: { offsets }, kv: { offsets }, ... }');
   const o = options as { qOffsets?: unknown; kOffsets?: unknown; q?: { offsets?: unknown }; kv?: { offsets?: unknown } };
   const long = o.qOffsets === undefined && o.kOffsets === undefined && (o.q !== undefined || o.kv !== undefined);
@@ -44,7 +44,7 @@ function sameDevice(tensors: [Tensor, string][]) {
   }
 }
 
-function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: [string, string, string]) {
+export function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: [string, string, string]) {
   checkTensor(qI, qName, 3, FLOAT_DTYPES);
   checkTensor(kI, kName, 2, FLOAT_DTYPES);
   checkTensor(w, wName, 2, FLOAT_DTYPES);
@@ -110,7 +110,7 @@ export async function topK(scores: Tensor, k: number, options: { lengths?: Int32
   return { indices, values };
 }
 
-function checkAttention(q: Tensor, k: Tensor, v: Tensor) {
+export function checkAttention(q: Tensor, k: Tensor, v: Tensor) {
   checkTensor(q, 'q', 3, FLOAT_DTYPES);
   checkTensor(k, 'k', 3, FLOAT_DTYPES);
   checkTensor(v, 'v', 3, FLOAT_DTYPES);
@@ -126,7 +126,7 @@ function checkAttention(q: Tensor, k: Tensor, v: Tensor) {
   return { nq, heads, headDim, tk, kvHeads, valueDim };
 }
 
-function checkScale(scale: unknown, headDim: number): number {
+export function checkScale(scale: unknown, headDim: number): number {
   if (scale === undefined) return 1 / Math.sqrt(headDim);
   if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new TypeError(`options.scale: expected a finite number, got ${String(scale)}`);
   return scale;

@@ -17,6 +17,7 @@
 
 #include "../cuda/common/attention_params.h"
 #include "../cuda/common/half_convert.h"
+#include "cpu/attention_backward_cpu.h"
 #include "cpu/attention_cpu.h"
 #include "cpu/gather_rows_cpu.h"
 #include "cpu/sparse_cpu.h"
@@ -391,14 +392,18 @@ int MaxTopK(Device device) {
 #endif
 
 
-// maskedAttention(args) -> Promise<void>; writes args.out (and args.lse).
-Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Napi::Object a = ArgsObject(info, "maskedAttention");
-  const Device device = DeviceArg(a);
+// The arguments of a maskedAttention call (forward or backward), validated; tensors are held in `keep`.
+struct AttentionArgs {
+  std::shared_ptr<AttentionParams> params = std::make_shared<AttentionParams>();
+  std::shared_ptr<OwnedLayout> q_layout = std::make_shared<OwnedLayout>();
+  std::shared_ptr<OwnedLayout> kv_layout = std::make_shared<OwnedLayout>();
+  std::vector<BufferRef> keep;
+};
 
-  auto params = std::make_shared<AttentionParams>();
-  AttentionParams& p = *params;
+AttentionArgs ReadAttention(const Napi::Object& a, Device device, bool out_optional) {
+  Napi::Env env = a.Env();
+  AttentionArgs r;
+  AttentionParams& p = *r.params;
   p.dtype = (DType)IntField(a, "dtype", 0, 2);
   p.batch = (int)IntField(a, "batch", 0, 1 << 30);
   p.tq = IntField(a, "tq", 0, INT32_MAX);
@@ -412,12 +417,10 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   p.normalize = (Normalize)IntField(a, "normalize", 0, 1);
   p.silu_inv_divisor = (float)NumberField(a, "siluInvDivisor");
 
-  auto q_layout = std::make_shared<OwnedLayout>();
-  auto kv_layout = std::make_shared<OwnedLayout>();
-  q_layout->read(a, "qOffsets", "qSegments", "qRoles", p.batch, p.tq);
-  kv_layout->read(a, "kvOffsets", "kvSegments", "kvRoles", p.batch, p.tk);
-  p.max_q_len = q_layout->max_len;
-  p.max_k_len = kv_layout->max_len;
+  r.q_layout->read(a, "qOffsets", "qSegments", "qRoles", p.batch, p.tq);
+  r.kv_layout->read(a, "kvOffsets", "kvSegments", "kvRoles", p.batch, p.tk);
+  p.max_q_len = r.q_layout->max_len;
+  p.max_k_len = r.kv_layout->max_len;
 
   std::vector<uint8_t> rule;
   CopyTyped<uint8_t, napi_uint8_array>(a, "rule", &rule, false);
@@ -432,21 +435,57 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   BufferRef q = StorageField(a, "q", device, (size_t)p.tq * p.heads * p.head_dim * es, false);
   BufferRef k = StorageField(a, "k", device, (size_t)p.tk * p.kv_heads * p.head_dim * es, false);
   BufferRef v = StorageField(a, "v", device, (size_t)p.tk * p.kv_heads * p.value_dim * es, false);
-  BufferRef out = StorageField(a, "out", device, (size_t)p.tq * p.heads * p.value_dim * es, false);
+  BufferRef out = StorageField(a, "out", device, (size_t)p.tq * p.heads * p.value_dim * es, out_optional);
   BufferRef lse = StorageField(a, "lse", device, (size_t)p.tq * p.heads * 4, true);
-  p.q = q->ptr; p.k = k->ptr; p.v = v->ptr; p.out = out->ptr;
+  p.q = q->ptr; p.k = k->ptr; p.v = v->ptr; p.out = out ? out->ptr : nullptr;
   p.lse = lse ? static_cast<float*>(lse->ptr) : nullptr;
+  r.keep = {q, k, v};
+  if (out) r.keep.push_back(out);
+  if (lse) r.keep.push_back(lse);
 
 #ifdef LK_WITH_CUDA
   if (device == Device::kCuda && (!cuda::head_dim_supported(p.head_dim) || !cuda::head_dim_supported(p.value_dim)))
     throw Napi::RangeError::New(env, "headDim/valueDim: the CUDA kernels support 8, 16, 32, 64, 128 and 256");
 #endif
+  return r;
+}
 
-  return Settle(env, device, [params, q_layout, kv_layout, q, k, v, out, lse, device]() -> std::string {
-    AttentionParams run = *params;
-    run.q_layout = q_layout->view();
-    run.kv_layout = kv_layout->view();
+// maskedAttention(args) -> Promise<void>; writes args.out (and args.lse).
+Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
+  Napi::Object a = ArgsObject(info, "maskedAttention");
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<AttentionArgs>(ReadAttention(a, device, false));
+  return Settle(info.Env(), device, [args, device]() -> std::string {
+    AttentionParams run = *args->params;
+    run.q_layout = args->q_layout->view();
+    run.kv_layout = args->kv_layout->view();
     LK_ON_DEVICE(device, cpu::masked_attention(run), cuda::masked_attention(run))
+  });
+}
+
+// maskedAttentionBackward(args) -> Promise<void>: the forward's arguments plus dOut, writing dq / dk
+// / dv (SPEC §9). Softmax needs the forward's out and lse.
+Napi::Value MaskedAttentionBackward(const Napi::CallbackInfo& info) {
+  Napi::Object a = ArgsObject(info, "maskedAttentionBackward");
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<AttentionArgs>(ReadAttention(a, device, true));
+  const AttentionParams& f = *args->params;
+  if (f.normalize == kSoftmax && (f.out == nullptr || f.lse == nullptr))
+    throw Napi::TypeError::New(info.Env(), "out/lse: softmax backward needs the forward's output and lse");
+  const size_t es = DTypeSize(f.dtype);
+  auto grads = std::make_shared<AttentionBackwardParams>();
+  BufferRef d_out = StorageField(a, "dOut", device, (size_t)f.tq * f.heads * f.value_dim * es, false);
+  BufferRef dq = StorageField(a, "dq", device, (size_t)f.tq * f.heads * f.head_dim * es, false);
+  BufferRef dk = StorageField(a, "dk", device, (size_t)f.tk * f.kv_heads * f.head_dim * es, false);
+  BufferRef dv = StorageField(a, "dv", device, (size_t)f.tk * f.kv_heads * f.value_dim * es, false);
+  grads->d_out = d_out->ptr; grads->dq = dq->ptr; grads->dk = dk->ptr; grads->dv = dv->ptr;
+  args->keep.insert(args->keep.end(), {d_out, dq, dk, dv});
+  return Settle(info.Env(), device, [args, grads, device]() -> std::string {
+    AttentionBackwardParams run = *grads;
+    run.fwd = *args->params;
+    run.fwd.q_layout = args->q_layout->view();
+    run.fwd.kv_layout = args->kv_layout->view();
+    LK_ON_DEVICE(device, cpu::masked_attention_backward(run), cuda::masked_attention_backward(run))
   });
 }
 
@@ -683,6 +722,56 @@ Napi::Value IndexedCrossAttention(const Napi::CallbackInfo& info) {
   });
 }
 
+// sparseAttentionBackward(args) -> Promise<void>: sparseAttention's arguments (out and lse
+// required) plus dOut, writing dq and the full-size, scatter-added dk / dv (SPEC §9).
+Napi::Value SparseAttentionBackward(const Napi::CallbackInfo& info) {
+  Napi::Object a = ArgsObject(info, "sparseAttentionBackward");
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<SparseArgs>(ReadSparse(a, device));
+  const SparseParams& f = args->p;
+  if (f.lse == nullptr) throw Napi::TypeError::New(info.Env(), "lse: the backward needs the forward's lse");
+  auto idx = std::make_shared<std::vector<int32_t>>();
+  CopyTyped<int32_t, napi_int32_array>(a, "indices", idx.get(), false);
+  if ((int64_t)idx->size() != f.nq * f.top_k) throw Napi::RangeError::New(info.Env(), "indices: expected nq x topK entries");
+  CheckIndices(info.Env(), *idx, f);
+  const size_t es = DTypeSize(f.dtype);
+  auto grads = std::make_shared<SparseBackwardParams>();
+  BufferRef d_out = StorageField(a, "dOut", device, (size_t)f.nq * f.heads * f.value_dim * es, false);
+  BufferRef dq = StorageField(a, "dq", device, (size_t)f.nq * f.heads * f.head_dim * es, false);
+  BufferRef dk = StorageField(a, "dk", device, (size_t)f.tk * f.kv_heads * f.head_dim * es, false);
+  BufferRef dv = StorageField(a, "dv", device, (size_t)f.tk * f.kv_heads * f.value_dim * es, false);
+  grads->d_out = d_out->ptr; grads->dq = dq->ptr; grads->dk = dk->ptr; grads->dv = dv->ptr;
+  args->keep.insert(args->keep.end(), {d_out, dq, dk, dv});
+  return Settle(info.Env(), device, [args, grads, idx, device]() -> std::string {
+    SparseBackwardParams run = *grads;
+    run.fwd = args->p;
+    run.fwd.indices = idx->data();
+    LK_ON_DEVICE(device, cpu::sparse_attention_backward(run), cuda::sparse_attention_backward(run))
+  });
+}
+
+// indexerScoresBackward(args) -> Promise<void>: indexerScores' arguments plus dScores (float32
+// [nq, maxLen]), writing dqI / dkI / dw (SPEC §9).
+Napi::Value IndexerScoresBackward(const Napi::CallbackInfo& info) {
+  Napi::Object a = ArgsObject(info, "indexerScoresBackward");
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
+  const IndexerParams& f = args->p;
+  const size_t es = DTypeSize(f.dtype);
+  auto grads = std::make_shared<IndexerBackwardParams>();
+  BufferRef d_scores = StorageField(a, "dScores", device, (size_t)f.nq * f.max_len * 4, false);
+  BufferRef dq = StorageField(a, "dqI", device, (size_t)f.nq * f.heads * f.dim * es, false);
+  BufferRef dk = StorageField(a, "dkI", device, (size_t)f.tk * f.dim * es, false);
+  BufferRef dw = StorageField(a, "dw", device, (size_t)f.nq * f.heads * es, false);
+  grads->d_scores = static_cast<const float*>(d_scores->ptr); grads->dq = dq->ptr; grads->dk = dk->ptr; grads->dw = dw->ptr;
+  args->keep.insert(args->keep.end(), {d_scores, dq, dk, dw});
+  return Settle(info.Env(), device, [args, grads, device]() -> std::string {
+    IndexerBackwardParams run = *grads;
+    run.fwd = args->p;
+    LK_ON_DEVICE(device, cpu::indexer_scores_backward(run), cuda::indexer_scores_backward(run))
+  });
+}
+
 // ---------------------------------------------------------------- conversions, backends
 
 // toFloat32(Uint16Array bits, dtype) -> Float32Array
@@ -828,6 +917,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("topK", Napi::Function::New(env, TopK));
   exports.Set("sparseAttention", Napi::Function::New(env, SparseAttention));
   exports.Set("indexedCrossAttention", Napi::Function::New(env, IndexedCrossAttention));
+  exports.Set("maskedAttentionBackward", Napi::Function::New(env, MaskedAttentionBackward));
+  exports.Set("sparseAttentionBackward", Napi::Function::New(env, SparseAttentionBackward));
+  exports.Set("indexerScoresBackward", Napi::Function::New(env, IndexerScoresBackward));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
   exports.Set("limits", Napi::Function::New(env, Limits));
   exports.Set("liveMemory", Napi::Function::New(env, LiveMemoryJs));

@@ -1,0 +1,432 @@
+// maskedAttentionBackward on the CPU, FlashAttention-2 style: nothing of size [L, L] is stored; each
+// block of (query tile x key tile) pairs recomputes its scores and weights from q, k and the
+// forward's lse. Two passes, each writing only what its task owns, so no two workers ever add into
+// the same gradient row (no locks, no atomics, deterministic results):
+//   pass 1, one task per (sequence, key tile, kv head): dk and dv of its keys, summed over every
+//           query head of the kv head's group (GQA) and every query tile that may see the keys;
+//   pass 2, one task per (sequence, query tile, head): dq of its rows.
+// Blocks are classified with the forward's shared rule table (cuda/common/mask_rules.h): skipped
+// blocks cost nothing, full blocks run without per-pair checks, partial ones check each pair.
+#include "attention_backward_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../../cuda/common/half_convert.h"
+#include "../../cuda/common/tile_plan.h"
+#include "../thread_pool.h"
+#include "simd.h"
+
+namespace lk::cpu {
+namespace {
+
+constexpr int kRows = 32;  // query rows per tile
+constexpr int kCols = 64;  // keys per tile
+
+std::vector<float> widen(const void* src, DType dtype, int64_t count) {
+  std::vector<float> out((size_t)count);
+  if (dtype == kFloat32) {
+    if (count) std::memcpy(out.data(), src, sizeof(float) * (size_t)count);
+    return out;
+  }
+  const uint16_t* bits = static_cast<const uint16_t*>(src);
+  for (int64_t i = 0; i < count; ++i) out[(size_t)i] = dtype == kFloat16 ? half_to_float(bits[i]) : bfloat16_to_float(bits[i]);
+  return out;
+}
+
+void narrow(const std::vector<float>& src, void* dst, DType dtype) {
+  if (dtype == kFloat32) {
+    if (!src.empty()) std::memcpy(dst, src.data(), sizeof(float) * src.size());
+    return;
+  }
+  uint16_t* bits = static_cast<uint16_t*>(dst);
+  for (size_t i = 0; i < src.size(); ++i) bits[i] = dtype == kFloat16 ? float_to_half(src[i]) : float_to_bfloat16(src[i]);
+}
+
+// Tiles of `tile` tokens of every sequence (cuda/common/tile_plan.h numbering) and their summaries.
+struct TileSet {
+  std::vector<int32_t> base;
+  std::vector<TileSummary> sum;
+};
+
+TileSet tile_set(const LayoutView& layout, int batch, int tile) {
+  TileSet s;
+  s.base = tile_bases(layout.offsets, batch, tile);
+  s.sum.resize((size_t)s.base[(size_t)batch]);
+  for (int b = 0; b < batch; ++b)
+    for (int t = 0; t < s.base[(size_t)b + 1] - s.base[(size_t)b]; ++t) {
+      int64_t lo, hi;
+      tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, t, &lo, &hi);
+      s.sum[(size_t)(s.base[(size_t)b] + t)] = summarize_tokens(layout.segments, layout.roles, lo, hi);
+    }
+  return s;
+}
+
+struct Job {
+  const AttentionBackwardParams* p;
+  const float *q, *k, *v, *dout;
+  const float* lse;    // [tq, heads] (softmax)
+  const float* delta;  // [tq, heads] = dO · O (softmax)
+  float *dq, *dk, *dv; // float32 [.., heads, dim]
+  TileSet qt, kt;
+};
+
+// Per-worker scratch for one block: rows of Q and dO, K^T and V^T, then S -> P and dP -> dS.
+struct Scratch {
+  std::vector<float> q, dout, kt, vt, p, ds, acc_a, acc_b;
+  void init(int D, int Dv) {
+    q.resize((size_t)kRows * D);
+    dout.resize((size_t)kRows * Dv);
+    kt.resize((size_t)D * kCols);
+    vt.resize((size_t)Dv * kCols);
+    p.resize((size_t)kRows * kCols);
+    ds.resize((size_t)kRows * kCols);
+    acc_a.resize((size_t)kCols * std::max(D, Dv));
+    acc_b.resize((size_t)kCols * std::max(D, Dv));
+  }
+};
+
+// One query tile of sequence b (rows r0 .. r0 + nr of it), read for head h.
+struct QueryBlock {
+  int b, h, r0, nr;
+  int64_t q_start;
+  int align;  // bottom-right causal alignment Lk - Lq
+};
+
+// One key tile of sequence b (keys c0 .. c0 + nc), read for kv head g.
+struct KeyBlock {
+  int g, c0, nc;
+  int64_t k_start;
+};
+
+LK_INLINE void load_query_rows(const Job& j, const QueryBlock& qb, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int D = f.head_dim, Dv = f.value_dim, H = f.heads;
+  for (int r = 0; r < qb.nr; ++r) {
+    const int64_t qi = qb.q_start + qb.r0 + r;
+    std::memcpy(&s.q[(size_t)r * D], j.q + (qi * H + qb.h) * D, sizeof(float) * D);
+    std::memcpy(&s.dout[(size_t)r * Dv], j.dout + (qi * H + qb.h) * Dv, sizeof(float) * Dv);
+  }
+}
+
+LK_INLINE void load_key_columns(const Job& j, const KeyBlock& kb, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int D = f.head_dim, Dv = f.value_dim, Hkv = f.kv_heads;
+  for (int c = 0; c < kb.nc; ++c) {
+    const float* krow = j.k + ((kb.k_start + kb.c0 + c) * Hkv + kb.g) * D;
+    const float* vrow = j.v + ((kb.k_start + kb.c0 + c) * Hkv + kb.g) * Dv;
+    for (int d = 0; d < D; ++d) s.kt[(size_t)d * kCols + c] = krow[d];
+    for (int d = 0; d < Dv; ++d) s.vt[(size_t)d * kCols + c] = vrow[d];
+  }
+}
+
+// Weights P and scaled score gradients scale · dS of the block's pairs (0 for masked pairs, by
+// selection). Returns whether any pair of the block is allowed.
+LK_INLINE bool block_weights(const Job& j, const QueryBlock& qb, const KeyBlock& kb, int cls, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int D = f.head_dim, Dv = f.value_dim, H = f.heads, nc = kb.nc;
+  const bool softmax = f.normalize == kSoftmax;
+  bool any = false;
+  for (int r = 0; r < qb.nr; ++r) {
+    float* srow = &s.p[(size_t)r * kCols];
+    float* dprow = &s.ds[(size_t)r * kCols];
+    std::fill(srow, srow + nc, 0.0f);
+    std::fill(dprow, dprow + nc, 0.0f);
+    for (int d = 0; d < D; ++d) {
+      const float x = s.q[(size_t)r * D + d];
+      const float* kcol = &s.kt[(size_t)d * kCols];
+      for (int c = 0; c < nc; ++c) srow[c] += x * kcol[c];
+    }
+    for (int d = 0; d < Dv; ++d) {
+      const float x = s.dout[(size_t)r * Dv + d];
+      const float* vcol = &s.vt[(size_t)d * kCols];
+      for (int c = 0; c < nc; ++c) dprow[c] += x * vcol[c];
+    }
+    const int64_t qi = qb.q_start + qb.r0 + r;
+    const float lse = softmax ? j.lse[qi * H + qb.h] : 0.0f;
+    const float delta = softmax ? j.delta[qi * H + qb.h] : 0.0f;
+    const int rq = f.q_layout.roles ? f.q_layout.roles[qi] : 0;
+    const int sq = f.q_layout.segments ? f.q_layout.segments[qi] : 0;
+    const int pos_q = qb.r0 + r + qb.align;
+    for (int c = 0; c < nc; ++c) {
+      bool allowed = true;
+      if (cls != kTileFull) {
+        const int64_t ki = kb.k_start + kb.c0 + c;
+        allowed = pair_allowed(f.rule, rq, f.kv_layout.roles ? f.kv_layout.roles[ki] : 0, sq,
+                               f.kv_layout.segments ? f.kv_layout.segments[ki] : 0, pos_q, kb.c0 + c);
+      }
+      if (!allowed) {
+        srow[c] = 0.0f;
+        dprow[c] = 0.0f;
+        continue;
+      }
+      any = true;
+      const float score = f.scale * srow[c];
+      float weight, dscore;
+      if (softmax) {
+        weight = softmax_weight(score, lse);
+        dscore = softmax_dscore(weight, dprow[c], delta);
+      } else {
+        silu_weight_dscore(score, dprow[c], f.silu_inv_divisor, &weight, &dscore);
+      }
+      srow[c] = weight;
+      dprow[c] = f.scale * dscore;
+    }
+  }
+  return any;
+}
+
+QueryBlock query_block(const AttentionParams& f, int b, int tile, int h) {
+  QueryBlock qb;
+  qb.b = b;
+  qb.h = h;
+  qb.q_start = f.q_layout.offsets[b];
+  const int lq = f.q_layout.offsets[b + 1] - (int)qb.q_start;
+  qb.align = (f.kv_layout.offsets[b + 1] - f.kv_layout.offsets[b]) - lq;
+  qb.r0 = tile * kRows;
+  qb.nr = std::min(kRows, lq - qb.r0);
+  return qb;
+}
+
+KeyBlock key_block(const AttentionParams& f, int b, int tile, int g) {
+  KeyBlock kb;
+  kb.g = g;
+  kb.k_start = f.kv_layout.offsets[b];
+  kb.c0 = tile * kCols;
+  kb.nc = std::min(kCols, f.kv_layout.offsets[b + 1] - (int)kb.k_start - kb.c0);
+  return kb;
+}
+
+TileBounds query_bounds(const Job& j, const QueryBlock& qb, int tile) {
+  return TileBounds{j.qt.sum[(size_t)(j.qt.base[(size_t)qb.b] + tile)], qb.r0 + qb.align, qb.r0 + qb.nr - 1 + qb.align};
+}
+TileBounds key_bounds(const Job& j, int b, const KeyBlock& kb, int tile) {
+  return TileBounds{j.kt.sum[(size_t)(j.kt.base[(size_t)b] + tile)], kb.c0, kb.c0 + kb.nc - 1};
+}
+
+// Pass 1: dk, dv of key tile `tile` of sequence b for kv head g.
+LK_INLINE void key_tile_grads(const Job& j, int b, int tile, int g, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int D = f.head_dim, Dv = f.value_dim, group = f.heads / f.kv_heads;
+  const KeyBlock kb = key_block(f, b, tile, g);
+  const TileBounds kbounds = key_bounds(j, b, kb, tile);
+  float* dk = s.acc_a.data();  // [nc][D]
+  float* dv = s.acc_b.data();  // [nc][Dv]
+  std::fill(dk, dk + (size_t)kb.nc * D, 0.0f);
+  std::fill(dv, dv + (size_t)kb.nc * Dv, 0.0f);
+  load_key_columns(j, kb, s);
+  const int q_tiles = j.qt.base[(size_t)b + 1] - j.qt.base[(size_t)b];
+  for (int h = g * group; h < (g + 1) * group; ++h) {
+    for (int qt = 0; qt < q_tiles; ++qt) {
+      const QueryBlock qb = query_block(f, b, qt, h);
+      const int cls = classify_tile(f.rule, query_bounds(j, qb, qt), kbounds);
+      if (cls == kTileSkip) continue;
+      load_query_rows(j, qb, s);
+      if (!block_weights(j, qb, kb, cls, s)) continue;
+      for (int r = 0; r < qb.nr; ++r) {
+        const float* prow = &s.p[(size_t)r * kCols];
+        const float* dsrow = &s.ds[(size_t)r * kCols];
+        const float* dorow = &s.dout[(size_t)r * Dv];
+        const float* qrow = &s.q[(size_t)r * D];
+        for (int c = 0; c < kb.nc; ++c) {
+          const float pw = prow[c], dsw = dsrow[c];
+          if (pw == 0.0f && dsw == 0.0f) continue;  // masked (by selection): a NaN q / dO row stays out
+          float* dvrow = dv + (size_t)c * Dv;
+          float* dkrow = dk + (size_t)c * D;
+          for (int d = 0; d < Dv; ++d) dvrow[d] += pw * dorow[d];
+          for (int d = 0; d < D; ++d) dkrow[d] += dsw * qrow[d];
+        }
+      }
+    }
+  }
+  for (int c = 0; c < kb.nc; ++c) {
+    const int64_t ki = kb.k_start + kb.c0 + c;
+    std::memcpy(j.dk + (ki * f.kv_heads + g) * D, dk + (size_t)c * D, sizeof(float) * D);
+    std::memcpy(j.dv + (ki * f.kv_heads + g) * Dv, dv + (size_t)c * Dv, sizeof(float) * Dv);
+  }
+}
+
+// Pass 2: dq of query tile `tile` of sequence b for head h.
+LK_INLINE void query_tile_grads(const Job& j, int b, int tile, int h, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int D = f.head_dim, Hkv = f.kv_heads, g = h / (f.heads / f.kv_heads);
+  const QueryBlock qb = query_block(f, b, tile, h);
+  const TileBounds qbounds = query_bounds(j, qb, tile);
+  float* dq = s.acc_a.data();  // [nr][D]
+  std::fill(dq, dq + (size_t)qb.nr * D, 0.0f);
+  load_query_rows(j, qb, s);
+  const int lk = f.kv_layout.offsets[b + 1] - f.kv_layout.offsets[b];
+  const int key_end = visible_key_end(f.rule, qbounds, lk);
+  for (int kt = 0; kt * kCols < key_end; ++kt) {
+    const KeyBlock kb = key_block(f, b, kt, g);
+    const int cls = classify_tile(f.rule, qbounds, key_bounds(j, b, kb, kt));
+    if (cls == kTileSkip) continue;
+    load_key_columns(j, kb, s);
+    if (!block_weights(j, qb, kb, cls, s)) continue;
+    for (int r = 0; r < qb.nr; ++r) {
+      const float* dsrow = &s.ds[(size_t)r * kCols];
+      float* dqrow = dq + (size_t)r * D;
+      for (int c = 0; c < kb.nc; ++c) {
+        const float dsw = dsrow[c];
+        if (dsw == 0.0f) continue;  // masked (by selection): a masked key's NaN / Inf stays out of dq
+        const float* krow = j.k + ((kb.k_start + kb.c0 + c) * Hkv + g) * D;
+        for (int d = 0; d < D; ++d) dqrow[d] += dsw * krow[d];
+      }
+    }
+  }
+  for (int r = 0; r < qb.nr; ++r)
+    std::memcpy(j.dq + ((qb.q_start + qb.r0 + r) * f.heads + h) * D, dq + (size_t)r * D, sizeof(float) * D);
+}
+
+// One entry per instruction set, each compiled for it; chosen once at run time (as the forward).
+using TileFn = void (*)(const Job&, int, int, int, Scratch&);
+struct TileFns {
+  TileFn keys, queries;
+};
+__attribute__((target("arch=x86-64-v4"))) void keys_avx512(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads(j, b, t, g, s); }
+__attribute__((target("arch=x86-64-v4"))) void queries_avx512(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads(j, b, t, h, s); }
+__attribute__((target("arch=x86-64-v3"))) void keys_avx2(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads(j, b, t, g, s); }
+__attribute__((target("arch=x86-64-v3"))) void queries_avx2(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads(j, b, t, h, s); }
+void keys_baseline(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads(j, b, t, g, s); }
+void queries_baseline(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads(j, b, t, h, s); }
+
+TileFns select_tile_fns() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return {keys_avx512, queries_avx512};
+  if (__builtin_cpu_supports("x86-64-v3")) return {keys_avx2, queries_avx2};
+  return {keys_baseline, queries_baseline};
+}
+
+}  // namespace
+
+void masked_attention_backward(const AttentionBackwardParams& p) {
+  const AttentionParams& f = p.fwd;
+  const int H = f.heads, D = f.head_dim, Dv = f.value_dim, Hkv = f.kv_heads;
+  const std::vector<float> q = widen(f.q, f.dtype, f.tq * H * D);
+  const std::vector<float> k = widen(f.k, f.dtype, f.tk * Hkv * D);
+  const std::vector<float> v = widen(f.v, f.dtype, f.tk * Hkv * Dv);
+  const std::vector<float> dout = widen(p.d_out, f.dtype, f.tq * H * Dv);
+  std::vector<float> delta;
+  ThreadPool& pool = ThreadPool::shared();
+  if (f.normalize == kSoftmax) {
+    const std::vector<float> out = widen(f.out, f.dtype, f.tq * H * Dv);
+    delta.resize((size_t)(f.tq * H));
+    const int64_t chunk = 4096;
+    pool.parallel_for((f.tq * H + chunk - 1) / chunk, [&](int64_t task, int) {
+      const int64_t end = std::min<int64_t>(f.tq * H, (task + 1) * chunk);
+      for (int64_t row = task * chunk; row < end; ++row) {
+        float acc = 0.0f;
+        for (int d = 0; d < Dv; ++d) acc += dout[(size_t)(row * Dv + d)] * out[(size_t)(row * Dv + d)];
+        delta[(size_t)row] = acc;
+      }
+    });
+  }
+  std::vector<float> dq((size_t)(f.tq * H * D)), dk((size_t)(f.tk * Hkv * D)), dv((size_t)(f.tk * Hkv * Dv));
+  Job job{&p, q.data(), k.data(), v.data(), dout.data(), f.lse, delta.data(), dq.data(), dk.data(), dv.data(),
+          tile_set(f.q_layout, f.batch, kRows), tile_set(f.kv_layout, f.batch, kCols)};
+
+  std::vector<Scratch> scratch(pool.size());
+  for (auto& s : scratch) s.init(D, Dv);
+  static const TileFns fns = select_tile_fns();
+  // Later tiles first: under causal rules they meet the most pairs (shorter tail).
+  const std::vector<TileRef> key_tasks = tiles_longest_first(job.kt.base);
+  pool.parallel_for((int64_t)key_tasks.size() * Hkv, [&](int64_t i, int worker) {
+    const TileRef& t = key_tasks[(size_t)(i / Hkv)];
+    fns.keys(job, t.seq, t.tile, (int)(i % Hkv), scratch[(size_t)worker]);
+  });
+  const std::vector<TileRef> query_tasks = tiles_longest_first(job.qt.base);
+  pool.parallel_for((int64_t)query_tasks.size() * H, [&](int64_t i, int worker) {
+    const TileRef& t = query_tasks[(size_t)(i / H)];
+    fns.queries(job, t.seq, t.tile, (int)(i % H), scratch[(size_t)worker]);
+  });
+  narrow(dq, p.dq, f.dtype);
+  narrow(dk, p.dk, f.dtype);
+  narrow(dv, p.dv, f.dtype);
+}
+
+// sparseAttentionBackward: one task per (batch entry, kv head) owns the dk / dv rows of the entry's
+// keys and the dq rows of its queries for the group's heads, so the scatter-add of duplicated or
+// shared indices needs no atomics.
+void sparse_attention_backward(const SparseBackwardParams& p) {
+  const SparseParams& f = p.fwd;
+  const int H = f.heads, D = f.head_dim, Dv = f.value_dim, Hkv = f.kv_heads, K = f.top_k, group = H / Hkv;
+  const std::vector<float> q = widen(f.q, f.dtype, f.nq * H * D);
+  const std::vector<float> k = widen(f.k, f.dtype, f.tk * Hkv * D);
+  const std::vector<float> v = widen(f.v, f.dtype, f.tk * Hkv * Dv);
+  const std::vector<float> out = widen(f.out, f.dtype, f.nq * H * Dv);
+  const std::vector<float> dout = widen(p.d_out, f.dtype, f.nq * H * Dv);
+  std::vector<float> dq((size_t)(f.nq * H * D)), dk((size_t)(f.tk * Hkv * D)), dv((size_t)(f.tk * Hkv * Dv));
+  ThreadPool::shared().parallel_for((int64_t)f.batch * Hkv, [&](int64_t task, int) {
+    const int b = (int)(task / Hkv), g = (int)(task % Hkv);
+    const int64_t k_start = f.k_offsets[b];
+    for (int64_t i = f.q_offsets[b]; i < f.q_offsets[b + 1]; ++i) {
+      for (int h = g * group; h < (g + 1) * group; ++h) {
+        const float* qrow = &q[(size_t)((i * H + h) * D)];
+        const float* dorow = &dout[(size_t)((i * H + h) * Dv)];
+        const float lse = f.lse[i * H + h];
+        float delta = 0.0f;
+        for (int d = 0; d < Dv; ++d) delta += dorow[d] * out[(size_t)((i * H + h) * Dv + d)];
+        float* dqrow = &dq[(size_t)((i * H + h) * D)];
+        for (int x = 0; x < K; ++x) {
+          const int32_t j = f.indices[i * K + x];
+          if (j < 0) continue;
+          const size_t krow = (size_t)(((k_start + j) * Hkv + g) * D), vrow = (size_t)(((k_start + j) * Hkv + g) * Dv);
+          float score = 0.0f, dp = 0.0f;
+          for (int d = 0; d < D; ++d) score += qrow[d] * k[krow + d];
+          for (int d = 0; d < Dv; ++d) dp += dorow[d] * v[vrow + d];
+          const float weight = softmax_weight(f.scale * score, lse);
+          const float ds = f.scale * softmax_dscore(weight, dp, delta);
+          for (int d = 0; d < Dv; ++d) dv[vrow + d] += weight * dorow[d];
+          for (int d = 0; d < D; ++d) {
+            dqrow[d] += ds * k[krow + d];
+            dk[krow + d] += ds * qrow[d];
+          }
+        }
+      }
+    }
+  });
+  narrow(dq, p.dq, f.dtype);
+  narrow(dk, p.dk, f.dtype);
+  narrow(dv, p.dv, f.dtype);
+}
+
+// indexerScoresBackward: one task per batch entry owns its queries' dqI / dw and its keys' dkI.
+void indexer_scores_backward(const IndexerBackwardParams& p) {
+  const IndexerParams& f = p.fwd;
+  const int Hi = f.heads, Di = f.dim, lmax = f.max_len;
+  const std::vector<float> q = widen(f.q, f.dtype, f.nq * Hi * Di);
+  const std::vector<float> k = widen(f.k, f.dtype, f.tk * Di);
+  const std::vector<float> w = widen(f.w, f.dtype, f.nq * Hi);
+  std::vector<float> dq((size_t)(f.nq * Hi * Di)), dk((size_t)(f.tk * Di)), dw((size_t)(f.nq * Hi));
+  ThreadPool::shared().parallel_for(f.batch, [&](int64_t b, int) {
+    const int64_t k_start = f.k_offsets[b];
+    const int len = f.k_offsets[b + 1] - (int)k_start;
+    for (int64_t i = f.q_offsets[b]; i < f.q_offsets[b + 1]; ++i) {
+      for (int j = 0; j < len; ++j) {
+        const float grad = p.d_scores[i * lmax + j];
+        const float* krow = &k[(size_t)((k_start + j) * Di)];
+        float* dkrow = &dk[(size_t)((k_start + j) * Di)];
+        for (int h = 0; h < Hi; ++h) {
+          const float* qrow = &q[(size_t)((i * Hi + h) * Di)];
+          float a = 0.0f;
+          for (int d = 0; d < Di; ++d) a += qrow[d] * krow[d];
+          if (!(a > 0.0f)) continue;  // relu'(a) = 0 for a <= 0 (and NaN)
+          dw[(size_t)(i * Hi + h)] += grad * a;
+          const float da = grad * w[(size_t)(i * Hi + h)];
+          float* dqrow = &dq[(size_t)((i * Hi + h) * Di)];
+          for (int d = 0; d < Di; ++d) {
+            dqrow[d] += da * krow[d];
+            dkrow[d] += da * qrow[d];
+          }
+        }
+      }
+    }
+  });
+  narrow(dq, p.dq, f.dtype);
+  narrow(dk, p.dk, f.dtype);
+  narrow(dw, p.dw, f.dtype);
+}
+
+}  // namespace lk::cpu
