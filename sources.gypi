@@ -14,7 +14,9 @@
       "cuda/runtime.cu",
       "cuda/attention/masked_attention.cu",
       "cuda/memory/gather_rows.cu",
-      "cuda/sparse/sparse.cu"
+      "cuda/sparse/sparse.cu",
+      "cuda/attention/masked_attention_backward.cu",
+      "cuda/sparse/sparse_backward.cu"
     ],
     "lk_emu_sources": [
       "cuda/emu/cuda_emu.cc",
