@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
@@ -463,6 +464,17 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   });
 }
 
+// The four tensors of a backward op beyond its forward's: the incoming gradient, then the three
+// gradients it writes; each checked against its size, held in `keep`, its address put in `out`.
+void GradientFields(const Napi::Object& a, Device device, std::array<const char*, 4> names, std::array<size_t, 4> bytes,
+                    const void* out[4], std::vector<BufferRef>* keep) {
+  for (int i = 0; i < 4; ++i) {
+    BufferRef b = StorageField(a, names[i], device, bytes[i], false);
+    out[i] = b->ptr;
+    keep->push_back(b);
+  }
+}
+
 // maskedAttentionBackward(args) -> Promise<void>: the forward's arguments plus dOut, writing dq / dk
 // / dv (SPEC §9). Softmax needs the forward's out and lse.
 Napi::Value MaskedAttentionBackward(const Napi::CallbackInfo& info) {
@@ -474,12 +486,11 @@ Napi::Value MaskedAttentionBackward(const Napi::CallbackInfo& info) {
     throw Napi::TypeError::New(info.Env(), "out/lse: softmax backward needs the forward's output and lse");
   const size_t es = DTypeSize(f.dtype);
   auto grads = std::make_shared<AttentionBackwardParams>();
-  BufferRef d_out = StorageField(a, "dOut", device, (size_t)f.tq * f.heads * f.value_dim * es, false);
-  BufferRef dq = StorageField(a, "dq", device, (size_t)f.tq * f.heads * f.head_dim * es, false);
-  BufferRef dk = StorageField(a, "dk", device, (size_t)f.tk * f.kv_heads * f.head_dim * es, false);
-  BufferRef dv = StorageField(a, "dv", device, (size_t)f.tk * f.kv_heads * f.value_dim * es, false);
-  grads->d_out = d_out->ptr; grads->dq = dq->ptr; grads->dk = dk->ptr; grads->dv = dv->ptr;
-  args->keep.insert(args->keep.end(), {d_out, dq, dk, dv});
+  const void* t[4];
+  GradientFields(a, device, {"dOut", "dq", "dk", "dv"},
+                 {(size_t)f.tq * f.heads * f.value_dim * es, (size_t)f.tq * f.heads * f.head_dim * es,
+                  (size_t)f.tk * f.kv_heads * f.head_dim * es, (size_t)f.tk * f.kv_heads * f.value_dim * es}, t, &args->keep);
+  grads->d_out = t[0]; grads->dq = const_cast<void*>(t[1]); grads->dk = const_cast<void*>(t[2]); grads->dv = const_cast<void*>(t[3]);
   return Settle(info.Env(), device, [args, grads, device]() -> std::string {
     AttentionBackwardParams run = *grads;
     run.fwd = *args->params;
@@ -736,12 +747,11 @@ Napi::Value SparseAttentionBackward(const Napi::CallbackInfo& info) {
   CheckIndices(info.Env(), *idx, f);
   const size_t es = DTypeSize(f.dtype);
   auto grads = std::make_shared<SparseBackwardParams>();
-  BufferRef d_out = StorageField(a, "dOut", device, (size_t)f.nq * f.heads * f.value_dim * es, false);
-  BufferRef dq = StorageField(a, "dq", device, (size_t)f.nq * f.heads * f.head_dim * es, false);
-  BufferRef dk = StorageField(a, "dk", device, (size_t)f.tk * f.kv_heads * f.head_dim * es, false);
-  BufferRef dv = StorageField(a, "dv", device, (size_t)f.tk * f.kv_heads * f.value_dim * es, false);
-  grads->d_out = d_out->ptr; grads->dq = dq->ptr; grads->dk = dk->ptr; grads->dv = dv->ptr;
-  args->keep.insert(args->keep.end(), {d_out, dq, dk, dv});
+  const void* t[4];
+  GradientFields(a, device, {"dOut", "dq", "dk", "dv"},
+                 {(size_t)f.nq * f.heads * f.value_dim * es, (size_t)f.nq * f.heads * f.head_dim * es,
+                  (size_t)f.tk * f.kv_heads * f.head_dim * es, (size_t)f.tk * f.kv_heads * f.value_dim * es}, t, &args->keep);
+  grads->d_out = t[0]; grads->dq = const_cast<void*>(t[1]); grads->dk = const_cast<void*>(t[2]); grads->dv = const_cast<void*>(t[3]);
   return Settle(info.Env(), device, [args, grads, idx, device]() -> std::string {
     SparseBackwardParams run = *grads;
     run.fwd = args->p;
@@ -759,12 +769,11 @@ Napi::Value IndexerScoresBackward(const Napi::CallbackInfo& info) {
   const IndexerParams& f = args->p;
   const size_t es = DTypeSize(f.dtype);
   auto grads = std::make_shared<IndexerBackwardParams>();
-  BufferRef d_scores = StorageField(a, "dScores", device, (size_t)f.nq * f.max_len * 4, false);
-  BufferRef dq = StorageField(a, "dqI", device, (size_t)f.nq * f.heads * f.dim * es, false);
-  BufferRef dk = StorageField(a, "dkI", device, (size_t)f.tk * f.dim * es, false);
-  BufferRef dw = StorageField(a, "dw", device, (size_t)f.nq * f.heads * es, false);
-  grads->d_scores = static_cast<const float*>(d_scores->ptr); grads->dq = dq->ptr; grads->dk = dk->ptr; grads->dw = dw->ptr;
-  args->keep.insert(args->keep.end(), {d_scores, dq, dk, dw});
+  const void* t[4];
+  GradientFields(a, device, {"dScores", "dqI", "dkI", "dw"},
+                 {(size_t)f.nq * f.max_len * 4, (size_t)f.nq * f.heads * f.dim * es, (size_t)f.tk * f.dim * es, (size_t)f.nq * f.heads * es},
+                 t, &args->keep);
+  grads->d_scores = static_cast<const float*>(t[0]); grads->dq = const_cast<void*>(t[1]); grads->dk = const_cast<void*>(t[2]); grads->dw = const_cast<void*>(t[3]);
   return Settle(info.Env(), device, [args, grads, device]() -> std::string {
     IndexerBackwardParams run = *grads;
     run.fwd = args->p;

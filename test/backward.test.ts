@@ -4,7 +4,7 @@
 import test from 'ava';
 import { indexerScores, indexerScoresBackward, maskedAttention, maskedAttentionBackward, reference, sparseAttention, sparseAttentionBackward, tensor } from '../lib/index';
 import type { DType, Device, MaskRule, PresetName } from '../lib/index';
-import { cudaSkipReason, makeInput, pack, parityDevices, randomLength, randomRule, randomSequence, Rng } from './helpers';
+import { cudaSkipReason, makeInput, parityDevices, randomLayout, randomRule, Rng } from './helpers';
 
 const GRAD_TOLERANCE: Record<string, number> = { float32: 1e-4, float16: 5e-3, bfloat16: 4e-2 };
 const PRESETS: PresetName[] = ['causal', 'full', 'persrec', 'rec2pm-reference', 'rec2pm-update'];
@@ -24,24 +24,6 @@ function compareGrad(got: ArrayLike<number>, ref: ArrayLike<number>, dtype: stri
 }
 
 type LayoutKind = PresetName | 'mixed';
-
-function randomLayout(rng: Rng, kind: LayoutKind, batch: number, maxItems: number, minLengths?: number[]) {
-  const seqs = [];
-  for (let b = 0; b < batch; b++) {
-    let s = randomSequence(rng, kind, maxItems);
-    if (rng.bool(0.25)) {
-      const n = randomLength(rng, 100);
-      s = { segments: Array.from({ length: n }, (_, i) => Math.floor((i * 3) / Math.max(1, n))), roles: Array.from({ length: n }, () => rng.pick([0, 0, 1, 2])) };
-    }
-    if (minLengths && s.roles.length < minLengths[b]) {
-      const extra = minLengths[b] - s.roles.length;
-      const last = s.segments.length ? s.segments[s.segments.length - 1] : 0;
-      s = { segments: s.segments.concat(Array(extra).fill(last)), roles: s.roles.concat(Array(extra).fill(0)) };
-    }
-    seqs.push(s);
-  }
-  return pack(seqs);
-}
 
 // ------------------------------------------------------------------ reference vs finite differences
 

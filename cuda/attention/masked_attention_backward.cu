@@ -9,33 +9,12 @@
 #include "../backend.h"
 #include "../common/compat.cuh"
 #include "../common/host_check.cuh"
+#include "../common/host_staging.h"
 #include "../kernel_timing.h"
 #include "masked_attention_backward_kernel.cuh"
 
 namespace lk::cuda {
 namespace {
-
-// Host arrays packed into one upload, each at a 256-byte boundary.
-struct Upload {
-  std::vector<unsigned char> bytes;
-  size_t add(const void* src, size_t n) {
-    const size_t at = (bytes.size() + 255) / 256 * 256;
-    bytes.resize(at + n);
-    if (src && n) std::memcpy(bytes.data() + at, src, n);
-    return at;
-  }
-};
-
-std::vector<TileSummary> summaries(const LayoutView& layout, int batch, int tile, const std::vector<int32_t>& base) {
-  std::vector<TileSummary> out((size_t)base[(size_t)batch]);
-  for (int b = 0; b < batch; ++b)
-    for (int t = 0; t < base[(size_t)b + 1] - base[(size_t)b]; ++t) {
-      int64_t lo, hi;
-      tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, t, &lo, &hi);
-      out[(size_t)(base[(size_t)b] + t)] = summarize_tokens(layout.segments, layout.roles, lo, hi);
-    }
-  return out;
-}
 
 template <typename T, int kCap>
 void launch_passes(const AttentionBackwardParams& p, const BackwardPlan& plan, unsigned key_blocks, unsigned query_blocks) {
@@ -75,8 +54,8 @@ std::string masked_attention_backward(const AttentionBackwardParams& host) {
   constexpr int BM = BackwardTraits::kBlockM, BN = BackwardTraits::kBlockN;
   const std::vector<int32_t> q_base = tile_bases(f.q_layout.offsets, f.batch, BM);
   const std::vector<int32_t> k_base = tile_bases(f.kv_layout.offsets, f.batch, BN);
-  const std::vector<TileSummary> q_sum = summaries(f.q_layout, f.batch, BM, q_base);
-  const std::vector<TileSummary> k_sum = summaries(f.kv_layout, f.batch, BN, k_base);
+  const std::vector<TileSummary> q_sum = tile_summaries(f.q_layout.offsets, f.q_layout.segments, f.q_layout.roles, f.batch, BM, q_base);
+  const std::vector<TileSummary> k_sum = tile_summaries(f.kv_layout.offsets, f.kv_layout.segments, f.kv_layout.roles, f.batch, BN, k_base);
   const std::vector<TileRef> q_work = tiles_longest_first(q_base);
   const std::vector<TileRef> k_work = tiles_longest_first(k_base);
   unsigned key_blocks = 0, query_blocks = 0;
@@ -86,7 +65,7 @@ std::string masked_attention_backward(const AttentionBackwardParams& host) {
   if (err.empty()) err = grid_x((f.tq * f.heads + 127) / 128, "maskedAttentionBackward", &delta_blocks);
   if (!err.empty()) return err;
 
-  Upload up;
+  HostStaging up;
   const size_t n_off = (size_t)f.batch + 1;
   const size_t q_off = up.add(f.q_layout.offsets, n_off * 4);
   const size_t q_seg = f.q_layout.segments ? up.add(f.q_layout.segments, (size_t)f.tq * 4) : 0;

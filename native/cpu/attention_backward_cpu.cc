@@ -54,13 +54,7 @@ struct TileSet {
 TileSet tile_set(const LayoutView& layout, int batch, int tile) {
   TileSet s;
   s.base = tile_bases(layout.offsets, batch, tile);
-  s.sum.resize((size_t)s.base[(size_t)batch]);
-  for (int b = 0; b < batch; ++b)
-    for (int t = 0; t < s.base[(size_t)b + 1] - s.base[(size_t)b]; ++t) {
-      int64_t lo, hi;
-      tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, t, &lo, &hi);
-      s.sum[(size_t)(s.base[(size_t)b] + t)] = summarize_tokens(layout.segments, layout.roles, lo, hi);
-    }
+  s.sum = tile_summaries(layout.offsets, layout.segments, layout.roles, batch, tile, s.base);
   return s;
 }
 
