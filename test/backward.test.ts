@@ -202,11 +202,14 @@ test('keys nobody may see get exactly 0, even holding NaN / Inf, and dq stays fi
   const roles = new Uint8Array([0, 1, 0, 0, 1, 0, 0, 0, 1, 0]);
   const T = roles.length, H = 2, D = 8, Dv = 8;
   const rng = new Rng(5);
-  const kv = rng.floats(T * D), vv = rng.floats(T * Dv);
-  for (let j = 0; j < T; j++) if (roles[j] === 1) { kv[j * D] = NaN; vv[j * Dv + 1] = Infinity; }
+  const kv = rng.floats(T * D), vv = rng.floats(T * Dv), qv = rng.floats(T * H * D), refDOut = rng.floats(T * H * Dv);
+  // Memory rows hold NaN / Inf in k and v (keys nobody sees) and in q (queries that see nothing).
+  for (let j = 0; j < T; j++) if (roles[j] === 1) { kv[j * D] = NaN; vv[j * Dv + 1] = Infinity; qv[j * H * D + 3] = NaN; }
+  const refGrads = reference.maskedAttentionBackward({ q: { data: qv, shape: [T, H, D] }, k: { data: kv, shape: [T, 1, D] }, v: { data: vv, shape: [T, 1, Dv] },
+    dOutput: { data: refDOut, shape: [T, H, Dv] } }, { q: { offsets: new Int32Array([0, T]), roles }, rule });
   for (const device of devices) {
-    const q = tensor(rng.floats(T * H * D), [T, H, D], { device }), k = tensor(kv, [T, 1, D], { device }), v = tensor(vv, [T, 1, Dv], { device });
-    const dOutput = tensor(rng.floats(T * H * Dv), [T, H, Dv], { device });
+    const q = tensor(qv, [T, H, D], { device }), k = tensor(kv, [T, 1, D], { device }), v = tensor(vv, [T, 1, Dv], { device });
+    const dOutput = tensor(Float32Array.from(refDOut), [T, H, Dv], { device });
     const options = { q: { offsets: new Int32Array([0, T]), roles }, rule };
     const fwd = await maskedAttention(q, k, v, { ...options, returnLse: true });
     const g = await maskedAttentionBackward({ q, k, v, output: fwd.output, lse: fwd.lse, dOutput }, options);
@@ -217,6 +220,11 @@ test('keys nobody may see get exactly 0, even holding NaN / Inf, and dq stays fi
       t.true(dv.slice(j * Dv, (j + 1) * Dv).every((x) => x === 0), `${device}: dv of unseen key ${j}`);
     }
     for (let i = 0; i < T; i++) if (roles[i] === 0) t.true(dq.slice(i * H * D, (i + 1) * H * D).every(Number.isFinite), `${device}: dq row ${i} finite`);
+    // Every gradient of the visible part equals the reference's (the NaN rows add nothing to it).
+    const visible = (a: ArrayLike<number>, width: number) => Array.from(a).filter((_, x) => roles[Math.floor(x / width)] === 0);
+    t.is(compareGrad(visible(dk, D), visible(refGrads.dk.data, D), 'float32', 'dk'), '', device);
+    t.is(compareGrad(visible(dv, Dv), visible(refGrads.dv.data, Dv), 'float32', 'dv'), '', device);
+    t.is(compareGrad(visible(dq, H * D), visible(refGrads.dq.data, H * D), 'float32', 'dq'), '', device);
   }
 });
 

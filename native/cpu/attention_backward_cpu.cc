@@ -25,6 +25,8 @@ namespace {
 constexpr int kRows = 32;  // query rows per tile
 constexpr int kCols = 64;  // keys per tile
 
+int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
 std::vector<float> widen(const void* src, DType dtype, int64_t count) {
   std::vector<float> out((size_t)count);
   if (dtype == kFloat32) {
@@ -67,18 +69,27 @@ struct Job {
   TileSet qt, kt;
 };
 
-// Per-worker scratch for one block: rows of Q and dO, K^T and V^T, then S -> P and dP -> dS.
+constexpr int kMaxRows = 36;      // kRows rounded up to any GEMM shape's rows (simd.h: 4 or 6)
+constexpr int kMaxKeyRows = 66;   // kCols rounded up likewise
+constexpr int kMaxDim = 256;      // head sizes rounded up to any GEMM shape's columns (16 or 32)
+
+// Per-worker scratch, zero-padded to the GEMM shapes (simd.h) so the micro-kernels need no edges:
+// Q and dO rows (strides dp / dvp), K^T and V^T of a key tile, K rows (pass 2), P and scale · dS
+// [rows][kCols], their transposes [keys][kMaxRows] (pass 1), and two accumulators.
 struct Scratch {
-  std::vector<float> q, dout, kt, vt, p, ds, acc_a, acc_b;
-  void init(int D, int Dv) {
-    q.resize((size_t)kRows * D);
-    dout.resize((size_t)kRows * Dv);
-    kt.resize((size_t)D * kCols);
-    vt.resize((size_t)Dv * kCols);
-    p.resize((size_t)kRows * kCols);
-    ds.resize((size_t)kRows * kCols);
-    acc_a.resize((size_t)kCols * std::max(D, Dv));
-    acc_b.resize((size_t)kCols * std::max(D, Dv));
+  std::vector<float> q, dout, kt, vt, krows, p, ds, pt, dst, acc_a, acc_b;
+  void init() {
+    q.assign((size_t)kMaxRows * kMaxDim, 0.0f);
+    dout.assign((size_t)kMaxRows * kMaxDim, 0.0f);
+    kt.assign((size_t)kMaxDim * kCols, 0.0f);
+    vt.assign((size_t)kMaxDim * kCols, 0.0f);
+    krows.assign((size_t)kCols * kMaxDim, 0.0f);
+    p.assign((size_t)kMaxRows * kCols, 0.0f);
+    ds.assign((size_t)kMaxRows * kCols, 0.0f);
+    pt.assign((size_t)kMaxKeyRows * kMaxRows, 0.0f);
+    dst.assign((size_t)kMaxKeyRows * kMaxRows, 0.0f);
+    acc_a.assign((size_t)kMaxKeyRows * kMaxDim, 0.0f);
+    acc_b.assign((size_t)kMaxKeyRows * kMaxDim, 0.0f);
   }
 };
 
@@ -95,78 +106,107 @@ struct KeyBlock {
   int64_t k_start;
 };
 
-LK_INLINE void load_query_rows(const Job& j, const QueryBlock& qb, Scratch& s) {
+// Padded sizes for one GEMM shape.
+struct Pads {
+  int dp, dvp;  // D, Dv rounded up to the shape's columns
+  int rows;     // kRows rounded up to the shape's rows
+};
+
+template <typename Shape>
+Pads pads_for(const AttentionParams& f) {
+  return Pads{round_up(f.head_dim, Shape::kCols), round_up(f.value_dim, Shape::kCols), round_up(kRows, Shape::kRows)};
+}
+
+// Q and dO rows of the block (rows past nr and columns past D / Dv stay zero from init / earlier).
+LK_INLINE void load_query_rows(const Job& j, const QueryBlock& qb, const Pads& pd, Scratch& s) {
   const AttentionParams& f = j.p->fwd;
   const int D = f.head_dim, Dv = f.value_dim, H = f.heads;
-  for (int r = 0; r < qb.nr; ++r) {
-    const int64_t qi = qb.q_start + qb.r0 + r;
-    std::memcpy(&s.q[(size_t)r * D], j.q + (qi * H + qb.h) * D, sizeof(float) * D);
-    std::memcpy(&s.dout[(size_t)r * Dv], j.dout + (qi * H + qb.h) * Dv, sizeof(float) * Dv);
+  for (int r = 0; r < pd.rows; ++r) {
+    float* qd = &s.q[(size_t)r * pd.dp];
+    float* od = &s.dout[(size_t)r * pd.dvp];
+    if (r < qb.nr) {
+      const int64_t qi = qb.q_start + qb.r0 + r;
+      std::memcpy(qd, j.q + (qi * H + qb.h) * D, sizeof(float) * D);
+      std::memcpy(od, j.dout + (qi * H + qb.h) * Dv, sizeof(float) * Dv);
+      std::fill(qd + D, qd + pd.dp, 0.0f);
+      std::fill(od + Dv, od + pd.dvp, 0.0f);
+    } else {
+      std::fill(qd, qd + pd.dp, 0.0f);
+      std::fill(od, od + pd.dvp, 0.0f);
+    }
   }
 }
 
-LK_INLINE void load_key_columns(const Job& j, const KeyBlock& kb, Scratch& s) {
+// K^T and V^T of the key tile (columns past nc zero); with `rows`, also K rows [kCols][dp].
+LK_INLINE void load_key_columns(const Job& j, const KeyBlock& kb, const Pads& pd, bool rows, Scratch& s) {
   const AttentionParams& f = j.p->fwd;
   const int D = f.head_dim, Dv = f.value_dim, Hkv = f.kv_heads;
-  for (int c = 0; c < kb.nc; ++c) {
-    const float* krow = j.k + ((kb.k_start + kb.c0 + c) * Hkv + kb.g) * D;
-    const float* vrow = j.v + ((kb.k_start + kb.c0 + c) * Hkv + kb.g) * Dv;
-    for (int d = 0; d < D; ++d) s.kt[(size_t)d * kCols + c] = krow[d];
-    for (int d = 0; d < Dv; ++d) s.vt[(size_t)d * kCols + c] = vrow[d];
+  for (int c = 0; c < kCols; ++c) {
+    if (c < kb.nc) {
+      const float* krow = j.k + ((kb.k_start + kb.c0 + c) * Hkv + kb.g) * D;
+      const float* vrow = j.v + ((kb.k_start + kb.c0 + c) * Hkv + kb.g) * Dv;
+      for (int d = 0; d < D; ++d) s.kt[(size_t)d * kCols + c] = krow[d];
+      for (int d = 0; d < Dv; ++d) s.vt[(size_t)d * kCols + c] = vrow[d];
+      if (rows) {
+        std::memcpy(&s.krows[(size_t)c * pd.dp], krow, sizeof(float) * D);
+        std::fill(&s.krows[(size_t)c * pd.dp + D], &s.krows[(size_t)(c + 1) * pd.dp], 0.0f);
+      }
+    } else {
+      for (int d = 0; d < D; ++d) s.kt[(size_t)d * kCols + c] = 0.0f;
+      for (int d = 0; d < Dv; ++d) s.vt[(size_t)d * kCols + c] = 0.0f;
+      if (rows) std::fill(&s.krows[(size_t)c * pd.dp], &s.krows[(size_t)(c + 1) * pd.dp], 0.0f);
+    }
   }
 }
 
-// Weights P and scaled score gradients scale · dS of the block's pairs (0 for masked pairs, by
-// selection). Returns whether any pair of the block is allowed.
-LK_INLINE bool block_weights(const Job& j, const QueryBlock& qb, const KeyBlock& kb, int cls, Scratch& s) {
+// Weights P and scaled score gradients scale · dS of the block's pairs: S = Q K^T and dP = dO V^T by
+// GEMM, then per row (8 lanes at a time) P = exp(scale S - lse), dS = P (dP - delta) (softmax) or
+// the silu forms (backward_params.h), and masked pairs set to 0 by selection. Returns whether any
+// pair of the block is allowed.
+template <typename Shape>
+LK_INLINE bool block_weights(const Job& j, const QueryBlock& qb, const KeyBlock& kb, int cls, const Pads& pd, Scratch& s) {
   const AttentionParams& f = j.p->fwd;
-  const int D = f.head_dim, Dv = f.value_dim, H = f.heads, nc = kb.nc;
+  const int H = f.heads, nc = kb.nc;
+  const int ncp = round_up(nc, Shape::kCols);
+  gemm_blocks<Shape>(pd.rows, ncp, f.head_dim, s.q.data(), pd.dp, s.kt.data(), kCols, s.p.data(), kCols, false);
+  gemm_blocks<Shape>(pd.rows, ncp, f.value_dim, s.dout.data(), pd.dvp, s.vt.data(), kCols, s.ds.data(), kCols, false);
   const bool softmax = f.normalize == kSoftmax;
   bool any = false;
   for (int r = 0; r < qb.nr; ++r) {
-    float* srow = &s.p[(size_t)r * kCols];
-    float* dprow = &s.ds[(size_t)r * kCols];
-    std::fill(srow, srow + nc, 0.0f);
-    std::fill(dprow, dprow + nc, 0.0f);
-    for (int d = 0; d < D; ++d) {
-      const float x = s.q[(size_t)r * D + d];
-      const float* kcol = &s.kt[(size_t)d * kCols];
-      for (int c = 0; c < nc; ++c) srow[c] += x * kcol[c];
-    }
-    for (int d = 0; d < Dv; ++d) {
-      const float x = s.dout[(size_t)r * Dv + d];
-      const float* vcol = &s.vt[(size_t)d * kCols];
-      for (int c = 0; c < nc; ++c) dprow[c] += x * vcol[c];
-    }
+    float* prow = &s.p[(size_t)r * kCols];
+    float* dsrow = &s.ds[(size_t)r * kCols];
     const int64_t qi = qb.q_start + qb.r0 + r;
-    const float lse = softmax ? j.lse[qi * H + qb.h] : 0.0f;
-    const float delta = softmax ? j.delta[qi * H + qb.h] : 0.0f;
+    if (softmax) {
+      const v8f lse = splat(j.lse[qi * H + qb.h]), delta = splat(j.delta[qi * H + qb.h]), scale = splat(f.scale);
+      for (int c = 0; c < ncp; c += 8) {  // softmax_weight / softmax_dscore, 8 lanes
+        const v8f w = exp8(load8(prow + c) * scale - lse);
+        store8(prow + c, w);
+        store8(dsrow + c, w * (load8(dsrow + c) - delta) * scale);
+      }
+    } else {
+      for (int c = 0; c < nc; ++c) {
+        float w, ds;
+        silu_weight_dscore(f.scale * prow[c], dsrow[c], f.silu_inv_divisor, &w, &ds);
+        prow[c] = w;
+        dsrow[c] = f.scale * ds;
+      }
+    }
+    if (cls == kTileFull) {
+      any = true;
+      continue;
+    }
     const int rq = f.q_layout.roles ? f.q_layout.roles[qi] : 0;
     const int sq = f.q_layout.segments ? f.q_layout.segments[qi] : 0;
     const int pos_q = qb.r0 + r + qb.align;
     for (int c = 0; c < nc; ++c) {
-      bool allowed = true;
-      if (cls != kTileFull) {
-        const int64_t ki = kb.k_start + kb.c0 + c;
-        allowed = pair_allowed(f.rule, rq, f.kv_layout.roles ? f.kv_layout.roles[ki] : 0, sq,
-                               f.kv_layout.segments ? f.kv_layout.segments[ki] : 0, pos_q, kb.c0 + c);
-      }
-      if (!allowed) {
-        srow[c] = 0.0f;
-        dprow[c] = 0.0f;
-        continue;
-      }
-      any = true;
-      const float score = f.scale * srow[c];
-      float weight, dscore;
-      if (softmax) {
-        weight = softmax_weight(score, lse);
-        dscore = softmax_dscore(weight, dprow[c], delta);
+      const int64_t ki = kb.k_start + kb.c0 + c;
+      if (pair_allowed(f.rule, rq, f.kv_layout.roles ? f.kv_layout.roles[ki] : 0, sq,
+                       f.kv_layout.segments ? f.kv_layout.segments[ki] : 0, pos_q, kb.c0 + c)) {
+        any = true;
       } else {
-        silu_weight_dscore(score, dprow[c], f.silu_inv_divisor, &weight, &dscore);
+        prow[c] = 0.0f;
+        dsrow[c] = 0.0f;
       }
-      srow[c] = weight;
-      dprow[c] = f.scale * dscore;
     }
   }
   return any;
@@ -200,78 +240,93 @@ TileBounds key_bounds(const Job& j, int b, const KeyBlock& kb, int tile) {
   return TileBounds{j.kt.sum[(size_t)(j.kt.base[(size_t)b] + tile)], kb.c0, kb.c0 + kb.nc - 1};
 }
 
-// Pass 1: dk, dv of key tile `tile` of sequence b for kv head g.
+// Pass 1: dk, dv of key tile `tile` of sequence b for kv head g: dV += P^T dO and dK += dS^T Q by
+// GEMM; when the block's Q or dO rows hold a NaN / Inf, by selection over the allowed pairs instead
+// (a masked pair's 0 times a NaN would leak through the product).
+template <typename Shape>
 LK_INLINE void key_tile_grads(const Job& j, int b, int tile, int g, Scratch& s) {
   const AttentionParams& f = j.p->fwd;
   const int D = f.head_dim, Dv = f.value_dim, group = f.heads / f.kv_heads;
+  const Pads pd = pads_for<Shape>(f);
   const KeyBlock kb = key_block(f, b, tile, g);
+  const int key_rows = round_up(kb.nc, Shape::kRows);
   const TileBounds kbounds = key_bounds(j, b, kb, tile);
-  float* dk = s.acc_a.data();  // [nc][D]
-  float* dv = s.acc_b.data();  // [nc][Dv]
-  std::fill(dk, dk + (size_t)kb.nc * D, 0.0f);
-  std::fill(dv, dv + (size_t)kb.nc * Dv, 0.0f);
-  load_key_columns(j, kb, s);
+  float* dk = s.acc_a.data();  // [key_rows][dp]
+  float* dv = s.acc_b.data();  // [key_rows][dvp]
+  std::fill(dk, dk + (size_t)key_rows * pd.dp, 0.0f);
+  std::fill(dv, dv + (size_t)key_rows * pd.dvp, 0.0f);
+  load_key_columns(j, kb, pd, false, s);
   const int q_tiles = j.qt.base[(size_t)b + 1] - j.qt.base[(size_t)b];
   for (int h = g * group; h < (g + 1) * group; ++h) {
     for (int qt = 0; qt < q_tiles; ++qt) {
       const QueryBlock qb = query_block(f, b, qt, h);
       const int cls = classify_tile(f.rule, query_bounds(j, qb, qt), kbounds);
       if (cls == kTileSkip) continue;
-      load_query_rows(j, qb, s);
-      if (!block_weights(j, qb, kb, cls, s)) continue;
+      load_query_rows(j, qb, pd, s);
+      if (!block_weights<Shape>(j, qb, kb, cls, pd, s)) continue;
+      if (all_finite(s.q.data(), qb.nr * pd.dp) && all_finite(s.dout.data(), qb.nr * pd.dvp)) {
+        for (int c = 0; c < key_rows; ++c)
+          for (int r = 0; r < qb.nr; ++r) {
+            s.pt[(size_t)c * kMaxRows + r] = c < kb.nc ? s.p[(size_t)r * kCols + c] : 0.0f;
+            s.dst[(size_t)c * kMaxRows + r] = c < kb.nc ? s.ds[(size_t)r * kCols + c] : 0.0f;
+          }
+        gemm_blocks<Shape>(key_rows, pd.dvp, qb.nr, s.pt.data(), kMaxRows, s.dout.data(), pd.dvp, dv, pd.dvp, true);
+        gemm_blocks<Shape>(key_rows, pd.dp, qb.nr, s.dst.data(), kMaxRows, s.q.data(), pd.dp, dk, pd.dp, true);
+        continue;
+      }
       for (int r = 0; r < qb.nr; ++r) {
-        const float* prow = &s.p[(size_t)r * kCols];
-        const float* dsrow = &s.ds[(size_t)r * kCols];
-        const float* dorow = &s.dout[(size_t)r * Dv];
-        const float* qrow = &s.q[(size_t)r * D];
+        const float* dorow = &s.dout[(size_t)r * pd.dvp];
+        const float* qrow = &s.q[(size_t)r * pd.dp];
         for (int c = 0; c < kb.nc; ++c) {
-          const float pw = prow[c], dsw = dsrow[c];
+          const float pw = s.p[(size_t)r * kCols + c], dsw = s.ds[(size_t)r * kCols + c];
           if (pw == 0.0f && dsw == 0.0f) continue;  // masked (by selection): a NaN q / dO row stays out
-          float* dvrow = dv + (size_t)c * Dv;
-          float* dkrow = dk + (size_t)c * D;
-          for (int d = 0; d < Dv; ++d) dvrow[d] += pw * dorow[d];
-          for (int d = 0; d < D; ++d) dkrow[d] += dsw * qrow[d];
+          for (int d = 0; d < Dv; ++d) dv[(size_t)c * pd.dvp + d] += pw * dorow[d];
+          for (int d = 0; d < D; ++d) dk[(size_t)c * pd.dp + d] += dsw * qrow[d];
         }
       }
     }
   }
   for (int c = 0; c < kb.nc; ++c) {
     const int64_t ki = kb.k_start + kb.c0 + c;
-    std::memcpy(j.dk + (ki * f.kv_heads + g) * D, dk + (size_t)c * D, sizeof(float) * D);
-    std::memcpy(j.dv + (ki * f.kv_heads + g) * Dv, dv + (size_t)c * Dv, sizeof(float) * Dv);
+    std::memcpy(j.dk + (ki * f.kv_heads + g) * D, dk + (size_t)c * pd.dp, sizeof(float) * D);
+    std::memcpy(j.dv + (ki * f.kv_heads + g) * Dv, dv + (size_t)c * pd.dvp, sizeof(float) * Dv);
   }
 }
 
-// Pass 2: dq of query tile `tile` of sequence b for head h.
+// Pass 2: dq of query tile `tile` of sequence b for head h: dQ += dS K by GEMM, or by selection over
+// the allowed pairs when the key block holds a NaN / Inf.
+template <typename Shape>
 LK_INLINE void query_tile_grads(const Job& j, int b, int tile, int h, Scratch& s) {
   const AttentionParams& f = j.p->fwd;
-  const int D = f.head_dim, Hkv = f.kv_heads, g = h / (f.heads / f.kv_heads);
+  const int D = f.head_dim, g = h / (f.heads / f.kv_heads);
+  const Pads pd = pads_for<Shape>(f);
   const QueryBlock qb = query_block(f, b, tile, h);
   const TileBounds qbounds = query_bounds(j, qb, tile);
-  float* dq = s.acc_a.data();  // [nr][D]
-  std::fill(dq, dq + (size_t)qb.nr * D, 0.0f);
-  load_query_rows(j, qb, s);
+  float* dq = s.acc_a.data();  // [rows][dp]
+  std::fill(dq, dq + (size_t)pd.rows * pd.dp, 0.0f);
+  load_query_rows(j, qb, pd, s);
   const int lk = f.kv_layout.offsets[b + 1] - f.kv_layout.offsets[b];
   const int key_end = visible_key_end(f.rule, qbounds, lk);
   for (int kt = 0; kt * kCols < key_end; ++kt) {
     const KeyBlock kb = key_block(f, b, kt, g);
     const int cls = classify_tile(f.rule, qbounds, key_bounds(j, b, kb, kt));
     if (cls == kTileSkip) continue;
-    load_key_columns(j, kb, s);
-    if (!block_weights(j, qb, kb, cls, s)) continue;
-    for (int r = 0; r < qb.nr; ++r) {
-      const float* dsrow = &s.ds[(size_t)r * kCols];
-      float* dqrow = dq + (size_t)r * D;
-      for (int c = 0; c < kb.nc; ++c) {
-        const float dsw = dsrow[c];
-        if (dsw == 0.0f) continue;  // masked (by selection): a masked key's NaN / Inf stays out of dq
-        const float* krow = j.k + ((kb.k_start + kb.c0 + c) * Hkv + g) * D;
-        for (int d = 0; d < D; ++d) dqrow[d] += dsw * krow[d];
-      }
+    load_key_columns(j, kb, pd, true, s);
+    if (!block_weights<Shape>(j, qb, kb, cls, pd, s)) continue;
+    if (all_finite(s.krows.data(), kb.nc * pd.dp)) {
+      gemm_blocks<Shape>(pd.rows, pd.dp, kb.nc, s.ds.data(), kCols, s.krows.data(), pd.dp, dq, pd.dp, true);
+      continue;
     }
+    for (int r = 0; r < qb.nr; ++r)
+      for (int c = 0; c < kb.nc; ++c) {
+        const float dsw = s.ds[(size_t)r * kCols + c];
+        if (dsw == 0.0f) continue;  // masked (by selection): a masked key's NaN / Inf stays out of dq
+        const float* krow = &s.krows[(size_t)c * pd.dp];
+        for (int d = 0; d < D; ++d) dq[(size_t)r * pd.dp + d] += dsw * krow[d];
+      }
   }
   for (int r = 0; r < qb.nr; ++r)
-    std::memcpy(j.dq + ((qb.q_start + qb.r0 + r) * f.heads + h) * D, dq + (size_t)r * D, sizeof(float) * D);
+    std::memcpy(j.dq + ((qb.q_start + qb.r0 + r) * f.heads + h) * D, dq + (size_t)r * pd.dp, sizeof(float) * D);
 }
 
 // One entry per instruction set, each compiled for it; chosen once at run time (as the forward).
@@ -279,12 +334,12 @@ using TileFn = void (*)(const Job&, int, int, int, Scratch&);
 struct TileFns {
   TileFn keys, queries;
 };
-__attribute__((target("arch=x86-64-v4"))) void keys_avx512(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads(j, b, t, g, s); }
-__attribute__((target("arch=x86-64-v4"))) void queries_avx512(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads(j, b, t, h, s); }
-__attribute__((target("arch=x86-64-v3"))) void keys_avx2(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads(j, b, t, g, s); }
-__attribute__((target("arch=x86-64-v3"))) void queries_avx2(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads(j, b, t, h, s); }
-void keys_baseline(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads(j, b, t, g, s); }
-void queries_baseline(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads(j, b, t, h, s); }
+__attribute__((target("arch=x86-64-v4"))) void keys_avx512(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx512>(j, b, t, g, s); }
+__attribute__((target("arch=x86-64-v4"))) void queries_avx512(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmAvx512>(j, b, t, h, s); }
+__attribute__((target("arch=x86-64-v3"))) void keys_avx2(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx2>(j, b, t, g, s); }
+__attribute__((target("arch=x86-64-v3"))) void queries_avx2(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmAvx2>(j, b, t, h, s); }
+void keys_baseline(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmBaseline>(j, b, t, g, s); }
+void queries_baseline(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmBaseline>(j, b, t, h, s); }
 
 TileFns select_tile_fns() {
   __builtin_cpu_init();
@@ -322,7 +377,7 @@ void masked_attention_backward(const AttentionBackwardParams& p) {
           tile_set(f.q_layout, f.batch, kRows), tile_set(f.kv_layout, f.batch, kCols)};
 
   std::vector<Scratch> scratch(pool.size());
-  for (auto& s : scratch) s.init(D, Dv);
+  for (auto& s : scratch) s.init();
   static const TileFns fns = select_tile_fns();
   // Later tiles first: under causal rules they meet the most pairs (shorter tail).
   const std::vector<TileRef> key_tasks = tiles_longest_first(job.kt.base);
