@@ -161,7 +161,7 @@ std::string sparse_attention_backward(const SparseBackwardParams& host) {
   DeviceBlock block;
   std::vector<void*> dev;
   float* work[3];
-  err = prepare(&block, {{f.q_offsets, ((size_t)f.batch + 1) * 4}, {f.k_offsets, ((size_t)f.batch + 1) * 4}, {f.indices, (size_t)total * 4}},
+  err = prepare(&block, {{f.q_offsets, ((size_t)f.batch + 1) * 4}, {f.k_offsets, ((size_t)f.batch + 1) * 4}, {f.indices, (size_t)(f.nq * f.top_k) * 4}},
                 counts, &dev, work);
   if (!err.empty()) return err;
   SparseBackwardParams p = host;
