@@ -91,17 +91,25 @@ export async function sparseAttentionBackward(inputs: SparseAttentionBackwardInp
   const output = checkLike(x.output, 'output', q, [s.nq, s.heads, s.valueDim]);
   const lse = checkLse(x.lse, q, s.nq, s.heads);
   const dOutput = checkLike(x.dOutput, 'dOutput', q, [s.nq, s.heads, s.valueDim]);
-  const hostIdx = new Int32Array(await indices.data());
-  const [dq, dk, dv] = emptyTensors([[q.dtype, [...q.shape]], [k.dtype, [...k.shape]], [v.dtype, [...v.shape]]], q.device);
+  // Captured at the call (SPEC §11): the indices are read asynchronously, so every tensor is held
+  // and the offsets copied until the op has run.
+  const qOffsets = qo.offsets.slice(), kOffsets = ko.offsets.slice();
+  const held = [q, k, v, output, lse, dOutput, indices].map((t) => t.hold());
+  const [qs, ks, vs, os, ls, ds, is] = held;
   try {
-    await native().sparseAttentionBackward({ device: q.device, dtype: DTYPE_CODE[q.dtype], ...s, topK: topk, scale,
-      qOffsets: qo.offsets, kOffsets: ko.offsets, q: q.storage(), k: k.storage(), v: v.storage(), out: output.storage(), lse: lse.storage(),
-      indices: hostIdx, dOut: dOutput.storage(), dq: dq.storage(), dk: dk.storage(), dv: dv.storage() });
-  } catch (e) {
-    for (const t of [dq, dk, dv]) t.dispose();
-    throw e;
+    const hostIdx = new Int32Array(await is.read(), 0, s.nq * topk);
+    const [dq, dk, dv] = emptyTensors([[q.dtype, [...q.shape]], [k.dtype, [...k.shape]], [v.dtype, [...v.shape]]], q.device);
+    try {
+      await native().sparseAttentionBackward({ device: q.device, dtype: DTYPE_CODE[q.dtype], ...s, topK: topk, scale,
+        qOffsets, kOffsets, q: qs, k: ks, v: vs, out: os, lse: ls, indices: hostIdx, dOut: ds, dq: dq.storage(), dk: dk.storage(), dv: dv.storage() });
+    } catch (e) {
+      for (const t of [dq, dk, dv]) t.dispose();
+      throw e;
+    }
+    return { dq, dk, dv };
+  } finally {
+    for (const h of held) h.dispose();
   }
-  return { dq, dk, dv };
 }
 
 /**

@@ -303,3 +303,23 @@ for (const dtype of ['float32', 'float16', 'bfloat16'] as DType[]) {
     });
   }
 }
+
+test('sparseAttentionBackward captures its arguments at the call (inputs disposed right after)', async (t) => {
+  for (const device of devices) {
+    const rng = new Rng(11);
+    const qOffsets = new Int32Array([0, 3]), kOffsets = new Int32Array([0, 5]);
+    const idx = new Int32Array([0, 4, 4, -1, 2, 1]);
+    const q = tensor(rng.floats(3 * 8), [3, 1, 8], { device }), k = tensor(rng.floats(5 * 8), [5, 1, 8], { device }), v = tensor(rng.floats(5 * 8), [5, 1, 8], { device });
+    const indices = tensor(idx, [3, 2], { dtype: 'int32', device });
+    const fwd = await sparseAttention(q, k, v, indices, { qOffsets, kOffsets, returnLse: true });
+    const dOutput = tensor(rng.floats(3 * 8), [3, 1, 8], { device });
+    const ref = reference.sparseAttentionBackward({ q: { data: await q.float32(), shape: [3, 1, 8] }, k: { data: await k.float32(), shape: [5, 1, 8] },
+      v: { data: await v.float32(), shape: [5, 1, 8] }, indices: { data: idx, shape: [3, 2] }, dOutput: { data: await dOutput.float32(), shape: [3, 1, 8] } }, { qOffsets, kOffsets });
+    const pending = sparseAttentionBackward({ q, k, v, indices, output: fwd.output, lse: fwd.lse!, dOutput }, { qOffsets, kOffsets });
+    for (const x of [q, k, v, indices, fwd.output, fwd.lse!, dOutput]) x.dispose();
+    qOffsets[1] = 0; kOffsets[1] = 0;
+    const got = await pending;
+    t.is(compareGrad(await got.dk.float32(), ref.dk.data, 'float32', 'dk'), '', device);
+    t.is(compareGrad(await got.dq.float32(), ref.dq.data, 'float32', 'dq'), '', device);
+  }
+});
