@@ -8,7 +8,10 @@
       "native/cpu/attention_cpu.cc",
       "native/cpu/gather_rows_cpu.cc",
       "native/cpu/sparse_cpu.cc",
-      "native/cpu/attention_backward_cpu.cc"
+      "native/cpu/attention_backward_cpu.cc",
+      "native/cpu/isa.cc",
+      "native/cpu/convert.cc",
+      "native/cpu/stream_merge_cpu.cc"
     ],
     "lk_cuda_sources": [
       "cuda/runtime.cu",
@@ -16,7 +19,8 @@
       "cuda/memory/gather_rows.cu",
       "cuda/sparse/sparse.cu",
       "cuda/attention/masked_attention_backward.cu",
-      "cuda/sparse/sparse_backward.cu"
+      "cuda/sparse/sparse_backward.cu",
+      "cuda/multistream/multi_stream.cu"
     ],
     "lk_emu_sources": [
       "cuda/emu/cuda_emu.cc",

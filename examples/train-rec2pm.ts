@@ -13,8 +13,8 @@
 // Inference: a MemoryBank (overwrite) updated segment by segment with 'rec2pm-update', then
 // [memory; S(n-1); Q; T] predicts; the baseline predicts from [S(n-1); Q; T] without memory.
 // Exits with status 1 when the loss does not fall or memory does not beat the baseline.
-import { maskedAttention, maskedAttentionBackward, MemoryBank, tensor } from '../lib/index';
-import type { PresetName } from '../lib/index';
+import { maskedAttention, maskedAttentionBackward, MemoryBank, tensor } from 'lifelong-kernels';
+import type { PresetName } from 'lifelong-kernels';
 
 const VOCAB = 40, TASTES = 4, ANSWER0 = 4, NOISE0 = 8;
 const WIDTH = 16, SLOTS = 2;                 // hidden width (one head of D = 16), memory tokens C

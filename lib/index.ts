@@ -1,13 +1,15 @@
 // lifelong-kernels: attention and memory kernels for generative recommenders over lifelong histories.
-export { Tensor, tensor, zeros } from './tensor';
-export type { DType, Device, TensorData, TensorOptions } from './tensor';
+export { Tensor, tensor, zeros, concat } from './tensor';
+export type { DType, Device, TensorData, TensorDataTypes, TensorInput, TensorOptions } from './tensor';
 export { backends } from './backends';
 export type { Backends, CudaDevice, EmulatorCounters } from './backends';
 export { maskedAttention } from './attention';
 export type { MaskedAttentionOptions, AttentionResult } from './attention';
-export { presets, encodeRule } from './rules';
+export { presets, encodeRule, ROLE, ROLE_NAMES } from './rules';
 export type { MaskRule, RuleEntry, RoleName, SegRelation, PresetName } from './rules';
 export type { Layout } from './layout';
+export { layoutFromLengths, persrecLayout, rec2pmReferenceLayout, rec2pmUpdateLayout } from './layouts';
+export type { PersrecSequence, Rec2pmReferenceSequence, Rec2pmUpdateSequence } from './layouts';
 export * as reference from './reference/index';
 export { MemoryBank } from './memory-bank';
 export type { MemoryBankOptions, BankMode, BankOverflow, RoleSelect } from './memory-bank';
@@ -15,3 +17,13 @@ export { indexerScores, topK, sparseAttention, indexedCrossAttention } from './s
 export type { SparseLayout, IndexedCrossAttentionOptions } from './sparse';
 export { maskedAttentionBackward, sparseAttentionBackward, indexerScoresBackward } from './backward';
 export type { AttentionGradients, MaskedAttentionBackwardInputs, SparseAttentionBackwardInputs } from './backward';
+export { gatherRows, globalRows } from './gather';
+export { toOrt, fromOrt } from './ort';
+export type { OrtTensorLike, OrtModuleLike, ToOrtOptions, FromOrtOptions } from './ort';
+export { limits } from './native';
+export type { NativeLimits as Limits } from './native';
+export { multiStreamAttention } from './multi-stream';
+export type { MultiStreams, DenseStream, IndexedStream, MultiStreamOptions, MultiStreamResult, StreamName } from './multi-stream';
+export { RedisMemoryStore, RedisMemoryStoreError } from './redis-store';
+export type { RedisMemoryStoreOptions, RedisClientLike, UserId } from './redis-store';
+export { MemoryRecordError } from './memory-record';

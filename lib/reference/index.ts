@@ -4,3 +4,4 @@ export * from './half';
 export * from './ops';
 export { ReferenceMemoryBank } from './memory-bank';
 export * from './backward';
+export * from './multi-stream';

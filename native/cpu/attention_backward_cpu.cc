@@ -14,9 +14,10 @@
 #include <cstring>
 #include <vector>
 
-#include "../../cuda/common/half_convert.h"
 #include "../../cuda/common/tile_plan.h"
 #include "../thread_pool.h"
+#include "convert.h"
+#include "isa.h"
 #include "simd.h"
 
 namespace lk::cpu {
@@ -27,24 +28,23 @@ constexpr int kCols = 64;  // keys per tile
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
+// Inputs as float32 copies, gradients narrowed into their dtype (parallel conversions, convert.h).
 std::vector<float> widen(const void* src, DType dtype, int64_t count) {
   std::vector<float> out((size_t)count);
   if (dtype == kFloat32) {
     if (count) std::memcpy(out.data(), src, sizeof(float) * (size_t)count);
-    return out;
+  } else {
+    widen_to_float32(static_cast<const uint16_t*>(src), dtype, out.data(), count);
   }
-  const uint16_t* bits = static_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < count; ++i) out[(size_t)i] = dtype == kFloat16 ? half_to_float(bits[i]) : bfloat16_to_float(bits[i]);
   return out;
 }
 
 void narrow(const std::vector<float>& src, void* dst, DType dtype) {
   if (dtype == kFloat32) {
     if (!src.empty()) std::memcpy(dst, src.data(), sizeof(float) * src.size());
-    return;
+  } else {
+    narrow_from_float32(src.data(), dtype, static_cast<uint16_t*>(dst), (int64_t)src.size());
   }
-  uint16_t* bits = static_cast<uint16_t*>(dst);
-  for (size_t i = 0; i < src.size(); ++i) bits[i] = dtype == kFloat16 ? float_to_half(src[i]) : float_to_bfloat16(src[i]);
 }
 
 // Tiles of `tile` tokens of every sequence (cuda/common/tile_plan.h numbering) and their summaries.
@@ -329,24 +329,23 @@ LK_INLINE void query_tile_grads(const Job& j, int b, int tile, int h, Scratch& s
     std::memcpy(j.dq + ((qb.q_start + qb.r0 + r) * f.heads + h) * D, dq + (size_t)r * pd.dp, sizeof(float) * D);
 }
 
-// One entry per instruction set, each compiled for it; chosen once at run time (as the forward).
+// One entry per instruction set, each compiled for it (native/cpu/isa.h).
 using TileFn = void (*)(const Job&, int, int, int, Scratch&);
-struct TileFns {
-  TileFn keys, queries;
-};
-__attribute__((target("arch=x86-64-v4"))) void keys_avx512(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx512>(j, b, t, g, s); }
-__attribute__((target("arch=x86-64-v4"))) void queries_avx512(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmAvx512>(j, b, t, h, s); }
-__attribute__((target("arch=x86-64-v3"))) void keys_avx2(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx2>(j, b, t, g, s); }
-__attribute__((target("arch=x86-64-v3"))) void queries_avx2(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmAvx2>(j, b, t, h, s); }
-void keys_baseline(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmBaseline>(j, b, t, g, s); }
-void queries_baseline(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmBaseline>(j, b, t, h, s); }
+#if LK_ISA_X86
+LK_TARGET_AVX512 void keys_avx512(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx512>(j, b, t, g, s); }
+LK_TARGET_AVX512 void queries_avx512(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmAvx512>(j, b, t, h, s); }
+LK_TARGET_AVX2 void keys_avx2(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx2>(j, b, t, g, s); }
+LK_TARGET_AVX2 void queries_avx2(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmAvx2>(j, b, t, h, s); }
+#endif
+#if LK_ISA_NEON
+void keys_neon(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmNeon>(j, b, t, g, s); }
+void queries_neon(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmNeon>(j, b, t, h, s); }
+#endif
+void keys_portable(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmBaseline>(j, b, t, g, s); }
+void queries_portable(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmBaseline>(j, b, t, h, s); }
 
-TileFns select_tile_fns() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return {keys_avx512, queries_avx512};
-  if (__builtin_cpu_supports("x86-64-v3")) return {keys_avx2, queries_avx2};
-  return {keys_baseline, queries_baseline};
-}
+const IsaTable<TileFn> kKeyTiles = {{keys_portable, LK_IF_NEON(keys_neon), LK_IF_X86(keys_avx2), LK_IF_X86(keys_avx512), nullptr}};
+const IsaTable<TileFn> kQueryTiles = {{queries_portable, LK_IF_NEON(queries_neon), LK_IF_X86(queries_avx2), LK_IF_X86(queries_avx512), nullptr}};
 
 }  // namespace
 
@@ -378,17 +377,17 @@ void masked_attention_backward(const AttentionBackwardParams& p) {
 
   std::vector<Scratch> scratch(pool.size());
   for (auto& s : scratch) s.init();
-  static const TileFns fns = select_tile_fns();
+  const TileFn key_tiles = isa_pick(kKeyTiles), query_tiles = isa_pick(kQueryTiles);  // one path for the whole call
   // Later tiles first: under causal rules they meet the most pairs (shorter tail).
   const std::vector<TileRef> key_tasks = tiles_longest_first(job.kt.base);
   pool.parallel_for((int64_t)key_tasks.size() * Hkv, [&](int64_t i, int worker) {
     const TileRef& t = key_tasks[(size_t)(i / Hkv)];
-    fns.keys(job, t.seq, t.tile, (int)(i % Hkv), scratch[(size_t)worker]);
+    key_tiles(job, t.seq, t.tile, (int)(i % Hkv), scratch[(size_t)worker]);
   });
   const std::vector<TileRef> query_tasks = tiles_longest_first(job.qt.base);
   pool.parallel_for((int64_t)query_tasks.size() * H, [&](int64_t i, int worker) {
     const TileRef& t = query_tasks[(size_t)(i / H)];
-    fns.queries(job, t.seq, t.tile, (int)(i % H), scratch[(size_t)worker]);
+    query_tiles(job, t.seq, t.tile, (int)(i % H), scratch[(size_t)worker]);
   });
   narrow(dq, p.dq, f.dtype);
   narrow(dk, p.dk, f.dtype);
