@@ -1,6 +1,7 @@
 // Host side of maskedAttentionBackward on CUDA: the tile plan (real tiles of both layouts, their
-// summaries, work lists) is built on the host from the layouts (O(tokens)) and uploaded with them in
-// one allocation, which also holds delta = dO · O; then three launches: delta (softmax), the dk / dv
+// summaries, work lists) is built on the host from the layouts (O(tokens)) and uploaded with them
+// through the runtime's pinned staging into one cached device block (cuda/runtime.h), which also
+// holds delta = dO · O; then three launches on the device's stream: delta (softmax), the dk / dv
 // pass over key tiles and the dq pass over query tiles (masked_attention_backward_kernel.cuh).
 #include <cstring>
 #include <string>
@@ -9,8 +10,8 @@
 #include "../backend.h"
 #include "../common/compat.cuh"
 #include "../common/host_check.cuh"
-#include "../common/host_staging.h"
 #include "../kernel_timing.h"
+#include "../runtime.h"
 #include "masked_attention_backward_kernel.cuh"
 
 namespace lk::cuda {
@@ -21,11 +22,11 @@ void launch_passes(const AttentionBackwardParams& p, const BackwardPlan& plan, u
   const dim3 threads(BackwardTraits::kThreads);
   if (key_blocks > 0) {
     auto* dkdv = masked_attention_dkdv_kernel<T, kCap>;
-    LK_LAUNCH(dkdv, dim3(key_blocks, (unsigned)p.fwd.kv_heads), threads, 0, 0)(p, plan);
+    LK_LAUNCH(dkdv, dim3(key_blocks, (unsigned)p.fwd.kv_heads), threads, 0, stream())(p, plan);
   }
   if (query_blocks > 0) {
     auto* dq = masked_attention_dq_kernel<T, kCap>;
-    LK_LAUNCH(dq, dim3(query_blocks, (unsigned)p.fwd.heads), threads, 0, 0)(p, plan);
+    LK_LAUNCH(dq, dim3(query_blocks, (unsigned)p.fwd.heads), threads, 0, stream())(p, plan);
   }
 }
 
@@ -34,7 +35,7 @@ void launch_for(const AttentionBackwardParams& p, const BackwardPlan& plan, unsi
                 unsigned delta_blocks, float* delta) {
   if (p.fwd.normalize == kSoftmax && delta_blocks > 0) {
     auto* kernel = attention_delta_kernel<T>;
-    LK_LAUNCH(kernel, dim3(delta_blocks), dim3(128), 0, 0)(p, delta);
+    LK_LAUNCH(kernel, dim3(delta_blocks), dim3(128), 0, stream())(p, delta);
   }
   const int cap = p.fwd.head_dim > p.fwd.value_dim ? p.fwd.head_dim : p.fwd.value_dim;
   if (cap <= 32) launch_passes<T, 32>(p, plan, key_blocks, query_blocks);
@@ -65,7 +66,7 @@ std::string masked_attention_backward(const AttentionBackwardParams& host) {
   if (err.empty()) err = grid_x((f.tq * f.heads + 127) / 128, "maskedAttentionBackward", &delta_blocks);
   if (!err.empty()) return err;
 
-  HostStaging up;
+  Upload up;
   const size_t n_off = (size_t)f.batch + 1;
   const size_t q_off = up.add(f.q_layout.offsets, n_off * 4);
   const size_t q_seg = f.q_layout.segments ? up.add(f.q_layout.segments, (size_t)f.tq * 4) : 0;
@@ -79,14 +80,10 @@ std::string masked_attention_backward(const AttentionBackwardParams& host) {
   const size_t k_sum_at = up.add(k_sum.data(), k_sum.size() * sizeof(TileSummary));
   const size_t q_work_at = up.add(q_work.data(), q_work.size() * sizeof(TileRef));
   const size_t k_work_at = up.add(k_work.data(), k_work.size() * sizeof(TileRef));
-  const size_t uploaded = up.bytes.size();
-  const size_t delta_at = (uploaded + 255) / 256 * 256;  // written on the device
-  const size_t total = delta_at + (size_t)f.tq * f.heads * sizeof(float);
-
-  unsigned char* dev = nullptr;
-  err = check(cudaMalloc(reinterpret_cast<void**>(&dev), total), "cudaMalloc(backward plan)");
+  const size_t delta_at = up.room((size_t)f.tq * f.heads * sizeof(float));  // written on the device
+  err = up.commit("maskedAttentionBackward plan upload");
   if (!err.empty()) return err;
-  err = check(cudaMemcpy(dev, up.bytes.data(), uploaded, cudaMemcpyHostToDevice), "cudaMemcpy(backward plan)");
+  unsigned char* dev = up.device();
 
   AttentionBackwardParams p = host;
   p.fwd.q_layout.offsets = reinterpret_cast<const int32_t*>(dev + q_off);
@@ -99,20 +96,15 @@ std::string masked_attention_backward(const AttentionBackwardParams& host) {
   const BackwardPlan plan{reinterpret_cast<const TileSummary*>(dev + q_sum_at), reinterpret_cast<const int32_t*>(dev + q_base_at),
                           reinterpret_cast<const TileSummary*>(dev + k_sum_at), reinterpret_cast<const int32_t*>(dev + k_base_at),
                           reinterpret_cast<const TileRef*>(dev + q_work_at), reinterpret_cast<const TileRef*>(dev + k_work_at), delta};
-  if (err.empty()) {
-    KernelSpan span;
-    span.begin();
-    switch (f.dtype) {
-      case kFloat16: launch_for<__half>(p, plan, key_blocks, query_blocks, delta_blocks, delta); break;
-      case kBFloat16: launch_for<__nv_bfloat16>(p, plan, key_blocks, query_blocks, delta_blocks, delta); break;
-      default: launch_for<float>(p, plan, key_blocks, query_blocks, delta_blocks, delta); break;
-    }
-    span.end();
-    err = check(cudaGetLastError(), "maskedAttentionBackward launch");
-    if (err.empty()) err = check(cudaDeviceSynchronize(), "maskedAttentionBackward");
+  KernelSpan span;
+  span.begin();
+  switch (f.dtype) {
+    case kFloat16: launch_for<__half>(p, plan, key_blocks, query_blocks, delta_blocks, delta); break;
+    case kBFloat16: launch_for<__nv_bfloat16>(p, plan, key_blocks, query_blocks, delta_blocks, delta); break;
+    default: launch_for<float>(p, plan, key_blocks, query_blocks, delta_blocks, delta); break;
   }
-  if (cudaFree(dev) != cudaSuccess) cudaGetLastError();
-  return err;
+  span.end();
+  return finish("maskedAttentionBackward");  // the plan block goes back to the cache, stream-ordered
 }
 
 }  // namespace lk::cuda

@@ -16,6 +16,7 @@
 #include "../common/host_check.cuh"
 #include "../common/tile_plan.h"
 #include "../kernel_timing.h"
+#include "../runtime.h"
 
 namespace lk::cuda {
 namespace {
@@ -89,23 +90,13 @@ __global__ void narrow_kernel(const float* src, int64_t count, T* dst) {
 
 constexpr int kThreads = 128;
 
-// One allocation: uploaded host arrays first, then the zeroed float32 workspaces.
-struct DeviceBlock {
-  unsigned char* base = nullptr;
-  ~DeviceBlock() {
-    if (base && cudaFree(base) != cudaSuccess) cudaGetLastError();
-  }
-};
-
-size_t aligned(size_t at) { return (at + 255) / 256 * 256; }
-
 // Converts the three workspaces into the gradients' dtype.
 template <typename T>
 void narrow_all(const float* const src[3], const int64_t count[3], void* const dst[3]) {
   for (int n = 0; n < 3; ++n) {
     if (count[n] == 0) continue;
     auto* kernel = narrow_kernel<T>;
-    LK_LAUNCH(kernel, dim3((unsigned)((count[n] + kThreads - 1) / kThreads)), dim3(kThreads), 0, 0)(src[n], count[n], static_cast<T*>(dst[n]));
+    LK_LAUNCH(kernel, dim3((unsigned)((count[n] + kThreads - 1) / kThreads)), dim3(kThreads), 0, stream())(src[n], count[n], static_cast<T*>(dst[n]));
   }
 }
 
@@ -118,28 +109,21 @@ void by_dtype(DType dtype, Fn&& fn) {
   }
 }
 
-// Uploads `arrays` and allocates three zeroed float32 workspaces of `ws` elements; returns their
-// device addresses (arrays first).
-std::string prepare(DeviceBlock* block, const std::vector<std::pair<const void*, size_t>>& arrays, const int64_t ws[3],
+// Uploads `arrays` (runtime.h staging) into one cached device block that also holds three float32
+// workspaces of `ws` elements, zeroed on the stream; returns their device addresses (arrays first).
+std::string prepare(Upload* up, const std::vector<std::pair<const void*, size_t>>& arrays, const int64_t ws[3],
                     std::vector<void*>* uploaded, float* work[3]) {
-  size_t at = 0;
   std::vector<size_t> offsets;
-  for (const auto& a : arrays) {
-    offsets.push_back(at);
-    at = aligned(at + a.second);
-  }
+  for (const auto& a : arrays) offsets.push_back(up->add(a.first, a.second));
   size_t ws_at[3];
-  for (int n = 0; n < 3; ++n) {
-    ws_at[n] = at;
-    at = aligned(at + (size_t)ws[n] * sizeof(float));
-  }
-  std::string err = check(cudaMalloc(reinterpret_cast<void**>(&block->base), at ? at : 1), "cudaMalloc(backward workspace)");
-  for (size_t n = 0; err.empty() && n < arrays.size(); ++n)
-    err = check(cudaMemcpy(block->base + offsets[n], arrays[n].first, arrays[n].second, cudaMemcpyHostToDevice), "cudaMemcpy(backward)");
-  if (err.empty() && at > ws_at[0]) err = check(cudaMemset(block->base + ws_at[0], 0, at - ws_at[0]), "cudaMemset(backward workspace)");
+  for (int n = 0; n < 3; ++n) ws_at[n] = up->room((size_t)ws[n] * sizeof(float));
+  std::string err = up->commit("backward upload");
+  const size_t end = ws_at[2] + (size_t)ws[2] * sizeof(float);
+  if (err.empty() && end > ws_at[0])
+    err = check(cudaMemsetAsync(up->device() + ws_at[0], 0, end - ws_at[0], stream()), "cudaMemsetAsync(backward workspace)");
   if (!err.empty()) return err;
-  for (size_t n = 0; n < arrays.size(); ++n) uploaded->push_back(block->base + offsets[n]);
-  for (int n = 0; n < 3; ++n) work[n] = reinterpret_cast<float*>(block->base + ws_at[n]);
+  for (size_t n = 0; n < arrays.size(); ++n) uploaded->push_back(up->device() + offsets[n]);
+  for (int n = 0; n < 3; ++n) work[n] = reinterpret_cast<float*>(up->device() + ws_at[n]);
   return err;
 }
 
@@ -158,7 +142,7 @@ std::string sparse_attention_backward(const SparseBackwardParams& host) {
     err = grid_x((counts[n] + kThreads - 1) / kThreads, "sparseAttentionBackward", &narrow_blocks);
   }
   if (!err.empty()) return err;
-  DeviceBlock block;
+  Upload block;
   std::vector<void*> dev;
   float* work[3];
   err = prepare(&block, {{f.q_offsets, ((size_t)f.batch + 1) * 4}, {f.k_offsets, ((size_t)f.batch + 1) * 4}, {f.indices, (size_t)(f.nq * f.top_k) * 4}},
@@ -176,14 +160,12 @@ std::string sparse_attention_backward(const SparseBackwardParams& host) {
     using T = decltype(tag);
     if (blocks > 0) {
       auto* kernel = sparse_backward_kernel<T>;
-      LK_LAUNCH(kernel, dim3(blocks), dim3(kThreads), 0, 0)(p, total, work[0], work[1], work[2]);
+      LK_LAUNCH(kernel, dim3(blocks), dim3(kThreads), 0, stream())(p, total, work[0], work[1], work[2]);
     }
     narrow_all<T>(src, counts, dst);
   });
   span.end();
-  err = check(cudaGetLastError(), "sparseAttentionBackward launch");
-  if (err.empty()) err = check(cudaDeviceSynchronize(), "sparseAttentionBackward");
-  return err;
+  return finish("sparseAttentionBackward");  // the block goes back to the cache, stream-ordered
 }
 
 std::string indexer_scores_backward(const IndexerBackwardParams& host) {
@@ -199,7 +181,7 @@ std::string indexer_scores_backward(const IndexerBackwardParams& host) {
     err = grid_x((counts[n] + kThreads - 1) / kThreads, "indexerScoresBackward", &narrow_blocks);
   }
   if (!err.empty()) return err;
-  DeviceBlock block;
+  Upload block;
   std::vector<void*> dev;
   float* work[3];
   err = prepare(&block, {{f.q_offsets, ((size_t)f.batch + 1) * 4}, {f.k_offsets, ((size_t)f.batch + 1) * 4}}, counts, &dev, work);
@@ -215,14 +197,12 @@ std::string indexer_scores_backward(const IndexerBackwardParams& host) {
     using T = decltype(tag);
     if (blocks > 0) {
       auto* kernel = indexer_backward_kernel<T>;
-      LK_LAUNCH(kernel, dim3(blocks), dim3(kThreads), 0, 0)(p, total, work[0], work[1], work[2]);
+      LK_LAUNCH(kernel, dim3(blocks), dim3(kThreads), 0, stream())(p, total, work[0], work[1], work[2]);
     }
     narrow_all<T>(src, counts, dst);
   });
   span.end();
-  err = check(cudaGetLastError(), "indexerScoresBackward launch");
-  if (err.empty()) err = check(cudaDeviceSynchronize(), "indexerScoresBackward");
-  return err;
+  return finish("indexerScoresBackward");
 }
 
 }  // namespace lk::cuda
