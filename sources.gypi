@@ -8,6 +8,7 @@
       "native/cpu/attention_cpu.cc",
       "native/cpu/gather_rows_cpu.cc",
       "native/cpu/sparse_cpu.cc",
+      "native/cpu/attention_backward_cpu.cc",
       "native/cpu/isa.cc",
       "native/cpu/convert.cc",
       "native/cpu/stream_merge_cpu.cc"
@@ -17,6 +18,8 @@
       "cuda/attention/masked_attention.cu",
       "cuda/memory/gather_rows.cu",
       "cuda/sparse/sparse.cu",
+      "cuda/attention/masked_attention_backward.cu",
+      "cuda/sparse/sparse_backward.cu",
       "cuda/multistream/multi_stream.cu"
     ],
     "lk_emu_sources": [

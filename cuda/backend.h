@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/attention_params.h"
+#include "common/backward_params.h"
 #include "common/gather_params.h"
 #include "common/sparse_params.h"
 #include "common/stream_merge.h"
@@ -105,6 +106,10 @@ std::string top_k(const TopKParams& p);  // p.lengths is a HOST pointer
 std::string sparse_attention(const SparseParams& p);
 std::string indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp);
 
+// Backward ops (SPEC §9): tensors are device pointers; layouts, offsets and indices HOST pointers.
+std::string masked_attention_backward(const AttentionBackwardParams& p);
+std::string sparse_attention_backward(const SparseBackwardParams& p);
+std::string indexer_scores_backward(const IndexerBackwardParams& p);
 // One stream of multiStreamAttention (SPEC §12): dense cross attention, or indexer-selected sparse
 // attention. Host pointers as in the single ops.
 struct StreamCall {

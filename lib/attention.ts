@@ -20,10 +20,15 @@ export interface AttentionResult<D extends DType = DType> {
   lse?: Tensor<'float32'>;
 }
 
-export function maskedAttention<D extends DType>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, options: MaskedAttentionOptions & { returnLse: true }):
-  Promise<{ output: Tensor<D>; lse: Tensor<'float32'> }>;
-export function maskedAttention<D extends DType>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, options: MaskedAttentionOptions): Promise<AttentionResult<D>>;
-export async function maskedAttention(q: Tensor, k: Tensor, v: Tensor, options: MaskedAttentionOptions): Promise<AttentionResult> {
+/** The validated arguments of a maskedAttention call, as the addon takes them (tensors not included). */
+export interface AttentionCall {
+  args: Record<string, unknown>;
+  tq: number; tk: number; heads: number; kvHeads: number; headDim: number; valueDim: number;
+  normalize: 'softmax' | 'silu';
+}
+
+/** Checks q / k / v and the options of maskedAttention (and of its backward); throws TypeError / RangeError. */
+export function checkAttentionCall(q: Tensor, k: Tensor, v: Tensor, options: MaskedAttentionOptions): AttentionCall {
   checkTensor(q, 'q', 3, FLOAT_DTYPES);
   checkTensor(k, 'k', 3, FLOAT_DTYPES);
   checkTensor(v, 'v', 3, FLOAT_DTYPES);
@@ -55,19 +60,29 @@ export async function maskedAttention(q: Tensor, k: Tensor, v: Tensor, options: 
   if (normalize !== 'softmax' && normalize !== 'silu') throw new RangeError(`options.normalize: expected 'softmax' or 'silu', got ${String(normalize)}`);
   const siluDivisor = options.siluDivisor === undefined ? Math.max(1, kv.maxLength) : checkPositiveNumber(options.siluDivisor, 'options.siluDivisor');
   if (options.returnLse && normalize !== 'softmax') throw new RangeError("options.returnLse: only defined for normalize 'softmax'");
-
-  const outs = emptyTensors(options.returnLse ? [[q.dtype, [tq, heads, valueDim]], ['float32', [tq, heads]]] : [[q.dtype, [tq, heads, valueDim]]], q.device);
-  const output = outs[0], lse = outs[1] as Tensor<'float32'> | undefined;
-  try {
-    await native().maskedAttention({
+  return {
+    args: {
       device: q.device,
       dtype: DTYPE_CODE[q.dtype],
-      q: q.storage(), k: k.storage(), v: v.storage(), out: output.storage(), lse: lse?.storage(),
       batch: qLayout.batch, tq, tk, heads, kvHeads, headDim, valueDim,
       qOffsets: qLayout.offsets, qSegments: qLayout.segments, qRoles: qLayout.roles,
       kvOffsets: kv.offsets, kvSegments: kv.segments, kvRoles: kv.roles,
       rule, scale, normalize: codes().normalize[normalize], siluInvDivisor: 1 / siluDivisor,
-    });
+    },
+    tq, tk, heads, kvHeads, headDim, valueDim, normalize,
+  };
+}
+
+export function maskedAttention<D extends DType>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, options: MaskedAttentionOptions & { returnLse: true }):
+  Promise<{ output: Tensor<D>; lse: Tensor<'float32'> }>;
+export function maskedAttention<D extends DType>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, options: MaskedAttentionOptions): Promise<AttentionResult<D>>;
+export async function maskedAttention(q: Tensor, k: Tensor, v: Tensor, options: MaskedAttentionOptions): Promise<AttentionResult> {
+  const call = checkAttentionCall(q, k, v, options);
+  const { tq, heads, valueDim } = call;
+  const outs = emptyTensors(options.returnLse ? [[q.dtype, [tq, heads, valueDim]], ['float32', [tq, heads]]] : [[q.dtype, [tq, heads, valueDim]]], q.device);
+  const output = outs[0], lse = outs[1] as Tensor<'float32'> | undefined;
+  try {
+    await native().maskedAttention({ ...call.args, q: q.storage(), k: k.storage(), v: v.storage(), out: output.storage(), lse: lse?.storage() });
   } catch (e) {
     output.dispose();
     lse?.dispose();

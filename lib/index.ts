@@ -15,6 +15,8 @@ export { MemoryBank } from './memory-bank';
 export type { MemoryBankOptions, BankMode, BankOverflow, RoleSelect } from './memory-bank';
 export { indexerScores, topK, sparseAttention, indexedCrossAttention } from './sparse';
 export type { SparseLayout, IndexedCrossAttentionOptions } from './sparse';
+export { maskedAttentionBackward, sparseAttentionBackward, indexerScoresBackward } from './backward';
+export type { AttentionGradients, MaskedAttentionBackwardInputs, SparseAttentionBackwardInputs } from './backward';
 export { gatherRows, globalRows } from './gather';
 export { toOrt, fromOrt } from './ort';
 export type { OrtTensorLike, OrtModuleLike, ToOrtOptions, FromOrtOptions } from './ort';

@@ -83,6 +83,9 @@ export interface NativeAddon {
   topK(args: Record<string, unknown>): Promise<void>;
   sparseAttention(args: Record<string, unknown>): Promise<void>;
   indexedCrossAttention(args: Record<string, unknown>): Promise<void>;
+  maskedAttentionBackward(args: Record<string, unknown>): Promise<void>;
+  sparseAttentionBackward(args: Record<string, unknown>): Promise<void>;
+  indexerScoresBackward(args: Record<string, unknown>): Promise<void>;
   multiStreamAttention(args: Record<string, unknown>): Promise<void>;
   toFloat32(bits: Uint16Array, dtype: number): Float32Array;
   externalMemory(): number;

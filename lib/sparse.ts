@@ -110,7 +110,7 @@ export async function topK(scores: Tensor, k: number, options: { lengths?: Int32
   return { indices: indices as Tensor<'int32'>, values: values as Tensor<'float32'> };
 }
 
-function checkAttention(q: Tensor, k: Tensor, v: Tensor) {
+export function checkAttention(q: Tensor, k: Tensor, v: Tensor) {
   checkTensor(q, 'q', 3, FLOAT_DTYPES);
   checkTensor(k, 'k', 3, FLOAT_DTYPES);
   checkTensor(v, 'v', 3, FLOAT_DTYPES);
@@ -126,7 +126,7 @@ function checkAttention(q: Tensor, k: Tensor, v: Tensor) {
   return { nq, heads, headDim, tk, kvHeads, valueDim };
 }
 
-function checkScale(scale: unknown, headDim: number): number {
+export function checkScale(scale: unknown, headDim: number): number {
   if (scale === undefined) return 1 / Math.sqrt(headDim);
   if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new TypeError(`options.scale: expected a finite number, got ${String(scale)}`);
   return scale;

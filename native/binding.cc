@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
@@ -18,6 +19,7 @@
 
 #include "../cuda/common/attention_params.h"
 #include "../cuda/common/half_convert.h"
+#include "cpu/attention_backward_cpu.h"
 #include "cpu/attention_cpu.h"
 #include "cpu/gather_rows_cpu.h"
 #include "cpu/isa.h"
@@ -622,7 +624,7 @@ int MaxTopK(Device device) {
 #endif
 
 
-// The arguments of one masked attention, validated, with the host copies its run needs.
+// The arguments of one masked attention (forward or backward), validated, with the host copies its run needs.
 struct AttentionArgs {
   std::shared_ptr<AttentionParams> params;
   std::shared_ptr<OwnedLayout> q_layout, kv_layout;
@@ -636,7 +638,7 @@ struct AttentionArgs {
   }
 };
 
-AttentionArgs ReadAttention(const Napi::Object& a, Device device) {
+AttentionArgs ReadAttention(const Napi::Object& a, Device device, bool out_optional = false) {
   Napi::Env env = a.Env();
   AttentionArgs r;
   r.params = std::make_shared<AttentionParams>();
@@ -674,11 +676,12 @@ AttentionArgs ReadAttention(const Napi::Object& a, Device device) {
   BufferRef q = StorageField(a, "q", device, (size_t)p.tq * p.heads * p.head_dim * es, false);
   BufferRef k = StorageField(a, "k", device, (size_t)p.tk * p.kv_heads * p.head_dim * es, false);
   BufferRef v = StorageField(a, "v", device, (size_t)p.tk * p.kv_heads * p.value_dim * es, false);
-  BufferRef out = StorageField(a, "out", device, (size_t)p.tq * p.heads * p.value_dim * es, false);
+  BufferRef out = StorageField(a, "out", device, (size_t)p.tq * p.heads * p.value_dim * es, out_optional);
   BufferRef lse = StorageField(a, "lse", device, (size_t)p.tq * p.heads * 4, true);
-  p.q = q->ptr; p.k = k->ptr; p.v = v->ptr; p.out = out->ptr;
+  p.q = q->ptr; p.k = k->ptr; p.v = v->ptr; p.out = out ? out->ptr : nullptr;
   p.lse = lse ? static_cast<float*>(lse->ptr) : nullptr;
-  r.keep = {q, k, v, out};
+  r.keep = {q, k, v};
+  if (out) r.keep.push_back(out);
   if (lse) r.keep.push_back(lse);
 
 #ifdef LK_WITH_CUDA
@@ -697,6 +700,40 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   return Settle(info.Env(), device, "maskedAttention", [args, device]() -> std::string {
     const AttentionParams run = args->run();
     LK_ON_DEVICE(device, cpu::masked_attention(run), cuda::masked_attention(run))
+  });
+}
+
+// The four tensors of a backward op beyond its forward's: the incoming gradient, then the three
+// gradients it writes; each checked against its size, held in `keep`, its address put in `out`.
+void GradientFields(const Napi::Object& a, Device device, std::array<const char*, 4> names, std::array<size_t, 4> bytes,
+                    const void* out[4], std::vector<BufferRef>* keep) {
+  for (int i = 0; i < 4; ++i) {
+    BufferRef b = StorageField(a, names[i], device, bytes[i], false);
+    out[i] = b->ptr;
+    keep->push_back(b);
+  }
+}
+
+// maskedAttentionBackward(args) -> Promise<void>: the forward's arguments plus dOut, writing dq / dk
+// / dv (SPEC §9). Softmax needs the forward's out and lse.
+Napi::Value MaskedAttentionBackward(const Napi::CallbackInfo& info) {
+  Napi::Object a = ArgsObject(info, "maskedAttentionBackward");
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<AttentionArgs>(ReadAttention(a, device, true));
+  const AttentionParams& f = *args->params;
+  if (f.normalize == kSoftmax && (f.out == nullptr || f.lse == nullptr))
+    throw Napi::TypeError::New(info.Env(), "out/lse: softmax backward needs the forward's output and lse");
+  const size_t es = DTypeSize(f.dtype);
+  auto grads = std::make_shared<AttentionBackwardParams>();
+  const void* t[4];
+  GradientFields(a, device, {"dOut", "dq", "dk", "dv"},
+                 {(size_t)f.tq * f.heads * f.value_dim * es, (size_t)f.tq * f.heads * f.head_dim * es,
+                  (size_t)f.tk * f.kv_heads * f.head_dim * es, (size_t)f.tk * f.kv_heads * f.value_dim * es}, t, &args->keep);
+  grads->d_out = t[0]; grads->dq = const_cast<void*>(t[1]); grads->dk = const_cast<void*>(t[2]); grads->dv = const_cast<void*>(t[3]);
+  return Settle(info.Env(), device, "maskedAttentionBackward", [args, grads, device]() -> std::string {
+    AttentionBackwardParams run = *grads;
+    run.fwd = args->run();
+    LK_ON_DEVICE(device, cpu::masked_attention_backward(run), cuda::masked_attention_backward(run))
   });
 }
 
@@ -1047,6 +1084,54 @@ Napi::Value MultiStreamAttention(const Napi::CallbackInfo& info) {
   });
 }
 
+// sparseAttentionBackward(args) -> Promise<void>: sparseAttention's arguments (out and lse
+// required) plus dOut, writing dq and the full-size, scatter-added dk / dv (SPEC §9).
+Napi::Value SparseAttentionBackward(const Napi::CallbackInfo& info) {
+  Napi::Object a = ArgsObject(info, "sparseAttentionBackward");
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<SparseArgs>(ReadSparse(a, device));
+  const SparseParams& f = args->p;
+  if (f.lse == nullptr) throw Napi::TypeError::New(info.Env(), "lse: the backward needs the forward's lse");
+  auto idx = std::make_shared<std::vector<int32_t>>();
+  CopyTyped<int32_t, napi_int32_array>(a, "indices", idx.get(), false);
+  if ((int64_t)idx->size() != f.nq * f.top_k) throw Napi::RangeError::New(info.Env(), "indices: expected nq x topK entries");
+  CheckIndices(info.Env(), *idx, f);
+  const size_t es = DTypeSize(f.dtype);
+  auto grads = std::make_shared<SparseBackwardParams>();
+  const void* t[4];
+  GradientFields(a, device, {"dOut", "dq", "dk", "dv"},
+                 {(size_t)f.nq * f.heads * f.value_dim * es, (size_t)f.nq * f.heads * f.head_dim * es,
+                  (size_t)f.tk * f.kv_heads * f.head_dim * es, (size_t)f.tk * f.kv_heads * f.value_dim * es}, t, &args->keep);
+  grads->d_out = t[0]; grads->dq = const_cast<void*>(t[1]); grads->dk = const_cast<void*>(t[2]); grads->dv = const_cast<void*>(t[3]);
+  return Settle(info.Env(), device, "sparseAttentionBackward", [args, grads, idx, device]() -> std::string {
+    SparseBackwardParams run = *grads;
+    run.fwd = args->p;
+    run.fwd.indices = idx->data();
+    LK_ON_DEVICE(device, cpu::sparse_attention_backward(run), cuda::sparse_attention_backward(run))
+  });
+}
+
+// indexerScoresBackward(args) -> Promise<void>: indexerScores' arguments plus dScores (float32
+// [nq, maxLen]), writing dqI / dkI / dw (SPEC §9).
+Napi::Value IndexerScoresBackward(const Napi::CallbackInfo& info) {
+  Napi::Object a = ArgsObject(info, "indexerScoresBackward");
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
+  const IndexerParams& f = args->p;
+  const size_t es = DTypeSize(f.dtype);
+  auto grads = std::make_shared<IndexerBackwardParams>();
+  const void* t[4];
+  GradientFields(a, device, {"dScores", "dqI", "dkI", "dw"},
+                 {(size_t)f.nq * f.max_len * 4, (size_t)f.nq * f.heads * f.dim * es, (size_t)f.tk * f.dim * es, (size_t)f.nq * f.heads * es},
+                 t, &args->keep);
+  grads->d_scores = static_cast<const float*>(t[0]); grads->dq = const_cast<void*>(t[1]); grads->dk = const_cast<void*>(t[2]); grads->dw = const_cast<void*>(t[3]);
+  return Settle(info.Env(), device, "indexerScoresBackward", [args, grads, device]() -> std::string {
+    IndexerBackwardParams run = *grads;
+    run.fwd = args->p;
+    LK_ON_DEVICE(device, cpu::indexer_scores_backward(run), cuda::indexer_scores_backward(run))
+  });
+}
+
 // ---------------------------------------------------------------- conversions, backends
 
 // toFloat32(Uint16Array bits, dtype) -> Float32Array
@@ -1287,6 +1372,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sparseAttention", Napi::Function::New(env, SparseAttention));
   exports.Set("indexedCrossAttention", Napi::Function::New(env, IndexedCrossAttention));
   exports.Set("multiStreamAttention", Napi::Function::New(env, MultiStreamAttention));
+  exports.Set("maskedAttentionBackward", Napi::Function::New(env, MaskedAttentionBackward));
+  exports.Set("sparseAttentionBackward", Napi::Function::New(env, SparseAttentionBackward));
+  exports.Set("indexerScoresBackward", Napi::Function::New(env, IndexerScoresBackward));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
   exports.Set("limits", Napi::Function::New(env, Limits));
   exports.Set("codes", Napi::Function::New(env, Codes));

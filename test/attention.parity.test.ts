@@ -2,7 +2,7 @@
 import test from 'ava';
 import { maskedAttention, reference, DType, Device } from '../lib/index';
 import type { MaskRule, PresetName } from '../lib/index';
-import { compare, cudaSkipReason, makeInput, pack, parityDevices, randomLength, randomRule, randomSequence, Rng } from './helpers';
+import { compare, cudaSkipReason, makeInput, parityDevices, randomLayout, randomRule, Rng } from './helpers';
 
 const HEAD_SIZES = [8, 16, 32, 64, 128, 256];
 const PRESETS: PresetName[] = ['causal', 'full', 'persrec', 'rec2pm-reference', 'rec2pm-update'];
@@ -73,32 +73,14 @@ function buildCases(): Case[] {
   return cases;
 }
 
-function randomLayout(rng: Rng, c: Case, batch: number, minLengths?: number[]) {
-  const seqs = [];
-  for (let b = 0; b < batch; b++) {
-    let s = randomSequence(rng, c.layout, c.maxItems ?? 30);
-    if (rng.bool(0.25)) { // lengths exactly at tile edges, or empty / single
-      const n = randomLength(rng, 100);
-      s = { segments: Array.from({ length: n }, (_, i) => Math.floor((i * 3) / Math.max(1, n))), roles: Array.from({ length: n }, () => rng.pick([0, 0, 1, 2])) };
-    }
-    if (minLengths && s.roles.length < minLengths[b]) {
-      const extra = minLengths[b] - s.roles.length;
-      const last = s.segments.length ? s.segments[s.segments.length - 1] : 0;
-      s = { segments: s.segments.concat(Array(extra).fill(last)), roles: s.roles.concat(Array(extra).fill(0)) };
-    }
-    seqs.push(s);
-  }
-  return pack(seqs);
-}
-
 async function runCase(t: import('ava').ExecutionContext, c: Case, device: Device) {
   const rng = new Rng(c.seed * 7919);
   const batch = c.batch ?? rng.int(1, 8);
-  const qLayout = randomLayout(rng, c, batch);
+  const qLayout = randomLayout(rng, c.layout, batch, c.maxItems ?? 30);
   let kvLayout = qLayout;
   if (c.cross) {
     const min = c.cross === 'shorter' ? qLayout.lengths.map((l) => l + rng.int(0, 40)) : undefined;
-    kvLayout = randomLayout(rng, c, batch, min);
+    kvLayout = randomLayout(rng, c.layout, batch, c.maxItems ?? 30, min);
   }
   const tq = qLayout.offsets[batch], tk = kvLayout.offsets[batch];
   const { heads, kvHeads, headDim: D, valueDim: Dv } = c;

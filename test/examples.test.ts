@@ -17,3 +17,11 @@ test('examples/rec2pm-serving.ts serves three requests through onnxruntime-node 
   t.truthy(m, lines[3]);
   for (const x of m!.slice(1)) t.true(Number.isFinite(Number(x)) && Number(x) !== 0, x);
 });
+
+test('examples/train-rec2pm.ts trains on its planted long-term signal: loss falls, memory beats recent items', (t) => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join('examples', 'train-rec2pm.ts')], { cwd: root, encoding: 'utf8', timeout: 600_000 });
+  t.is(r.status, 0, r.stdout + r.stderr);  // the example exits 1 unless it learned the signal
+  const m = /with memory \(MemoryBank \+ rec2pm-update\) (\S+)%, recent items only (\S+)%/.exec(r.stdout);
+  t.truthy(m, r.stdout);
+  t.true(Number(m![1]) >= Number(m![2]) + 25, r.stdout);
+});

@@ -69,6 +69,29 @@ export function randomLength(rng: Rng, max: number): number {
   return rng.pick([0, 1, rng.int(2, 15), 16, 31, 32, 33, 63, 64, 65, rng.int(1, max), rng.int(1, max)]);
 }
 
+/**
+ * A packed batch of `batch` sequences shaped for `kind`; a quarter of them instead get a length at a
+ * tile edge (or 0 / 1) with spread segments and random roles. `minLengths[b]` pads sequence b with
+ * items up to that length (cross attention with Lq <= Lk).
+ */
+export function randomLayout(rng: Rng, kind: PresetName | 'mixed', batch: number, maxItems: number, minLengths?: number[]): PackedLayout {
+  const seqs = [];
+  for (let b = 0; b < batch; b++) {
+    let s = randomSequence(rng, kind, maxItems);
+    if (rng.bool(0.25)) { // lengths exactly at tile edges, or empty / single
+      const n = randomLength(rng, 100);
+      s = { segments: Array.from({ length: n }, (_, i) => Math.floor((i * 3) / Math.max(1, n))), roles: Array.from({ length: n }, () => rng.pick([0, 0, 1, 2])) };
+    }
+    if (minLengths && s.roles.length < minLengths[b]) {
+      const extra = minLengths[b] - s.roles.length;
+      const last = s.segments.length ? s.segments[s.segments.length - 1] : 0;
+      s = { segments: s.segments.concat(Array(extra).fill(last)), roles: s.roles.concat(Array(extra).fill(0)) };
+    }
+    seqs.push(s);
+  }
+  return pack(seqs);
+}
+
 const SEGS: SegRelation[] = ['none', 'self', 'same', 'earlier', 'same-or-earlier', 'any'];
 const ROLES: RoleName[] = ['item', 'memory', 'target'];
 

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <vector>
 #include "host_device.h"
+#include "mask_rules.h"
 
 namespace lk {
 
@@ -46,6 +47,20 @@ inline std::vector<int32_t> tile_bases(const int32_t* offsets, int batch, int ti
   base[0] = 0;
   for (int b = 0; b < batch; ++b) base[(size_t)b + 1] = base[(size_t)b] + tiles_of(offsets[b + 1] - offsets[b], tile);
   return base;
+}
+
+// Summaries (mask_rules.h) of the batch's real tiles of `tile` tokens, indexed by tile number (base
+// from tile_bases): O(tokens), never batch x the longest sequence.
+inline std::vector<TileSummary> tile_summaries(const int32_t* offsets, const int32_t* segments, const uint8_t* roles, int batch, int tile,
+                                               const std::vector<int32_t>& base) {
+  std::vector<TileSummary> out((size_t)base[(size_t)batch]);
+  for (int b = 0; b < batch; ++b)
+    for (int t = 0; t < base[(size_t)b + 1] - base[(size_t)b]; ++t) {
+      int64_t lo, hi;
+      tile_tokens(offsets[b], offsets[b + 1], tile, t, &lo, &hi);
+      out[(size_t)(base[(size_t)b] + t)] = summarize_tokens(segments, roles, lo, hi);
+    }
+  return out;
 }
 
 // Every tile of the batch, later tiles of a sequence first (under causal rules they see the most

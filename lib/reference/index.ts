@@ -3,4 +3,5 @@ export * from './rules';
 export * from './half';
 export * from './ops';
 export { ReferenceMemoryBank } from './memory-bank';
+export * from './backward';
 export * from './multi-stream';

@@ -34,7 +34,7 @@ export interface IndexedCrossAttentionOptions extends JaggedOffsets {
 
 const fmtShape = (s: readonly number[]) => `[${s.join(', ')}]`;
 
-function checkTensor(t: RefTensor, name: string, rank: number): void {
+export function checkTensor(t: RefTensor, name: string, rank: number): void {
   if (t === null || typeof t !== 'object' || (!Array.isArray(t.shape) && !ArrayBuffer.isView(t.shape)))
     throw new TypeError(`${name}: expected { data, shape }`);
   if (t.data === null || typeof t.data !== 'object' || typeof t.data.length !== 'number')
@@ -63,7 +63,7 @@ function checkOffsets(offsets: Int32Array, name: string, rows: number, what = 't
 
 interface Layout { offsets: Int32Array; segments: Int32Array; roles: Uint8Array; batch: number }
 
-function checkLayout(layout: RefLayout, name: string, tokens: number): Layout {
+export function checkLayout(layout: RefLayout, name: string, tokens: number): Layout {
   if (layout === null || typeof layout !== 'object') throw new TypeError(`${name}: expected { offsets, segments?, roles? }`);
   const batch = checkOffsets(layout.offsets, `${name}.offsets`, tokens);
   let segments = layout.segments;
@@ -87,14 +87,14 @@ function checkLayout(layout: RefLayout, name: string, tokens: number): Layout {
   return { offsets: layout.offsets, segments, roles, batch };
 }
 
-function checkScale(scale: number | undefined, D: number): number {
+export function checkScale(scale: number | undefined, D: number): number {
   if (scale === undefined) return 1 / Math.sqrt(D);
   if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new TypeError(`options.scale: expected a finite number, got ${String(scale)}`);
   return scale;
 }
 
 /** Checks q [Nq, H, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv] and returns the sizes. */
-function checkQkv(q: RefTensor, k: RefTensor, v: RefTensor) {
+export function checkQkv(q: RefTensor, k: RefTensor, v: RefTensor) {
   checkTensor(q, 'q', 3); checkTensor(k, 'k', 3); checkTensor(v, 'v', 3);
   const [Tq, H, D] = q.shape, [Tk, Hkv, Dk] = k.shape, [Tv, Hv, Dv] = v.shape;
   if (Dk !== D) throw new RangeError(`k: head size ${Dk} differs from q's ${D}`);
@@ -106,7 +106,7 @@ function checkQkv(q: RefTensor, k: RefTensor, v: RefTensor) {
 }
 
 /** Batch entry of every row, from offsets (B + 1 entries). */
-function entryOfRows(offsets: Int32Array, rows: number): Int32Array {
+export function entryOfRows(offsets: Int32Array, rows: number): Int32Array {
   const entry = new Int32Array(rows);
   for (let b = 0; b + 1 < offsets.length; b++) entry.fill(b, offsets[b], offsets[b + 1]);
   return entry;
@@ -116,7 +116,7 @@ function entryOfRows(offsets: Int32Array, rows: number): Int32Array {
 // Shared arithmetic.
 
 /** Σ_d a[aBase + d] · b[bBase + d] in float64. */
-function dot(a: ArrayLike<number>, aBase: number, b: ArrayLike<number>, bBase: number, n: number): number {
+export function dot(a: ArrayLike<number>, aBase: number, b: ArrayLike<number>, bBase: number, n: number): number {
   let s = 0;
   for (let d = 0; d < n; d++) s += a[aBase + d] * b[bBase + d];
   return s;
@@ -220,7 +220,7 @@ export function maskedAttention(q: RefTensor, k: RefTensor, v: RefTensor, option
 // ---------------------------------------------------------------------------------------------
 // SPEC §5
 
-function checkJagged(opts: JaggedOffsets, Nq: number, Tk: number): { B: number } {
+export function checkJagged(opts: JaggedOffsets, Nq: number, Tk: number): { B: number } {
   if (opts === null || typeof opts !== 'object') throw new TypeError('options: expected { qOffsets, kOffsets, ... }');
   const Bq = checkOffsets(opts.qOffsets, 'options.qOffsets', Nq, 'row count');
   const Bk = checkOffsets(opts.kOffsets, 'options.kOffsets', Tk, 'row count');

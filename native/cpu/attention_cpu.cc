@@ -566,20 +566,6 @@ const IsaTable<AttendTileFn> kAttendTile = {{attend_tile_portable, LK_IF_NEON(at
 const IsaTable<AttendTileFn> kAttendFewTile = {{attend_tile_portable_few, LK_IF_NEON(attend_tile_neon_few),
                                                 LK_IF_X86(attend_tile_avx2_few), LK_IF_X86(attend_tile_avx512_few), nullptr}};
 
-// Summaries of the batch's real tiles of `tile` tokens, sequence b's at [base[b], base[b + 1]):
-// memory and time follow the tokens, not batch x the longest sequence (cuda/common/tile_plan.h).
-std::vector<TileSummary> summarize(const LayoutView& layout, int batch, int tile, const std::vector<int32_t>& base) {
-  std::vector<TileSummary> out((size_t)base[(size_t)batch]);
-  for (int b = 0; b < batch; ++b) {
-    for (int t = 0; t < base[(size_t)b + 1] - base[(size_t)b]; ++t) {
-      int64_t lo, hi;
-      tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, t, &lo, &hi);
-      out[(size_t)(base[(size_t)b] + t)] = summarize_tokens(layout.segments, layout.roles, lo, hi);
-    }
-  }
-  return out;
-}
-
 // Heads per task. Small heads are grouped up to 64 columns of Q K^T work, so the group shares one
 // classification, gather and mask per key block; when every query tile is a few-query tile (cross
 // attention of a few candidates over a long history), all heads are grouped so that whole K / V rows
@@ -614,8 +600,8 @@ void masked_attention(const AttentionParams& p) {
   // Only real tiles exist: an empty sequence costs a prefix-sum entry, whatever the longest one is.
   const std::vector<int32_t> q_base = tile_bases(p.q_layout.offsets, p.batch, kBlockM);
   const std::vector<int32_t> k_base = tile_bases(p.kv_layout.offsets, p.batch, kBlockN);
-  const std::vector<TileSummary> q_tiles = summarize(p.q_layout, p.batch, kBlockM, q_base);
-  const std::vector<TileSummary> k_tiles = summarize(p.kv_layout, p.batch, kBlockN, k_base);
+  const std::vector<TileSummary> q_tiles = tile_summaries(p.q_layout.offsets, p.q_layout.segments, p.q_layout.roles, p.batch, kBlockM, q_base);
+  const std::vector<TileSummary> k_tiles = tile_summaries(p.kv_layout.offsets, p.kv_layout.segments, p.kv_layout.roles, p.batch, kBlockN, k_base);
   ThreadPool& pool = ThreadPool::shared();
   // K^T panels for key tiles that several query tiles visit and at least one sees whole (one
   // transpose per key tile and head instead of one per query tile; partial tiles are gathered and

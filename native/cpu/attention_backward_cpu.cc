@@ -1,0 +1,480 @@
+// maskedAttentionBackward on the CPU, FlashAttention-2 style: nothing of size [L, L] is stored; each
+// block of (query tile x key tile) pairs recomputes its scores and weights from q, k and the
+// forward's lse. Two passes, each writing only what its task owns, so no two workers ever add into
+// the same gradient row (no locks, no atomics, deterministic results):
+//   pass 1, one task per (sequence, key tile, kv head): dk and dv of its keys, summed over every
+//           query head of the kv head's group (GQA) and every query tile that may see the keys;
+//   pass 2, one task per (sequence, query tile, head): dq of its rows.
+// Blocks are classified with the forward's shared rule table (cuda/common/mask_rules.h): skipped
+// blocks cost nothing, full blocks run without per-pair checks, partial ones check each pair.
+#include "attention_backward_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../../cuda/common/tile_plan.h"
+#include "../thread_pool.h"
+#include "convert.h"
+#include "isa.h"
+#include "simd.h"
+
+namespace lk::cpu {
+namespace {
+
+constexpr int kRows = 32;  // query rows per tile
+constexpr int kCols = 64;  // keys per tile
+
+int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// Inputs as float32 copies, gradients narrowed into their dtype (parallel conversions, convert.h).
+std::vector<float> widen(const void* src, DType dtype, int64_t count) {
+  std::vector<float> out((size_t)count);
+  if (dtype == kFloat32) {
+    if (count) std::memcpy(out.data(), src, sizeof(float) * (size_t)count);
+  } else {
+    widen_to_float32(static_cast<const uint16_t*>(src), dtype, out.data(), count);
+  }
+  return out;
+}
+
+void narrow(const std::vector<float>& src, void* dst, DType dtype) {
+  if (dtype == kFloat32) {
+    if (!src.empty()) std::memcpy(dst, src.data(), sizeof(float) * src.size());
+  } else {
+    narrow_from_float32(src.data(), dtype, static_cast<uint16_t*>(dst), (int64_t)src.size());
+  }
+}
+
+// Tiles of `tile` tokens of every sequence (cuda/common/tile_plan.h numbering) and their summaries.
+struct TileSet {
+  std::vector<int32_t> base;
+  std::vector<TileSummary> sum;
+};
+
+TileSet tile_set(const LayoutView& layout, int batch, int tile) {
+  TileSet s;
+  s.base = tile_bases(layout.offsets, batch, tile);
+  s.sum = tile_summaries(layout.offsets, layout.segments, layout.roles, batch, tile, s.base);
+  return s;
+}
+
+struct Job {
+  const AttentionBackwardParams* p;
+  const float *q, *k, *v, *dout;
+  const float* lse;    // [tq, heads] (softmax)
+  const float* delta;  // [tq, heads] = dO · O (softmax)
+  float *dq, *dk, *dv; // float32 [.., heads, dim]
+  TileSet qt, kt;
+};
+
+constexpr int kMaxRows = 36;      // kRows rounded up to any GEMM shape's rows (simd.h: 4 or 6)
+constexpr int kMaxKeyRows = 66;   // kCols rounded up likewise
+constexpr int kMaxDim = 256;      // head sizes rounded up to any GEMM shape's columns (16 or 32)
+
+// Per-worker scratch, zero-padded to the GEMM shapes (simd.h) so the micro-kernels need no edges:
+// Q and dO rows (strides dp / dvp), K^T and V^T of a key tile, K rows (pass 2), P and scale · dS
+// [rows][kCols], their transposes [keys][kMaxRows] (pass 1), and two accumulators.
+struct Scratch {
+  std::vector<float> q, dout, kt, vt, krows, p, ds, pt, dst, acc_a, acc_b;
+  void init() {
+    q.assign((size_t)kMaxRows * kMaxDim, 0.0f);
+    dout.assign((size_t)kMaxRows * kMaxDim, 0.0f);
+    kt.assign((size_t)kMaxDim * kCols, 0.0f);
+    vt.assign((size_t)kMaxDim * kCols, 0.0f);
+    krows.assign((size_t)kCols * kMaxDim, 0.0f);
+    p.assign((size_t)kMaxRows * kCols, 0.0f);
+    ds.assign((size_t)kMaxRows * kCols, 0.0f);
+    pt.assign((size_t)kMaxKeyRows * kMaxRows, 0.0f);
+    dst.assign((size_t)kMaxKeyRows * kMaxRows, 0.0f);
+    acc_a.assign((size_t)kMaxKeyRows * kMaxDim, 0.0f);
+    acc_b.assign((size_t)kMaxKeyRows * kMaxDim, 0.0f);
+  }
+};
+
+// One query tile of sequence b (rows r0 .. r0 + nr of it), read for head h.
+struct QueryBlock {
+  int b, h, r0, nr;
+  int64_t q_start;
+  int align;  // bottom-right causal alignment Lk - Lq
+};
+
+// One key tile of sequence b (keys c0 .. c0 + nc), read for kv head g.
+struct KeyBlock {
+  int g, c0, nc;
+  int64_t k_start;
+};
+
+// Padded sizes for one GEMM shape.
+struct Pads {
+  int dp, dvp;  // D, Dv rounded up to the shape's columns
+  int rows;     // kRows rounded up to the shape's rows
+};
+
+template <typename Shape>
+Pads pads_for(const AttentionParams& f) {
+  return Pads{round_up(f.head_dim, Shape::kCols), round_up(f.value_dim, Shape::kCols), round_up(kRows, Shape::kRows)};
+}
+
+// Q and dO rows of the block (rows past nr and columns past D / Dv stay zero from init / earlier).
+LK_INLINE void load_query_rows(const Job& j, const QueryBlock& qb, const Pads& pd, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int D = f.head_dim, Dv = f.value_dim, H = f.heads;
+  for (int r = 0; r < pd.rows; ++r) {
+    float* qd = &s.q[(size_t)r * pd.dp];
+    float* od = &s.dout[(size_t)r * pd.dvp];
+    if (r < qb.nr) {
+      const int64_t qi = qb.q_start + qb.r0 + r;
+      std::memcpy(qd, j.q + (qi * H + qb.h) * D, sizeof(float) * D);
+      std::memcpy(od, j.dout + (qi * H + qb.h) * Dv, sizeof(float) * Dv);
+      std::fill(qd + D, qd + pd.dp, 0.0f);
+      std::fill(od + Dv, od + pd.dvp, 0.0f);
+    } else {
+      std::fill(qd, qd + pd.dp, 0.0f);
+      std::fill(od, od + pd.dvp, 0.0f);
+    }
+  }
+}
+
+// K^T and V^T of the key tile (columns past nc zero); with `rows`, also K rows [kCols][dp].
+LK_INLINE void load_key_columns(const Job& j, const KeyBlock& kb, const Pads& pd, bool rows, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int D = f.head_dim, Dv = f.value_dim, Hkv = f.kv_heads;
+  for (int c = 0; c < kCols; ++c) {
+    if (c < kb.nc) {
+      const float* krow = j.k + ((kb.k_start + kb.c0 + c) * Hkv + kb.g) * D;
+      const float* vrow = j.v + ((kb.k_start + kb.c0 + c) * Hkv + kb.g) * Dv;
+      for (int d = 0; d < D; ++d) s.kt[(size_t)d * kCols + c] = krow[d];
+      for (int d = 0; d < Dv; ++d) s.vt[(size_t)d * kCols + c] = vrow[d];
+      if (rows) {
+        std::memcpy(&s.krows[(size_t)c * pd.dp], krow, sizeof(float) * D);
+        std::fill(&s.krows[(size_t)c * pd.dp + D], &s.krows[(size_t)(c + 1) * pd.dp], 0.0f);
+      }
+    } else {
+      for (int d = 0; d < D; ++d) s.kt[(size_t)d * kCols + c] = 0.0f;
+      for (int d = 0; d < Dv; ++d) s.vt[(size_t)d * kCols + c] = 0.0f;
+      if (rows) std::fill(&s.krows[(size_t)c * pd.dp], &s.krows[(size_t)(c + 1) * pd.dp], 0.0f);
+    }
+  }
+}
+
+// Weights P and scaled score gradients scale · dS of the block's pairs: S = Q K^T and dP = dO V^T by
+// GEMM, then per row (8 lanes at a time) P = exp(scale S - lse), dS = P (dP - delta) (softmax) or
+// the silu forms (backward_params.h), and masked pairs set to 0 by selection. Returns whether any
+// pair of the block is allowed.
+template <typename Shape>
+LK_INLINE bool block_weights(const Job& j, const QueryBlock& qb, const KeyBlock& kb, int cls, const Pads& pd, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int H = f.heads, nc = kb.nc;
+  const int ncp = round_up(nc, Shape::kCols);
+  gemm_blocks<Shape>(pd.rows, ncp, f.head_dim, s.q.data(), pd.dp, s.kt.data(), kCols, s.p.data(), kCols, false);
+  gemm_blocks<Shape>(pd.rows, ncp, f.value_dim, s.dout.data(), pd.dvp, s.vt.data(), kCols, s.ds.data(), kCols, false);
+  const bool softmax = f.normalize == kSoftmax;
+  bool any = false;
+  for (int r = 0; r < qb.nr; ++r) {
+    float* prow = &s.p[(size_t)r * kCols];
+    float* dsrow = &s.ds[(size_t)r * kCols];
+    const int64_t qi = qb.q_start + qb.r0 + r;
+    if (softmax) {
+      const v8f lse = splat(j.lse[qi * H + qb.h]), delta = splat(j.delta[qi * H + qb.h]), scale = splat(f.scale);
+      for (int c = 0; c < ncp; c += 8) {  // softmax_weight / softmax_dscore, 8 lanes
+        const v8f w = exp8(load8(prow + c) * scale - lse);
+        store8(prow + c, w);
+        store8(dsrow + c, w * (load8(dsrow + c) - delta) * scale);
+      }
+    } else {
+      for (int c = 0; c < nc; ++c) {
+        float w, ds;
+        silu_weight_dscore(f.scale * prow[c], dsrow[c], f.silu_inv_divisor, &w, &ds);
+        prow[c] = w;
+        dsrow[c] = f.scale * ds;
+      }
+    }
+    if (cls == kTileFull) {
+      any = true;
+      continue;
+    }
+    const int rq = f.q_layout.roles ? f.q_layout.roles[qi] : 0;
+    const int sq = f.q_layout.segments ? f.q_layout.segments[qi] : 0;
+    const int pos_q = qb.r0 + r + qb.align;
+    for (int c = 0; c < nc; ++c) {
+      const int64_t ki = kb.k_start + kb.c0 + c;
+      if (pair_allowed(f.rule, rq, f.kv_layout.roles ? f.kv_layout.roles[ki] : 0, sq,
+                       f.kv_layout.segments ? f.kv_layout.segments[ki] : 0, pos_q, kb.c0 + c)) {
+        any = true;
+      } else {
+        prow[c] = 0.0f;
+        dsrow[c] = 0.0f;
+      }
+    }
+  }
+  return any;
+}
+
+QueryBlock query_block(const AttentionParams& f, int b, int tile, int h) {
+  QueryBlock qb;
+  qb.b = b;
+  qb.h = h;
+  qb.q_start = f.q_layout.offsets[b];
+  const int lq = f.q_layout.offsets[b + 1] - (int)qb.q_start;
+  qb.align = (f.kv_layout.offsets[b + 1] - f.kv_layout.offsets[b]) - lq;
+  qb.r0 = tile * kRows;
+  qb.nr = std::min(kRows, lq - qb.r0);
+  return qb;
+}
+
+KeyBlock key_block(const AttentionParams& f, int b, int tile, int g) {
+  KeyBlock kb;
+  kb.g = g;
+  kb.k_start = f.kv_layout.offsets[b];
+  kb.c0 = tile * kCols;
+  kb.nc = std::min(kCols, f.kv_layout.offsets[b + 1] - (int)kb.k_start - kb.c0);
+  return kb;
+}
+
+TileBounds query_bounds(const Job& j, const QueryBlock& qb, int tile) {
+  return TileBounds{j.qt.sum[(size_t)(j.qt.base[(size_t)qb.b] + tile)], qb.r0 + qb.align, qb.r0 + qb.nr - 1 + qb.align};
+}
+TileBounds key_bounds(const Job& j, int b, const KeyBlock& kb, int tile) {
+  return TileBounds{j.kt.sum[(size_t)(j.kt.base[(size_t)b] + tile)], kb.c0, kb.c0 + kb.nc - 1};
+}
+
+// Pass 1: dk, dv of key tile `tile` of sequence b for kv head g: dV += P^T dO and dK += dS^T Q by
+// GEMM; when the block's Q or dO rows hold a NaN / Inf, by selection over the allowed pairs instead
+// (a masked pair's 0 times a NaN would leak through the product).
+template <typename Shape>
+LK_INLINE void key_tile_grads(const Job& j, int b, int tile, int g, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int D = f.head_dim, Dv = f.value_dim, group = f.heads / f.kv_heads;
+  const Pads pd = pads_for<Shape>(f);
+  const KeyBlock kb = key_block(f, b, tile, g);
+  const int key_rows = round_up(kb.nc, Shape::kRows);
+  const TileBounds kbounds = key_bounds(j, b, kb, tile);
+  float* dk = s.acc_a.data();  // [key_rows][dp]
+  float* dv = s.acc_b.data();  // [key_rows][dvp]
+  std::fill(dk, dk + (size_t)key_rows * pd.dp, 0.0f);
+  std::fill(dv, dv + (size_t)key_rows * pd.dvp, 0.0f);
+  load_key_columns(j, kb, pd, false, s);
+  const int q_tiles = j.qt.base[(size_t)b + 1] - j.qt.base[(size_t)b];
+  for (int h = g * group; h < (g + 1) * group; ++h) {
+    for (int qt = 0; qt < q_tiles; ++qt) {
+      const QueryBlock qb = query_block(f, b, qt, h);
+      const int cls = classify_tile(f.rule, query_bounds(j, qb, qt), kbounds);
+      if (cls == kTileSkip) continue;
+      load_query_rows(j, qb, pd, s);
+      if (!block_weights<Shape>(j, qb, kb, cls, pd, s)) continue;
+      if (all_finite(s.q.data(), qb.nr * pd.dp) && all_finite(s.dout.data(), qb.nr * pd.dvp)) {
+        for (int c = 0; c < key_rows; ++c)
+          for (int r = 0; r < qb.nr; ++r) {
+            s.pt[(size_t)c * kMaxRows + r] = c < kb.nc ? s.p[(size_t)r * kCols + c] : 0.0f;
+            s.dst[(size_t)c * kMaxRows + r] = c < kb.nc ? s.ds[(size_t)r * kCols + c] : 0.0f;
+          }
+        gemm_blocks<Shape>(key_rows, pd.dvp, qb.nr, s.pt.data(), kMaxRows, s.dout.data(), pd.dvp, dv, pd.dvp, true);
+        gemm_blocks<Shape>(key_rows, pd.dp, qb.nr, s.dst.data(), kMaxRows, s.q.data(), pd.dp, dk, pd.dp, true);
+        continue;
+      }
+      for (int r = 0; r < qb.nr; ++r) {
+        const float* dorow = &s.dout[(size_t)r * pd.dvp];
+        const float* qrow = &s.q[(size_t)r * pd.dp];
+        for (int c = 0; c < kb.nc; ++c) {
+          const float pw = s.p[(size_t)r * kCols + c], dsw = s.ds[(size_t)r * kCols + c];
+          if (pw == 0.0f && dsw == 0.0f) continue;  // masked (by selection): a NaN q / dO row stays out
+          for (int d = 0; d < Dv; ++d) dv[(size_t)c * pd.dvp + d] += pw * dorow[d];
+          for (int d = 0; d < D; ++d) dk[(size_t)c * pd.dp + d] += dsw * qrow[d];
+        }
+      }
+    }
+  }
+  for (int c = 0; c < kb.nc; ++c) {
+    const int64_t ki = kb.k_start + kb.c0 + c;
+    std::memcpy(j.dk + (ki * f.kv_heads + g) * D, dk + (size_t)c * pd.dp, sizeof(float) * D);
+    std::memcpy(j.dv + (ki * f.kv_heads + g) * Dv, dv + (size_t)c * pd.dvp, sizeof(float) * Dv);
+  }
+}
+
+// Pass 2: dq of query tile `tile` of sequence b for head h: dQ += dS K by GEMM, or by selection over
+// the allowed pairs when the key block holds a NaN / Inf.
+template <typename Shape>
+LK_INLINE void query_tile_grads(const Job& j, int b, int tile, int h, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int D = f.head_dim, g = h / (f.heads / f.kv_heads);
+  const Pads pd = pads_for<Shape>(f);
+  const QueryBlock qb = query_block(f, b, tile, h);
+  const TileBounds qbounds = query_bounds(j, qb, tile);
+  float* dq = s.acc_a.data();  // [rows][dp]
+  std::fill(dq, dq + (size_t)pd.rows * pd.dp, 0.0f);
+  load_query_rows(j, qb, pd, s);
+  const int lk = f.kv_layout.offsets[b + 1] - f.kv_layout.offsets[b];
+  const int key_end = visible_key_end(f.rule, qbounds, lk);
+  for (int kt = 0; kt * kCols < key_end; ++kt) {
+    const KeyBlock kb = key_block(f, b, kt, g);
+    const int cls = classify_tile(f.rule, qbounds, key_bounds(j, b, kb, kt));
+    if (cls == kTileSkip) continue;
+    load_key_columns(j, kb, pd, true, s);
+    if (!block_weights<Shape>(j, qb, kb, cls, pd, s)) continue;
+    if (all_finite(s.krows.data(), kb.nc * pd.dp)) {
+      gemm_blocks<Shape>(pd.rows, pd.dp, kb.nc, s.ds.data(), kCols, s.krows.data(), pd.dp, dq, pd.dp, true);
+      continue;
+    }
+    for (int r = 0; r < qb.nr; ++r)
+      for (int c = 0; c < kb.nc; ++c) {
+        const float dsw = s.ds[(size_t)r * kCols + c];
+        if (dsw == 0.0f) continue;  // masked (by selection): a masked key's NaN / Inf stays out of dq
+        const float* krow = &s.krows[(size_t)c * pd.dp];
+        for (int d = 0; d < D; ++d) dq[(size_t)r * pd.dp + d] += dsw * krow[d];
+      }
+  }
+  for (int r = 0; r < qb.nr; ++r)
+    std::memcpy(j.dq + ((qb.q_start + qb.r0 + r) * f.heads + h) * D, dq + (size_t)r * pd.dp, sizeof(float) * D);
+}
+
+// One entry per instruction set, each compiled for it (native/cpu/isa.h).
+using TileFn = void (*)(const Job&, int, int, int, Scratch&);
+#if LK_ISA_X86
+LK_TARGET_AVX512 void keys_avx512(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx512>(j, b, t, g, s); }
+LK_TARGET_AVX512 void queries_avx512(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmAvx512>(j, b, t, h, s); }
+LK_TARGET_AVX2 void keys_avx2(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx2>(j, b, t, g, s); }
+LK_TARGET_AVX2 void queries_avx2(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmAvx2>(j, b, t, h, s); }
+#endif
+#if LK_ISA_NEON
+void keys_neon(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmNeon>(j, b, t, g, s); }
+void queries_neon(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmNeon>(j, b, t, h, s); }
+#endif
+void keys_portable(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmBaseline>(j, b, t, g, s); }
+void queries_portable(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmBaseline>(j, b, t, h, s); }
+
+const IsaTable<TileFn> kKeyTiles = {{keys_portable, LK_IF_NEON(keys_neon), LK_IF_X86(keys_avx2), LK_IF_X86(keys_avx512), nullptr}};
+const IsaTable<TileFn> kQueryTiles = {{queries_portable, LK_IF_NEON(queries_neon), LK_IF_X86(queries_avx2), LK_IF_X86(queries_avx512), nullptr}};
+
+}  // namespace
+
+void masked_attention_backward(const AttentionBackwardParams& p) {
+  const AttentionParams& f = p.fwd;
+  const int H = f.heads, D = f.head_dim, Dv = f.value_dim, Hkv = f.kv_heads;
+  const std::vector<float> q = widen(f.q, f.dtype, f.tq * H * D);
+  const std::vector<float> k = widen(f.k, f.dtype, f.tk * Hkv * D);
+  const std::vector<float> v = widen(f.v, f.dtype, f.tk * Hkv * Dv);
+  const std::vector<float> dout = widen(p.d_out, f.dtype, f.tq * H * Dv);
+  std::vector<float> delta;
+  ThreadPool& pool = ThreadPool::shared();
+  if (f.normalize == kSoftmax) {
+    const std::vector<float> out = widen(f.out, f.dtype, f.tq * H * Dv);
+    delta.resize((size_t)(f.tq * H));
+    const int64_t chunk = 4096;
+    pool.parallel_for((f.tq * H + chunk - 1) / chunk, [&](int64_t task, int) {
+      const int64_t end = std::min<int64_t>(f.tq * H, (task + 1) * chunk);
+      for (int64_t row = task * chunk; row < end; ++row) {
+        float acc = 0.0f;
+        for (int d = 0; d < Dv; ++d) acc += dout[(size_t)(row * Dv + d)] * out[(size_t)(row * Dv + d)];
+        delta[(size_t)row] = acc;
+      }
+    });
+  }
+  std::vector<float> dq((size_t)(f.tq * H * D)), dk((size_t)(f.tk * Hkv * D)), dv((size_t)(f.tk * Hkv * Dv));
+  Job job{&p, q.data(), k.data(), v.data(), dout.data(), f.lse, delta.data(), dq.data(), dk.data(), dv.data(),
+          tile_set(f.q_layout, f.batch, kRows), tile_set(f.kv_layout, f.batch, kCols)};
+
+  std::vector<Scratch> scratch(pool.size());
+  for (auto& s : scratch) s.init();
+  const TileFn key_tiles = isa_pick(kKeyTiles), query_tiles = isa_pick(kQueryTiles);  // one path for the whole call
+  // Later tiles first: under causal rules they meet the most pairs (shorter tail).
+  const std::vector<TileRef> key_tasks = tiles_longest_first(job.kt.base);
+  pool.parallel_for((int64_t)key_tasks.size() * Hkv, [&](int64_t i, int worker) {
+    const TileRef& t = key_tasks[(size_t)(i / Hkv)];
+    key_tiles(job, t.seq, t.tile, (int)(i % Hkv), scratch[(size_t)worker]);
+  });
+  const std::vector<TileRef> query_tasks = tiles_longest_first(job.qt.base);
+  pool.parallel_for((int64_t)query_tasks.size() * H, [&](int64_t i, int worker) {
+    const TileRef& t = query_tasks[(size_t)(i / H)];
+    query_tiles(job, t.seq, t.tile, (int)(i % H), scratch[(size_t)worker]);
+  });
+  narrow(dq, p.dq, f.dtype);
+  narrow(dk, p.dk, f.dtype);
+  narrow(dv, p.dv, f.dtype);
+}
+
+// sparseAttentionBackward: one task per (batch entry, kv head) owns the dk / dv rows of the entry's
+// keys and the dq rows of its queries for the group's heads, so the scatter-add of duplicated or
+// shared indices needs no atomics.
+void sparse_attention_backward(const SparseBackwardParams& p) {
+  const SparseParams& f = p.fwd;
+  const int H = f.heads, D = f.head_dim, Dv = f.value_dim, Hkv = f.kv_heads, K = f.top_k, group = H / Hkv;
+  const std::vector<float> q = widen(f.q, f.dtype, f.nq * H * D);
+  const std::vector<float> k = widen(f.k, f.dtype, f.tk * Hkv * D);
+  const std::vector<float> v = widen(f.v, f.dtype, f.tk * Hkv * Dv);
+  const std::vector<float> out = widen(f.out, f.dtype, f.nq * H * Dv);
+  const std::vector<float> dout = widen(p.d_out, f.dtype, f.nq * H * Dv);
+  std::vector<float> dq((size_t)(f.nq * H * D)), dk((size_t)(f.tk * Hkv * D)), dv((size_t)(f.tk * Hkv * Dv));
+  ThreadPool::shared().parallel_for((int64_t)f.batch * Hkv, [&](int64_t task, int) {
+    const int b = (int)(task / Hkv), g = (int)(task % Hkv);
+    const int64_t k_start = f.k_offsets[b];
+    for (int64_t i = f.q_offsets[b]; i < f.q_offsets[b + 1]; ++i) {
+      for (int h = g * group; h < (g + 1) * group; ++h) {
+        const float* qrow = &q[(size_t)((i * H + h) * D)];
+        const float* dorow = &dout[(size_t)((i * H + h) * Dv)];
+        const float lse = f.lse[i * H + h];
+        float delta = 0.0f;
+        for (int d = 0; d < Dv; ++d) delta += dorow[d] * out[(size_t)((i * H + h) * Dv + d)];
+        float* dqrow = &dq[(size_t)((i * H + h) * D)];
+        for (int x = 0; x < K; ++x) {
+          const int32_t j = f.indices[i * K + x];
+          if (j < 0) continue;
+          const size_t krow = (size_t)(((k_start + j) * Hkv + g) * D), vrow = (size_t)(((k_start + j) * Hkv + g) * Dv);
+          float score = 0.0f, dp = 0.0f;
+          for (int d = 0; d < D; ++d) score += qrow[d] * k[krow + d];
+          for (int d = 0; d < Dv; ++d) dp += dorow[d] * v[vrow + d];
+          const float weight = softmax_weight(f.scale * score, lse);
+          const float ds = f.scale * softmax_dscore(weight, dp, delta);
+          for (int d = 0; d < Dv; ++d) dv[vrow + d] += weight * dorow[d];
+          for (int d = 0; d < D; ++d) {
+            dqrow[d] += ds * k[krow + d];
+            dk[krow + d] += ds * qrow[d];
+          }
+        }
+      }
+    }
+  });
+  narrow(dq, p.dq, f.dtype);
+  narrow(dk, p.dk, f.dtype);
+  narrow(dv, p.dv, f.dtype);
+}
+
+// indexerScoresBackward: one task per batch entry owns its queries' dqI / dw and its keys' dkI.
+void indexer_scores_backward(const IndexerBackwardParams& p) {
+  const IndexerParams& f = p.fwd;
+  const int Hi = f.heads, Di = f.dim, lmax = f.max_len;
+  const std::vector<float> q = widen(f.q, f.dtype, f.nq * Hi * Di);
+  const std::vector<float> k = widen(f.k, f.dtype, f.tk * Di);
+  const std::vector<float> w = widen(f.w, f.dtype, f.nq * Hi);
+  std::vector<float> dq((size_t)(f.nq * Hi * Di)), dk((size_t)(f.tk * Di)), dw((size_t)(f.nq * Hi));
+  ThreadPool::shared().parallel_for(f.batch, [&](int64_t b, int) {
+    const int64_t k_start = f.k_offsets[b];
+    const int len = f.k_offsets[b + 1] - (int)k_start;
+    for (int64_t i = f.q_offsets[b]; i < f.q_offsets[b + 1]; ++i) {
+      for (int j = 0; j < len; ++j) {
+        const float grad = p.d_scores[i * lmax + j];
+        const float* krow = &k[(size_t)((k_start + j) * Di)];
+        float* dkrow = &dk[(size_t)((k_start + j) * Di)];
+        for (int h = 0; h < Hi; ++h) {
+          const float* qrow = &q[(size_t)((i * Hi + h) * Di)];
+          float a = 0.0f;
+          for (int d = 0; d < Di; ++d) a += qrow[d] * krow[d];
+          if (!(a > 0.0f)) continue;  // relu'(a) = 0 for a <= 0 (and NaN)
+          dw[(size_t)(i * Hi + h)] += grad * a;
+          const float da = grad * w[(size_t)(i * Hi + h)];
+          float* dqrow = &dq[(size_t)((i * Hi + h) * Di)];
+          for (int d = 0; d < Di; ++d) {
+            dqrow[d] += da * krow[d];
+            dkrow[d] += da * qrow[d];
+          }
+        }
+      }
+    }
+  });
+  narrow(dq, p.dq, f.dtype);
+  narrow(dk, p.dk, f.dtype);
+  narrow(dw, p.dw, f.dtype);
+}
+
+}  // namespace lk::cpu
