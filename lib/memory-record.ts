@@ -5,7 +5,7 @@
 import { randomBytes } from 'crypto';
 import { crc32 } from './crc32';
 
-export const RECORD_MAGIC = Buffer.from('LKMR', 'latin1');
+export const RECORD_MAGIC: Buffer = Buffer.from('LKMR', 'latin1');
 export const RECORD_FORMAT_VERSION = 1;
 export const RECORD_HEADER_BYTES = 32;
 export const RECORD_TRAILER_BYTES = 4;  // CRC-32 of header and payload
