@@ -6,12 +6,14 @@
       "native/thread_pool.cc",
       "native/op_queue.cc",
       "native/cpu/attention_cpu.cc",
+      "native/cpu/mask_plan_cpu.cc",
       "native/cpu/gather_rows_cpu.cc",
       "native/cpu/sparse_cpu.cc"
     ],
     "lk_cuda_sources": [
       "cuda/runtime.cu",
       "cuda/attention/masked_attention.cu",
+      "cuda/attention/mask_plan.cu",
       "cuda/memory/gather_rows.cu",
       "cuda/sparse/sparse.cu"
     ],

@@ -8,6 +8,7 @@
 
 #include "common/attention_params.h"
 #include "common/gather_params.h"
+#include "common/mask_plan_host.h"
 #include "common/sparse_params.h"
 
 namespace lk::cuda {
@@ -36,8 +37,12 @@ std::string copy_to_host(void* dst, const void* src, size_t bytes);
 std::string copy_on_device(void* dst, const void* src, size_t bytes);
 std::string zero(void* ptr, size_t bytes);
 
-// q/k/v/out/lse are device pointers; the layout arrays in p are HOST pointers (uploaded here).
-std::string masked_attention(const AttentionParams& p);
+// q/k/v/out/lse are device pointers; the layout arrays in p are HOST pointers. With a plan (a
+// MaskPlan of the same layouts and rule) its device geometry is used (built on first use and kept);
+// without, one is built for the call (attention/mask_plan.cu).
+std::string masked_attention(const AttentionParams& p, PlanState* plan = nullptr);
+// Builds the geometry of `plan` that a call shaped like `like` (dtype, head sizes) will walk.
+std::string prepare_mask_plan(PlanState& plan, const AttentionParams& like);
 
 // Row gather / blend behind MemoryBank; the plan arrays in p are HOST pointers (uploaded here).
 std::string gather_rows(const GatherParams& p);

@@ -10,13 +10,14 @@
 #include "../../cuda/common/ieee.h"
 #include "../../cuda/common/tile_plan.h"
 #include "../thread_pool.h"
+#include "mask_plan_cpu.h"
 #include "simd.h"
 
 namespace lk::cpu {
 namespace {
 
-constexpr int kBlockM = 32;    // query rows per task
-constexpr int kBlockN = 64;    // keys per block of the key loop
+constexpr int kBlockM = kPlanBlockM;  // query rows per task (the plan's query tiles)
+constexpr int kBlockN = kPlanBlockN;  // keys per block of the key loop (the plan's key tiles)
 constexpr int kMaxRows = 36;   // kBlockM rounded up to any micro-kernel's row count
 constexpr int kMaxCols = 256;  // value_dim rounded up to any micro-kernel's column count
 constexpr float kNegInf = -INFINITY;
@@ -88,6 +89,7 @@ struct Job {
   const TileSummary* k_tiles;  // every real key tile, likewise by k_base
   const int32_t* q_base;
   const int32_t* k_base;
+  const KeyRun* runs;  // the plan's key runs (mask_plan.h)
 };
 
 // Everything one (sequence, query tile, head) task needs while it walks its keys.
@@ -268,12 +270,13 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
   gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, sc.o.get(), dvp, true);
 }
 
-// One query tile of one head of one sequence. Key tiles are classified with the shared rule table:
-// skipped tiles cost nothing, full tiles run without per-element checks, and from partial tiles only
-// the keys that some query of the tile may see are gathered into dense blocks, so the work follows
-// the allowed pairs even for masks as sparse as PerSRec's.
+// One query tile of one head of one sequence: the plan's work item w. Only the key tiles of its
+// runs are visited: full tiles run without per-element checks, and from partial tiles only the keys
+// that some query of the tile may see are gathered into dense blocks, so the work follows the
+// allowed pairs even for masks as sparse as PerSRec's.
 template <typename Shape>
-LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratch& sc) {
+LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h, Scratch& sc) {
+  const int b = w.seq, q_tile = w.tile;
   const AttentionParams& p = *job.p;
   TileTask t;
   t.job = &job;
@@ -311,18 +314,17 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
     sc.seen[r] = false;
   }
 
-  const int key_end = visible_key_end(p.rule, t.qb, Lk);
-  const int n_key_tiles = (key_end + kBlockN - 1) / kBlockN;
   const int32_t* kseg = p.kv_layout.segments;
   const uint8_t* krole = p.kv_layout.roles;
   int pending = 0;  // keys gathered from partial tiles, waiting for a full block
   int full_keys[kBlockN];
-  for (int kt = 0; kt < n_key_tiles; ++kt) {
+  KeyTileCursor cursor;
+  cursor.start(job.runs, w);
+  int kt = 0, cls = kTileSkip;
+  while (cursor.next(&kt, &cls)) {
     const int col0 = kt * kBlockN;
     const int cols = std::min(kBlockN, Lk - col0);
     const TileBounds kb{job.k_tiles[job.k_base[b] + kt], col0, col0 + cols - 1};
-    const int cls = classify_tile(p.rule, t.qb, kb);
-    if (cls == kTileSkip) continue;
     if (cls == kTileFull) {
       std::memcpy(full_keys, sc.keys, sizeof(int) * pending);  // park the pending gather
       for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
@@ -376,15 +378,15 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
 }
 
 // One entry per instruction set, each compiled for it; chosen once at run time.
-__attribute__((target("arch=x86-64-v4"))) void attend_tile_avx512(const Job& j, int b, int t, int h, Scratch& s) {
-  attend_tile_impl<GemmAvx512>(j, b, t, h, s);
+__attribute__((target("arch=x86-64-v4"))) void attend_tile_avx512(const Job& j, const PlanWork& w, int h, Scratch& s) {
+  attend_tile_impl<GemmAvx512>(j, w, h, s);
 }
-__attribute__((target("arch=x86-64-v3"))) void attend_tile_avx2(const Job& j, int b, int t, int h, Scratch& s) {
-  attend_tile_impl<GemmAvx2>(j, b, t, h, s);
+__attribute__((target("arch=x86-64-v3"))) void attend_tile_avx2(const Job& j, const PlanWork& w, int h, Scratch& s) {
+  attend_tile_impl<GemmAvx2>(j, w, h, s);
 }
-void attend_tile_baseline(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmBaseline>(j, b, t, h, s); }
+void attend_tile_baseline(const Job& j, const PlanWork& w, int h, Scratch& s) { attend_tile_impl<GemmBaseline>(j, w, h, s); }
 
-using AttendTileFn = void (*)(const Job&, int, int, int, Scratch&);
+using AttendTileFn = void (*)(const Job&, const PlanWork&, int, Scratch&);
 
 AttendTileFn select_attend_tile() {
   __builtin_cpu_init();
@@ -393,23 +395,9 @@ AttendTileFn select_attend_tile() {
   return attend_tile_baseline;
 }
 
-// Summaries of the batch's real tiles of `tile` tokens, sequence b's at [base[b], base[b + 1]):
-// memory and time follow the tokens, not batch x the longest sequence (cuda/common/tile_plan.h).
-std::vector<TileSummary> summarize(const LayoutView& layout, int batch, int tile, const std::vector<int32_t>& base) {
-  std::vector<TileSummary> out((size_t)base[(size_t)batch]);
-  for (int b = 0; b < batch; ++b) {
-    for (int t = 0; t < base[(size_t)b + 1] - base[(size_t)b]; ++t) {
-      int64_t lo, hi;
-      tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, t, &lo, &hi);
-      out[(size_t)(base[(size_t)b] + t)] = summarize_tokens(layout.segments, layout.roles, lo, hi);
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
-void masked_attention(const AttentionParams& p) {
+void masked_attention(const AttentionParams& p, PlanState* plan) {
   const int64_t q_count = p.tq * p.heads * p.head_dim;
   const int64_t k_count = p.tk * p.kv_heads * p.head_dim;
   const int64_t v_count = p.tk * p.kv_heads * p.value_dim;
@@ -424,23 +412,34 @@ void masked_attention(const AttentionParams& p) {
     out = out_f32.get();
   }
 
-  // Only real tiles exist: an empty sequence costs a prefix-sum entry, whatever the longest one is.
-  const std::vector<int32_t> q_base = tile_bases(p.q_layout.offsets, p.batch, kBlockM);
-  const std::vector<int32_t> k_base = tile_bases(p.kv_layout.offsets, p.batch, kBlockN);
-  const std::vector<TileSummary> q_tiles = summarize(p.q_layout, p.batch, kBlockM, q_base);
-  const std::vector<TileSummary> k_tiles = summarize(p.kv_layout, p.batch, kBlockN, k_base);
-  const Job job{&p, q.data, k.data, v.data, out, q_tiles.data(), k_tiles.data(), q_base.data(), k_base.data()};
-
-  // Tasks = (sequence, query tile, head); later query tiles first since causal ones cost most.
-  const std::vector<TileRef> tasks = tiles_longest_first(q_base);
+  // The plan: the MaskPlan's (built once, kept) or one for this call. Only real tiles exist: an
+  // empty sequence costs a prefix-sum entry, whatever the longest one is.
+  std::unique_ptr<CpuPlanGeometry> own;
+  const CpuPlanGeometry* g = nullptr;
+  if (plan) {
+    g = &cpu_plan_geometry(*plan);
+  } else {
+    PlanInputs in;
+    in.batch = p.batch;
+    in.tq = p.tq;
+    in.tk = p.tk;
+    in.q = p.q_layout;
+    in.kv = p.kv_layout;
+    in.rule = p.rule;
+    own = build_cpu_plan(in);
+    g = own.get();
+  }
+  const Job job{&p, q.data, k.data, v.data, out, g->q_tiles.data(), g->k_tiles.data(), g->q_base.data(), g->k_base.data(),
+                g->runs.data()};
+  // Tasks = (work item, head), heaviest work items first.
+  const std::vector<PlanWork>& tasks = g->work;
 
   ThreadPool& pool = ThreadPool::shared();
   std::vector<Scratch> scratch(pool.size());
   for (auto& sc : scratch) sc.init(p.head_dim);
   static const AttendTileFn attend_tile = select_attend_tile();
   pool.parallel_for((int64_t)tasks.size() * p.heads, [&](int64_t i, int worker) {
-    const TileRef& t = tasks[i / p.heads];
-    attend_tile(job, t.seq, t.tile, (int)(i % p.heads), scratch[worker]);
+    attend_tile(job, tasks[(size_t)(i / p.heads)], (int)(i % p.heads), scratch[worker]);
   });
 
   if (p.dtype != kFloat32) {
