@@ -100,14 +100,7 @@ std::string masked_attention(const AttentionParams& host, PlanState* state) {
   if (state) {
     err = cuda_plan_geometry(*state, bm, bn, &g);
   } else {
-    PlanInputs in;
-    in.batch = host.batch;
-    in.tq = host.tq;
-    in.tk = host.tk;
-    in.q = host.q_layout;
-    in.kv = host.kv_layout;
-    in.rule = host.rule;
-    err = build_cuda_plan(in, bm, bn, &own);
+    err = build_cuda_plan(plan_inputs_of(host), bm, bn, &own);
     g = own.get();
   }
   if (!err.empty()) return err;

@@ -419,14 +419,7 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   if (plan) {
     g = &cpu_plan_geometry(*plan);
   } else {
-    PlanInputs in;
-    in.batch = p.batch;
-    in.tq = p.tq;
-    in.tk = p.tk;
-    in.q = p.q_layout;
-    in.kv = p.kv_layout;
-    in.rule = p.rule;
-    own = build_cpu_plan(in);
+    own = build_cpu_plan(plan_inputs_of(p));
     g = own.get();
   }
   const Job job{&p, q.data, k.data, v.data, out, g->q_tiles.data(), g->k_tiles.data(), g->q_base.data(), g->k_base.data(),
