@@ -12,13 +12,14 @@
 #include "../thread_pool.h"
 #include "convert.h"
 #include "isa.h"
+#include "mask_plan_cpu.h"
 #include "simd.h"
 
 namespace lk::cpu {
 namespace {
 
-constexpr int kBlockM = 32;    // query rows per task
-constexpr int kBlockN = 64;    // keys per block of the key loop
+constexpr int kBlockM = kPlanBlockM;  // query rows per task (the plan's query tiles)
+constexpr int kBlockN = kPlanBlockN;  // keys per block of the key loop (the plan's key tiles)
 constexpr int kMaxRows = 36;   // kBlockM rounded up to any micro-kernel's row count
 constexpr int kMaxCols = 256;  // value_dim rounded up to any micro-kernel's column count
 constexpr float kNegInf = -INFINITY;
@@ -93,6 +94,7 @@ struct Job {
   // the sequence: panel_of_tile[key tile] indexes them, -1 for sequences of one query tile.
   const float* kt_panels;
   const int64_t* panel_of_tile;
+  const KeyRun* runs;  // the plan's key runs (mask_plan.h)
 };
 
 // Everything one (sequence, query tile, head) task needs while it walks its keys.
@@ -321,12 +323,13 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
   gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, sc.o.get(), dvp, true);
 }
 
-// One query tile of one head of one sequence. Key tiles are classified with the shared rule table:
-// skipped tiles cost nothing, full tiles run without per-element checks, and from partial tiles only
-// the keys that some query of the tile may see are gathered into dense blocks, so the work follows
-// the allowed pairs even for masks as sparse as PerSRec's.
+// One query tile of one head of one sequence: the plan's work item w. Only the key tiles of its
+// runs are visited: full tiles run without per-element checks, and from partial tiles only the keys
+// that some query of the tile may see are gathered into dense blocks, so the work follows the
+// allowed pairs even for masks as sparse as PerSRec's.
 template <typename Shape>
-LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratch& sc) {
+LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h, Scratch& sc) {
+  const int b = w.seq, q_tile = w.tile;
   const AttentionParams& p = *job.p;
   TileTask t;
   t.job = &job;
@@ -365,18 +368,17 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
     sc.seen[r] = false;
   }
 
-  const int key_end = visible_key_end(p.rule, t.qb, Lk);
-  const int n_key_tiles = (key_end + kBlockN - 1) / kBlockN;
   const int32_t* kseg = p.kv_layout.segments;
   const uint8_t* krole = p.kv_layout.roles;
   int pending = 0;  // keys gathered from partial tiles, waiting for a full block
   int full_keys[kBlockN];
-  for (int kt = 0; kt < n_key_tiles; ++kt) {
+  KeyTileCursor cursor;
+  cursor.start(job.runs, w);
+  int kt = 0, cls = kTileSkip;
+  while (cursor.next(&kt, &cls)) {
     const int col0 = kt * kBlockN;
     const int cols = std::min(kBlockN, Lk - col0);
     const TileBounds kb{job.k_tiles[job.k_base[b] + kt], col0, col0 + cols - 1};
-    const int cls = classify_tile(p.rule, t.qb, kb);
-    if (cls == kTileSkip) continue;
     if (cls == kTileFull) {
       std::memcpy(full_keys, sc.keys, sizeof(int) * pending);  // park the pending gather
       for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
@@ -434,35 +436,21 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
 
 // One entry per instruction set, each compiled for it (native/cpu/isa.h).
 #if LK_ISA_X86
-LK_TARGET_AVX512 void attend_tile_avx512(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmAvx512>(j, b, t, h, s); }
-LK_TARGET_AVX2 void attend_tile_avx2(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmAvx2>(j, b, t, h, s); }
+LK_TARGET_AVX512 void attend_tile_avx512(const Job& j, const PlanWork& w, int h, Scratch& s) { attend_tile_impl<GemmAvx512>(j, w, h, s); }
+LK_TARGET_AVX2 void attend_tile_avx2(const Job& j, const PlanWork& w, int h, Scratch& s) { attend_tile_impl<GemmAvx2>(j, w, h, s); }
 #endif
 #if LK_ISA_NEON
-void attend_tile_neon(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmNeon>(j, b, t, h, s); }
+void attend_tile_neon(const Job& j, const PlanWork& w, int h, Scratch& s) { attend_tile_impl<GemmNeon>(j, w, h, s); }
 #endif
-void attend_tile_portable(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmBaseline>(j, b, t, h, s); }
+void attend_tile_portable(const Job& j, const PlanWork& w, int h, Scratch& s) { attend_tile_impl<GemmBaseline>(j, w, h, s); }
 
-using AttendTileFn = void (*)(const Job&, int, int, int, Scratch&);
+using AttendTileFn = void (*)(const Job&, const PlanWork&, int, Scratch&);
 const IsaTable<AttendTileFn> kAttendTile = {{attend_tile_portable, LK_IF_NEON(attend_tile_neon), LK_IF_X86(attend_tile_avx2),
                                              LK_IF_X86(attend_tile_avx512), nullptr}};
 
-// Summaries of the batch's real tiles of `tile` tokens, sequence b's at [base[b], base[b + 1]):
-// memory and time follow the tokens, not batch x the longest sequence (cuda/common/tile_plan.h).
-std::vector<TileSummary> summarize(const LayoutView& layout, int batch, int tile, const std::vector<int32_t>& base) {
-  std::vector<TileSummary> out((size_t)base[(size_t)batch]);
-  for (int b = 0; b < batch; ++b) {
-    for (int t = 0; t < base[(size_t)b + 1] - base[(size_t)b]; ++t) {
-      int64_t lo, hi;
-      tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, t, &lo, &hi);
-      out[(size_t)(base[(size_t)b] + t)] = summarize_tokens(layout.segments, layout.roles, lo, hi);
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
-void masked_attention(const AttentionParams& p) {
+void masked_attention(const AttentionParams& p, PlanState* plan) {
   const int64_t q_count = p.tq * p.heads * p.head_dim;
   const int64_t k_count = p.tk * p.kv_heads * p.head_dim;
   const int64_t v_count = p.tk * p.kv_heads * p.value_dim;
@@ -477,11 +465,18 @@ void masked_attention(const AttentionParams& p) {
     out = out_f32.get();
   }
 
-  // Only real tiles exist: an empty sequence costs a prefix-sum entry, whatever the longest one is.
-  const std::vector<int32_t> q_base = tile_bases(p.q_layout.offsets, p.batch, kBlockM);
-  const std::vector<int32_t> k_base = tile_bases(p.kv_layout.offsets, p.batch, kBlockN);
-  const std::vector<TileSummary> q_tiles = summarize(p.q_layout, p.batch, kBlockM, q_base);
-  const std::vector<TileSummary> k_tiles = summarize(p.kv_layout, p.batch, kBlockN, k_base);
+  // The plan: the MaskPlan's (built once, kept) or one for this call. Only real tiles exist: an
+  // empty sequence costs a prefix-sum entry, whatever the longest one is.
+  std::unique_ptr<CpuPlanGeometry> own;
+  const CpuPlanGeometry* g = nullptr;
+  if (plan) {
+    g = &cpu_plan_geometry(*plan);
+  } else {
+    own = build_cpu_plan(plan_inputs_of(p));
+    g = own.get();
+  }
+  const std::vector<int32_t>& q_base = g->q_base;
+  const std::vector<int32_t>& k_base = g->k_base;
   ThreadPool& pool = ThreadPool::shared();
   // K^T panels for sequences whose key tiles several query tiles visit (one transpose per key tile
   // and head instead of one per query tile); zero columns past a short tile's keys.
@@ -499,27 +494,26 @@ void masked_attention(const AttentionParams& p) {
   FloatBuffer kt_panels = alloc_floats(panel_tiles.size() * Hkv * panel_floats);
   pool.parallel_for((int64_t)panel_tiles.size() * Hkv, [&](int64_t i, int) {
     const auto [b, t] = panel_tiles[(size_t)(i / Hkv)];
-    const int g = (int)(i % Hkv);
+    const int kv_head = (int)(i % Hkv);
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
     float* panel = kt_panels.get() + (size_t)i * panel_floats;
     for (int j = 0; j < kBlockN; ++j) {
-      const float* krow = k.data + ((key0 + j) * Hkv + g) * D;
+      const float* krow = k.data + ((key0 + j) * Hkv + kv_head) * D;
       for (int d = 0; d < D; ++d) panel[(size_t)d * kBlockN + j] = j < cols ? krow[d] : 0.0f;
     }
   });
-  const Job job{&p, q.data, k.data, v.data, out, q_tiles.data(), k_tiles.data(), q_base.data(), k_base.data(),
-                kt_panels.get(), panel_of_tile.data()};
+  const Job job{&p, q.data, k.data, v.data, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
+                kt_panels.get(), panel_of_tile.data(), g->runs.data()};
 
-  // Tasks = (sequence, query tile, head); later query tiles first since causal ones cost most.
-  const std::vector<TileRef> tasks = tiles_longest_first(q_base);
+  // Tasks = (work item, head), heaviest work items first.
+  const std::vector<PlanWork>& tasks = g->work;
 
   std::vector<Scratch> scratch(pool.size());
   for (auto& sc : scratch) sc.init(p.head_dim);
   const AttendTileFn attend_tile = isa_pick(kAttendTile);  // one path for the whole call
   pool.parallel_for((int64_t)tasks.size() * p.heads, [&](int64_t i, int worker) {
-    const TileRef& t = tasks[i / p.heads];
-    attend_tile(job, t.seq, t.tile, (int)(i % p.heads), scratch[worker]);
+    attend_tile(job, tasks[(size_t)(i / p.heads)], (int)(i % p.heads), scratch[worker]);
   });
 
   if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);
