@@ -6,6 +6,7 @@
       "native/thread_pool.cc",
       "native/op_queue.cc",
       "native/cpu/attention_cpu.cc",
+      "native/cpu/mask_plan_cpu.cc",
       "native/cpu/gather_rows_cpu.cc",
       "native/cpu/sparse_cpu.cc",
       "native/cpu/attention_backward_cpu.cc",
@@ -16,6 +17,7 @@
     "lk_cuda_sources": [
       "cuda/runtime.cu",
       "cuda/attention/masked_attention.cu",
+      "cuda/attention/mask_plan.cu",
       "cuda/memory/gather_rows.cu",
       "cuda/sparse/sparse.cu",
       "cuda/attention/masked_attention_backward.cu",

@@ -10,6 +10,7 @@
 #include "common/attention_params.h"
 #include "common/backward_params.h"
 #include "common/gather_params.h"
+#include "common/mask_plan_host.h"
 #include "common/sparse_params.h"
 #include "common/stream_merge.h"
 
@@ -93,8 +94,13 @@ void set_cache_limit(size_t bytes);
 // the device refuses (fails when issued).
 std::string fault_op(int mode);
 
-// q/k/v/out/lse are device pointers; the layout arrays in p are HOST pointers (uploaded here).
-std::string masked_attention(const AttentionParams& p);
+// q/k/v/out/lse are device pointers; the layout arrays in p are HOST pointers. With a plan (a
+// MaskPlan of the same layouts and rule) its device geometry is used (built on first use and kept);
+// without, one is built on the host for the call and uploaded with its layouts (attention/mask_plan.cu):
+// neither waits for the device.
+std::string masked_attention(const AttentionParams& p, PlanState* plan = nullptr);
+// Builds the geometry of `plan` that a call shaped like `like` (dtype, head sizes) will walk.
+std::string prepare_mask_plan(PlanState& plan, const AttentionParams& like);
 
 // Row gather / blend behind MemoryBank; the plan arrays in p are HOST pointers (uploaded here).
 std::string gather_rows(const GatherParams& p);

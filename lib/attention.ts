@@ -2,16 +2,20 @@
 import { codes, native } from './native';
 import { DTYPE_CODE, DType, Tensor, emptyTensors } from './tensor';
 import { encodeRule, MaskRule, PresetName } from './rules';
-import { checkHeads, checkLayout, checkPositiveNumber, checkTensor, FLOAT_DTYPES, Layout } from './layout';
+import { checkHeads, checkLayout, checkPositiveNumber, checkTensor, CheckedLayout, FLOAT_DTYPES, Layout } from './layout';
+import { MaskPlan, sameArray, sameLayout } from './mask-plan';
 
 export interface MaskedAttentionOptions {
-  q: Layout;
+  /** The query layout; optional with `plan` (then checked against the plan's when given). */
+  q?: Layout;
   kv?: Layout;
   rule?: MaskRule | PresetName;
   scale?: number;
   normalize?: 'softmax' | 'silu';
   siluDivisor?: number;
   returnLse?: boolean;
+  /** A maskPlan() of the layouts and rule, reused instead of building one per call. */
+  plan?: MaskPlan;
 }
 
 /** `output` has q's dtype; `lse` (float32 [Tq, H]) is there when `returnLse: true` was passed. */
@@ -47,13 +51,19 @@ export function checkAttentionCall(q: Tensor, k: Tensor, v: Tensor, options: Mas
   checkHeads(q.device, heads, kvHeads, headDim, valueDim);
 
   if (options === null || typeof options !== 'object') throw new TypeError('options: expected { q: layout, ... }');
-  const qLayout = checkLayout(options.q, tq, 'options.q');
-  const kvLayout = options.kv === undefined ? undefined : checkLayout(options.kv, tk, 'options.kv');
+  const plan = options.plan;
+  let qLayout: CheckedLayout, kvLayout: CheckedLayout | undefined, rule: Uint8Array;
+  if (plan !== undefined) {
+    ({ qLayout, kvLayout, rule } = checkPlan(plan, options, q.device, tq, tk));
+  } else {
+    qLayout = checkLayout(options.q, tq, 'options.q');
+    kvLayout = options.kv === undefined ? undefined : checkLayout(options.kv, tk, 'options.kv');
+    rule = encodeRule(options.rule ?? 'causal', 'options.rule');
+  }
   if (!kvLayout && tk !== tq) throw new RangeError(`k: self-attention needs as many keys as queries (${tq}), got ${tk}; pass options.kv for cross attention`);
   if (kvLayout && kvLayout.batch !== qLayout.batch)
     throw new RangeError(`options.kv: batch ${kvLayout.batch} differs from options.q's ${qLayout.batch}`);
   const kv = kvLayout ?? qLayout;
-  const rule = encodeRule(options.rule ?? 'causal', 'options.rule');
   const scale = options.scale === undefined ? 1 / Math.sqrt(headDim) : options.scale;
   if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new TypeError(`options.scale: expected a finite number, got ${String(scale)}`);
   const normalize = options.normalize ?? 'softmax';
@@ -65,9 +75,12 @@ export function checkAttentionCall(q: Tensor, k: Tensor, v: Tensor, options: Mas
       device: q.device,
       dtype: DTYPE_CODE[q.dtype],
       batch: qLayout.batch, tq, tk, heads, kvHeads, headDim, valueDim,
-      qOffsets: qLayout.offsets, qSegments: qLayout.segments, qRoles: qLayout.roles,
-      kvOffsets: kv.offsets, kvSegments: kv.segments, kvRoles: kv.roles,
-      rule, scale, normalize: codes().normalize[normalize], siluInvDivisor: 1 / siluDivisor,
+      // A plan carries the layouts and rule (the addon reads them from it); otherwise the call's own.
+      ...(plan ? { plan: plan.handle() } : {
+        qOffsets: qLayout.offsets, qSegments: qLayout.segments, qRoles: qLayout.roles,
+        kvOffsets: kv.offsets, kvSegments: kv.segments, kvRoles: kv.roles, rule,
+      }),
+      scale, normalize: codes().normalize[normalize], siluInvDivisor: 1 / siluDivisor,
     },
     tq, tk, heads, kvHeads, headDim, valueDim, normalize,
   };
@@ -89,4 +102,23 @@ export async function maskedAttention(q: Tensor, k: Tensor, v: Tensor, options: 
     throw e;
   }
   return lse ? { output, lse } : { output };
+}
+
+/**
+ * A plan used in place of q / kv / rule (SPEC §3): live, on the tensors' device, built for these
+ * token counts; any layout or rule also given must be the plan's (SPEC §6: a mismatch is named).
+ */
+function checkPlan(plan: unknown, options: MaskedAttentionOptions, device: string, tq: number, tk: number) {
+  if (!(plan instanceof MaskPlan)) throw new TypeError('options.plan: expected a MaskPlan from maskPlan()');
+  plan.handle();  // Error('plan is disposed')
+  if (plan.device !== device) throw new TypeError(`options.plan: built for ${plan.device}, but the tensors are on ${device}`);
+  if (plan.queries !== tq || plan.keys !== tk)
+    throw new RangeError(`options.plan: built for ${plan.queries} queries and ${plan.keys} keys, got q with ${tq} tokens and k with ${tk}`);
+  if (options.q !== undefined && !sameLayout(checkLayout(options.q, tq, 'options.q'), plan.q))
+    throw new RangeError("options.q: differs from the layout options.plan was built for");
+  if (options.kv !== undefined && !sameLayout(checkLayout(options.kv, tk, 'options.kv'), plan.kv ?? plan.q))
+    throw new RangeError("options.kv: differs from the layout options.plan was built for");
+  if (options.rule !== undefined && !sameArray(encodeRule(options.rule, 'options.rule'), plan.rule))
+    throw new RangeError('options.rule: differs from the rule options.plan was built for');
+  return { qLayout: plan.q, kvLayout: plan.kv, rule: plan.rule };
 }

@@ -5,6 +5,8 @@ export { backends } from './backends';
 export type { Backends, CudaDevice, EmulatorCounters } from './backends';
 export { maskedAttention } from './attention';
 export type { MaskedAttentionOptions, AttentionResult } from './attention';
+export { maskPlan, MaskPlan } from './mask-plan';
+export type { MaskPlanLayouts, MaskPlanOptions, MaskPlanStats } from './mask-plan';
 export { presets, encodeRule, ROLE, ROLE_NAMES } from './rules';
 export type { MaskRule, RuleEntry, RoleName, SegRelation, PresetName } from './rules';
 export type { Layout } from './layout';

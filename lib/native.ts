@@ -74,10 +74,19 @@ export interface CudaHostPathStats {
   pinnedMallocs: number; pinnedHits: number; pinnedCachedBytes: number;
 }
 
+/** A mask plan's native half (native/binding.cc MaskPlanHandle). */
+export interface NativeMaskPlan {
+  prepare(args: { dtype: number; headDim: number; valueDim: number }): Promise<void>;
+  stats(): Array<Record<string, number>>;
+  dispose(): void;
+  readonly disposed: boolean;
+}
+
 export interface NativeAddon {
   Storage: new (device: 'cpu' | 'cuda', bytes: number, zero?: boolean) => NativeStorage;
   backends(): NativeBackends;
   maskedAttention(args: Record<string, unknown>): Promise<void>;
+  MaskPlan: new (args: Record<string, unknown>) => NativeMaskPlan;
   gatherRows(args: Record<string, unknown>): Promise<void>;
   indexerScores(args: Record<string, unknown>): Promise<void>;
   topK(args: Record<string, unknown>): Promise<void>;

@@ -39,7 +39,7 @@ function checkDType(dtype: unknown, name: string): DType {
   throw new TypeError(`${name}: expected 'float32', 'float16', 'bfloat16' or 'int32', got ${String(dtype)}`);
 }
 
-function checkDevice(device: unknown, name: string): Device {
+export function checkDevice(device: unknown, name: string): Device {
   if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`${name}: expected 'cpu' or 'cuda', got ${String(device)}`);
   if (device === 'cuda') {
     const reason = cudaDisabledReason();

@@ -21,6 +21,7 @@
 #include "../cuda/common/half_convert.h"
 #include "cpu/attention_backward_cpu.h"
 #include "cpu/attention_cpu.h"
+#include "cpu/mask_plan_cpu.h"
 #include "cpu/gather_rows_cpu.h"
 #include "cpu/isa.h"
 #include "cpu/sparse_cpu.h"
@@ -624,21 +625,169 @@ int MaxTopK(Device device) {
 #endif
 
 
+// ---------------------------------------------------------------- mask plans
+
+// The rule's 18 bytes (SPEC §3 encoding of lib/rules.ts), validated.
+MaskRule ReadRule(const Napi::Object& a) {
+  std::vector<uint8_t> rule;
+  CopyTyped<uint8_t, napi_uint8_array>(a, "rule", &rule, false);
+  if (rule.size() != 2 * kNumRoles * kNumRoles) throw Napi::RangeError::New(a.Env(), "rule: expected 18 bytes");
+  MaskRule out;
+  for (int i = 0; i < kNumRoles * kNumRoles; ++i) {
+    if (rule[i] >= kNumSegRelations) throw Napi::RangeError::New(a.Env(), "rule: unknown segment relation");
+    out.seg[i / kNumRoles][i % kNumRoles] = rule[i];
+    out.causal[i / kNumRoles][i % kNumRoles] = rule[kNumRoles * kNumRoles + i] ? 1 : 0;
+  }
+  return out;
+}
+
+// The owned layouts a plan's PlanInputs point into.
+struct PlanLayouts {
+  OwnedLayout q, kv;
+  bool self = false;  // kv is q's layout
+};
+
+// A MaskPlan's native half: the PlanState (layouts, rule, geometries built so far) and its device.
+// Ops take a reference to the state, so dispose() never frees a plan an op is walking.
+class MaskPlanHandle : public Napi::ObjectWrap<MaskPlanHandle> {
+ public:
+  static Napi::FunctionReference* constructor;
+
+  static Napi::Function Init(Napi::Env env) {
+    Napi::Function cls = DefineClass(env, "MaskPlan",
+                                     {InstanceMethod("dispose", &MaskPlanHandle::Dispose),
+                                      InstanceMethod("prepare", &MaskPlanHandle::Prepare),
+                                      InstanceMethod("stats", &MaskPlanHandle::Stats),
+                                      InstanceAccessor("disposed", &MaskPlanHandle::Disposed, nullptr)});
+    constructor = new Napi::FunctionReference(Napi::Persistent(cls));
+    return cls;
+  }
+
+  // new MaskPlan(args): { device, batch, tq, tk, qOffsets, qSegments?, qRoles?, kvOffsets?, kvSegments?,
+  // kvRoles?, rule } (no kvOffsets: self-attention). Copies and validates the layouts.
+  explicit MaskPlanHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MaskPlanHandle>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "maskPlan: expected an argument object");
+    Napi::Object a = info[0].As<Napi::Object>();
+    Napi::Value dev = a.Get("device");
+    if (!dev.IsString() || !parse_device(dev.As<Napi::String>(), &device_)) throw Napi::TypeError::New(env, "device: expected 'cpu' or 'cuda'");
+#ifndef LK_WITH_CUDA
+    if (device_ == Device::kCuda) throw Napi::Error::New(env, "CUDA support was not compiled into this build");
+#endif
+    auto layouts = std::make_shared<PlanLayouts>();
+    auto state = std::make_shared<PlanState>();
+    PlanInputs& in = state->in;
+    in.batch = (int)IntField(a, "batch", 0, 1 << 30);
+    in.tq = IntField(a, "tq", 0, INT32_MAX);
+    in.tk = IntField(a, "tk", 0, INT32_MAX);
+    layouts->q.read(a, "qOffsets", "qSegments", "qRoles", in.batch, in.tq);
+    const Napi::Value kv_off = a.Get("kvOffsets");
+    layouts->self = kv_off.IsUndefined() || kv_off.IsNull();
+    if (layouts->self) {
+      if (in.tk != in.tq) throw Napi::RangeError::New(env, "tk: self-attention needs as many keys as queries");
+    } else {
+      layouts->kv.read(a, "kvOffsets", "kvSegments", "kvRoles", in.batch, in.tk);
+    }
+    in.rule = ReadRule(a);
+    in.q = layouts->q.view();
+    in.kv = layouts->self ? in.q : layouts->kv.view();
+    state->keep = layouts;
+    state->on_cuda = device_ == Device::kCuda;
+    state_ = state;
+  }
+
+  static std::shared_ptr<PlanState> StateOf(const Napi::Value& v, Device device) {
+    Napi::Env env = v.Env();
+    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(constructor->Value()))
+      throw Napi::TypeError::New(env, "plan: expected a MaskPlan");
+    MaskPlanHandle* h = Napi::ObjectWrap<MaskPlanHandle>::Unwrap(v.As<Napi::Object>());
+    if (!h->state_) throw Napi::Error::New(env, "plan is disposed");
+    if (h->device_ != device)
+      throw Napi::TypeError::New(env, std::string("plan: built for ") + device_name(h->device_) + ", the tensors are on " + device_name(device));
+    return h->state_;
+  }
+
+ private:
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    state_.reset();
+    return info.Env().Undefined();
+  }
+  Napi::Value Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !state_); }
+
+  // prepare({ dtype, headDim, valueDim }) -> Promise: builds, on the plan's device, the geometry that
+  // maskedAttention with such tensors will walk.
+  Napi::Value Prepare(const Napi::CallbackInfo& info);
+
+  // stats() -> [{ blockM, blockN, queryTiles, fullTiles, partialTiles, runs, workItems, splitTiles,
+  // splitItems }], one per geometry built so far.
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!state_) throw Napi::Error::New(env, "plan is disposed");
+    const std::vector<PlanStats> all = state_->stats();
+    Napi::Array out = Napi::Array::New(env, all.size());
+    for (size_t i = 0; i < all.size(); ++i) {
+      const PlanStats& s = all[i];
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("blockM", s.block_m);
+      o.Set("blockN", s.block_n);
+      o.Set("queryTiles", (double)s.query_tiles);
+      o.Set("fullTiles", (double)s.full_tiles);
+      o.Set("partialTiles", (double)s.partial_tiles);
+      o.Set("runs", (double)s.runs);
+      o.Set("workItems", (double)s.work_items);
+      o.Set("splitTiles", (double)s.split_tiles);
+      o.Set("splitItems", (double)s.split_items);
+      out.Set((uint32_t)i, o);
+    }
+    return out;
+  }
+
+  std::shared_ptr<PlanState> state_;
+  Device device_ = Device::kCpu;
+};
+
+Napi::FunctionReference* MaskPlanHandle::constructor = nullptr;
+
+Napi::Value MaskPlanHandle::Prepare(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!state_) throw Napi::Error::New(env, "plan is disposed");
+  Napi::Object a = ArgsObject(info, "prepare");
+  AttentionParams like{};
+  like.dtype = (DType)IntField(a, "dtype", 0, 2);
+  like.head_dim = (int)IntField(a, "headDim", 1, kMaxHeadDim);
+  like.value_dim = (int)IntField(a, "valueDim", 1, kMaxHeadDim);
+  like.heads = like.kv_heads = 1;
+  // The tensor-core choice also asks for 16-byte aligned tensors: every storage is (allocations are
+  // 256-byte aligned), so any aligned address stands for them here.
+  static const uint64_t kAligned[4] = {0, 0, 0, 0};
+  like.q = like.k = like.v = like.out = const_cast<uint64_t*>(kAligned);
+  std::shared_ptr<PlanState> state = state_;
+  const Device device = device_;
+  return Settle(env, device, "maskPlan", [state, like, device]() -> std::string {
+    (void)like;
+    LK_ON_DEVICE(device, cpu::cpu_plan_geometry(*state), cuda::prepare_mask_plan(*state, like))
+  });
+}
+
+
 // The arguments of one masked attention (forward or backward), validated, with the host copies its run needs.
 struct AttentionArgs {
   std::shared_ptr<AttentionParams> params;
   std::shared_ptr<OwnedLayout> q_layout, kv_layout;
+  std::shared_ptr<PlanState> plan;  // a MaskPlan's state (its layouts and rule), or none
   std::vector<BufferRef> keep;
-  // The params with layout views into the owned copies (valid while this object lives).
+  // The params with layout views into the owned copies or the plan's (valid while this object lives).
   AttentionParams run() const {
     AttentionParams r = *params;
-    r.q_layout = q_layout->view();
-    r.kv_layout = kv_layout->view();
+    r.q_layout = plan ? plan->in.q : q_layout->view();
+    r.kv_layout = plan ? plan->in.kv : kv_layout->view();
     return r;
   }
 };
 
-AttentionArgs ReadAttention(const Napi::Object& a, Device device, bool out_optional = false) {
+// plan_allowed: the call may name a MaskPlan (maskedAttention and its backward; multi-stream's streams
+// build their own). out_optional: `out` may be absent (the backward of silu needs no forward output).
+AttentionArgs ReadAttention(const Napi::Object& a, Device device, bool plan_allowed, bool out_optional = false) {
   Napi::Env env = a.Env();
   AttentionArgs r;
   r.params = std::make_shared<AttentionParams>();
@@ -656,20 +805,29 @@ AttentionArgs ReadAttention(const Napi::Object& a, Device device, bool out_optio
   p.normalize = (Normalize)IntField(a, "normalize", 0, 1);
   p.silu_inv_divisor = (float)NumberField(a, "siluInvDivisor");
 
+  // Layouts and rule: a MaskPlan's (checked against the call's sizes), or the call's own.
   r.q_layout = std::make_shared<OwnedLayout>();
   r.kv_layout = std::make_shared<OwnedLayout>();
-  r.q_layout->read(a, "qOffsets", "qSegments", "qRoles", p.batch, p.tq);
-  r.kv_layout->read(a, "kvOffsets", "kvSegments", "kvRoles", p.batch, p.tk);
-  p.max_q_len = r.q_layout->max_len;
-  p.max_k_len = r.kv_layout->max_len;
-
-  std::vector<uint8_t> rule;
-  CopyTyped<uint8_t, napi_uint8_array>(a, "rule", &rule, false);
-  if (rule.size() != 2 * kNumRoles * kNumRoles) throw Napi::RangeError::New(env, "rule: expected 18 bytes");
-  for (int i = 0; i < kNumRoles * kNumRoles; ++i) {
-    if (rule[i] >= kNumSegRelations) throw Napi::RangeError::New(env, "rule: unknown segment relation");
-    p.rule.seg[i / kNumRoles][i % kNumRoles] = rule[i];
-    p.rule.causal[i / kNumRoles][i % kNumRoles] = rule[kNumRoles * kNumRoles + i] ? 1 : 0;
+  const Napi::Value plan_arg = plan_allowed ? a.Get("plan") : env.Undefined();
+  if (!plan_arg.IsUndefined() && !plan_arg.IsNull()) {
+    r.plan = MaskPlanHandle::StateOf(plan_arg, device);
+    const PlanInputs& in = r.plan->in;
+    if (in.batch != p.batch || in.tq != p.tq || in.tk != p.tk)
+      throw Napi::RangeError::New(env, "plan: built for " + std::to_string(in.tq) + " queries and " + std::to_string(in.tk) +
+                                           " keys in " + std::to_string(in.batch) + " sequences, the call has " + std::to_string(p.tq) +
+                                           " / " + std::to_string(p.tk) + " / " + std::to_string(p.batch));
+    p.rule = in.rule;
+    p.max_q_len = p.max_k_len = 0;
+    for (int i = 0; i < in.batch; ++i) {
+      p.max_q_len = std::max(p.max_q_len, in.q.offsets[i + 1] - in.q.offsets[i]);
+      p.max_k_len = std::max(p.max_k_len, in.kv.offsets[i + 1] - in.kv.offsets[i]);
+    }
+  } else {
+    r.q_layout->read(a, "qOffsets", "qSegments", "qRoles", p.batch, p.tq);
+    r.kv_layout->read(a, "kvOffsets", "kvSegments", "kvRoles", p.batch, p.tk);
+    p.max_q_len = r.q_layout->max_len;
+    p.max_k_len = r.kv_layout->max_len;
+    p.rule = ReadRule(a);
   }
 
   const size_t es = DTypeSize(p.dtype);
@@ -696,10 +854,10 @@ AttentionArgs ReadAttention(const Napi::Object& a, Device device, bool out_optio
 Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   Napi::Object a = ArgsObject(info, "maskedAttention");
   const Device device = DeviceArg(a);
-  auto args = std::make_shared<AttentionArgs>(ReadAttention(a, device));
+  auto args = std::make_shared<AttentionArgs>(ReadAttention(a, device, true));
   return Settle(info.Env(), device, "maskedAttention", [args, device]() -> std::string {
     const AttentionParams run = args->run();
-    LK_ON_DEVICE(device, cpu::masked_attention(run), cuda::masked_attention(run))
+    LK_ON_DEVICE(device, cpu::masked_attention(run, args->plan.get()), cuda::masked_attention(run, args->plan.get()))
   });
 }
 
@@ -719,7 +877,7 @@ void GradientFields(const Napi::Object& a, Device device, std::array<const char*
 Napi::Value MaskedAttentionBackward(const Napi::CallbackInfo& info) {
   Napi::Object a = ArgsObject(info, "maskedAttentionBackward");
   const Device device = DeviceArg(a);
-  auto args = std::make_shared<AttentionArgs>(ReadAttention(a, device, true));
+  auto args = std::make_shared<AttentionArgs>(ReadAttention(a, device, true, true));
   const AttentionParams& f = *args->params;
   if (f.normalize == kSoftmax && (f.out == nullptr || f.lse == nullptr))
     throw Napi::TypeError::New(info.Env(), "out/lse: softmax backward needs the forward's output and lse");
@@ -1024,7 +1182,7 @@ Napi::Value MultiStreamAttention(const Napi::CallbackInfo& info) {
     const std::string k = kind.IsString() ? kind.As<Napi::String>().Utf8Value() : std::string();
     BufferRef out, lse;
     if (k == "dense") {
-      dense->push_back(ReadAttention(o, device));
+      dense->push_back(ReadAttention(o, device, false));
       const AttentionParams& p = *dense->back().params;
       if ((int64_t)p.tq * p.heads != merge->rows || p.value_dim != merge->value_dim || p.dtype != merge->dtype || (with_lse && !p.lse))
         throw Napi::RangeError::New(env, "streams: every stream must have rows x heads = rows, valueDim, dtype (and lse for union)");
@@ -1366,6 +1524,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Storage", Storage::Init(env));
   exports.Set("backends", Napi::Function::New(env, Backends));
   exports.Set("maskedAttention", Napi::Function::New(env, MaskedAttention));
+  exports.Set("MaskPlan", MaskPlanHandle::Init(env));
   exports.Set("gatherRows", Napi::Function::New(env, GatherRows));
   exports.Set("indexerScores", Napi::Function::New(env, IndexerScores));
   exports.Set("topK", Napi::Function::New(env, TopK));

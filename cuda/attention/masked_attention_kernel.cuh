@@ -1,9 +1,9 @@
 // Tiled masked attention (SPEC §3), FlashAttention-style: one block owns a query tile of one head
 // of one sequence, walks only the key tiles the rule can reach, and keeps a running max / sum per
-// row (online softmax) so scores never leave shared memory. Tile classes (skip / partial / full)
-// come from per-tile summaries of the layout and the shared rule table, so fully masked tiles cost
-// nothing and fully allowed tiles run without per-element checks. The grid holds the batch's real
-// query tiles only (cuda/common/tile_plan.h): empty sequences launch nothing.
+// row (online softmax) so scores never leave shared memory. The block walks its work item's key runs
+// (the mask plan, cuda/common/mask_plan.h): fully masked tiles are never visited and full tiles run
+// without per-element checks. The grid holds the plan's work items only: empty sequences launch
+// nothing. A split-KV item writes its unnormalized (o, m, l) to a partial slot (split_combine_kernel).
 // Non-finite values follow IEEE arithmetic over allowed pairs only (SPEC §3, cuda/common/ieee.h):
 // a row that may see none of a tile's keys is left untouched, the running max keeps NaN, and when a
 // partial tile's V rows hold a NaN / Inf, P V adds each row's allowed keys only (by selection; a
@@ -12,6 +12,7 @@
 #include "../common/attention_params.h"
 #include "../common/compat.cuh"
 #include "../common/ieee.h"
+#include "../common/mask_plan.h"
 #include "../common/mask_rules.h"
 #include "../common/tile_plan.h"
 #include "element.cuh"
@@ -20,28 +21,15 @@
 
 namespace lk::cuda {
 
-// One thread per real tile: tile i of the batch (sequence b's are [base[b], base[b + 1])) summarized
-// over its `tile` tokens.
-__global__ void tile_summary_kernel(LayoutView layout, int batch, int tile, const int32_t* base, int32_t total,
-                                    TileSummary* out) {
-  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= total) return;
-  const int b = sequence_of(base, batch, idx);
-  int64_t lo, hi;
-  tile_tokens(layout.offsets[b], layout.offsets[b + 1], tile, (int)(idx - base[b]), &lo, &hi);
-  out[idx] = summarize_tokens(layout.segments, layout.roles, lo, hi);
-}
-
-// Grid (real query tiles, heads): block x runs query tile work[x] of its sequence.
+// Grid (work items, heads): block x runs plan.work[x], whose tiles are kBlockM queries x kBlockN keys.
 template <typename T, int kCap>
 __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
-    masked_attention_kernel(AttentionParams p, const TileRef* work, const TileSummary* q_tiles, const int32_t* q_base,
-                            const TileSummary* k_tiles, const int32_t* k_base) {
+    masked_attention_kernel(AttentionParams p, PlanView plan, SplitPartials part) {
   using Tr = AttentionTraits<kCap>;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
   static_assert(32 % BN == 0, "a warp's ballot covers whole rows of a score tile");
   constexpr uint32_t kRowBits = BN == 32 ? 0xffffffffu : (1u << (BN % 32)) - 1u;
-  const TileRef item = work[blockIdx.x];
+  const PlanWork item = plan.work[blockIdx.x];
   const int b = item.seq;
   const int q_tile = item.tile;
   const int h = blockIdx.y;
@@ -88,23 +76,14 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
 #pragma unroll
   for (int e = 0; e < Tr::kAccPerThread; ++e) acc[e] = 0.0f;
 
-  TileBounds qb;
-  qb.sum = q_tiles[q_base[b] + q_tile];
-  qb.pos_lo = row0 + align;
-  qb.pos_hi = row0 + rows - 1 + align;
+  KeyTileCursor cursor;  // the item's listed key tiles, in order (the same in every thread)
+  cursor.start(plan.runs, item);
   __syncthreads();
-  const int key_end = visible_key_end(rule, qb, Lk);
-  const int n_key_tiles = (key_end + BN - 1) / BN;
 
-  for (int kt = 0; kt < n_key_tiles; ++kt) {
+  int kt = 0, cls = kTileSkip;
+  while (cursor.next(&kt, &cls)) {
     const int col0 = kt * BN;
     const int cols = min(BN, Lk - col0);
-    TileBounds kb;
-    kb.sum = k_tiles[k_base[b] + kt];
-    kb.pos_lo = col0;
-    kb.pos_hi = col0 + cols - 1;
-    const int cls = classify_tile(rule, qb, kb);  // same value in every thread
-    if (cls == kTileSkip) continue;
 
     for (int i = tid; i < BN * kCap; i += Tr::kThreads) {
       const int j = i / kCap, d = i % kCap;
@@ -206,6 +185,22 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
     __syncthreads();
   }
 
+  if (item.slot >= 0) {
+    // Split-KV: this item's share of the rows (at most kSplitRows), unnormalized, for split_combine_kernel.
+#pragma unroll
+    for (int e = 0; e < Tr::kAccPerThread; ++e) {
+      const int idx = tid + e * Tr::kThreads;
+      const int r = idx / kCap, c = idx % kCap;
+      if (r < rows && c < Dv) part.o[split_row_index(item.slot, H, h, r) * Dv + c] = acc[e];
+    }
+    for (int r = tid; r < rows; r += Tr::kThreads) {
+      const int64_t at = split_row_index(item.slot, H, h, r);
+      part.m[at] = row_m[r];
+      part.l[at] = row_l[r];
+      part.seen[at] = row_seen[r];
+    }
+    return;
+  }
   T* __restrict__ out = static_cast<T*>(p.out);
 #pragma unroll
   for (int e = 0; e < Tr::kAccPerThread; ++e) {

@@ -8,6 +8,7 @@
 
 #include "../common/attention_params.h"
 #include "../common/compat.cuh"
+#include "../common/mask_plan.h"
 #include "../common/mask_rules.h"
 #include "../common/tile_plan.h"
 #include "../runtime.h"
@@ -89,8 +90,7 @@ inline TcChoice choose_tc_attention(const AttentionParams& p) {
 }
 
 template <typename T, int kCap>
-void launch_tc_attention(const AttentionParams& p, const TileRef* work, int32_t n_work, const TileSummary* q_tiles,
-                         const int32_t* q_base, const TileSummary* k_tiles, const int32_t* k_base) {
+void launch_tc_attention(const AttentionParams& p, const PlanView& plan, int32_t n_work, const SplitPartials& part) {
   using Tr = TcAttentionTraits<kCap>;
   auto* kernel = tc_attention_kernel<T, kCap>;
   // Above 48 KiB a kernel must opt in (per kernel; cheap, and safe to repeat from any thread). A
@@ -98,29 +98,26 @@ void launch_tc_attention(const AttentionParams& p, const TileRef* work, int32_t 
   if (Tr::kSmemBytes > 48 * 1024 &&
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes) != cudaSuccess)
     return;
-  LK_LAUNCH(kernel, dim3((unsigned)n_work, (unsigned)p.heads, 1), dim3(Tr::kThreads), (size_t)Tr::kSmemBytes, stream())(
-      p, work, q_tiles, q_base, k_tiles, k_base);
+  LK_LAUNCH(kernel, dim3((unsigned)n_work, (unsigned)p.heads, 1), dim3(Tr::kThreads), (size_t)Tr::kSmemBytes, stream())(p, plan, part);
 }
 
 template <typename T>
-void launch_tc_attention_for(const TcChoice& c, const AttentionParams& p, const TileRef* work, int32_t n_work,
-                             const TileSummary* q_tiles, const int32_t* q_base, const TileSummary* k_tiles,
-                             const int32_t* k_base) {
+void launch_tc_attention_for(const TcChoice& c, const AttentionParams& p, const PlanView& plan, int32_t n_work,
+                             const SplitPartials& part) {
   switch (c.cap) {
-    case 16: launch_tc_attention<T, 16>(p, work, n_work, q_tiles, q_base, k_tiles, k_base); break;
-    case 32: launch_tc_attention<T, 32>(p, work, n_work, q_tiles, q_base, k_tiles, k_base); break;
-    case 64: launch_tc_attention<T, 64>(p, work, n_work, q_tiles, q_base, k_tiles, k_base); break;
-    case 128: launch_tc_attention<T, 128>(p, work, n_work, q_tiles, q_base, k_tiles, k_base); break;
-    default: launch_tc_attention<T, 256>(p, work, n_work, q_tiles, q_base, k_tiles, k_base); break;
+    case 16: launch_tc_attention<T, 16>(p, plan, n_work, part); break;
+    case 32: launch_tc_attention<T, 32>(p, plan, n_work, part); break;
+    case 64: launch_tc_attention<T, 64>(p, plan, n_work, part); break;
+    case 128: launch_tc_attention<T, 128>(p, plan, n_work, part); break;
+    default: launch_tc_attention<T, 256>(p, plan, n_work, part); break;
   }
 }
 
-// Launches the kernel `c` chose for p's dtype.
-inline void launch_tc_attention(const TcChoice& c, const AttentionParams& p, const TileRef* work, int32_t n_work,
-                                const TileSummary* q_tiles, const int32_t* q_base, const TileSummary* k_tiles,
-                                const int32_t* k_base) {
-  if (p.dtype == kBFloat16) launch_tc_attention_for<__nv_bfloat16>(c, p, work, n_work, q_tiles, q_base, k_tiles, k_base);
-  else launch_tc_attention_for<__half>(c, p, work, n_work, q_tiles, q_base, k_tiles, k_base);
+// Launches the kernel `c` chose for p's dtype over the plan's n_work items.
+inline void launch_tc_attention(const TcChoice& c, const AttentionParams& p, const PlanView& plan, int32_t n_work,
+                                const SplitPartials& part) {
+  if (p.dtype == kBFloat16) launch_tc_attention_for<__nv_bfloat16>(c, p, plan, n_work, part);
+  else launch_tc_attention_for<__half>(c, p, plan, n_work, part);
 }
 
 }  // namespace lk::cuda

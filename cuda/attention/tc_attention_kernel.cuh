@@ -10,7 +10,7 @@
 //   - S = Q K^T: mma.m16n8k16 (f32 accumulation), B fragments by ldmatrix.x4 from K rows; S stays in
 //     registers. The rule is applied per fragment element in registers (tc_masking.cuh) on partial
 //     tiles and on the ragged last tile; full tiles skip every check; skipped tiles are never
-//     visited (the tile summaries and classify_tile of mask_rules.h, as the FP32 kernel).
+//     visited: the block walks its work item's key runs (the mask plan, mask_plan.h).
 //   - Online softmax in registers with exp2f, scale * log2(e) folded into one multiply
 //     (tc_softmax.cuh); then O += P V with the S accumulators repacked as the A operand (no score
 //     buffer in shared memory) and V fragments by ldmatrix.x4.trans.
@@ -18,7 +18,9 @@
 //     combined by __syncthreads_or) takes an exact path instead of the mma: P V by selection, in
 //     float32, over each row's allowed keys only, so a masked key's 0 weight never meets its NaN.
 //   - Output: normalized, converted, staged through shared memory (per warp) and written with
-//     16-byte stores; LSE per row from the running max and sum.
+//     16-byte stores; LSE per row from the running max and sum. A split-KV item (a window of the
+//     key tiles of a query tile of <= 16 rows) writes its unnormalized (o, m, l) to a partial slot
+//     instead; split_combine_kernel merges the slots.
 // Head sizes: kCap = max(D, Dv) rounded up to 16 / 32 / 64 / 128 / 256 sizes the shared tiles and
 // registers; D and Dv themselves bound the work at run time (k-steps of Q K^T past D, n-tiles of
 // P V past Dv are not issued), so Dv != D and small heads (8-32) cost what they hold.
@@ -28,6 +30,7 @@
 #include "../common/attention_params.h"
 #include "../common/compat.cuh"
 #include "../common/ieee.h"
+#include "../common/mask_plan.h"
 #include "../common/mask_rules.h"
 #include "../common/mma.cuh"
 #include "../common/tile_plan.h"
@@ -38,12 +41,10 @@
 
 namespace lk::cuda {
 
-// Grid (real query tiles, heads): block x runs query tile work[x] of its sequence. Summaries are
-// over kBlockM query / kBlockN key tokens.
+// Grid (work items, heads): block x runs plan.work[x], whose tiles are kBlockM queries x kBlockN keys.
 template <typename T, int kCap>
 __global__ void __launch_bounds__(TcAttentionTraits<kCap>::kThreads, 1)
-    tc_attention_kernel(AttentionParams p, const TileRef* work, const TileSummary* q_tiles, const int32_t* q_base,
-                        const TileSummary* k_tiles, const int32_t* k_base) {
+    tc_attention_kernel(AttentionParams p, PlanView plan, SplitPartials part) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   // sm_75 has neither cp.async nor bf16 mma: the dispatch (tc_attention.cuh) keeps the FP32 kernel
   // there and never launches this one, so its sm_75 build is empty.
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(TcAttentionTraits<kCap>::kThreads, 1)
   __shared__ int32_t k_seg_s[2][BN];   // per stage: the tile's key segments / roles (partial tiles)
   __shared__ uint8_t k_role_s[2][BN];
 
-  const TileRef item = work[blockIdx.x];
+  const PlanWork item = plan.work[blockIdx.x];
   const int b = item.seq, q_tile = item.tile, h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gq = lane >> 2, tq = lane & 3;  // mma groupID / threadID_in_group
@@ -105,28 +106,9 @@ __global__ void __launch_bounds__(TcAttentionTraits<kCap>::kThreads, 1)
     row_info[r].seg = p.q_layout.segments ? p.q_layout.segments[t] : 0;
     row_info[r].pos = row0 + rl + align;
   }
-  TileBounds qb;
-  qb.sum = q_tiles[q_base[b] + q_tile];
-  qb.pos_lo = row0 + align;
-  qb.pos_hi = row0 + rows - 1 + align;
+  KeyTileCursor cursor;  // the item's listed key tiles, in order (the same in every thread)
+  cursor.start(plan.runs, item);
   __syncthreads();  // rule
-  const int n_key_tiles = (visible_key_end(rule, qb, Lk) + BN - 1) / BN;
-
-  // The first tile >= from that the rule does not skip (n_key_tiles if none), and its class.
-  auto next_visited = [&](int from, int* cls) {
-    for (int kt = from; kt < n_key_tiles; ++kt) {
-      TileBounds kb;
-      kb.sum = k_tiles[k_base[b] + kt];
-      kb.pos_lo = kt * BN;
-      kb.pos_hi = min(kt * BN + BN, Lk) - 1;
-      const int c = classify_tile(rule, qb, kb);  // the same in every thread
-      if (c != kTileSkip) {
-        *cls = c;
-        return kt;
-      }
-    }
-    return n_key_tiles;
-  };
 
   // cp.async of key tile kt's K and V rows into `stage`; padding rows zero-filled (their weights
   // are 0 and their values must be finite), the tile's key roles / segments staged when partial.
@@ -156,9 +138,9 @@ __global__ void __launch_bounds__(TcAttentionTraits<kCap>::kThreads, 1)
     }
   };
 
-  int cls = kTileSkip;
-  int kt = next_visited(0, &cls);
-  if (kt < n_key_tiles) issue(kt, cls, 0);
+  int cls = kTileSkip, kt = 0;
+  bool have = cursor.next(&kt, &cls);
+  if (have) issue(kt, cls, 0);
   cp_async_commit();
   cp_async_wait<1>();  // the Q tile (this thread's copies)
   __syncthreads();     // ... and everyone's
@@ -189,10 +171,10 @@ __global__ void __launch_bounds__(TcAttentionTraits<kCap>::kThreads, 1)
   const int vb_row = (lane & 7) + 8 * ((lane >> 3) & 1), vb_chunk = lane >> 4;
 
   int stage = 0;
-  while (kt < n_key_tiles) {
-    int next_cls = kTileSkip;
-    const int next = next_visited(kt + 1, &next_cls);
-    if (next < n_key_tiles) issue(next, next_cls, stage ^ 1);  // in flight while this tile computes
+  while (have) {
+    int next_cls = kTileSkip, next = 0;
+    const bool next_have = cursor.next(&next, &next_cls);
+    if (next_have) issue(next, next_cls, stage ^ 1);  // in flight while this tile computes
     cp_async_commit();
     cp_async_wait<1>();  // this tile's copies (mine)
 
@@ -299,6 +281,7 @@ __global__ void __launch_bounds__(TcAttentionTraits<kCap>::kThreads, 1)
       }
     }
     __syncthreads();  // this stage is read: the next iteration may copy into it
+    have = next_have;
     kt = next;
     cls = next_cls;
     stage ^= 1;
@@ -317,6 +300,28 @@ __global__ void __launch_bounds__(TcAttentionTraits<kCap>::kThreads, 1)
     l[r] = quad_sum(l[r]);
     any[r] = (seen & tc_row_bits(r)) != 0u;
     mul[r] = !softmax ? 1.0f : l[r] == 0.0f ? quiet_nan() : 1.0f / l[r];
+  }
+  if (item.slot >= 0) {
+    // Split-KV: this item's share of the rows (at most kSplitRows = 16: warp 0), unnormalized, m in
+    // the natural-log domain, for split_combine_kernel.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int rl = 16 * warp + gq + 8 * r;
+      if (rl >= rows) continue;
+      const int64_t at = split_row_index(item.slot, H, h, rl);
+#pragma unroll
+      for (int dn = 0; dn < Tr::kOTiles; ++dn) {
+        if (dn >= o_tiles) continue;
+        part.o[at * Dv + 8 * dn + 2 * tq] = o[dn][2 * r];
+        part.o[at * Dv + 8 * dn + 2 * tq + 1] = o[dn][2 * r + 1];
+      }
+      if (tq == 0) {
+        part.m[at] = m[r] * 0.6931471805599453f;
+        part.l[at] = l[r];
+        part.seen[at] = any[r] ? 1 : 0;
+      }
+    }
+    return;
   }
   uint16_t* const out_s = smem + Tr::kOutOffset;  // free: every warp passed the loop's last barrier
 #pragma unroll

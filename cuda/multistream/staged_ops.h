@@ -6,11 +6,13 @@
 #include <string>
 
 #include "../common/attention_params.h"
+#include "../common/mask_plan_host.h"
 #include "../common/sparse_params.h"
 
 namespace lk::cuda {
 
-std::string issue_masked_attention(const AttentionParams& host);
+// Without a plan, the call's own plan is built on the host and uploaded with its layouts.
+std::string issue_masked_attention(const AttentionParams& host, PlanState* plan = nullptr);
 std::string issue_indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost);
 
 }  // namespace lk::cuda

@@ -12,13 +12,14 @@
 #include "../thread_pool.h"
 #include "convert.h"
 #include "isa.h"
+#include "mask_plan_cpu.h"
 #include "simd.h"
 
 namespace lk::cpu {
 namespace {
 
-constexpr int kBlockM = 32;    // query rows per task
-constexpr int kBlockN = 64;    // keys per block of the key loop
+constexpr int kBlockM = kPlanBlockM;  // query rows per task (the plan's query tiles)
+constexpr int kBlockN = kPlanBlockN;  // keys per block of the key loop (the plan's key tiles)
 constexpr int kMaxRows = 36;   // kBlockM rounded up to any micro-kernel's row count
 constexpr int kMaxCols = 256;  // value_dim rounded up to any micro-kernel's column count
 constexpr int kWidestCols = 32;  // the widest micro-kernel's column count (GemmAvx512::kCols)
@@ -100,6 +101,7 @@ struct Job {
   // the sequence: panel_of_tile[key tile] indexes them, -1 for sequences of one query tile.
   const float* kt_panels;
   const int64_t* panel_of_tile;
+  const KeyRun* runs;  // the plan's key runs (mask_plan.h)
 };
 
 // Everything one (sequence, query tile, head group) task needs while it walks its keys.
@@ -421,12 +423,13 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   }
 }
 
-// One query tile of one head group of one sequence. Key tiles are classified with the shared rule table:
-// skipped tiles cost nothing, full tiles run without per-element checks, and from partial tiles only
-// the keys that some query of the tile may see are gathered into dense blocks, so the work follows
-// the allowed pairs even for masks as sparse as PerSRec's.
+// The plan's work item w (one query tile of one sequence) for one head group. Only the key tiles of
+// its runs are visited: full tiles run without per-element checks, and from partial tiles only the
+// keys that some query of the tile may see are gathered into dense blocks, so the work follows the
+// allowed pairs even for masks as sparse as PerSRec's.
 template <typename Shape, bool kFewQueries>
-LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h0, int group, Scratch& sc) {
+LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int group, Scratch& sc) {
+  const int b = w.seq, q_tile = w.tile;
   const AttentionParams& p = *job.p;
   TileTask t;
   t.job = &job;
@@ -470,18 +473,17 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h0, int g
   }
   std::fill(sc.seen, sc.seen + t.m_pad, false);
 
-  const int key_end = visible_key_end(p.rule, t.qb, Lk);
-  const int n_key_tiles = (key_end + kBlockN - 1) / kBlockN;
   const int32_t* kseg = p.kv_layout.segments;
   const uint8_t* krole = p.kv_layout.roles;
   int pending = 0;  // keys gathered from partial tiles, waiting for a full block
   int full_keys[kBlockN];
-  for (int kt = 0; kt < n_key_tiles; ++kt) {
+  KeyTileCursor cursor;
+  cursor.start(job.runs, w);
+  int kt = 0, cls = kTileSkip;
+  while (cursor.next(&kt, &cls)) {
     const int col0 = kt * kBlockN;
     const int cols = std::min(kBlockN, Lk - col0);
     const TileBounds kb{job.k_tiles[job.k_base[b] + kt], col0, col0 + cols - 1};
-    const int cls = classify_tile(p.rule, t.qb, kb);
-    if (cls == kTileSkip) continue;
     if (cls == kTileFull) {
       std::memcpy(full_keys, sc.keys, sizeof(int) * pending);  // park the pending gather
       for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
@@ -539,15 +541,14 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h0, int g
   }
 }
 
-// One entry per instruction set, each compiled for it (native/cpu/isa.h).
 // One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries
 // have their own entries (dot-product Q K^T, 4-row P V), so the large tiles' code stays compact.
 #define LK_ATTEND_ENTRIES(name, attr, Shape)                                                          \
-  attr void name(const Job& j, int b, int t, int h, int n, Scratch& s) {                             \
-    attend_tile_impl<Shape, false>(j, b, t, h, n, s);                                                 \
+  attr void name(const Job& j, const PlanWork& w, int h, int n, Scratch& s) {                       \
+    attend_tile_impl<Shape, false>(j, w, h, n, s);                                                    \
   }                                                                                                   \
-  attr void name##_few(const Job& j, int b, int t, int h, int n, Scratch& s) {                       \
-    attend_tile_impl<Shape, true>(j, b, t, h, n, s);                                                  \
+  attr void name##_few(const Job& j, const PlanWork& w, int h, int n, Scratch& s) {                 \
+    attend_tile_impl<Shape, true>(j, w, h, n, s);                                                     \
   }
 #if LK_ISA_X86
 LK_ATTEND_ENTRIES(attend_tile_avx512, LK_TARGET_AVX512, GemmAvx512)
@@ -559,8 +560,8 @@ LK_ATTEND_ENTRIES(attend_tile_neon, , GemmNeon)
 LK_ATTEND_ENTRIES(attend_tile_portable, , GemmBaseline)
 #undef LK_ATTEND_ENTRIES
 
-// (job, sequence, query tile, first head, heads in the group, scratch)
-using AttendTileFn = void (*)(const Job&, int, int, int, int, Scratch&);
+// (job, work item, first head, heads in the group, scratch)
+using AttendTileFn = void (*)(const Job&, const PlanWork&, int, int, Scratch&);
 const IsaTable<AttendTileFn> kAttendTile = {{attend_tile_portable, LK_IF_NEON(attend_tile_neon), LK_IF_X86(attend_tile_avx2),
                                              LK_IF_X86(attend_tile_avx512), nullptr}};
 const IsaTable<AttendTileFn> kAttendFewTile = {{attend_tile_portable_few, LK_IF_NEON(attend_tile_neon_few),
@@ -582,7 +583,7 @@ int group_heads(const AttentionParams& p, const std::vector<int32_t>& q_base, in
 
 }  // namespace
 
-void masked_attention(const AttentionParams& p) {
+void masked_attention(const AttentionParams& p, PlanState* plan) {
   const int64_t q_count = p.tq * p.heads * p.head_dim;
   const int64_t k_count = p.tk * p.kv_heads * p.head_dim;
   const int64_t v_count = p.tk * p.kv_heads * p.value_dim;
@@ -597,11 +598,18 @@ void masked_attention(const AttentionParams& p) {
     out = out_f32.get();
   }
 
-  // Only real tiles exist: an empty sequence costs a prefix-sum entry, whatever the longest one is.
-  const std::vector<int32_t> q_base = tile_bases(p.q_layout.offsets, p.batch, kBlockM);
-  const std::vector<int32_t> k_base = tile_bases(p.kv_layout.offsets, p.batch, kBlockN);
-  const std::vector<TileSummary> q_tiles = tile_summaries(p.q_layout.offsets, p.q_layout.segments, p.q_layout.roles, p.batch, kBlockM, q_base);
-  const std::vector<TileSummary> k_tiles = tile_summaries(p.kv_layout.offsets, p.kv_layout.segments, p.kv_layout.roles, p.batch, kBlockN, k_base);
+  // The plan: the MaskPlan's (built once, kept) or one for this call. Only real tiles exist: an
+  // empty sequence costs a prefix-sum entry, whatever the longest one is.
+  std::unique_ptr<CpuPlanGeometry> own;
+  const CpuPlanGeometry* g = nullptr;
+  if (plan) {
+    g = &cpu_plan_geometry(*plan);
+  } else {
+    own = build_cpu_plan(plan_inputs_of(p));
+    g = own.get();
+  }
+  const std::vector<int32_t>& q_base = g->q_base;
+  const std::vector<int32_t>& k_base = g->k_base;
   ThreadPool& pool = ThreadPool::shared();
   // K^T panels for key tiles that several query tiles visit and at least one sees whole (one
   // transpose per key tile and head instead of one per query tile; partial tiles are gathered and
@@ -615,11 +623,11 @@ void masked_attention(const AttentionParams& p) {
     const int Lk = p.kv_layout.offsets[b + 1] - p.kv_layout.offsets[b];
     for (int t = 0; t < k_base[(size_t)b + 1] - k_base[(size_t)b]; ++t) {
       const int col0 = t * kBlockN;
-      const TileBounds kb{k_tiles[(size_t)(k_base[(size_t)b] + t)], col0, std::min(Lk, col0 + kBlockN) - 1};
+      const TileBounds kb{g->k_tiles[(size_t)(k_base[(size_t)b] + t)], col0, std::min(Lk, col0 + kBlockN) - 1};
       bool full_somewhere = false;
       for (int qt = 0; qt < n_q && !full_somewhere; ++qt) {
         const int row0 = qt * kBlockM, rows = std::min(kBlockM, Lq - row0);
-        const TileBounds qb{q_tiles[(size_t)(q_base[(size_t)b] + qt)], row0 + Lk - Lq, row0 + rows - 1 + Lk - Lq};
+        const TileBounds qb{g->q_tiles[(size_t)(q_base[(size_t)b] + qt)], row0 + Lk - Lq, row0 + rows - 1 + Lk - Lq};
         full_somewhere = classify_tile(p.rule, qb, kb) == kTileFull;
       }
       if (!full_somewhere) continue;
@@ -632,20 +640,20 @@ void masked_attention(const AttentionParams& p) {
   FloatBuffer kt_panels = alloc_floats(panel_tiles.size() * Hkv * panel_floats);
   pool.parallel_for((int64_t)panel_tiles.size() * Hkv, [&](int64_t i, int) {
     const auto [b, t] = panel_tiles[(size_t)(i / Hkv)];
-    const int g = (int)(i % Hkv);
+    const int kv_head = (int)(i % Hkv);
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
     float* panel = kt_panels.get() + (size_t)i * panel_floats;
     for (int j = 0; j < kBlockN; ++j) {
-      const float* krow = k.data + ((key0 + j) * Hkv + g) * D;
+      const float* krow = k.data + ((key0 + j) * Hkv + kv_head) * D;
       for (int d = 0; d < D; ++d) panel[(size_t)d * kBlockN + j] = j < cols ? krow[d] : 0.0f;
     }
   });
-  const Job job{&p, q.data, k.data, v.data, out, q_tiles.data(), k_tiles.data(), q_base.data(), k_base.data(),
-                kt_panels.get(), panel_of_tile.data()};
+  const Job job{&p, q.data, k.data, v.data, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
+                kt_panels.get(), panel_of_tile.data(), g->runs.data()};
 
-  // Tasks = (sequence, query tile, head); later query tiles first since causal ones cost most.
-  const std::vector<TileRef> tasks = tiles_longest_first(q_base);
+  // Tasks = (work item, head group), heaviest work items first.
+  const std::vector<PlanWork>& tasks = g->work;
 
   const int group = group_heads(p, q_base, pool.size());
   const int n_groups = (p.heads + group - 1) / group;
@@ -654,10 +662,10 @@ void masked_attention(const AttentionParams& p) {
   const AttendTileFn attend_tile = isa_pick(kAttendTile);  // one path for the whole call
   const AttendTileFn attend_few_tile = isa_pick(kAttendFewTile);
   pool.parallel_for((int64_t)tasks.size() * n_groups, [&](int64_t i, int worker) {
-    const TileRef& t = tasks[i / n_groups];
+    const PlanWork& w = tasks[(size_t)(i / n_groups)];
     const int h0 = (int)(i % n_groups) * group;
-    const int rows = p.q_layout.offsets[t.seq + 1] - p.q_layout.offsets[t.seq] - t.tile * kBlockM;
-    (rows <= 4 ? attend_few_tile : attend_tile)(job, t.seq, t.tile, h0, std::min(group, p.heads - h0), scratch[worker]);
+    const int rows = p.q_layout.offsets[w.seq + 1] - p.q_layout.offsets[w.seq] - w.tile * kBlockM;
+    (rows <= 4 ? attend_few_tile : attend_tile)(job, w, h0, std::min(group, p.heads - h0), scratch[worker]);
   });
 
   if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);

@@ -1,11 +1,13 @@
 // Native CPU maskedAttention (SPEC §3): multi-threaded, tiled, online softmax in float32.
 #pragma once
 #include "../../cuda/common/attention_params.h"
+#include "../../cuda/common/mask_plan_host.h"
 
 namespace lk::cpu {
 
 // Host pointers throughout. Inputs of dtype float16/bfloat16 are converted to float32 first;
-// out has q's dtype.
-void masked_attention(const AttentionParams& p);
+// out has q's dtype. With a plan (a MaskPlan of the same layouts and rule) its CPU geometry is
+// walked (built on first use, kept); without, one is built for the call (mask_plan_cpu.h).
+void masked_attention(const AttentionParams& p, PlanState* plan = nullptr);
 
 }  // namespace lk::cpu
