@@ -5,7 +5,7 @@
 // sequences cost nothing; short query rows over 16k keys take the split-KV path on CUDA (the plan's
 // stats say so) and still equal the reference; a mismatched or disposed plan is refused by name.
 import test from 'ava';
-import { maskedAttention, maskPlan, MaskPlan, reference, tensor } from '../lib/index';
+import { maskedAttention, maskedAttentionBackward, maskPlan, MaskPlan, reference, tensor } from '../lib/index';
 import type { DType, Device, MaskRule, PresetName } from '../lib/index';
 import { compare, makeInput, pack, parityDevices, randomLength, randomRule, randomSequence, Rng } from './helpers';
 import type { PackedLayout, Seq } from './helpers';
@@ -229,5 +229,29 @@ for (const device of devices) {
     await t.throwsAsync(maskedAttention(q, k, v, { plan }), { message: 'plan is disposed' });
     t.throws(() => plan.stats(), { message: 'plan is disposed' });
     for (const x of [q, k, v, q8, k8, v8]) x.dispose();
+  });
+
+  test(`${device}: maskedAttentionBackward with a plan = without one, bit for bit (softmax and silu, random rules, jagged, GQA)`, async (t) => {
+    const rng = new Rng(909 + (device === 'cuda' ? 1 : 0));
+    for (const rule of ['causal', 'persrec', randomRule(rng)] as Array<MaskRule | PresetName>) {
+      const kind = typeof rule === 'string' && rule !== 'causal' ? rule : 'mixed';
+      const ql = jagged(rng, kind, rng.int(2, 5), 30);
+      const tq = ql.offsets[ql.lengths.length];
+      const plan = await maskPlan({ q: layoutOf(ql), rule }, { device, dtype: 'float32', headDim: 16 });
+      const [q, k, v, dOutput] = [[tq, 4, 16], [tq, 2, 16], [tq, 2, 8], [tq, 4, 8]].map((shape) =>
+        tensor(rng.floats(shape[0] * shape[1] * shape[2]), shape, { device }));
+      for (const normalize of ['softmax', 'silu'] as const) {
+        const direct = { q: layoutOf(ql), rule, normalize };
+        const fwd = await maskedAttention(q, k, v, { ...direct, returnLse: normalize === 'softmax' });
+        const inputs = { q, k, v, dOutput, output: fwd.output, lse: fwd.lse };
+        const planned = await maskedAttentionBackward(inputs, { plan, normalize });
+        const own = await maskedAttentionBackward(inputs, direct);
+        for (const name of ['dq', 'dk', 'dv'] as const)
+          t.true(sameBits(await planned[name].float32(), await own[name].float32()), `${JSON.stringify(rule)} ${normalize} ${name} lengths ${ql.lengths}`);
+        for (const x of [fwd.output, fwd.lse, planned.dq, planned.dk, planned.dv, own.dq, own.dk, own.dv]) x?.dispose();
+      }
+      for (const x of [q, k, v, dOutput]) x.dispose();
+      plan.dispose();
+    }
   });
 }
