@@ -18,6 +18,7 @@
 #include "../common/host_check.cuh"
 #include "../kernel_timing.h"
 #include "sparse_kernels.cuh"
+#include "tc_indexer.h"
 
 namespace lk::cuda {
 namespace {
@@ -87,6 +88,21 @@ template <typename T> struct LaunchSparse {
     LK_LAUNCH(k, dim3((unsigned)p.nq), dim3(kSelectThreads), 0, 0)(p);
   }
 };
+
+// Indexer query rows [row_begin, row_end) into score rows from score_row0: on tensor cores when
+// they apply (the work list of query tiles built from the host's offsets), else the FP32 kernel.
+std::string run_indexer(const IndexerParams& p, const int32_t* host_q_offsets, int64_t row_begin, int64_t row_end,
+                        int64_t score_row0, Uploads& up) {
+  if (tc_indexer_applies(p)) {
+    const std::vector<IndexerTile> tiles = tc_indexer_tiles(host_q_offsets, p.batch, row_begin, row_end, p.heads);
+    std::string err;
+    const IndexerTile* dev = up.put(tiles.data(), tiles.size(), &err);
+    if (err.empty()) launch_tc_indexer(p, dev, (int64_t)tiles.size(), score_row0);
+    return err;
+  }
+  by_dtype<LaunchIndexer>(p.dtype, p, row_begin, row_end, score_row0);
+  return std::string();
+}
 
 // Dynamic shared memory of the fused kernel for a batch whose longest row has `max_len` keys.
 size_t fused_score_bytes(int max_len) { return (size_t)(max_len > 0 ? max_len : 1) * sizeof(float); }
@@ -160,9 +176,9 @@ std::string indexer_scores(const IndexerParams& host) {
   if (!err.empty()) return err;
   KernelSpan span;
   span.begin();
-  by_dtype<LaunchIndexer>(p.dtype, p, int64_t(0), p.nq, int64_t(0));
+  err = run_indexer(p, host.q_offsets, 0, p.nq, 0, up);
   span.end();
-  return finish("indexerScores");
+  return err.empty() ? finish("indexerScores") : err;
 }
 
 std::string top_k(const TopKParams& host) {
@@ -235,7 +251,8 @@ std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams
   span.begin();
   for (int64_t c0 = 0; c0 < ip.nq; c0 += chunk) {
     const int64_t rows = std::min<int64_t>(chunk, ip.nq - c0);
-    if (ip.max_len > 0) by_dtype<LaunchIndexer>(ip.dtype, ip, c0, c0 + rows, c0);
+    if (ip.max_len > 0) err = run_indexer(ip, ihost.q_offsets, c0, c0 + rows, c0, up);
+    if (!err.empty()) return err;
     TopKParams part = tp;
     part.scores = scratch;
     part.cols = ip.max_len;
