@@ -1,0 +1,97 @@
+// The sparse path's tensor-core / vectorized kernels (issue #11) against the reference, on CUDA (a
+// GPU or the emulator: LIFELONG_CUDA_EMULATE=1 after `npm run build:emu`). On the emulator the
+// execution counters (backends().cuda.emulator) prove which path ran: the float16 / bfloat16
+// indexer issues mma / ldmatrix / cp.async, float32 keeps the exact kernel (no mma).
+import test from 'ava';
+import { backends, indexerScores, reference, tensor, topK, DType, Tensor } from '../lib/index';
+import { compare, cudaSkipReason, Rng } from './helpers';
+
+const reason = cudaSkipReason();
+const emulated = backends().cuda.emulated === true;
+
+function offsetsOf(lengths: number[]): Int32Array {
+  const o = new Int32Array(lengths.length + 1);
+  lengths.forEach((l, i) => { o[i + 1] = o[i] + l; });
+  return o;
+}
+
+type Counters = { mma: number; ldmatrix: number; cpAsync: number };
+function counters(): Counters | undefined {
+  const e = backends().cuda.emulator;
+  return e ? { mma: e.mma, ldmatrix: e.ldmatrix, cpAsync: e.cpAsync } : undefined;
+}
+
+/** Scores equal the reference within §7; NaN and ±Infinity exactly where the reference has them. */
+function compareScores(got: Float32Array, want: ArrayLike<number>, dtype: DType): string {
+  const finiteGot: number[] = [], finiteWant: number[] = [];
+  for (let i = 0; i < want.length; i++) {
+    if (!Number.isFinite(want[i]) || !Number.isFinite(got[i])) {
+      if (!Object.is(want[i], got[i])) return `scores[${i}]: got ${got[i]}, reference ${want[i]}`;
+      continue;
+    }
+    finiteGot.push(got[i]); finiteWant.push(want[i]);
+  }
+  return compare(finiteGot, finiteWant, dtype, 'scores');
+}
+
+if (reason) {
+  test.skip(`sparse path on tensor cores (skipped: ${reason}; set LIFELONG_CUDA_EMULATE=1 or use a GPU)`, () => {});
+} else {
+  for (const dtype of ['float16', 'bfloat16', 'float32'] as DType[]) {
+    // serial: the counters are process-wide, a concurrent test would move them too
+    test.serial(`indexerScores cuda ${dtype}: (query, head) x key tiles = reference on jagged batches`, async (t) => {
+      const rng = new Rng(dtype.length * 101 + 7);
+      let tensorCoreCalls = 0;
+      for (let round = 0; round < 6; round++) {
+        const B = rng.int(1, 4);
+        // key chunks of 1,024 (512 at Di = 128) keys per block: lengths across one and several chunks
+        const keyLens = Array.from({ length: B }, () => rng.pick([0, 1, 31, 64, 65, 1025, rng.int(1, 2200)]));
+        const qLens = Array.from({ length: B }, () => rng.pick([0, 1, 3, rng.int(1, 40)]));
+        const Hi = rng.pick([1, 2, 3, 5, 8, 64]), Di = rng.pick([8, 16, 24, 32, 64, 128]);
+        const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+        const Nq = qOffsets[B], Tk = kOffsets[B];
+        const qI = tensor(rng.floats(Nq * Hi * Di), [Nq, Hi, Di], { dtype, device: 'cuda' });
+        const kIData = rng.floats(Tk * Di);
+        // Non-finite keys in some rounds: relu keeps NaN, w · relu(-inf) is 0 (SPEC §5)
+        if (round % 3 === 2 && Tk > 4) { kIData[0] = Infinity; kIData[Di * 2 + 1] = -Infinity; kIData[Di * 3] = Number.NaN; }
+        const kI = tensor(kIData, [Tk, Di], { dtype, device: 'cuda' });
+        const w = tensor(rng.floats(Nq * Hi), [Nq, Hi], { dtype, device: 'cuda' });
+        const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
+        const before = counters();
+        const scores = await indexerScores(qI, kI, w, { qOffsets, kOffsets });
+        const after = counters();
+        const want = reference.indexerScores(await exact(qI, [Nq, Hi, Di]), await exact(kI, [Tk, Di]), await exact(w, [Nq, Hi]), { qOffsets, kOffsets });
+        t.deepEqual(scores.shape, want.shape);
+        t.is(compareScores(await scores.float32(), want.data, dtype), '', `B=${B} Nq=${Nq} Tk=${Tk} Hi=${Hi} Di=${Di}`);
+        if (before && after && Nq > 0 && Tk > 0) {
+          const moved = after.mma > before.mma && after.ldmatrix > before.ldmatrix && after.cpAsync > before.cpAsync;
+          if (dtype === 'float32') t.is(after.mma, before.mma, 'float32 keeps the exact kernel');
+          else { t.true(moved, `tensor-core indexer ran (mma ${before.mma} -> ${after.mma})`); tensorCoreCalls++; }
+        }
+        for (const x of [qI, kI, w, scores]) x.dispose();
+      }
+      if (emulated && dtype !== 'float32') t.true(tensorCoreCalls > 0, 'some round had queries and keys');
+    });
+  }
+
+  test('indexerScores cuda bfloat16: the DeepSeek-shaped indexer (64 heads x 128) over 3,000 keys = reference', async (t) => {
+    const rng = new Rng(64128);
+    const qOffsets = offsetsOf([3, 2]), kOffsets = offsetsOf([3000, 777]);
+    const Nq = 5, Hi = 64, Di = 128, Tk = kOffsets[2];
+    const qI = tensor(rng.floats(Nq * Hi * Di), [Nq, Hi, Di], { dtype: 'bfloat16', device: 'cuda' });
+    const kI = tensor(rng.floats(Tk * Di), [Tk, Di], { dtype: 'bfloat16', device: 'cuda' });
+    const w = tensor(rng.floats(Nq * Hi), [Nq, Hi], { dtype: 'bfloat16', device: 'cuda' });
+    const scores = await indexerScores(qI, kI, w, { qOffsets, kOffsets });
+    const want = reference.indexerScores({ data: await qI.float32(), shape: [Nq, Hi, Di] }, { data: await kI.float32(), shape: [Tk, Di] },
+      { data: await w.float32(), shape: [Nq, Hi] }, { qOffsets, kOffsets });
+    t.is(compareScores(await scores.float32(), want.data, 'bfloat16'), '');
+    // The selection from these scores equals the reference's up to ties.
+    const got = await topK(scores, 256);
+    const ref = reference.topK(want, 256);
+    const gv = (await got.values.data()) as Float32Array;
+    let far = 0;
+    for (let i = 0; i < gv.length; i++) if (Math.abs(gv[i] - ref.values.data[i]) > 1.6e-2 * (1 + Math.abs(ref.values.data[i]))) far++;
+    t.is(far, 0, 'top-256 values');
+    for (const x of [qI, kI, w, scores, got.indices, got.values]) x.dispose();
+  });
+}
