@@ -3,7 +3,7 @@
 // execution counters (backends().cuda.emulator) prove which path ran: the float16 / bfloat16
 // indexer issues mma / ldmatrix / cp.async, float32 keeps the exact kernel (no mma).
 import test from 'ava';
-import { backends, indexerScores, reference, tensor, topK, DType, Tensor } from '../lib/index';
+import { backends, indexerScores, reference, sparseAttention, tensor, topK, DType, Tensor } from '../lib/index';
 import { compare, cudaSkipReason, Rng } from './helpers';
 
 const reason = cudaSkipReason();
@@ -22,16 +22,16 @@ function counters(): Counters | undefined {
 }
 
 /** Scores equal the reference within §7; NaN and ±Infinity exactly where the reference has them. */
-function compareScores(got: Float32Array, want: ArrayLike<number>, dtype: DType): string {
+function compareScores(got: ArrayLike<number>, want: ArrayLike<number>, dtype: DType, what = 'scores'): string {
   const finiteGot: number[] = [], finiteWant: number[] = [];
   for (let i = 0; i < want.length; i++) {
     if (!Number.isFinite(want[i]) || !Number.isFinite(got[i])) {
-      if (!Object.is(want[i], got[i])) return `scores[${i}]: got ${got[i]}, reference ${want[i]}`;
+      if (!Object.is(want[i], got[i])) return `${what}[${i}]: got ${got[i]}, reference ${want[i]}`;
       continue;
     }
     finiteGot.push(got[i]); finiteWant.push(want[i]);
   }
-  return compare(finiteGot, finiteWant, dtype, 'scores');
+  return compare(finiteGot, finiteWant, dtype, what);
 }
 
 if (reason) {
@@ -129,4 +129,51 @@ if (reason) {
       }
     }
   });
+
+  for (const dtype of ['float16', 'bfloat16', 'float32'] as DType[]) {
+    test.serial(`sparseAttention cuda ${dtype}: head-batched gathers (GQA groups up to 16) = reference`, async (t) => {
+      const rng = new Rng(dtype.length * 31 + 5);
+      let tensorCoreCalls = 0;
+      for (let round = 0; round < 8; round++) {
+        const B = rng.int(1, 4);
+        const keyLens = Array.from({ length: B }, () => rng.pick([0, 1, 7, 40, rng.int(1, 300)]));
+        const qLens = Array.from({ length: B }, () => rng.int(0, 5));
+        const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+        const Nq = qOffsets[B], Tk = kOffsets[B];
+        const kvHeads = rng.pick([1, 2, 3]), group = rng.pick([1, 3, 8, 16]), H = kvHeads * group;
+        const D = rng.pick([8, 16, 64, 128]), Dv = rng.pick([8, 16, 32, 128]);
+        const K = rng.pick([1, 5, 16, 17, 64, 100]);
+        // indices: random keys of the query's own sequence, duplicates, -1; some rows all -1
+        const indices = new Int32Array(Nq * K);
+        for (let b = 0; b < B; b++)
+          for (let i = qOffsets[b]; i < qOffsets[b + 1]; i++) {
+            const none = keyLens[b] === 0 || rng.bool(0.15);
+            for (let j = 0; j < K; j++) indices[i * K + j] = none || rng.bool(0.2) ? -1 : rng.int(0, keyLens[b] - 1);
+          }
+        const kData = rng.floats(Tk * kvHeads * D), vData = rng.floats(Tk * kvHeads * Dv);
+        // Non-finite rows in some rounds: a -inf score weighs 0, +inf or NaN makes the row NaN.
+        if (round % 4 === 3 && Tk > 2) { kData.fill(-Infinity, 0, D); vData[Dv * kvHeads + 1] = Number.NaN; kData[2 * kvHeads * D] = Infinity; }
+        const q = tensor(rng.floats(Nq * H * D), [Nq, H, D], { dtype, device: 'cuda' });
+        const k = tensor(kData, [Tk, kvHeads, D], { dtype, device: 'cuda' });
+        const v = tensor(vData, [Tk, kvHeads, Dv], { dtype, device: 'cuda' });
+        const idx = tensor(indices, [Nq, K], { dtype: 'int32', device: 'cuda' });
+        const before = counters();
+        const got = await sparseAttention(q, k, v, idx, { qOffsets, kOffsets, returnLse: true });
+        const after = counters();
+        const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
+        const want = reference.sparseAttention(await exact(q, [Nq, H, D]), await exact(k, [Tk, kvHeads, D]), await exact(v, [Tk, kvHeads, Dv]),
+          { data: indices, shape: [Nq, K] }, { qOffsets, kOffsets, returnLse: true });
+        const what = `B=${B} Nq=${Nq} Tk=${Tk} H=${H} Hkv=${kvHeads} D=${D} Dv=${Dv} K=${K}`;
+        t.is(compareScores(await got.output.float32(), want.output.data, dtype, 'output'), '', what);
+        t.is(compareScores(await got.lse!.float32(), want.lse!.data, dtype, 'lse'), '', what);
+        if (before && after && Nq > 0) {
+          if (dtype === 'float32') t.is(after.mma, before.mma, 'float32 keeps the exact kernel');
+          else { t.true(after.mma > before.mma && after.ldmatrix > before.ldmatrix, `tensor-core sparse attention ran (${what})`); tensorCoreCalls++; }
+          if (dtype !== 'float32' && indices.some((x) => x >= 0)) t.true(after.cpAsync > before.cpAsync, 'K / V rows gathered by cp.async');
+        }
+        for (const x of [q, k, v, idx, got.output, got.lse!]) x.dispose();
+      }
+      if (emulated && dtype !== 'float32') t.true(tensorCoreCalls > 0, 'some round had queries');
+    });
+  }
 }

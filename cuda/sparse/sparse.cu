@@ -19,6 +19,7 @@
 #include "../kernel_timing.h"
 #include "sparse_kernels.cuh"
 #include "tc_indexer.h"
+#include "tc_sparse_attention.h"
 
 namespace lk::cuda {
 namespace {
@@ -84,6 +85,7 @@ template <typename T> struct LaunchIndexer {
 };
 template <typename T> struct LaunchSparse {
   static void run(const SparseParams& p) {
+    if (tc_sparse_applies(p)) return launch_tc_sparse(p);  // head-batched gathers on tensor cores
     auto* k = sparse_attention_kernel<T>;
     LK_LAUNCH(k, dim3((unsigned)p.nq), dim3(kSelectThreads), 0, 0)(p);
   }
