@@ -179,4 +179,31 @@ if (reason) {
       if (emulated && dtype !== 'float32') t.true(tensorCoreCalls > 0, 'some round had queries');
     });
   }
+
+  // Past grid.y: with 64 indexer heads a query tile is one query, so 70,000 queries are 70,000 tiles
+  // (the host launches them in slices of 65,535). About a minute of CPU on the plain emulator; the
+  // race-detecting (LK_EMU_SEED) and AddressSanitizer runs, many times slower, leave it to that run:
+  // the grid slicing is host logic, the same under every build.
+  const slow = /libasan/.test(process.env.LD_PRELOAD ?? '') || process.env.LK_EMU_SEED !== undefined;
+  (slow ? test.skip : test.serial)(`indexerScores cuda bfloat16 on tensor cores: 70,000 queries (70,000 query tiles) = cpu${slow ? ' (skipped under ASan / the race detector: the plain emulated run and a GPU run it)' : ''}`, async (t) => {
+    const rng = new Rng(70001);
+    const NQ = 70000, Hi = 64, Di = 8;
+    const qOffsets = offsetsOf([30000, 0, 40000]), kOffsets = offsetsOf([5, 3, 9]), Tk = kOffsets[3];
+    const qI = rng.floats(NQ * Hi * Di), kI = rng.floats(Tk * Di), w = rng.floats(NQ * Hi);
+    const run = async (device: 'cpu' | 'cuda') => {
+      const s = await indexerScores(tensor(qI, [NQ, Hi, Di], { dtype: 'bfloat16', device }), tensor(kI, [Tk, Di], { dtype: 'bfloat16', device }),
+        tensor(w, [NQ, Hi], { dtype: 'bfloat16', device }), { qOffsets, kOffsets });
+      t.deepEqual(s.shape, [NQ, 9]);
+      const out = await s.float32();
+      s.dispose();
+      return out;
+    };
+    const cpu = await run('cpu');
+    const before = counters();
+    const cuda = await run('cuda');
+    const after = counters();
+    if (before && after) t.true(after.mma - before.mma >= NQ, 'at least one mma per query tile');
+    t.is(compareScores(cuda, cpu, 'bfloat16'), '');
+    t.true(Number.isFinite(cuda[65535 * 9]) && Number.isFinite(cuda[(NQ - 1) * 9]), 'rows past 65,535 scored');
+  });
 }
