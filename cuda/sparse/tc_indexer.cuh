@@ -53,7 +53,7 @@ struct TcIndexerTraits {
 // work lists in slices). Writes score rows (query - score_row0) for keys [0, max_len) of the chunk;
 // keys past the sequence get -Infinity.
 template <typename T, int kCap>
-__global__ void __launch_bounds__(TcIndexerTraits<kCap>::kThreads)
+__global__ void __launch_bounds__(TcIndexerTraits<kCap>::kThreads, 1)
     tc_indexer_kernel(IndexerParams p, const IndexerTile* tiles, int64_t score_row0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   // sm_75: no cp.async / bf16 mma; the host never launches this kernel there.
