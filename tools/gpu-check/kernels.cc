@@ -816,6 +816,20 @@ void check_ica(Context& ctx) {
   }
 }
 
+// indexer_scores over every key of s (Hi x Di per query), into `scores`.
+void bench_indexer(Context& ctx, const SparseInputs& s, const SparseDevice& d, DevBuf& scores, const std::string& shape) {
+  BenchResult b;
+  b.kernel = "indexer_scores";
+  b.shape = shape;
+  b.dtype = dtype_name(s.dtype);
+  const double es = (double)dtype_size(s.dtype);
+  b.flops = (double)s.nq * 2.0 * s.hi * s.di * s.max_len;
+  b.bytes = es * ((double)s.tk * s.di + (double)s.nq * s.hi * (s.di + 1)) + 4.0 * (double)s.nq * s.max_len;
+  const IndexerParams ip = indexer_params(s, d.qi.get(), d.ki.get(), d.w.get(), static_cast<float*>(scores.get()));
+  finish_bench(b, time_op(ctx, [&] { must(cuda::indexer_scores(ip), "cuda::indexer_scores"); }));
+  ctx.record_bench(b);
+}
+
 // The DeepSeek-V3.2 (DSA) shape of issue #11: indexer 64 heads x 128 over 100,000 keys (the
 // tensor-core indexer for bfloat16), top-k 2,048 of those rows (radix select), and sparse attention
 // over the 2,048 with one kv head shared by 16 query heads of 128 (the head-batched gathers).
@@ -830,17 +844,7 @@ void bench_sparse_deepseek(Context& ctx) {
   DevBuf scores((size_t)s.nq * keys * 4), out((size_t)s.nq * H * D * (size_t)es);
   DevBuf idx((size_t)s.nq * topk * 4), vals((size_t)s.nq * topk * 4);
   const std::string shape = "deepseek " + std::to_string(queries) + "q keys=" + std::to_string(keys);
-  {
-    BenchResult b;
-    b.kernel = "indexer_scores";
-    b.shape = shape;
-    b.dtype = dtype_name(dtype);
-    b.flops = (double)s.nq * 2.0 * HI * DI * keys;
-    b.bytes = es * ((double)s.tk * DI + (double)s.nq * HI * (DI + 1)) + 4.0 * (double)s.nq * keys;
-    const IndexerParams ip = indexer_params(s, d.qi.get(), d.ki.get(), d.w.get(), static_cast<float*>(scores.get()));
-    finish_bench(b, time_op(ctx, [&] { must(cuda::indexer_scores(ip), "cuda::indexer_scores"); }));
-    ctx.record_bench(b);
-  }
+  bench_indexer(ctx, s, d, scores, shape);
   TopKParams tp{};
   tp.rows = s.nq; tp.cols = keys; tp.k = topk; tp.scores = static_cast<const float*>(scores.get());
   tp.indices = static_cast<int32_t*>(idx.get()); tp.values = static_cast<float*>(vals.get());
@@ -886,17 +890,7 @@ void bench_sparse(Context& ctx) {
       const double es = (double)dtype_size(dtype);
       DevBuf scores((size_t)s.nq * keys * 4), out((size_t)s.nq * H * D * (size_t)es);
       const std::string shape = std::to_string(users) + "x" + std::to_string(queries) + " keys=" + std::to_string(keys);
-      {
-        BenchResult b;
-        b.kernel = "indexer_scores";
-        b.shape = shape;
-        b.dtype = dtype_name(dtype);
-        b.flops = (double)s.nq * 2.0 * HI * DI * keys;
-        b.bytes = es * ((double)s.tk * DI + (double)s.nq * HI * (DI + 1)) + 4.0 * (double)s.nq * keys;
-        const IndexerParams ip = indexer_params(s, d.qi.get(), d.ki.get(), d.w.get(), static_cast<float*>(scores.get()));
-        finish_bench(b, time_op(ctx, [&] { must(cuda::indexer_scores(ip), "cuda::indexer_scores"); }));
-        ctx.record_bench(b);
-      }
+      bench_indexer(ctx, s, d, scores, shape);
       for (int topk : topks) {
         const int selected = std::min(topk, keys);
         DevBuf idx((size_t)s.nq * topk * 4), vals((size_t)s.nq * topk * 4);
