@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "../attention/tc_attention.cuh"  // tc_device_info
 #include "../common/compat.cuh"
+#include "../common/device_info.h"
 #include "../common/sparse_params.h"
 #include "tc_indexer.cuh"
 

@@ -3,8 +3,8 @@
 #pragma once
 #include <stdint.h>
 
-#include "../attention/tc_attention.cuh"  // tc_device_info
 #include "../common/compat.cuh"
+#include "../common/device_info.h"
 #include "../common/sparse_params.h"
 #include "tc_sparse_attention.cuh"
 
