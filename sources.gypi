@@ -7,13 +7,17 @@
       "native/op_queue.cc",
       "native/cpu/attention_cpu.cc",
       "native/cpu/gather_rows_cpu.cc",
-      "native/cpu/sparse_cpu.cc"
+      "native/cpu/sparse_cpu.cc",
+      "native/cpu/isa.cc",
+      "native/cpu/convert.cc",
+      "native/cpu/stream_merge_cpu.cc"
     ],
     "lk_cuda_sources": [
       "cuda/runtime.cu",
       "cuda/attention/masked_attention.cu",
       "cuda/memory/gather_rows.cu",
-      "cuda/sparse/sparse.cu"
+      "cuda/sparse/sparse.cu",
+      "cuda/multistream/multi_stream.cu"
     ],
     "lk_emu_sources": [
       "cuda/emu/cuda_emu.cc",

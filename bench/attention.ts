@@ -6,7 +6,9 @@ import * as os from 'os';
 import * as path from 'path';
 import { backends, maskedAttention, presets, reference, tensor, Tensor } from '../lib/index';
 import type { PresetName } from '../lib/index';
+import { cpuTargets } from './cpu-targets';
 import { buildAdditiveMask, createDenseMaskedAttention, measureSgemmPeak, padPacked, timeIt } from './ort-peer';
+import { writeAttentionChart } from './chart';
 
 const H = 4, D = 64, SEGMENT_ITEMS = 200, MEMORY_TOKENS = 4;
 const SHAPES = [{ users: 8, tokens: 1024 }, { users: 1, tokens: 4096 }];
@@ -61,6 +63,7 @@ async function main() {
   const rows: Record<string, unknown>[] = [];
   for (const { users, tokens } of SHAPES) {
     const T = users * tokens;
+    console.log(`-- ${users} users x ${tokens} tokens (${RULES.length} rules) …`);
     const q = randomFloats(T * H * D, 1), k = randomFloats(T * H * D, 2), v = randomFloats(T * H * D, 3);
     const qt = tensor(q, [T, H, D]), kt = tensor(k, [T, H, D]), vt = tensor(v, [T, H, D]);
     const offsetsFull = new Int32Array(users + 1).map((_, i) => i * tokens);
@@ -90,15 +93,20 @@ async function main() {
   for (const r of rows as { shape: string; rule: string; oursMs: number; oursGflops: number; ortMs: number; ortGflops: number; speedup: number }[])
     console.log(`${r.shape.padEnd(8)} ${r.rule.padEnd(14)} ${r.oursMs.toFixed(2).padStart(8)} ${r.oursGflops.toFixed(1).padStart(10)} ${r.ortMs.toFixed(2).padStart(8)} ${r.ortGflops.toFixed(1).padStart(10)} ${('x' + r.speedup.toFixed(2)).padStart(9)} ${((r.oursGflops / peakGflops) * 100).toFixed(0).padStart(8)}%`);
 
+  const targets = await cpuTargets(threads);
+  console.log(`load average at the end: ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} on ${threads} CPUs (other processes share them)`);
+
   const dir = path.join(__dirname, '..', '..', 'bench', 'results');
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `attention-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   fs.writeFileSync(file, JSON.stringify({
     bench: 'maskedAttention', date: new Date().toISOString(), machine: { cpus: os.cpus()[0]?.model, threads, simd: info.cpu.simd },
     config: { heads: H, headDim: D, segmentItems: SEGMENT_ITEMS, memoryTokens: MEMORY_TOKENS, dtype: 'float32' },
-    sgemmPeakGflops: peakGflops, peer: 'onnxruntime-node dense masked attention (MatMul, Add mask, Softmax, MatMul)', rows,
+    sgemmPeakGflops: peakGflops, peer: 'onnxruntime-node dense masked attention (MatMul, Add mask, Softmax, MatMul)', rows, targets,
+    loadAverage: os.loadavg(),
   }, null, 2));
   console.log(`\nwrote ${path.relative(process.cwd(), file)}`);
+  writeAttentionChart(path.relative(process.cwd(), file), rows);
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

@@ -1,6 +1,6 @@
 // maskedAttention (SPEC §3) on the native CPU or CUDA backend, chosen by the inputs' device.
-import { native } from './native';
-import { DTYPE_CODE, Tensor, emptyTensors } from './tensor';
+import { codes, native } from './native';
+import { DTYPE_CODE, DType, Tensor, emptyTensors } from './tensor';
 import { encodeRule, MaskRule, PresetName } from './rules';
 import { checkHeads, checkLayout, checkPositiveNumber, checkTensor, FLOAT_DTYPES, Layout } from './layout';
 
@@ -14,11 +14,15 @@ export interface MaskedAttentionOptions {
   returnLse?: boolean;
 }
 
-export interface AttentionResult {
-  output: Tensor;
-  lse?: Tensor;
+/** `output` has q's dtype; `lse` (float32 [Tq, H]) is there when `returnLse: true` was passed. */
+export interface AttentionResult<D extends DType = DType> {
+  output: Tensor<D>;
+  lse?: Tensor<'float32'>;
 }
 
+export function maskedAttention<D extends DType>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, options: MaskedAttentionOptions & { returnLse: true }):
+  Promise<{ output: Tensor<D>; lse: Tensor<'float32'> }>;
+export function maskedAttention<D extends DType>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, options: MaskedAttentionOptions): Promise<AttentionResult<D>>;
 export async function maskedAttention(q: Tensor, k: Tensor, v: Tensor, options: MaskedAttentionOptions): Promise<AttentionResult> {
   checkTensor(q, 'q', 3, FLOAT_DTYPES);
   checkTensor(k, 'k', 3, FLOAT_DTYPES);
@@ -53,7 +57,7 @@ export async function maskedAttention(q: Tensor, k: Tensor, v: Tensor, options: 
   if (options.returnLse && normalize !== 'softmax') throw new RangeError("options.returnLse: only defined for normalize 'softmax'");
 
   const outs = emptyTensors(options.returnLse ? [[q.dtype, [tq, heads, valueDim]], ['float32', [tq, heads]]] : [[q.dtype, [tq, heads, valueDim]]], q.device);
-  const output = outs[0], lse: Tensor | undefined = outs[1];
+  const output = outs[0], lse = outs[1] as Tensor<'float32'> | undefined;
   try {
     await native().maskedAttention({
       device: q.device,
@@ -62,7 +66,7 @@ export async function maskedAttention(q: Tensor, k: Tensor, v: Tensor, options: 
       batch: qLayout.batch, tq, tk, heads, kvHeads, headDim, valueDim,
       qOffsets: qLayout.offsets, qSegments: qLayout.segments, qRoles: qLayout.roles,
       kvOffsets: kv.offsets, kvSegments: kv.segments, kvRoles: kv.roles,
-      rule, scale, normalize: normalize === 'silu' ? 1 : 0, siluInvDivisor: 1 / siluDivisor,
+      rule, scale, normalize: codes().normalize[normalize], siluInvDivisor: 1 / siluDivisor,
     });
   } catch (e) {
     output.dispose();

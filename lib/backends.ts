@@ -11,7 +11,11 @@ export interface CudaDevice {
 }
 
 export interface Backends {
-  cpu: { threads: number; simd: string };
+  /**
+   * simd: the instruction set the CPU kernels run on now (the best of isaPaths, unless LK_CPU_ISA
+   * forces one of them); isaPaths: every set this CPU and build can run.
+   */
+  cpu: { threads: number; simd: string; isaPaths: string[] };
   cuda: {
     available: boolean;
     compiled: boolean;
@@ -34,7 +38,7 @@ export function backends(): Backends {
     cuda.reason = cuda.available ? 'disabled by LIFELONG_DEVICE=cpu' : `disabled by LIFELONG_DEVICE=cpu (and: ${cuda.reason})`;
     cuda.available = false;
   }
-  return { cpu: { ...b.cpu }, cuda };
+  return { cpu: { ...b.cpu, isaPaths: b.cpu.isaPaths.slice() }, cuda };
 }
 
 /** Why 'cuda' cannot be used right now, or undefined when it can. */

@@ -1,6 +1,6 @@
 // Jagged (packed) batch layouts, SPEC §2, and the argument checks every op shares (SPEC §6).
 import { Tensor, DType, Device } from './tensor';
-import { limits } from './native';
+import { codes, limits } from './native';
 
 export interface Layout {
   offsets: Int32Array;
@@ -43,8 +43,12 @@ export function checkLayout(layout: unknown, tokens: number, name: string): Chec
   if (roles !== undefined) {
     if (!(roles instanceof Uint8Array)) throw new TypeError(`${name}.roles: expected a Uint8Array`);
     if (roles.length !== tokens) throw new RangeError(`${name}.roles: expected ${tokens} entries (one per token), got ${roles.length}`);
+    const roleCount = codes().roleCount;
     for (let t = 0; t < tokens; t++)
-      if (roles[t] > 2) throw new RangeError(`${name}.roles: roles are 0 (item), 1 (memory) or 2 (target), got ${roles[t]} at ${t}`);
+      if (roles[t] >= roleCount) {
+        const known = Object.entries(codes().role).sort((a, b) => a[1] - b[1]).map(([n, c]) => `${c} (${n})`);
+        throw new RangeError(`${name}.roles: roles are ${known.slice(0, -1).join(', ')} or ${known[known.length - 1]}, got ${roles[t]} at ${t}`);
+      }
   }
   return { offsets, segments, roles, batch, maxLength };
 }

@@ -4,9 +4,10 @@
 // run in call order; every check happens before the kernel, so a rejected call changes nothing.
 import { promises as fsp } from 'fs';
 import * as path from 'path';
-import { native, NativeStorage } from './native';
+import { codes, native, NativeStorage } from './native';
+import { ROLE, RoleName } from './rules';
 import { DTYPE_CODE, DType, Device, Tensor, deviceCapacity, emptyTensor } from './tensor';
-import { checkLayout, checkTensor, Layout } from './layout';
+import { checkLayout, checkTensor, CheckedLayout, Layout } from './layout';
 import { cudaDisabledReason } from './backends';
 import { crc32 } from './crc32';
 
@@ -25,13 +26,79 @@ export interface MemoryBankOptions {
 
 export type RoleSelect = 'item' | 'memory' | 'target' | { role: 'item' | 'memory' | 'target'; last: number };
 
-const ROLE_CODE = { item: 0, memory: 1, target: 2 } as const;
-const BYTES: Record<string, number> = { float32: 4, float16: 2, bfloat16: 2 };
+const BANK_DTYPES = ['float32', 'float16', 'bfloat16'] as const;
 
-function checkCount(v: unknown, name: string, min: number, max = 2 ** 31 - 1): number {
+export function checkCount(v: unknown, name: string, min: number, max = 2 ** 31 - 1): number {
   if (typeof v !== 'number' || !Number.isInteger(v)) throw new TypeError(`${name}: expected an integer, got ${String(v)}`);
   if (v < min || v > max) throw new RangeError(`${name}: expected an integer in [${min}, ${max}], got ${v}`);
   return v;
+}
+
+/** The options a MemoryBank and a RedisMemoryStore share, checked (defaults filled in). */
+export function checkMemoryOptions(options: { slots: unknown; width: unknown; dtype?: unknown; device?: unknown; mode: unknown; overflow?: unknown }):
+  { slots: number; width: number; dtype: Exclude<DType, 'int32'>; device: Device; mode: BankMode; overflow: BankOverflow } {
+  const slots = checkCount(options.slots, 'slots', 1);
+  const width = checkCount(options.width, 'width', 1);
+  const dtype = options.dtype ?? 'float32';
+  if (typeof dtype !== 'string' || !(BANK_DTYPES as readonly string[]).includes(dtype)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
+  const device = options.device ?? 'cpu';
+  if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`device: expected 'cpu' or 'cuda', got ${String(device)}`);
+  if (device === 'cuda') {
+    const reason = cudaDisabledReason();
+    if (reason) throw new Error(`device: CUDA is not available: ${reason}`);
+  }
+  const mode = options.mode;
+  if (mode !== 'overwrite' && mode !== 'append') throw new TypeError(`mode: expected 'overwrite' or 'append', got ${String(mode)}`);
+  const overflow = options.overflow ?? 'error';
+  if (overflow !== 'error' && overflow !== 'evict-oldest') throw new TypeError(`overflow: expected 'error' or 'evict-oldest', got ${String(overflow)}`);
+  return { slots, width, dtype: dtype as Exclude<DType, 'int32'>, device, mode, overflow };
+}
+
+/** Rows of `owner`'s dtype, device and width (`ownerName`: 'bank', 'store'). */
+export function checkRows(t: unknown, name: string, owner: { dtype: DType; device: Device; width: number }, ownerName: string): Tensor {
+  const x = checkTensor(t, name, 2, ['float32', 'float16', 'bfloat16']);
+  if (x.dtype !== owner.dtype) throw new TypeError(`${name}: dtype ${x.dtype} differs from the ${ownerName}'s ${owner.dtype}`);
+  if (x.device !== owner.device) throw new TypeError(`${name}: on ${x.device} but the ${ownerName} is on ${owner.device}`);
+  if (x.shape[1] !== owner.width) throw new RangeError(`${name}: width ${x.shape[1]} differs from the ${ownerName}'s ${owner.width}`);
+  return x;
+}
+
+/** The update options `{ blend? }`, checked at the call (`blendable`: the memory's mode is 'overwrite'). */
+export function checkBlendOption(options: unknown, blendable: boolean, ownerName: string): number | undefined {
+  if (options === null || typeof options !== 'object') throw new TypeError('options: expected { blend? }');
+  const blend = (options as { blend?: unknown }).blend;
+  if (blend === undefined) return undefined;
+  if (typeof blend !== 'number') throw new TypeError('options.blend: expected a number');
+  if (!(blend > 0 && blend <= 1)) throw new RangeError(`options.blend: expected a number in (0, 1], got ${blend}`);
+  if (!blendable) throw new RangeError(`options.blend: only a mode 'overwrite' ${ownerName} blends`);
+  return blend;
+}
+
+/**
+ * updateFrom's row choice: per sequence of `lay`, the rows whose role is `select` (or only the
+ * last n of them with `{ role, last: n }`), and how many that is.
+ */
+export function selectRows(lay: CheckedLayout, select: unknown): { rows: number[][]; counts: Int32Array } {
+  let role: number, last = Infinity;
+  const roleOf = (name: unknown) => (typeof name === 'string' && Object.hasOwn(ROLE, name) ? ROLE[name as RoleName] : -1);
+  if (typeof select === 'string') {
+    role = roleOf(select);
+    if (role < 0) throw new TypeError(`select: unknown role '${select}', expected 'item', 'memory' or 'target'`);
+  } else if (select !== null && typeof select === 'object') {
+    const s = select as { role?: unknown; last?: unknown };
+    role = roleOf(s.role);
+    if (role < 0) throw new TypeError(`select.role: unknown role '${String(s.role)}', expected 'item', 'memory' or 'target'`);
+    last = checkCount(s.last, 'select.last', 1);
+  } else throw new TypeError(`select: expected 'item', 'memory', 'target' or { role, last }`);
+  const rows: number[][] = [];
+  const counts = new Int32Array(lay.batch);
+  for (let b = 0; b < lay.batch; b++) {
+    const picked: number[] = [];
+    for (let t = lay.offsets[b]; t < lay.offsets[b + 1]; t++) if ((lay.roles ? lay.roles[t] : 0) === role) picked.push(t);
+    rows.push(picked.length > last ? picked.slice(picked.length - last) : picked);
+    counts[b] = rows[b].length;
+  }
+  return { rows, counts };
 }
 
 /** One gather call: row i writes dst[dstRow[i]] from sources[srcSel[i]][srcRow[i]]. */
@@ -67,26 +134,11 @@ export class MemoryBank {
   constructor(options: MemoryBankOptions) {
     if (options === null || typeof options !== 'object') throw new TypeError('options: expected { users, slots, width, mode, ... }');
     this.users = checkCount(options.users, 'users', 1);
-    this.slots = checkCount(options.slots, 'slots', 1);
-    this.width = checkCount(options.width, 'width', 1);
-    const dtype = options.dtype ?? 'float32';
-    if (typeof dtype !== 'string' || !Object.hasOwn(BYTES, dtype)) throw new TypeError(`dtype: expected 'float32', 'float16' or 'bfloat16', got ${String(dtype)}`);
-    this.dtype = dtype;
-    const device = options.device ?? 'cpu';
-    if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`device: expected 'cpu' or 'cuda', got ${String(device)}`);
-    if (device === 'cuda') {
-      const reason = cudaDisabledReason();
-      if (reason) throw new Error(`device: CUDA is not available: ${reason}`);
-    }
-    this.device = device;
-    if (options.mode !== 'overwrite' && options.mode !== 'append') throw new TypeError(`mode: expected 'overwrite' or 'append', got ${String(options.mode)}`);
-    this.mode = options.mode;
-    const overflow = options.overflow ?? 'error';
-    if (overflow !== 'error' && overflow !== 'evict-oldest') throw new TypeError(`overflow: expected 'error' or 'evict-oldest', got ${String(overflow)}`);
-    this.overflow = overflow;
+    ({ slots: this.slots, width: this.width, dtype: this.dtype, device: this.device, mode: this.mode, overflow: this.overflow } = checkMemoryOptions(options));
+    const dtype = this.dtype, device = this.device;
     const rows = this.users * this.slots;
     if (rows > 2 ** 31 - 1) throw new RangeError(`users * slots: at most 2^31 - 1 rows, got ${rows}`);
-    const bytes = rows * this.width * BYTES[dtype];
+    const bytes = rows * this.width * codes().dtypeBytes[dtype];
     if (bytes > deviceCapacity(device))
       throw new RangeError(`width: users x slots x width of ${dtype} is ${bytes} bytes, more than the ${device} device holds (${deviceCapacity(device)})`);
     this.#storage = new (native().Storage)(device, bytes, true);
@@ -97,7 +149,7 @@ export class MemoryBank {
   get disposed(): boolean { return this.#storage === undefined; }
 
   /** Bytes of token storage per user (slots x width x element size). */
-  get bytesPerUser(): number { return this.slots * this.width * BYTES[this.dtype]; }
+  get bytesPerUser(): number { return this.slots * this.width * codes().dtypeBytes[this.dtype]; }
 
   dispose(): void {
     this.#storage?.dispose();
@@ -105,6 +157,13 @@ export class MemoryBank {
   }
 
   [Symbol.dispose](): void { this.dispose(); }
+
+  toString(): string {
+    return `MemoryBank(${this.mode}${this.mode === 'append' ? `, overflow ${this.overflow}` : ''}, ${this.users} users × ${this.slots} slots × ${this.width} ${this.dtype}, ${this.device}${this.disposed ? ', disposed' : ''})`;
+  }
+
+  /** @internal console.log / util.inspect show what toString says. */
+  [Symbol.for('nodejs.util.inspect.custom')](): string { return this.toString(); }
 
   #live(): NativeStorage {
     if (!this.#storage) throw new Error('memory bank is disposed');
@@ -153,22 +212,12 @@ export class MemoryBank {
   }
 
   #checkTokens(t: unknown, name: string): Tensor {
-    const x = checkTensor(t, name, 2, ['float32', 'float16', 'bfloat16']);
-    if (x.dtype !== this.dtype) throw new TypeError(`${name}: dtype ${x.dtype} differs from the bank's ${this.dtype}`);
-    if (x.device !== this.device) throw new TypeError(`${name}: on ${x.device} but the bank is on ${this.device}`);
-    if (x.shape[1] !== this.width) throw new RangeError(`${name}: width ${x.shape[1]} differs from the bank's ${this.width}`);
-    return x;
+    return checkRows(t, name, this, 'bank');
   }
 
   // The update options, checked at the call.
   #blendOption(options: unknown): number | undefined {
-    if (options === null || typeof options !== 'object') throw new TypeError('options: expected { blend? }');
-    const blend = (options as { blend?: unknown }).blend;
-    if (blend === undefined) return undefined;
-    if (typeof blend !== 'number') throw new TypeError('options.blend: expected a number');
-    if (!(blend > 0 && blend <= 1)) throw new RangeError(`options.blend: expected a number in (0, 1], got ${blend}`);
-    if (this.mode !== 'overwrite') throw new RangeError("options.blend: only a mode 'overwrite' bank blends");
-    return blend;
+    return checkBlendOption(options, this.mode === 'overwrite', 'bank');
   }
 
   #checkCounts(ids: Int32Array, counts: Int32Array, countName: string): void {
@@ -223,25 +272,8 @@ export class MemoryBank {
       const src = this.#checkTokens(hidden, 'hidden');
       const lay = checkLayout(layout, src.shape[0], 'layout');
       if (lay.batch !== ids.length) throw new RangeError(`layout: ${lay.batch} sequences for ${ids.length} users`);
-      let role: number, last = Infinity;
-      const roleOf = (name: unknown) => (typeof name === 'string' && Object.hasOwn(ROLE_CODE, name) ? ROLE_CODE[name as keyof typeof ROLE_CODE] : -1);
-      if (typeof select === 'string') {
-        role = roleOf(select);
-        if (role < 0) throw new TypeError(`select: unknown role '${select}', expected 'item', 'memory' or 'target'`);
-      } else if (select !== null && typeof select === 'object') {
-        role = roleOf(select.role);
-        if (role < 0) throw new TypeError(`select.role: unknown role '${String(select.role)}', expected 'item', 'memory' or 'target'`);
-        last = checkCount(select.last, 'select.last', 1);
-      } else throw new TypeError(`select: expected 'item', 'memory', 'target' or { role, last }`);
+      const { rows, counts } = selectRows(lay, select);
       const blend = this.#blendOption(options);
-      const rows: number[][] = [];
-      const counts = new Int32Array(ids.length);
-      for (let b = 0; b < lay.batch; b++) {
-        const picked: number[] = [];
-        for (let t = lay.offsets[b]; t < lay.offsets[b + 1]; t++) if ((lay.roles ? lay.roles[t] : 0) === role) picked.push(t);
-        rows.push(picked.length > last ? picked.slice(picked.length - last) : picked);
-        counts[b] = rows[b].length;
-      }
       this.#checkCounts(ids, counts, 'select');
       const held = src.hold();
       return { held: [held], run: () => this.#write(ids, counts, (i, r) => rows[i][r], held, blend, 'select') };
@@ -376,7 +408,14 @@ export class MemoryBank {
    */
   save(file: string): Promise<void> {
     if (typeof file !== 'string' || file === '') return Promise.reject(new TypeError('file: expected a path'));
-    return this.#submit(() => ({ run: () => this.#saveNow(file) }));
+    return this.#submit(() => ({
+      run: () => this.#saveNow(file).catch((e: NodeJS.ErrnoException) => {
+        // fs errors name the temporary file; the caller asked about `file`.
+        const error: NodeJS.ErrnoException = new Error(`MemoryBank.save(${file}): ${e.message}`, { cause: e });
+        if (e.code !== undefined) error.code = e.code;
+        throw error;
+      }),
+    }));
   }
 
   async #saveNow(file: string): Promise<void> {
@@ -387,7 +426,7 @@ export class MemoryBank {
     header.writeUInt32LE(this.users, 12);
     header.writeUInt32LE(this.slots, 16);
     header.writeUInt32LE(this.width, 20);
-    header.writeUInt8(DTYPE_CODE[this.dtype], 24);
+    header.writeUInt8(FILE_DTYPES.indexOf(this.dtype), 24);
     header.writeUInt8(this.mode === 'overwrite' ? 0 : 1, 25);
     header.writeUInt8(this.overflow === 'error' ? 0 : 1, 26);
     const parts = [header, Buffer.from(this.#lengths.buffer, this.#lengths.byteOffset, this.#lengths.byteLength),
@@ -431,11 +470,11 @@ export class MemoryBank {
       if (version !== FORMAT_VERSION) throw fail(`format version ${version} is not supported (this build reads version ${FORMAT_VERSION})`);
       const users = header.readUInt32LE(12), slots = header.readUInt32LE(16), width = header.readUInt32LE(20);
       const dtypeCode = header.readUInt8(24), mode = header.readUInt8(25), overflow = header.readUInt8(26);
-      if (dtypeCode > 2 || mode > 1 || overflow > 1 || header.subarray(27, HEADER_BYTES).some((b) => b !== 0) ||
+      if (dtypeCode >= FILE_DTYPES.length || mode > 1 || overflow > 1 || header.subarray(27, HEADER_BYTES).some((b) => b !== 0) ||
           users < 1 || slots < 1 || width < 1 || users * slots > 2 ** 31 - 1)
         throw fail('corrupt header');
-      const dtype = (['float32', 'float16', 'bfloat16'] as const)[dtypeCode];
-      const expected = HEADER_BYTES + 8 * users + users * slots * width * BYTES[dtype] + 4;
+      const dtype = FILE_DTYPES[dtypeCode];
+      const expected = HEADER_BYTES + 8 * users + users * slots * width * codes().dtypeBytes[dtype] + 4;
       if (size !== expected) throw fail(`expected ${expected} bytes, found ${size} (truncated or corrupt)`);
       buf = Buffer.alloc(expected);
       header.copy(buf);
@@ -446,7 +485,7 @@ export class MemoryBank {
     }
     const expected = buf.length;
     const users = buf.readUInt32LE(12), slots = buf.readUInt32LE(16), width = buf.readUInt32LE(20);
-    const dtype = (['float32', 'float16', 'bfloat16'] as const)[buf.readUInt8(24)];
+    const dtype = FILE_DTYPES[buf.readUInt8(24)];
     const stored = buf.readUInt32LE(expected - 4);
     if ((crc32(buf.subarray(0, expected - 4), 0) >>> 0) !== stored) throw fail('checksum mismatch (corrupt file)');
     const lengths = new Int32Array(buf.buffer.slice(buf.byteOffset + HEADER_BYTES, buf.byteOffset + HEADER_BYTES + 4 * users));
@@ -495,5 +534,7 @@ function processIsGone(pid: number): boolean {
 }
 
 const MAGIC = Buffer.from('LKMEMBNK', 'latin1');
+// The file format's own dtype codes (README, "MemoryBank file format"): fixed by the format, not the kernels.
+const FILE_DTYPES = ['float32', 'float16', 'bfloat16'] as const;
 const FORMAT_VERSION = 1;
 const HEADER_BYTES = 32;

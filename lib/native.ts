@@ -13,6 +13,26 @@ export interface NativeStorage {
   copyTo(device: 'cpu' | 'cuda'): Promise<NativeStorage>;
   /** Another handle on the same memory: it stays alive until every handle is disposed. */
   share(): NativeStorage;
+  /** A handle on bytes [byteOffset, byteOffset + bytes) of this memory (no copy; keeps it alive). */
+  view(byteOffset: number, bytes: number): NativeStorage;
+  /** Copies the storage into a caller's typed array of exactly `bytes` bytes. */
+  readInto(array: ArrayBufferView): Promise<void>;
+  /** Copies another storage of the same size into this one (any devices). */
+  copyFrom(source: NativeStorage): Promise<void>;
+  /** An ArrayBuffer on this CPU memory (no copy); it keeps the memory alive until collected. */
+  hostView(): ArrayBuffer;
+  /** True when the memory is a caller's array wrapped without a copy. */
+  readonly external: boolean;
+}
+
+/** The numeric codes the kernels read (native/binding.cc `codes()`); TypeScript encodes with these. */
+export interface NativeCodes {
+  dtype: Record<'float32' | 'float16' | 'bfloat16' | 'int32', number>;
+  dtypeBytes: Record<'float32' | 'float16' | 'bfloat16' | 'int32', number>;
+  role: Record<'item' | 'memory' | 'target', number>;
+  roleCount: number;
+  segRelation: Record<'none' | 'self' | 'same' | 'earlier' | 'same-or-earlier' | 'any', number>;
+  normalize: Record<'softmax' | 'silu', number>;
 }
 
 /** The addon's limits (one place: native/binding.cc); TypeScript checks against these. */
@@ -26,7 +46,7 @@ export interface NativeLimits {
 }
 
 export interface NativeBackends {
-  cpu: { threads: number; simd: string };
+  cpu: { threads: number; simd: string; isaPaths: string[] };
   cuda: {
     available: boolean;
     compiled: boolean;
@@ -45,6 +65,15 @@ export interface EmulatorCounters {
   cpAsync: number;
 }
 
+/** What the CUDA host path has done since load (cuda/backend.h, HostPathStats). */
+export interface CudaHostPathStats {
+  submitted: number; completed: number; inFlight: number;
+  issuerWaits: number; completionWaits: number;
+  deviceMallocs: number; deviceFrees: number; cacheHits: number; trims: number; allocRetries: number;
+  cachedBytes: number; reservedBytes: number; cacheLimit: number;
+  pinnedMallocs: number; pinnedHits: number; pinnedCachedBytes: number;
+}
+
 export interface NativeAddon {
   Storage: new (device: 'cpu' | 'cuda', bytes: number, zero?: boolean) => NativeStorage;
   backends(): NativeBackends;
@@ -54,14 +83,28 @@ export interface NativeAddon {
   topK(args: Record<string, unknown>): Promise<void>;
   sparseAttention(args: Record<string, unknown>): Promise<void>;
   indexedCrossAttention(args: Record<string, unknown>): Promise<void>;
+  multiStreamAttention(args: Record<string, unknown>): Promise<void>;
   toFloat32(bits: Uint16Array, dtype: number): Float32Array;
   externalMemory(): number;
   fromFloat32(values: Float32Array, dtype: number): Uint16Array;
   limits(): NativeLimits;
+  codes(): NativeCodes;
+  /** A CPU storage on a caller's typed array's own memory (kept alive by the storage). */
+  wrapHost(data: ArrayBufferView): NativeStorage;
   /** Native storage alive now: exact, for leak checks (V8's external total also counts ArrayBuffers). */
   liveMemory(): { buffers: number; bytes: number };
   /** Test support: a pool call whose task `failAt` throws; must reject and leave the pool healthy. */
   _failInPoolTask(tasks: number, failAt: number): Promise<void>;
+  /** Test support: forces the CPU kernels' instruction set (one of backends().cpu.isaPaths). */
+  _setCpuIsa(isa: string): void;
+  /** Test support, CUDA builds only (cuda/backend.h): the host path's counters since load. */
+  _cudaHostPath?(): CudaHostPathStats;
+  /** Test support: while held, the completion thread waits for no event (nothing executes on the emulator). */
+  _cudaHoldCompletions?(hold: boolean): void;
+  /** Test support: the caching allocator's bound. */
+  _cudaSetCacheLimit?(bytes: number): void;
+  /** Test support: a CUDA op failing when its kernel runs (mode 0) or when it is launched (mode 1). */
+  _cudaFaultOp?(mode: 0 | 1): Promise<void>;
 }
 
 /** The package root: the nearest folder above this file whose package.json names this package. */
@@ -102,4 +145,22 @@ let cachedLimits: NativeLimits | undefined;
 export function limits(): NativeLimits {
   cachedLimits ??= native().limits();
   return cachedLimits;
+}
+
+let cachedCodes: NativeCodes | undefined;
+
+/** The addon's codes, read once. */
+export function codes(): NativeCodes {
+  cachedCodes ??= native().codes();
+  return cachedCodes;
+}
+
+/**
+ * A frozen record of `names` whose values are read from the addon on first use: the names are this
+ * package's API, the numbers belong to the kernels (so importing the package loads no addon).
+ */
+export function addonRecord<K extends string>(names: readonly K[], read: () => Record<K, number>): Readonly<Record<K, number>> {
+  const record = {} as Record<K, number>;
+  for (const name of names) Object.defineProperty(record, name, { enumerable: true, get: () => read()[name] });
+  return Object.freeze(record);
 }

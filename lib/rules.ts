@@ -1,13 +1,20 @@
-// Mask rules (SPEC §3) in the compact form the kernels read: 9 segment relations then 9 causal
-// flags, indexed [queryRole * 3 + keyRole]. The codes match cuda/common/mask_rules.h.
+// Mask rules (SPEC §3) in the compact form the kernels read: roles² segment relations then roles²
+// causal flags, indexed [queryRole * roles + keyRole], with the role and relation codes of
+// cuda/common/mask_rules.h as the addon reports them (`codes()`).
+import { addonRecord, codes } from './native';
+
 export type RoleName = 'item' | 'memory' | 'target';
 export type SegRelation = 'none' | 'self' | 'same' | 'earlier' | 'same-or-earlier' | 'any';
 export interface RuleEntry { seg: SegRelation; causal: boolean }
 export type MaskRule = Partial<Record<RoleName, Partial<Record<RoleName, RuleEntry>>>>;
 export type PresetName = 'causal' | 'full' | 'persrec' | 'rec2pm-reference' | 'rec2pm-update';
 
-export const ROLE_NAMES: readonly RoleName[] = ['item', 'memory', 'target'];
-const SEG_CODE: Record<SegRelation, number> = { none: 0, self: 1, same: 2, earlier: 3, 'same-or-earlier': 4, any: 5 };
+/** The token roles a layout's `roles` array holds, by name. */
+export const ROLE_NAMES: readonly RoleName[] = Object.freeze(['item', 'memory', 'target']);
+/** The code of each role in a layout's `roles` Uint8Array (e.g. `roles[t] = ROLE.memory`), read from the addon. */
+export const ROLE: Readonly<Record<RoleName, number>> = addonRecord(ROLE_NAMES, () => codes().role);
+const SEG_RELATIONS: readonly SegRelation[] = ['none', 'self', 'same', 'earlier', 'same-or-earlier', 'any'];
+const SEG_CODE: Readonly<Record<SegRelation, number>> = addonRecord(SEG_RELATIONS, () => codes().segRelation);
 
 // Tables written as in the SPEC: rows = query role, columns = key role; '.' = none; all causal.
 type Row = [string, string, string];
@@ -52,24 +59,27 @@ export function encodeRule(rule: unknown, name = 'rule'): Uint8Array {
   } else {
     throw new TypeError(`${name}: expected a preset name or a rule object`);
   }
-  const code = new Uint8Array(18);
+  const roles = codes().roleCount;
+  const code = new Uint8Array(2 * roles * roles);
   for (const key of Object.keys(table))
     if (!ROLE_NAMES.includes(key as RoleName)) throw new RangeError(`${name}: unknown query role '${key}' (item, memory, target)`);
-  ROLE_NAMES.forEach((rq, i) => {
+  ROLE_NAMES.forEach((rq) => {
+    const i = ROLE[rq];
     const row = Object.hasOwn(table, rq) ? table[rq] : undefined;
     if (row === undefined) return;
     if (row === null || typeof row !== 'object') throw new TypeError(`${name}.${rq}: expected an object of entries`);
     for (const key of Object.keys(row))
       if (!ROLE_NAMES.includes(key as RoleName)) throw new RangeError(`${name}.${rq}: unknown key role '${key}' (item, memory, target)`);
-    ROLE_NAMES.forEach((rk, j) => {
+    ROLE_NAMES.forEach((rk) => {
+      const j = ROLE[rk];
       const entry = Object.hasOwn(row, rk) ? row[rk] : undefined;
       if (entry === undefined) return;
       if (entry === null || typeof entry !== 'object') throw new TypeError(`${name}.${rq}.${rk}: expected { seg, causal }`);
       if (typeof entry.seg !== 'string' || !Object.hasOwn(SEG_CODE, entry.seg))
         throw new RangeError(`${name}.${rq}.${rk}.seg: expected one of ${Object.keys(SEG_CODE).join(', ')}, got ${String(entry.seg)}`);
       if (typeof entry.causal !== 'boolean') throw new TypeError(`${name}.${rq}.${rk}.causal: expected a boolean`);
-      code[i * 3 + j] = SEG_CODE[entry.seg];
-      code[9 + i * 3 + j] = entry.causal ? 1 : 0;
+      code[i * roles + j] = SEG_CODE[entry.seg];
+      code[roles * roles + i * roles + j] = entry.causal ? 1 : 0;
     });
   });
   return code;

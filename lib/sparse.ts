@@ -21,7 +21,7 @@ function checkOffsets(offsets: unknown, rows: number, name: string): { batch: nu
 
 // The query / key offsets, in either form of SPEC §5: `{ qOffsets, kOffsets }` or the layouts
 // `{ q: { offsets }, kv: { offsets } }` that maskedAttention takes.
-function checkPair(options: unknown, nq: number, tk: number) {
+export function checkPair(options: unknown, nq: number, tk: number) {
   if (options === null || typeof options !== 'object') throw new TypeError('options: expected { qOffsets, kOffsets, ... } or { q: { offsets }, kv: { offsets }, ... }');
   const o = options as { qOffsets?: unknown; kOffsets?: unknown; q?: { offsets?: unknown }; kv?: { offsets?: unknown } };
   const long = o.qOffsets === undefined && o.kOffsets === undefined && (o.q !== undefined || o.kv !== undefined);
@@ -44,7 +44,7 @@ function sameDevice(tensors: [Tensor, string][]) {
   }
 }
 
-function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: [string, string, string]) {
+export function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: [string, string, string]) {
   checkTensor(qI, qName, 3, FLOAT_DTYPES);
   checkTensor(kI, kName, 2, FLOAT_DTYPES);
   checkTensor(w, wName, 2, FLOAT_DTYPES);
@@ -63,7 +63,7 @@ function checkIndexer(qI: Tensor, kI: Tensor, w: Tensor, [qName, kName, wName]: 
 }
 
 /** scores[i][j] = Σ_h w[i][h] · relu(qI[i][h] · kI[start(i) + j]); -Infinity past each row's length. */
-export async function indexerScores(qI: Tensor, kI: Tensor, w: Tensor, options: SparseLayout): Promise<Tensor> {
+export async function indexerScores(qI: Tensor, kI: Tensor, w: Tensor, options: SparseLayout): Promise<Tensor<'float32'>> {
   const { nq, hi, di, tk } = checkIndexer(qI, kI, w, ['qI', 'kI', 'w']);
   const { q: qo, k } = checkPair(options, nq, tk);
   const [scores] = emptyTensors([['float32', [nq, k.maxLength]]], qI.device);
@@ -74,10 +74,10 @@ export async function indexerScores(qI: Tensor, kI: Tensor, w: Tensor, options: 
     scores.dispose();
     throw e;
   }
-  return scores;
+  return scores as Tensor<'float32'>;
 }
 
-function checkK(k: unknown, name: string, device: Device): number {
+export function checkK(k: unknown, name: string, device: Device): number {
   if (typeof k !== 'number' || !Number.isInteger(k)) throw new TypeError(`${name}: expected an integer, got ${String(k)}`);
   if (k < 1) throw new RangeError(`${name}: expected an integer >= 1, got ${k}`);
   const lim = limits();
@@ -87,7 +87,7 @@ function checkK(k: unknown, name: string, device: Device): number {
 }
 
 /** Per row the k largest, descending; ties -> lower index first; NaN / -Infinity never; -1 padding. */
-export async function topK(scores: Tensor, k: number, options: { lengths?: Int32Array } = {}): Promise<{ indices: Tensor; values: Tensor }> {
+export async function topK(scores: Tensor, k: number, options: { lengths?: Int32Array } = {}): Promise<{ indices: Tensor<'int32'>; values: Tensor<'float32'> }> {
   checkTensor(scores, 'scores', 2, ['float32']);
   checkK(k, 'k', scores.device);
   const [rows, cols] = scores.shape;
@@ -107,7 +107,7 @@ export async function topK(scores: Tensor, k: number, options: { lengths?: Int32
     values.dispose();
     throw e;
   }
-  return { indices, values };
+  return { indices: indices as Tensor<'int32'>, values: values as Tensor<'float32'> };
 }
 
 function checkAttention(q: Tensor, k: Tensor, v: Tensor) {
@@ -137,6 +137,10 @@ function checkScale(scale: unknown, headDim: number): number {
  * Tensor [Nq, K]. Arguments are captured at the call (SPEC §11): the tensors may be disposed and
  * the offsets reused as soon as this returns its promise.
  */
+export function sparseAttention<D extends DType>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, indices: Tensor,
+  options: SparseLayout & { scale?: number; returnLse: true }): Promise<{ output: Tensor<D>; lse: Tensor<'float32'> }>;
+export function sparseAttention<D extends DType>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, indices: Tensor,
+  options: SparseLayout & { scale?: number; returnLse?: boolean }): Promise<{ output: Tensor<D>; lse?: Tensor<'float32'> }>;
 export function sparseAttention(q: Tensor, k: Tensor, v: Tensor, indices: Tensor,
   options: SparseLayout & { scale?: number; returnLse?: boolean }): Promise<{ output: Tensor; lse?: Tensor }> {
   let held: NativeStorage[] = [];
@@ -187,6 +191,10 @@ export type IndexedCrossAttentionOptions = SparseLayout & {
  * indexer heads x dim <= 1,024; fewer where the device's opt-in shared memory per block is smaller)
  * run in one fused kernel whose score row never leaves shared memory.
  */
+export function indexedCrossAttention<D extends DType>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, options: IndexedCrossAttentionOptions & { returnLse: true }):
+  Promise<{ output: Tensor<D>; indices: Tensor<'int32'>; values: Tensor<'float32'>; lse: Tensor<'float32'> }>;
+export function indexedCrossAttention<D extends DType>(q: Tensor<D>, k: Tensor<D>, v: Tensor<D>, options: IndexedCrossAttentionOptions):
+  Promise<{ output: Tensor<D>; indices: Tensor<'int32'>; values: Tensor<'float32'>; lse?: Tensor<'float32'> }>;
 export async function indexedCrossAttention(q: Tensor, k: Tensor, v: Tensor, options: IndexedCrossAttentionOptions):
   Promise<{ output: Tensor; indices: Tensor; values: Tensor; lse?: Tensor }> {
   const s = checkAttention(q, k, v);

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -19,7 +20,9 @@
 #include "../cuda/common/half_convert.h"
 #include "cpu/attention_cpu.h"
 #include "cpu/gather_rows_cpu.h"
+#include "cpu/isa.h"
 #include "cpu/sparse_cpu.h"
+#include "cpu/stream_merge_cpu.h"
 #include "op_queue.h"
 #include "storage.h"
 #include "thread_pool.h"
@@ -31,7 +34,93 @@
 namespace lk {
 namespace {
 
+// ---------------------------------------------------------------- caller memory
+
+// What this addon keeps per JS environment (main thread or worker): which thread runs it, whether
+// it is still alive, and references to release on it that were dropped on another thread.
+struct EnvState {
+  napi_env env;
+  std::thread::id thread;
+  std::atomic<bool> alive{true};
+  std::mutex mutex;
+  std::vector<napi_ref> pending;
+  void drain() {
+    std::vector<napi_ref> refs;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      refs.swap(pending);
+    }
+    for (napi_ref r : refs) napi_delete_reference(env, r);
+  }
+};
+struct EnvStateHolder {
+  std::shared_ptr<EnvState> state;
+  ~EnvStateHolder() { state->alive = false; }  // the environment is being torn down
+};
+
+std::shared_ptr<EnvState> StateOf(napi_env env) {
+  return Napi::Env(env).GetInstanceData<EnvStateHolder>()->state;
+}
+
+// A caller's typed array used in place (tensor(..., { copy: false })): a strong reference keeps it
+// alive for as long as any Buffer on its memory lives, op closures included.
+class JsArrayOwner : public ExternalOwner {
+ public:
+  JsArrayOwner(std::shared_ptr<EnvState> state, napi_ref ref) : state_(std::move(state)), ref_(ref) {}
+  ~JsArrayOwner() override {
+    if (!state_->alive) return;  // the environment (and the array) are gone already
+    if (std::this_thread::get_id() == state_->thread) {
+      napi_delete_reference(state_->env, ref_);
+    } else {  // only the JS thread may touch references: released at its next call into the addon
+      std::lock_guard<std::mutex> lock(state_->mutex);
+      state_->pending.push_back(ref_);
+    }
+  }
+  // Called on the JS thread only (BufferOf): a transferred array's memory belongs to someone else.
+  bool detached() const override {
+    napi_value array, buffer;
+    bool is_detached = false;
+    if (napi_get_reference_value(state_->env, ref_, &array) != napi_ok || array == nullptr) return true;
+    if (napi_get_typedarray_info(state_->env, array, nullptr, nullptr, nullptr, &buffer, nullptr) != napi_ok) return true;
+    return napi_is_detached_arraybuffer(state_->env, buffer, &is_detached) != napi_ok || is_detached;
+  }
+
+ private:
+  std::shared_ptr<EnvState> state_;
+  napi_ref ref_;
+};
+
+// The bytes of a typed array argument (checked to be one).
+void* TypedArrayBytes(const Napi::TypedArray& a) {
+  return static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
+}
+
 // ---------------------------------------------------------------- Storage
+
+// Device memory is written on the device's stream (cuda/runtime.cu), issued right here on the JS
+// thread: the data is staged in pinned memory at the call, so the caller's array may change at once,
+// and every op using the tensor is issued later on the same stream. An issue error is thrown here.
+std::string ZeroOnStream(const BufferRef& buf) {
+#ifdef LK_WITH_CUDA
+  return cuda::submit("zero-filled tensor", [&] { return cuda::zero_async(buf->ptr, buf->bytes); }, nullptr);
+#else
+  (void)buf;
+  return "CUDA support was not compiled into this build";
+#endif
+}
+
+std::string UploadOnStream(const BufferRef& buf, const void* host) {
+#ifdef LK_WITH_CUDA
+  return cuda::submit("tensor upload", [&] { return cuda::upload_async(buf->ptr, host, buf->bytes); }, nullptr);
+#else
+  (void)buf, (void)host;
+  return "CUDA support was not compiled into this build";
+#endif
+}
+
+// Queues `work` on `device`'s op queue and settles a promise with its outcome (defined below).
+using ResultOf = std::function<napi_value(napi_env)>;
+Napi::Value Settle(Napi::Env env, Device device, const char* what, std::function<std::string()> work, ResultOf result = nullptr);
 
 class Storage : public Napi::ObjectWrap<Storage> {
  public:
@@ -44,6 +133,11 @@ class Storage : public Napi::ObjectWrap<Storage> {
                                       InstanceMethod("read", &Storage::Read),
                                       InstanceMethod("copyTo", &Storage::CopyTo),
                                       InstanceMethod("share", &Storage::Share),
+                                      InstanceMethod("view", &Storage::View),
+                                      InstanceMethod("readInto", &Storage::ReadInto),
+                                      InstanceMethod("copyFrom", &Storage::CopyFrom),
+                                      InstanceMethod("hostView", &Storage::HostView),
+                                      InstanceAccessor("external", &Storage::External, nullptr),
                                       InstanceAccessor("bytes", &Storage::Bytes, nullptr),
                                       InstanceAccessor("device", &Storage::DeviceName, nullptr),
                                       InstanceAccessor("disposed", &Storage::Disposed, nullptr)});
@@ -55,7 +149,8 @@ class Storage : public Napi::ObjectWrap<Storage> {
   // for as long as JS owns it.
   explicit Storage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Storage>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() == 1 && info[0].IsExternal()) {  // share(): another handle, memory counted once
+    StateOf(env)->drain();
+    if (info.Length() == 1 && info[0].IsExternal()) {  // share() / view() / wrap(): memory counted once, by its owner
       buffer_ = *info[0].As<Napi::External<BufferRef>>().Data();
       counted_ = false;
       return;
@@ -72,7 +167,7 @@ class Storage : public Napi::ObjectWrap<Storage> {
     buffer_ = allocate(device, (size_t)bytes, &error);
     if (!buffer_) throw Napi::Error::New(env, error);
     if (info.Length() > 2 && info[2].ToBoolean().Value()) {
-      error = zero_bytes(device, buffer_->ptr, buffer_->bytes);
+      error = device == Device::kCuda ? ZeroOnStream(buffer_) : zero_bytes(device, buffer_->ptr, buffer_->bytes);
       if (!error.empty()) throw Napi::Error::New(env, error);
     }
     Napi::MemoryManagement::AdjustExternalMemory(env, (int64_t)buffer_->bytes);
@@ -86,7 +181,19 @@ class Storage : public Napi::ObjectWrap<Storage> {
       throw Napi::TypeError::New(env, std::string(name) + ": expected a tensor storage");
     Storage* s = Napi::ObjectWrap<Storage>::Unwrap(v.As<Napi::Object>());
     if (!s->buffer_) throw Napi::Error::New(env, "tensor is disposed");
+    CheckAttached(env, s->buffer_, name);
     return s->buffer_;
+  }
+
+  // A Storage object for `buf` (a view or wrapped memory; not counted again).
+  static Napi::Object Wrap(Napi::Env env, BufferRef buf) {
+    return constructor->New({Napi::External<BufferRef>::New(env, &buf)});
+  }
+
+  static void CheckAttached(Napi::Env env, const BufferRef& buf, const char* name) {
+    const ExternalOwner* ext = buf->external_owner();
+    if (ext && ext->detached())
+      throw Napi::TypeError::New(env, std::string(name) + ": the array this tensor wraps (copy: false) was transferred or detached");
   }
 
  private:
@@ -108,11 +215,47 @@ class Storage : public Napi::ObjectWrap<Storage> {
     return Napi::String::New(info.Env(), buffer_ ? device_name(buffer_->device) : "cpu");
   }
   Napi::Value Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !buffer_); }
+  Napi::Value External(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), buffer_ && buffer_->external_owner() != nullptr);
+  }
 
   BufferRef Live(Napi::Env env) {
     if (!buffer_) throw Napi::Error::New(env, "tensor is disposed");
+    CheckAttached(env, buffer_, "tensor");
     return buffer_;
   }
+
+  // view(byteOffset, bytes) -> a Storage on bytes [byteOffset, byteOffset + bytes) of this one: no
+  // copy; the memory stays alive until this and every view of it are disposed or collected.
+  Napi::Value View(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    BufferRef buf = Live(env);
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
+      throw Napi::TypeError::New(env, "view(byteOffset, bytes): expected two integers");
+    const double off = info[0].As<Napi::Number>().DoubleValue(), len = info[1].As<Napi::Number>().DoubleValue();
+    if (!(off >= 0 && len >= 0) || off != std::floor(off) || len != std::floor(len) || off + len > (double)buf->bytes)
+      throw Napi::RangeError::New(env, "view: bytes [" + std::to_string(off) + ", +" + std::to_string(len) +
+                                           ") lie outside the storage's " + std::to_string(buf->bytes));
+    return Wrap(env, view_of(buf, (size_t)off, (size_t)len));
+  }
+
+  // hostView() -> an ArrayBuffer on this CPU storage's own memory (no copy), for handing a tensor to
+  // onnxruntime-node; it keeps the memory alive until it is collected.
+  Napi::Value HostView(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    BufferRef buf = Live(env);
+    if (buf->device != Device::kCpu) throw Napi::TypeError::New(env, "tensor: on cuda; only CPU memory can be viewed in place");
+    if (buf->bytes == 0) return Napi::ArrayBuffer::New(env, 0);
+    auto* keep = new BufferRef(buf);
+    return Napi::ArrayBuffer::New(env, buf->ptr, buf->bytes, [](Napi::Env, void*, BufferRef* k) { delete k; }, keep);
+  }
+
+  // readInto(typedArray) -> Promise<void>: copies the storage into the caller's array (of exactly
+  // its size) off the event loop; the array is referenced until the copy is done.
+  Napi::Value ReadInto(const Napi::CallbackInfo& info);
+
+  // copyFrom(storage) -> Promise<void>: this storage's bytes from another of the same size (any devices).
+  Napi::Value CopyFrom(const Napi::CallbackInfo& info);
 
   // write(typedArray): copies exactly `bytes` bytes from the view into the storage.
   Napi::Value Write(const Napi::CallbackInfo& info) {
@@ -124,7 +267,7 @@ class Storage : public Napi::ObjectWrap<Storage> {
       throw Napi::RangeError::New(env, "data: expected " + std::to_string(buf->bytes) + " bytes, got " +
                                            std::to_string(src.ByteLength()));
     const void* from = static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset();
-    const std::string err = copy_bytes(buf->device, buf->ptr, Device::kCpu, from, buf->bytes);
+    const std::string err = buf->device == Device::kCuda ? UploadOnStream(buf, from) : copy_bytes(buf->device, buf->ptr, Device::kCpu, from, buf->bytes);
     if (!err.empty()) throw Napi::Error::New(env, err);
     return env.Undefined();
   }
@@ -132,8 +275,7 @@ class Storage : public Napi::ObjectWrap<Storage> {
   // share() -> a second Storage on the same memory, which stays alive until every handle is disposed
   // or collected. Ops take one at the call, so a caller may dispose its tensor right after.
   Napi::Value Share(const Napi::CallbackInfo& info) {
-    BufferRef buf = Live(info.Env());
-    return constructor->New({Napi::External<BufferRef>::New(info.Env(), &buf)});
+    return Wrap(info.Env(), Live(info.Env()));
   }
 
   // read() -> Promise<ArrayBuffer>: a host copy, made off the event loop.
@@ -178,6 +320,17 @@ class PromiseWorker : public Napi::AsyncWorker {
   Result result_;
 };
 
+// Copies that touch device memory go through the CUDA op queue and the stream, after every op
+// called before; the promise settles when the stream has executed the copy (a copy to the host is
+// staged in pinned memory and lands in the destination on the completion thread).
+#ifdef LK_WITH_CUDA
+std::string CudaCopy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  if (src_device == Device::kCuda && dst_device == Device::kCuda) return cuda::copy_on_device_async(dst, src, bytes);
+  if (dst_device == Device::kCuda) return cuda::upload_async(dst, src, bytes);
+  return cuda::download_async(dst, src, bytes);
+}
+#endif
+
 Napi::Value Storage::CopyTo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   BufferRef buf = Live(env);
@@ -185,9 +338,57 @@ Napi::Value Storage::CopyTo(const Napi::CallbackInfo& info) {
   Napi::Object out = constructor->New({info[0], Napi::Number::New(env, (double)buf->bytes)});
   BufferRef dst = BufferOf(out, "device");
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
+  if (buf->device == Device::kCuda || dst->device == Device::kCuda) {
+#ifdef LK_WITH_CUDA
+    return Settle(env, Device::kCuda, "tensor copy", [buf, dst] { return CudaCopy(dst->ptr, dst->device, buf->ptr, buf->device, buf->bytes); },
+                  [ref](napi_env) -> napi_value { return ref->Value(); });
+#endif
+  }
   auto* worker = new PromiseWorker(
       env, [buf, dst] { return copy_bytes(dst->device, dst->ptr, buf->device, buf->ptr, buf->bytes); },
       [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value Storage::ReadInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  BufferRef buf = Live(env);
+  if (info.Length() < 1 || !info[0].IsTypedArray()) throw Napi::TypeError::New(env, "array: expected a typed array");
+  Napi::TypedArray dst = info[0].As<Napi::TypedArray>();
+  if (dst.ByteLength() != buf->bytes)
+    throw Napi::RangeError::New(env, "array: expected " + std::to_string(buf->bytes) + " bytes, got " + std::to_string(dst.ByteLength()));
+  auto ref = std::make_shared<Napi::Reference<Napi::TypedArray>>(Napi::Persistent(dst));
+  void* to = TypedArrayBytes(dst);
+  if (buf->device == Device::kCuda) {
+#ifdef LK_WITH_CUDA
+    return Settle(env, Device::kCuda, "tensor read", [buf, to] { return cuda::download_async(to, buf->ptr, buf->bytes); },
+                  [ref](napi_env e) -> napi_value { return Napi::Env(e).Undefined(); });
+#endif
+  }
+  auto* worker = new PromiseWorker(
+      env, [buf, to] { return copy_bytes(Device::kCpu, to, buf->device, buf->ptr, buf->bytes); },
+      [ref](Napi::Env e) -> Napi::Value { return e.Undefined(); });
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value Storage::CopyFrom(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  BufferRef dst = Live(env);
+  if (info.Length() < 1) throw Napi::TypeError::New(env, "source: expected a tensor storage");
+  BufferRef src = BufferOf(info[0], "source");
+  if (src->bytes != dst->bytes)
+    throw Napi::RangeError::New(env, "source: holds " + std::to_string(src->bytes) + " bytes, expected " + std::to_string(dst->bytes));
+  if (src->device == Device::kCuda || dst->device == Device::kCuda) {
+#ifdef LK_WITH_CUDA
+    return Settle(env, Device::kCuda, "tensor copy", [src, dst] { return CudaCopy(dst->ptr, dst->device, src->ptr, src->device, dst->bytes); });
+#endif
+  }
+  auto* worker = new PromiseWorker(
+      env, [src, dst] { return copy_bytes(dst->device, dst->ptr, src->device, src->ptr, dst->bytes); }, nullptr);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
@@ -199,6 +400,12 @@ Napi::Value Storage::Read(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer host = Napi::ArrayBuffer::New(env, buf->bytes);
   auto ref = std::make_shared<Napi::Reference<Napi::ArrayBuffer>>(Napi::Persistent(host));
   void* dst = host.Data();
+  if (buf->device == Device::kCuda) {
+#ifdef LK_WITH_CUDA
+    return Settle(env, Device::kCuda, "tensor read", [buf, dst] { return cuda::download_async(dst, buf->ptr, buf->bytes); },
+                  [ref](napi_env) -> napi_value { return ref->Value(); });
+#endif
+  }
   auto* worker = new PromiseWorker(
       env, [buf, dst] { return copy_bytes(Device::kCpu, dst, buf->device, buf->ptr, buf->bytes); },
       [ref](Napi::Env) -> Napi::Value { return ref->Value(); });
@@ -315,10 +522,15 @@ Napi::Object ArgsObject(const Napi::CallbackInfo& info, const char* op) {
 
 // One op in the addon's queue: `work` runs on the device's queue thread, then the promise settles
 // on the JS thread through a thread-safe function (which also keeps the event loop alive meanwhile).
+// A CUDA op's work only issues (copies and launches on the device's stream, cuda/runtime.h); its
+// promise settles from the device's completion thread once the stream has executed it, so the
+// queue thread goes on to the next op without waiting for the device. The op's captures (the
+// buffers it uses) live in `work` until the promise has settled.
 struct QueuedOp {
   napi_deferred deferred = nullptr;
   napi_threadsafe_function tsfn = nullptr;
   std::function<std::string()> work;
+  ResultOf result;  // what the promise resolves with (undefined when empty), on the JS thread
   std::string error;
 };
 
@@ -331,15 +543,32 @@ OpQueue& QueueFor(Device device) {
 
 void SettleOnJsThread(napi_env env, napi_value, void*, void* data) {
   std::unique_ptr<QueuedOp> op(static_cast<QueuedOp*>(data));
-  if (env == nullptr) return;  // the environment is going away: nobody awaits the promise
+  if (env == nullptr) {  // the environment is going away: nobody awaits the promise
+    if (op->result) op.release();  // its references may not be deleted without an environment
+    return;
+  }
   Napi::HandleScope scope(env);
-  if (op->error.empty()) napi_resolve_deferred(env, op->deferred, Napi::Env(env).Undefined());
+  StateOf(env)->drain();
+  if (op->error.empty()) napi_resolve_deferred(env, op->deferred, op->result ? op->result(env) : Napi::Env(env).Undefined());
   else napi_reject_deferred(env, op->deferred, Napi::Error::New(env, op->error).Value());
 }
 
-// Runs `work` after every earlier op on `device` and returns a promise of its outcome. Any
-// exception inside the work (out of memory in a pool task, say) rejects the promise.
-Napi::Value Settle(Napi::Env env, Device device, std::function<std::string()> work) {
+// The work's error, or the message of any exception inside it (out of memory in a pool task, say).
+std::string RunGuarded(const std::function<std::string()>& work) {
+  try {
+    return work();
+  } catch (const std::bad_alloc&) {
+    return "out of memory";
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown native error";
+  }
+}
+
+// Runs `work` after every earlier op on `device` and returns a promise of its outcome (named
+// `what` in an execution error of a CUDA op).
+Napi::Value Settle(Napi::Env env, Device device, const char* what, std::function<std::string()> work, ResultOf result) {
   auto op = std::make_unique<QueuedOp>();
   napi_value promise;
   if (napi_create_promise(env, &op->deferred, &promise) != napi_ok) throw Napi::Error::New(env, "cannot create a promise");
@@ -347,21 +576,23 @@ Napi::Value Settle(Napi::Env env, Device device, std::function<std::string()> wo
                                       nullptr, SettleOnJsThread, &op->tsfn) != napi_ok)
     throw Napi::Error::New(env, "cannot create a thread-safe function");
   op->work = std::move(work);
+  op->result = std::move(result);
   QueuedOp* raw = op.release();
-  QueueFor(device).push([raw] {
-    try {
-      raw->error = raw->work();
-    } catch (const std::bad_alloc&) {
-      raw->error = "out of memory";
-    } catch (const std::exception& e) {
-      raw->error = e.what();
-    } catch (...) {
-      raw->error = "unknown native error";
-    }
+  auto hand_over = [raw](const std::string& error) {
+    raw->error = error;
     const napi_threadsafe_function tsfn = raw->tsfn;  // `raw` belongs to the JS thread once handed over
-    if (napi_call_threadsafe_function(tsfn, raw, napi_tsfn_blocking) != napi_ok) delete raw;
+    if (napi_call_threadsafe_function(tsfn, raw, napi_tsfn_blocking) != napi_ok && !raw->result) delete raw;
     napi_release_threadsafe_function(tsfn, napi_tsfn_release);
-  });
+  };
+#ifdef LK_WITH_CUDA
+  if (device == Device::kCuda) {
+    QueueFor(device).push([raw, what, hand_over] { cuda::submit(what, [raw] { return RunGuarded(raw->work); }, hand_over); });
+    return Napi::Value(env, promise);
+  }
+#else
+  (void)what;
+#endif
+  QueueFor(device).push([raw, hand_over] { hand_over(RunGuarded(raw->work)); });
   return Napi::Value(env, promise);
 }
 
@@ -391,14 +622,25 @@ int MaxTopK(Device device) {
 #endif
 
 
-// maskedAttention(args) -> Promise<void>; writes args.out (and args.lse).
-Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Napi::Object a = ArgsObject(info, "maskedAttention");
-  const Device device = DeviceArg(a);
+// The arguments of one masked attention, validated, with the host copies its run needs.
+struct AttentionArgs {
+  std::shared_ptr<AttentionParams> params;
+  std::shared_ptr<OwnedLayout> q_layout, kv_layout;
+  std::vector<BufferRef> keep;
+  // The params with layout views into the owned copies (valid while this object lives).
+  AttentionParams run() const {
+    AttentionParams r = *params;
+    r.q_layout = q_layout->view();
+    r.kv_layout = kv_layout->view();
+    return r;
+  }
+};
 
-  auto params = std::make_shared<AttentionParams>();
-  AttentionParams& p = *params;
+AttentionArgs ReadAttention(const Napi::Object& a, Device device) {
+  Napi::Env env = a.Env();
+  AttentionArgs r;
+  r.params = std::make_shared<AttentionParams>();
+  AttentionParams& p = *r.params;
   p.dtype = (DType)IntField(a, "dtype", 0, 2);
   p.batch = (int)IntField(a, "batch", 0, 1 << 30);
   p.tq = IntField(a, "tq", 0, INT32_MAX);
@@ -412,12 +654,12 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   p.normalize = (Normalize)IntField(a, "normalize", 0, 1);
   p.silu_inv_divisor = (float)NumberField(a, "siluInvDivisor");
 
-  auto q_layout = std::make_shared<OwnedLayout>();
-  auto kv_layout = std::make_shared<OwnedLayout>();
-  q_layout->read(a, "qOffsets", "qSegments", "qRoles", p.batch, p.tq);
-  kv_layout->read(a, "kvOffsets", "kvSegments", "kvRoles", p.batch, p.tk);
-  p.max_q_len = q_layout->max_len;
-  p.max_k_len = kv_layout->max_len;
+  r.q_layout = std::make_shared<OwnedLayout>();
+  r.kv_layout = std::make_shared<OwnedLayout>();
+  r.q_layout->read(a, "qOffsets", "qSegments", "qRoles", p.batch, p.tq);
+  r.kv_layout->read(a, "kvOffsets", "kvSegments", "kvRoles", p.batch, p.tk);
+  p.max_q_len = r.q_layout->max_len;
+  p.max_k_len = r.kv_layout->max_len;
 
   std::vector<uint8_t> rule;
   CopyTyped<uint8_t, napi_uint8_array>(a, "rule", &rule, false);
@@ -436,16 +678,24 @@ Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
   BufferRef lse = StorageField(a, "lse", device, (size_t)p.tq * p.heads * 4, true);
   p.q = q->ptr; p.k = k->ptr; p.v = v->ptr; p.out = out->ptr;
   p.lse = lse ? static_cast<float*>(lse->ptr) : nullptr;
+  r.keep = {q, k, v, out};
+  if (lse) r.keep.push_back(lse);
 
 #ifdef LK_WITH_CUDA
   if (device == Device::kCuda && (!cuda::head_dim_supported(p.head_dim) || !cuda::head_dim_supported(p.value_dim)))
-    throw Napi::RangeError::New(env, "headDim/valueDim: the CUDA kernels support 8, 16, 32, 64, 128 and 256");
+    throw Napi::RangeError::New(env, "headDim/valueDim: the CUDA kernels do not support D = " + std::to_string(p.head_dim) +
+                                         ", Dv = " + std::to_string(p.value_dim) + " (see limits().cuda.headSizes)");
 #endif
+  return r;
+}
 
-  return Settle(env, device, [params, q_layout, kv_layout, q, k, v, out, lse, device]() -> std::string {
-    AttentionParams run = *params;
-    run.q_layout = q_layout->view();
-    run.kv_layout = kv_layout->view();
+// maskedAttention(args) -> Promise<void>; writes args.out (and args.lse).
+Napi::Value MaskedAttention(const Napi::CallbackInfo& info) {
+  Napi::Object a = ArgsObject(info, "maskedAttention");
+  const Device device = DeviceArg(a);
+  auto args = std::make_shared<AttentionArgs>(ReadAttention(a, device));
+  return Settle(info.Env(), device, "maskedAttention", [args, device]() -> std::string {
+    const AttentionParams run = args->run();
     LK_ON_DEVICE(device, cpu::masked_attention(run), cuda::masked_attention(run))
   });
 }
@@ -507,7 +757,7 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
     if ((*dst_row)[i] < 0 || (*dst_row)[i] >= p.dst_rows) throw Napi::RangeError::New(env, "dstRow: row out of range");
   }
 
-  return Settle(env, device, [params, sel, src_row, dst_row, alpha, has_alpha, keep, device]() -> std::string {
+  return Settle(env, device, "memory bank gather", [params, sel, src_row, dst_row, alpha, has_alpha, keep, device]() -> std::string {
     GatherParams run = *params;
     run.src_sel = sel->data();
     run.src_row = src_row->data();
@@ -600,7 +850,7 @@ Napi::Value IndexerScores(const Napi::CallbackInfo& info) {
   auto args = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
   BufferRef scores = StorageField(a, "scores", device, (size_t)args->p.nq * args->p.max_len * 4, false);
   args->p.scores = static_cast<float*>(scores->ptr);
-  return Settle(info.Env(), device, [args, scores, device]() -> std::string {
+  return Settle(info.Env(), device, "indexerScores", [args, scores, device]() -> std::string {
     LK_ON_DEVICE(device, cpu::indexer_scores(args->p), cuda::indexer_scores(args->p))
   });
 }
@@ -622,7 +872,7 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
   p->scores = static_cast<const float*>(scores->ptr);
   p->indices = static_cast<int32_t*>(indices->ptr);
   p->values = static_cast<float*>(values->ptr);
-  return Settle(info.Env(), device, [p, lengths, has_lengths, scores, indices, values, device]() -> std::string {
+  return Settle(info.Env(), device, "topK", [p, lengths, has_lengths, scores, indices, values, device]() -> std::string {
     TopKParams run = *p;
     run.lengths = has_lengths ? lengths->data() : nullptr;
     LK_ON_DEVICE(device, cpu::top_k(run), cuda::top_k(run))
@@ -653,11 +903,39 @@ Napi::Value SparseAttention(const Napi::CallbackInfo& info) {
   CopyTyped<int32_t, napi_int32_array>(a, "indices", idx.get(), false);
   if ((int64_t)idx->size() != args->p.nq * args->p.top_k) throw Napi::RangeError::New(info.Env(), "indices: expected nq x topK entries");
   CheckIndices(info.Env(), *idx, args->p);
-  return Settle(info.Env(), device, [args, idx, device]() -> std::string {
+  return Settle(info.Env(), device, "sparseAttention", [args, idx, device]() -> std::string {
     SparseParams run = args->p;
     run.indices = idx->data();
     LK_ON_DEVICE(device, cpu::sparse_attention(run), cuda::sparse_attention(run))
   });
+}
+
+// The arguments of one indexer + top-k + sparse attention, validated.
+struct IndexedArgs {
+  std::shared_ptr<IndexerArgs> indexer;
+  std::shared_ptr<SparseArgs> sparse;
+  std::shared_ptr<TopKParams> top_k;
+  std::vector<BufferRef> keep;  // indices, values
+};
+
+IndexedArgs ReadIndexed(const Napi::Object& a, Device device) {
+  IndexedArgs r;
+  r.indexer = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
+  r.sparse = std::make_shared<SparseArgs>(ReadSparse(a, device));
+  if (r.indexer->p.nq != r.sparse->p.nq || r.indexer->p.tk != r.sparse->p.tk)
+    throw Napi::RangeError::New(a.Env(), "indexer: q / k rows must match the attention's");
+  auto tp = r.top_k = std::make_shared<TopKParams>();
+  tp->rows = r.sparse->p.nq;
+  tp->cols = r.indexer->p.max_len;
+  tp->k = r.sparse->p.top_k;
+  tp->lengths = nullptr;
+  tp->scores = nullptr;
+  BufferRef indices = StorageField(a, "indices", device, (size_t)tp->rows * tp->k * 4, false);
+  BufferRef values = StorageField(a, "values", device, (size_t)tp->rows * tp->k * 4, false);
+  tp->indices = static_cast<int32_t*>(indices->ptr);
+  tp->values = static_cast<float*>(values->ptr);
+  r.keep = {indices, values};
+  return r;
 }
 
 // indexedCrossAttention(args) -> Promise<void>: indexer + top-k + sparse attention in one call,
@@ -665,21 +943,107 @@ Napi::Value SparseAttention(const Napi::CallbackInfo& info) {
 Napi::Value IndexedCrossAttention(const Napi::CallbackInfo& info) {
   Napi::Object a = ArgsObject(info, "indexedCrossAttention");
   const Device device = DeviceArg(a);
-  auto ia = std::make_shared<IndexerArgs>(ReadIndexer(a, device));
-  auto sa = std::make_shared<SparseArgs>(ReadSparse(a, device));
-  if (ia->p.nq != sa->p.nq || ia->p.tk != sa->p.tk) throw Napi::RangeError::New(info.Env(), "indexer: q / k rows must match the attention's");
-  auto tp = std::make_shared<TopKParams>();
-  tp->rows = sa->p.nq;
-  tp->cols = ia->p.max_len;
-  tp->k = sa->p.top_k;
-  tp->lengths = nullptr;
-  tp->scores = nullptr;
-  BufferRef indices = StorageField(a, "indices", device, (size_t)tp->rows * tp->k * 4, false);
-  BufferRef values = StorageField(a, "values", device, (size_t)tp->rows * tp->k * 4, false);
-  tp->indices = static_cast<int32_t*>(indices->ptr);
-  tp->values = static_cast<float*>(values->ptr);
-  return Settle(info.Env(), device, [ia, sa, tp, indices, values, device]() -> std::string {
-    LK_ON_DEVICE(device, cpu::indexed_cross_attention(ia->p, *tp, sa->p), cuda::indexed_cross_attention(ia->p, *tp, sa->p))
+  auto r = std::make_shared<IndexedArgs>(ReadIndexed(a, device));
+  return Settle(info.Env(), device, "indexedCrossAttention", [r, device]() -> std::string {
+    LK_ON_DEVICE(device, cpu::indexed_cross_attention(r->indexer->p, *r->top_k, r->sparse->p),
+                 cuda::indexed_cross_attention(r->indexer->p, *r->top_k, r->sparse->p))
+  });
+}
+
+// multiStreamAttention(args) -> Promise<void> (SPEC §12): args.streams is an array of 1 to 3
+// argument objects, each a maskedAttention's (kind 'dense') or an indexedCrossAttention's (kind
+// 'indexed'), writing its own output (and lse); then args.outs / args.lses are merged into args.out
+// (and args.lse for fusion 1, 'union'). One queued job: on CUDA the streams and the merge are
+// queued back to back and synchronized once.
+Napi::Value MultiStreamAttention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object a = ArgsObject(info, "multiStreamAttention");
+  const Device device = DeviceArg(a);
+  Napi::Value list_value = a.Get("streams");
+  if (!list_value.IsArray()) throw Napi::TypeError::New(env, "streams: expected an array");
+  Napi::Array list = list_value.As<Napi::Array>();
+  const int n = (int)list.Length();
+  if (n < 1 || n > kMaxStreams) throw Napi::RangeError::New(env, "streams: expected 1 to 3 streams");
+
+  auto merge = std::make_shared<MergeParams>();
+  merge->dtype = (DType)IntField(a, "dtype", 0, 2);
+  merge->streams = n;
+  merge->fusion = (int)IntField(a, "fusion", 0, 1);
+  merge->rows = IntField(a, "rows", 0, INT64_MAX / kMaxHeadDim);
+  merge->value_dim = (int)IntField(a, "valueDim", 1, kMaxHeadDim);
+  const size_t es = DTypeSize(merge->dtype);
+  const size_t out_bytes = (size_t)merge->rows * merge->value_dim * es, lse_bytes = (size_t)merge->rows * 4;
+  const bool with_lse = merge->fusion == kFusionUnion;
+
+  auto dense = std::make_shared<std::vector<AttentionArgs>>();
+  auto indexed = std::make_shared<std::vector<IndexedArgs>>();
+  std::vector<int> which(n);  // stream s: index into dense (>= 0) or indexed (-1 - i)
+  std::vector<BufferRef> keep;
+  for (int s = 0; s < n; ++s) {
+    Napi::Value item = list.Get((uint32_t)s);
+    if (!item.IsObject()) throw Napi::TypeError::New(env, "streams: expected argument objects");
+    Napi::Object o = item.As<Napi::Object>();
+    Napi::Value kind = o.Get("kind");
+    const std::string k = kind.IsString() ? kind.As<Napi::String>().Utf8Value() : std::string();
+    BufferRef out, lse;
+    if (k == "dense") {
+      dense->push_back(ReadAttention(o, device));
+      const AttentionParams& p = *dense->back().params;
+      if ((int64_t)p.tq * p.heads != merge->rows || p.value_dim != merge->value_dim || p.dtype != merge->dtype || (with_lse && !p.lse))
+        throw Napi::RangeError::New(env, "streams: every stream must have rows x heads = rows, valueDim, dtype (and lse for union)");
+      which[s] = (int)dense->size() - 1;
+      merge->outs[s] = p.out;
+      merge->lses[s] = p.lse;
+    } else if (k == "indexed") {
+      indexed->push_back(ReadIndexed(o, device));
+      const SparseParams& p = indexed->back().sparse->p;
+      if ((int64_t)p.nq * p.heads != merge->rows || p.value_dim != merge->value_dim || p.dtype != merge->dtype || (with_lse && !p.lse))
+        throw Napi::RangeError::New(env, "streams: every stream must have rows x heads = rows, valueDim, dtype (and lse for union)");
+      which[s] = -1 - ((int)indexed->size() - 1);
+      merge->outs[s] = p.out;
+      merge->lses[s] = p.lse;
+    } else {
+      throw Napi::TypeError::New(env, "streams: kind must be 'dense' or 'indexed'");
+    }
+  }
+  BufferRef out = StorageField(a, "out", device, out_bytes, false);
+  BufferRef lse = StorageField(a, "lse", device, lse_bytes, !with_lse);
+  merge->out = out->ptr;
+  merge->lse = with_lse ? static_cast<float*>(lse->ptr) : nullptr;
+  for (int s = n; s < kMaxStreams; ++s) { merge->outs[s] = nullptr; merge->lses[s] = nullptr; }
+  keep = {out};
+  if (lse) keep.push_back(lse);
+
+  return Settle(env, device, "multiStreamAttention", [dense, indexed, which, merge, keep, device]() -> std::string {
+    const int n = merge->streams;
+#ifdef LK_WITH_CUDA
+    if (device == Device::kCuda) {
+      cuda::StreamCall calls[kMaxStreams];
+      for (int s = 0; s < n; ++s) {
+        if (which[s] >= 0) {
+          calls[s].dense = (*dense)[which[s]].run();
+        } else {
+          const IndexedArgs& r = (*indexed)[-1 - which[s]];
+          calls[s].indexed = true;
+          calls[s].indexer = r.indexer->p;
+          calls[s].top_k = *r.top_k;
+          calls[s].sparse = r.sparse->p;
+        }
+      }
+      return cuda::multi_stream_attention(calls, n, *merge);
+    }
+#endif
+    if (device != Device::kCpu) return std::string("CUDA support was not compiled into this build");
+    for (int s = 0; s < n; ++s) {
+      if (which[s] >= 0) {
+        cpu::masked_attention((*dense)[which[s]].run());
+      } else {
+        const IndexedArgs& r = (*indexed)[-1 - which[s]];
+        cpu::indexed_cross_attention(r.indexer->p, *r.top_k, r.sparse->p);
+      }
+    }
+    cpu::merge_streams(*merge);
+    return std::string();
   });
 }
 
@@ -709,11 +1073,16 @@ Napi::Value FromFloat32(const Napi::CallbackInfo& info) {
   return dst;
 }
 
-const char* SimdLevel() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return "avx512";
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
-  return "sse2";
+// _setCpuIsa(name): test support, forces the CPU kernels' instruction set (native/cpu/isa.h) for
+// calls that start from now on. RangeError when unknown or not runnable here.
+Napi::Value SetCpuIsa(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "isa: expected a string");
+  const std::string name = info[0].As<Napi::String>().Utf8Value();
+  cpu::Isa isa;
+  if (!cpu::parse_isa(name.c_str(), &isa)) throw Napi::RangeError::New(env, "isa: unknown instruction set '" + name + "'");
+  if (!cpu::set_active_isa(isa)) throw Napi::RangeError::New(env, "isa: this CPU or build cannot run '" + name + "'");
+  return env.Undefined();
 }
 
 Napi::Value Backends(const Napi::CallbackInfo& info) {
@@ -721,7 +1090,11 @@ Napi::Value Backends(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(env);
   Napi::Object cpu = Napi::Object::New(env);
   cpu.Set("threads", ThreadPool::shared().size());
-  cpu.Set("simd", SimdLevel());
+  cpu.Set("simd", cpu::isa_name(cpu::active_isa()));
+  Napi::Array paths = Napi::Array::New(env);
+  for (int i = 0; i < cpu::kIsaCount; ++i)
+    if (cpu::isa_supported((cpu::Isa)i)) paths.Set(paths.Length(), cpu::isa_name((cpu::Isa)i));
+  cpu.Set("isaPaths", paths);
   result.Set("cpu", cpu);
   Napi::Object cuda_info = Napi::Object::New(env);
   Napi::Array devices = Napi::Array::New(env);
@@ -796,6 +1169,48 @@ Napi::Value Limits(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// codes() -> the numeric codes the kernels read (attention_params.h, mask_rules.h): dtype, role and
+// segment-relation names to codes, and each dtype's element size. The TypeScript layer encodes with these.
+Napi::Value Codes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  Napi::Object dtype = Napi::Object::New(env), bytes = Napi::Object::New(env);
+  const std::pair<const char*, DType> dtypes[] = {{"float32", kFloat32}, {"float16", kFloat16}, {"bfloat16", kBFloat16}, {"int32", kInt32}};
+  for (const auto& [name, code] : dtypes) {
+    dtype.Set(name, (int)code);
+    bytes.Set(name, (double)DTypeSize(code));
+  }
+  o.Set("dtype", dtype);
+  o.Set("dtypeBytes", bytes);
+  Napi::Object role = Napi::Object::New(env);
+  role.Set("item", (int)kRoleItem);
+  role.Set("memory", (int)kRoleMemory);
+  role.Set("target", (int)kRoleTarget);
+  o.Set("role", role);
+  o.Set("roleCount", (int)kNumRoles);
+  Napi::Object seg = Napi::Object::New(env);
+  const std::pair<const char*, SegRelation> rels[] = {{"none", kSegNone}, {"self", kSegSelf}, {"same", kSegSame},
+                                                      {"earlier", kSegEarlier}, {"same-or-earlier", kSegSameOrEarlier}, {"any", kSegAny}};
+  for (const auto& [name, code] : rels) seg.Set(name, (int)code);
+  o.Set("segRelation", seg);
+  Napi::Object norm = Napi::Object::New(env);
+  norm.Set("softmax", (int)kSoftmax);
+  norm.Set("silu", (int)kSilu);
+  o.Set("normalize", norm);
+  return o;
+}
+
+// wrapHost(typedArray) -> a CPU Storage on the array's own memory (tensor(..., { copy: false })).
+Napi::Value WrapHost(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray()) throw Napi::TypeError::New(env, "data: expected a typed array");
+  Napi::TypedArray a = info[0].As<Napi::TypedArray>();
+  napi_ref ref;
+  if (napi_create_reference(env, a, 1, &ref) != napi_ok) throw Napi::Error::New(env, "cannot reference the array");
+  auto owner = std::make_shared<JsArrayOwner>(StateOf(env), ref);
+  return Storage::Wrap(env, wrap_external(TypedArrayBytes(a), a.ByteLength(), owner));
+}
+
 // _failInPoolTask(tasks, failAt) -> Promise: a parallel_for of `tasks` on the CPU pool whose task
 // `failAt` throws. Lets the tests prove that a throwing task rejects its call and leaves the pool
 // (and the process) healthy; no kernel path exposes a deterministic way to throw.
@@ -803,7 +1218,7 @@ Napi::Value FailInPoolTask(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "tasks, failAt: expected numbers");
   const int64_t tasks = info[0].As<Napi::Number>().Int64Value(), fail_at = info[1].As<Napi::Number>().Int64Value();
-  return Settle(env, Device::kCpu, [tasks, fail_at]() -> std::string {
+  return Settle(env, Device::kCpu, "pool test", [tasks, fail_at]() -> std::string {
     std::atomic<int64_t> done{0};
     ThreadPool::shared().parallel_for(tasks, [&](int64_t t, int) {
       if (t == fail_at) throw std::runtime_error("task " + std::to_string(t) + " failed on purpose");
@@ -814,12 +1229,55 @@ Napi::Value FailInPoolTask(const Napi::CallbackInfo& info) {
   });
 }
 
+#ifdef LK_WITH_CUDA
+// _cudaHostPath() -> what the CUDA host path has done since load (cuda::HostPathStats): ops
+// submitted / completed / in flight, waits for the device by issuing threads (none in the addon's
+// own ops) and by the completion thread, the caching allocator's and the pinned pool's counters.
+Napi::Value CudaHostPath(const Napi::CallbackInfo& info) {
+  const cuda::HostPathStats s = cuda::host_path_stats();
+  Napi::Object o = Napi::Object::New(info.Env());
+  const std::pair<const char*, unsigned long long> fields[] = {
+      {"submitted", s.submitted}, {"completed", s.completed}, {"inFlight", s.in_flight}, {"issuerWaits", s.issuer_waits},
+      {"completionWaits", s.completion_waits}, {"deviceMallocs", s.device_mallocs}, {"deviceFrees", s.device_frees},
+      {"cacheHits", s.cache_hits}, {"trims", s.trims}, {"allocRetries", s.alloc_retries}, {"cachedBytes", s.cached_bytes},
+      {"reservedBytes", s.reserved_bytes}, {"cacheLimit", s.cache_limit}, {"pinnedMallocs", s.pinned_mallocs},
+      {"pinnedHits", s.pinned_hits}, {"pinnedCachedBytes", s.pinned_cached_bytes}};
+  for (const auto& f : fields) o.Set(f.first, (double)f.second);
+  return o;
+}
+
+// _cudaHoldCompletions(hold): test support (cuda::hold_completions).
+Napi::Value CudaHoldCompletions(const Napi::CallbackInfo& info) {
+  cuda::hold_completions(info.Length() > 0 && info[0].ToBoolean().Value());
+  return info.Env().Undefined();
+}
+
+// _cudaSetCacheLimit(bytes): test support (cuda::set_cache_limit).
+Napi::Value CudaSetCacheLimit(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "bytes: expected a number");
+  cuda::set_cache_limit((size_t)info[0].As<Napi::Number>().DoubleValue());
+  return info.Env().Undefined();
+}
+
+// _cudaFaultOp(mode) -> Promise: a queued CUDA op that fails when its kernel runs (mode 0, __trap)
+// or when it is issued (mode 1, a refused launch), so tests can check that the error is that op's.
+Napi::Value CudaFaultOp(const Napi::CallbackInfo& info) {
+  const int mode = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 0;
+  return Settle(info.Env(), Device::kCuda, "fault op", [mode] { return cuda::fault_op(mode); });
+}
+#endif
+
 // externalMemory() -> the external-memory total V8 holds for this isolate (what storages report).
 Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), (double)Napi::MemoryManagement::AdjustExternalMemory(info.Env(), 0));
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  if (const char* bad = cpu::isa_env_error()) throw Napi::Error::New(env, bad);
+  auto state = std::make_shared<EnvState>();
+  state->env = env;
+  state->thread = std::this_thread::get_id();
+  env.SetInstanceData(new EnvStateHolder{state});
   exports.Set("Storage", Storage::Init(env));
   exports.Set("backends", Napi::Function::New(env, Backends));
   exports.Set("maskedAttention", Napi::Function::New(env, MaskedAttention));
@@ -828,10 +1286,20 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("topK", Napi::Function::New(env, TopK));
   exports.Set("sparseAttention", Napi::Function::New(env, SparseAttention));
   exports.Set("indexedCrossAttention", Napi::Function::New(env, IndexedCrossAttention));
+  exports.Set("multiStreamAttention", Napi::Function::New(env, MultiStreamAttention));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
   exports.Set("limits", Napi::Function::New(env, Limits));
+  exports.Set("codes", Napi::Function::New(env, Codes));
+  exports.Set("wrapHost", Napi::Function::New(env, WrapHost));
   exports.Set("liveMemory", Napi::Function::New(env, LiveMemoryJs));
   exports.Set("_failInPoolTask", Napi::Function::New(env, FailInPoolTask));
+  exports.Set("_setCpuIsa", Napi::Function::New(env, SetCpuIsa));
+#ifdef LK_WITH_CUDA
+  exports.Set("_cudaHostPath", Napi::Function::New(env, CudaHostPath));
+  exports.Set("_cudaHoldCompletions", Napi::Function::New(env, CudaHoldCompletions));
+  exports.Set("_cudaFaultOp", Napi::Function::New(env, CudaFaultOp));
+  exports.Set("_cudaSetCacheLimit", Napi::Function::New(env, CudaSetCacheLimit));
+#endif
   exports.Set("toFloat32", Napi::Function::New(env, ToFloat32));
   exports.Set("fromFloat32", Napi::Function::New(env, FromFloat32));
   return exports;

@@ -29,7 +29,7 @@ bool parse_device(const std::string& s, Device* out) {
 }
 
 Buffer::~Buffer() {
-  if (!ptr) return;
+  if (!ptr || !owns()) return;  // a view: the parent / external owner is released with it
   g_live_buffers.fetch_sub(1);
   g_live_bytes.fetch_sub((int64_t)bytes);
   if (device == Device::kCpu) {
@@ -73,32 +73,31 @@ BufferRef allocate(Device device, size_t bytes, std::string* error) {
   return std::make_shared<Buffer>(device, bytes, ptr);
 }
 
+BufferRef view_of(const BufferRef& of, size_t byte_offset, size_t bytes) {
+  // A view of a view points at the memory's owner, so chains of views never grow.
+  const BufferRef& owner = of->parent ? of->parent : of;
+  return std::make_shared<Buffer>(of->device, bytes, static_cast<char*>(of->ptr) + byte_offset, owner, of->external);
+}
+
+BufferRef wrap_external(void* ptr, size_t bytes, std::shared_ptr<ExternalOwner> owner) {
+  return std::make_shared<Buffer>(Device::kCpu, bytes, ptr, nullptr, std::move(owner));
+}
+
+// Device memory is never touched here: the binding writes and reads it on the device's stream
+// (cuda/backend.h, submit and the *_async copies), in order with the ops.
 std::string zero_bytes(Device device, void* ptr, size_t bytes) {
   if (bytes == 0) return std::string();
-  if (device == Device::kCpu) {
-    std::memset(ptr, 0, bytes);
-    return std::string();
-  }
-#ifdef LK_WITH_CUDA
-  return cuda::zero(ptr, bytes);
-#else
-  return "CUDA support was not compiled into this build";
-#endif
+  if (device != Device::kCpu) return "zero_bytes: host memory only (device memory is zeroed on the device's stream)";
+  std::memset(ptr, 0, bytes);
+  return std::string();
 }
 
 std::string copy_bytes(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes) {
   if (bytes == 0) return std::string();
-  if (dst_device == Device::kCpu && src_device == Device::kCpu) {
-    std::memcpy(dst, src, bytes);
-    return std::string();
-  }
-#ifdef LK_WITH_CUDA
-  if (dst_device == Device::kCuda && src_device == Device::kCuda) return cuda::copy_on_device(dst, src, bytes);
-  if (dst_device == Device::kCuda) return cuda::copy_to_device(dst, src, bytes);
-  return cuda::copy_to_host(dst, src, bytes);
-#else
-  return "CUDA support was not compiled into this build";
-#endif
+  if (dst_device != Device::kCpu || src_device != Device::kCpu)
+    return "copy_bytes: host memory only (device memory is copied on the device's stream)";
+  std::memcpy(dst, src, bytes);
+  return std::string();
 }
 
 }  // namespace lk

@@ -15,7 +15,7 @@ const path = require('path');
 const root = path.join(__dirname, '..');
 const asan = process.argv.includes('--asan');
 const totals = { passed: 0, failed: 0, skipped: 0 };
-const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/sparse-tc.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts', 'test/emulator.test.ts', 'test/cuda-host.test.ts', 'test/tc-attention.test.ts'];
+const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/sparse-tc.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts', 'test/emulator.test.ts', 'test/cuda-host.test.ts', 'test/tc-attention.test.ts', 'test/views.test.ts', 'test/layouts.test.ts', 'test/ort.test.ts', 'test/multi-stream.test.ts', 'test/host-path.test.ts'];
 
 // lk_emu_selftest_mma reads a launch's execution error right after the launch, which only blocking
 // launches give (on a GPU as on the emulator, which queues work until a synchronization).
@@ -34,7 +34,9 @@ function run(title, cmd, args, env = {}) {
 }
 
 function ava(title, files, env) {
-  const r = run(title, 'npx', ['ava', ...files], env);
+  // Ava's watchdog (no test finishing for this long) sized for the instrumented emulator runs, whose
+  // single parity tests take minutes under ASan or the race detector on a 2-core machine.
+  const r = run(title, 'npx', ['ava', '--timeout=30m', ...files], env);
   const count = (re) => { const m = r.out.match(re); return m ? Number(m[1]) : 0; };
   const passed = count(/(\d+) tests? passed/), failed = count(/(\d+) tests? failed/) + count(/(\d+) uncaught exceptions?/) + count(/(\d+) unhandled rejections?/);
   totals.passed += passed;
@@ -72,6 +74,12 @@ if (asan) {
   finish();
 }
 ava('all suites, native build', []);
+// The CPU suites again on every other instruction-set path this machine runs (native/cpu/isa.h).
+const CPU_SUITES = ['test/attention.parity.test.ts', 'test/sparse.test.ts', 'test/memory-bank.test.ts', 'test/fuzz.test.ts'];
+const isaPaths = JSON.parse(spawnSync('node', ['-p', "JSON.stringify(require('./dist/lib/index.js').backends().cpu.isaPaths)"], { cwd: root, encoding: 'utf8' }).stdout || '[]');
+if (isaPaths.length === 0) { console.error('could not list the CPU instruction-set paths'); totals.failed += 1; }
+for (const isa of isaPaths.slice(0, -1)) ava(`CPU suites forced onto the ${isa} path`, CPU_SUITES, { LK_CPU_ISA: isa, LIFELONG_DEVICE: 'cpu' });
+must('bench:serving --quick (every method x history length in its JSON)', 'node', [path.join(__dirname, 'check-serving-bench.cjs')]);
 must('build emulated CUDA', 'npm', ['run', '--silent', 'build:emu']);
 ava('device suites, CUDA kernels on the emulator', DEVICE_SUITES, { LIFELONG_CUDA_EMULATE: '1' });
 for (const [title, binary] of [['emulator selftest', 'lk_emu_selftest'], ['emulator tensor-core selftest', 'lk_emu_selftest_mma']]) {

@@ -1,5 +1,6 @@
 // Host side of maskedAttention on CUDA: uploads the layouts and the tile plan (prefix sums of each
-// sequence's tiles and the list of real query tiles, cuda/common/tile_plan.h), summarizes the real
+// sequence's tiles and the list of real query tiles, cuda/common/tile_plan.h) through the runtime's
+// pinned staging (cuda/runtime.h: one async copy on the device's stream), summarizes the real
 // tiles on the device and launches the kernel instantiated for the dtype and head capacity over the
 // real query tiles only: memory and blocks follow the tokens, never batch x the longest sequence.
 // Grid sizes are computed in 64-bit and checked against CUDA's limits (x < 2^31, heads in y at most
@@ -12,22 +13,13 @@
 #include "../common/compat.cuh"
 #include "../common/host_check.cuh"
 #include "../kernel_timing.h"
+#include "../multistream/staged_ops.h"
+#include "../runtime.h"
 #include "masked_attention_kernel.cuh"
 #include "tc_attention.cuh"
 
 namespace lk::cuda {
 namespace {
-
-// Packs host arrays into one staging buffer (one upload, one device allocation per call).
-struct Staging {
-  std::vector<unsigned char> bytes;
-  size_t add(const void* src, size_t n) {
-    const size_t at = (bytes.size() + 255) / 256 * 256;
-    bytes.resize(at + n);
-    if (src && n) std::memcpy(bytes.data() + at, src, n);
-    return at;
-  }
-};
 
 // Device addresses of the tile plan.
 struct DevicePlan {
@@ -44,7 +36,7 @@ void launch(const AttentionParams& p, const DevicePlan& plan) {
   using Tr = AttentionTraits<kCap>;
   const dim3 grid((unsigned)plan.n_work, (unsigned)p.heads, 1);
   auto* kernel = masked_attention_kernel<T, kCap>;
-  LK_LAUNCH(kernel, grid, dim3(Tr::kThreads), 0, 0)(p, plan.work, plan.q_tiles, plan.q_base, plan.k_tiles, plan.k_base);
+  LK_LAUNCH(kernel, grid, dim3(Tr::kThreads), 0, stream())(p, plan.work, plan.q_tiles, plan.q_base, plan.k_tiles, plan.k_base);
 }
 
 template <typename T>
@@ -81,8 +73,7 @@ bool head_dim_supported(int dim) {
   return dim == 8 || dim == 16 || dim == 32 || dim == 64 || dim == 128 || dim == 256;
 }
 
-std::string masked_attention(const AttentionParams& host) {
-  discard_stale_error();
+std::string issue_masked_attention(const AttentionParams& host) {
   if (host.tq == 0 || host.batch == 0) return std::string();
   // Heads are the grid's y (the binding caps them at 65,535, the limit of grid.y).
   if (host.heads < 1 || host.heads > kMaxGridYZ)
@@ -101,7 +92,7 @@ std::string masked_attention(const AttentionParams& host) {
                              host.kv_layout.segments == host.q_layout.segments &&
                              host.kv_layout.roles == host.q_layout.roles;
 
-  Staging st;
+  Upload st;  // one pinned staging buffer, one async copy, one device block from the cache
   const size_t n_off = (size_t)host.batch + 1;
   const size_t q_off = st.add(host.q_layout.offsets, n_off * 4);
   const size_t q_seg = host.q_layout.segments ? st.add(host.q_layout.segments, (size_t)host.tq * 4) : 0;
@@ -115,11 +106,9 @@ std::string masked_attention(const AttentionParams& host) {
   const size_t q_base_at = st.add(q_base.data(), q_base.size() * sizeof(int32_t));
   const size_t k_base_at = st.add(k_base.data(), k_base.size() * sizeof(int32_t));
   const size_t work_at = st.add(work.data(), work.size() * sizeof(TileRef));
-  // Summaries are written on the device: the staging buffer stops here (only their room is allocated).
-  const size_t uploaded = st.bytes.size();
-  const size_t q_sum = (uploaded + 255) / 256 * 256;
-  const size_t k_sum = q_sum + ((size_t)nq * sizeof(TileSummary) + 255) / 256 * 256;
-  const size_t total = k_sum + (size_t)nk * sizeof(TileSummary);
+  // Summaries are written on the device: only their room is allocated, after the uploaded arrays.
+  const size_t q_sum = st.room((size_t)nq * sizeof(TileSummary));
+  const size_t k_sum = st.room((size_t)nk * sizeof(TileSummary));
 
   // Blocks of each launch (tile counts are int32; the summary grids are rounded up in 64-bit).
   const int threads = 128;
@@ -129,10 +118,9 @@ std::string masked_attention(const AttentionParams& host) {
   if (err.empty()) err = grid_x(((int64_t)nk + threads - 1) / threads, "maskedAttention", &k_sum_blocks);
   if (!err.empty()) return err;
 
-  unsigned char* dev = nullptr;
-  err = check(cudaMalloc(reinterpret_cast<void**>(&dev), total), "cudaMalloc(layout)");
+  err = st.commit("maskedAttention layout upload");
   if (!err.empty()) return err;
-  err = check(cudaMemcpy(dev, st.bytes.data(), uploaded, cudaMemcpyHostToDevice), "cudaMemcpy(layout)");
+  unsigned char* dev = st.device();
 
   AttentionParams p = host;
   p.q_layout.offsets = reinterpret_cast<const int32_t*>(dev + q_off);
@@ -150,9 +138,9 @@ std::string masked_attention(const AttentionParams& host) {
     KernelSpan span;
     span.begin();
     auto* summary = tile_summary_kernel;
-    LK_LAUNCH(summary, dim3(q_sum_blocks), dim3(threads), 0, 0)(p.q_layout, host.batch, bm, plan.q_base, nq, q_tiles);
+    LK_LAUNCH(summary, dim3(q_sum_blocks), dim3(threads), 0, stream())(p.q_layout, host.batch, bm, plan.q_base, nq, q_tiles);
     if (nk > 0)
-      LK_LAUNCH(summary, dim3(k_sum_blocks), dim3(threads), 0, 0)(p.kv_layout, host.batch, bn, plan.k_base, nk, k_tiles);
+      LK_LAUNCH(summary, dim3(k_sum_blocks), dim3(threads), 0, stream())(p.kv_layout, host.batch, bn, plan.k_base, nk, k_tiles);
     if (tc.use)  // tensor-core dispatch
       launch_tc_attention(tc, p, plan.work, plan.n_work, plan.q_tiles, plan.q_base, plan.k_tiles, plan.k_base);
     else switch (host.dtype) {
@@ -161,11 +149,14 @@ std::string masked_attention(const AttentionParams& host) {
       default: launch_for_capacity<float>(cap, p, plan); break;
     }
     span.end();
-    err = check(cudaGetLastError(), "maskedAttention launch");
-    if (err.empty()) err = check(cudaDeviceSynchronize(), "maskedAttention");
   }
-  if (cudaFree(dev) != cudaSuccess) cudaGetLastError();
-  return err;
+  return err;  // the layout block goes back to the cache, stream-ordered (cuda/runtime.h)
+}
+
+std::string masked_attention(const AttentionParams& host) {
+  discard_stale_error();
+  const std::string err = issue_masked_attention(host);
+  return err.empty() ? finish("maskedAttention") : err;
 }
 
 }  // namespace lk::cuda

@@ -10,6 +10,7 @@
 #include "../common/device_info.h"
 #include "../common/mask_rules.h"
 #include "../common/tile_plan.h"
+#include "../runtime.h"
 #include "tc_attention_kernel.cuh"
 #include "tc_traits.cuh"
 
@@ -67,7 +68,7 @@ void launch_tc_attention(const AttentionParams& p, const TileRef* work, int32_t 
   if (Tr::kSmemBytes > 48 * 1024 &&
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes) != cudaSuccess)
     return;
-  LK_LAUNCH(kernel, dim3((unsigned)n_work, (unsigned)p.heads, 1), dim3(Tr::kThreads), (size_t)Tr::kSmemBytes, 0)(
+  LK_LAUNCH(kernel, dim3((unsigned)n_work, (unsigned)p.heads, 1), dim3(Tr::kThreads), (size_t)Tr::kSmemBytes, stream())(
       p, work, q_tiles, q_base, k_tiles, k_base);
 }
 

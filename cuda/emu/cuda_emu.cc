@@ -757,6 +757,18 @@ void exit_current() {
 
 }  // namespace
 
+// On a GPU __trap() ends the kernel with cudaErrorLaunchFailure, reported at the synchronization
+// that covers it. Here the calling thread ends (as if it returned) and its launch fails the same way.
+void trap() {
+  const ThreadContext& t = current();
+  warn("thread (%u, %u, %u) of block (%u, %u, %u) executed __trap(): the launch fails (cudaErrorLaunchFailure)", t.thread_idx.x,
+       t.thread_idx.y, t.thread_idx.z, t.block_idx.x, t.block_idx.y, t.block_idx.z);
+  last_error = cudaErrorLaunchFailure;  // read by execute_launch as the launch's device error
+  note_thread_exit();
+  exit_current();
+  fail("a trapped thread was resumed");
+}
+
 ThreadContext& current() {
   if (!tls.fiber) fail("a CUDA builtin (threadIdx, __syncthreads, ...) was used outside a kernel");
   return tls.fiber->ctx;
@@ -1360,6 +1372,20 @@ extern "C" void lk_emu_fiber_main() {
 }
 
 // ---------------------------------------------------------------- runtime API
+namespace lk_emu {
+namespace {
+// LK_EMU_DEVICE_MEMORY: the device's memory in bytes (0 when unset: the host's memory).
+size_t device_memory_cap() {
+  static const size_t cap = [] {
+    const char* env = std::getenv("LK_EMU_DEVICE_MEMORY");
+    return env && *env ? (size_t)std::strtoull(env, nullptr, 10) : (size_t)0;
+  }();
+  return cap;
+}
+size_t device_allocated = 0;  // bytes of live cudaMalloc blocks (under alloc_mutex)
+}  // namespace
+}  // namespace lk_emu
+
 using lk_emu::record;
 
 const char* cudaGetErrorName(cudaError_t e) {
@@ -1420,7 +1446,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (device != 0) return record(cudaErrorInvalidValue);
   std::memset(prop, 0, sizeof *prop);
   std::snprintf(prop->name, sizeof prop->name, "CUDA emulator (CPU)");
-  prop->totalGlobalMem = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
+  prop->totalGlobalMem = lk_emu::device_memory_cap() ? lk_emu::device_memory_cap() : (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
   prop->sharedMemPerBlock = lk_emu::kStaticSharedLimit;
   prop->sharedMemPerBlockOptin = lk_emu::kOptinShared;
   prop->warpSize = 32;
@@ -1437,17 +1463,29 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 
+
 // Exactly `bytes`, 256-byte aligned (as cudaMalloc's): AddressSanitizer sees a one-byte overrun.
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   LK_EMU_NOT_IN_HOST_FN("cudaMalloc");
   *ptr = nullptr;
   if (bytes == 0) return cudaSuccess;
+  const size_t cap = lk_emu::device_memory_cap();
+  {
+    std::lock_guard<std::mutex> lock(lk_emu::alloc_mutex);
+    if (cap && (bytes > cap || lk_emu::device_allocated > cap - bytes)) return record(cudaErrorMemoryAllocation);
+  }
   if (posix_memalign(ptr, 256, bytes) != 0) {
     *ptr = nullptr;
     return record(cudaErrorMemoryAllocation);
   }
   std::lock_guard<std::mutex> lock(lk_emu::alloc_mutex);
+  if (cap && lk_emu::device_allocated > cap - bytes) {  // another thread took the room meanwhile
+    std::free(*ptr);
+    *ptr = nullptr;
+    return record(cudaErrorMemoryAllocation);
+  }
   lk_emu::device_allocs()[reinterpret_cast<uintptr_t>(*ptr)] = bytes;
+  lk_emu::device_allocated += bytes;
   return cudaSuccess;
 }
 
@@ -1464,6 +1502,7 @@ cudaError_t cudaFree(void* ptr) {
       lk_emu::warn("cudaFree(%p): not a pointer cudaMalloc returned, or freed already (cudaErrorInvalidValue)", ptr);
       return record(cudaErrorInvalidValue);
     }
+    lk_emu::device_allocated -= it->second;
     lk_emu::device_allocs().erase(it);
   }
   std::free(ptr);
@@ -1719,6 +1758,11 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   const size_t page = (size_t)sysconf(_SC_PAGESIZE);
   *total_bytes = (size_t)sysconf(_SC_PHYS_PAGES) * page;
   *free_bytes = (size_t)sysconf(_SC_AVPHYS_PAGES) * page;
+  if (const size_t cap = lk_emu::device_memory_cap()) {
+    std::lock_guard<std::mutex> lock(lk_emu::alloc_mutex);
+    *total_bytes = cap;
+    *free_bytes = cap - std::min(cap, lk_emu::device_allocated);
+  }
   return cudaSuccess;
 }
 

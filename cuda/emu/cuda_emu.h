@@ -23,7 +23,8 @@
 //   synchronization (or cudaGetLastError), as on a GPU. CUDA_LAUNCH_BLOCKING=1 runs every operation
 //   when it is issued instead, as CUDA's variable does.
 // - cudaMalloc gives exactly the bytes asked (256-byte aligned): AddressSanitizer sees one byte of
-//   overrun. cudaMemcpy* refuse a device-side pointer outside every device allocation and a
+//   overrun. LK_EMU_DEVICE_MEMORY=bytes gives the device that much memory (cudaMalloc beyond it
+//   fails with cudaErrorMemoryAllocation, as a full GPU does), so allocators' out-of-memory paths run. cudaMemcpy* refuse a device-side pointer outside every device allocation and a
 //   host-side pointer inside one. Launch limits are the device's (1,024 threads, grid.y / grid.z
 //   <= 65,535, dynamic shared memory above 48 KiB only after cudaFuncSetAttribute).
 // Restrictions for kernel authors: __shared__ variables are declared (not initialised) inside
@@ -106,6 +107,10 @@ inline int __syncthreads_count(int predicate) { return lk_emu::syncthreads_count
 inline int __syncthreads_or(int predicate) { return lk_emu::syncthreads_count(predicate != 0) != 0; }
 inline int __syncthreads_and(int predicate) { return lk_emu::syncthreads_count(predicate == 0) == 0; }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { lk_emu::syncwarp(mask); }
+namespace lk_emu {
+[[noreturn]] void trap();  // __trap(): the thread ends and its launch fails (cudaErrorLaunchFailure)
+}
+inline void __trap() { lk_emu::trap(); }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 

@@ -1,8 +1,8 @@
-// Host side of the MemoryBank row gather on CUDA: uploads the plan, one launch for the whole call
+// Host side of the MemoryBank row gather on CUDA: uploads the plan through the runtime's pinned
+// staging (cuda/runtime.h), one launch for the whole call
 // (several only past 2^31 - 1 rows, grid.x's limit: each launch then takes its slice of the plan).
 // Every failure clears the thread's last error (common/host_check.cuh).
 #include <algorithm>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -10,6 +10,7 @@
 #include "../common/compat.cuh"
 #include "../common/host_check.cuh"
 #include "../kernel_timing.h"
+#include "../runtime.h"
 #include "gather_rows_kernel.cuh"
 
 namespace lk::cuda {
@@ -18,18 +19,12 @@ std::string gather_rows(const GatherParams& host) {
   discard_stale_error();
   if (host.rows <= 0) return std::string();
   const size_t n = (size_t)host.rows;
-  const size_t sel_at = 0, src_at = (n + 255) / 256 * 256, dst_at = src_at + n * 4, alpha_at = dst_at + n * 4;
-  const size_t bytes = alpha_at + (host.alpha ? n * 4 : 0);
-  std::vector<unsigned char> staging(bytes);
-  std::memcpy(staging.data() + sel_at, host.src_sel, n);
-  std::memcpy(staging.data() + src_at, host.src_row, n * 4);
-  std::memcpy(staging.data() + dst_at, host.dst_row, n * 4);
-  if (host.alpha) std::memcpy(staging.data() + alpha_at, host.alpha, n * 4);
-
-  unsigned char* dev = nullptr;
-  std::string err = check(cudaMalloc(reinterpret_cast<void**>(&dev), bytes), "cudaMalloc(gather plan)");
-  if (!err.empty()) return err;
-  err = check(cudaMemcpy(dev, staging.data(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy(gather plan)");
+  Upload plan;  // one pinned staging buffer, one async copy, one device block from the cache
+  const size_t sel_at = plan.add(host.src_sel, n);
+  const size_t src_at = plan.add(host.src_row, n * 4), dst_at = plan.add(host.dst_row, n * 4);
+  const size_t alpha_at = host.alpha ? plan.add(host.alpha, n * 4) : 0;
+  std::string err = plan.commit("memory bank gather plan upload");
+  unsigned char* dev = plan.device();
   if (err.empty()) {
     // 16-byte vectors when every row is whole 16-byte chunks at 16-byte aligned bases.
     const size_t elem = host.dtype == kFloat32 ? 4 : 2;
@@ -48,26 +43,24 @@ std::string gather_rows(const GatherParams& host) {
       switch (host.dtype) {
         case kFloat16: {
           auto* k = vector ? gather_rows_kernel<__half, true> : gather_rows_kernel<__half, false>;
-          LK_LAUNCH(k, grid, block, 0, 0)(p);
+          LK_LAUNCH(k, grid, block, 0, stream())(p);
           break;
         }
         case kBFloat16: {
           auto* k = vector ? gather_rows_kernel<__nv_bfloat16, true> : gather_rows_kernel<__nv_bfloat16, false>;
-          LK_LAUNCH(k, grid, block, 0, 0)(p);
+          LK_LAUNCH(k, grid, block, 0, stream())(p);
           break;
         }
         default: {
           auto* k = vector ? gather_rows_kernel<float, true> : gather_rows_kernel<float, false>;
-          LK_LAUNCH(k, grid, block, 0, 0)(p);
+          LK_LAUNCH(k, grid, block, 0, stream())(p);
           break;
         }
       }
     }
     span.end();
-    err = check(cudaGetLastError(), "memory bank gather");
-    if (err.empty()) err = check(cudaDeviceSynchronize(), "memory bank gather");
+    err = finish("memory bank gather");
   }
-  if (cudaFree(dev) != cudaSuccess) cudaGetLastError();
   return err;
 }
 

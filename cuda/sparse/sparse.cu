@@ -1,5 +1,6 @@
-// Host side of the sparse attention ops on CUDA: uploads offsets / indices, launches one kernel per
-// op (the fused path when a score row fits shared memory, else indexer -> top-k -> attention).
+// Host side of the sparse attention ops on CUDA: uploads offsets / indices through the runtime's
+// pinned staging (cuda/runtime.h), launches one kernel per op on the device's stream (the fused path
+// when a score row fits shared memory, else indexer -> top-k -> attention).
 // Host hazards handled here: every grid dimension stays within CUDA's limits whatever the query
 // count (the indexer's rows go in launches of at most 65,535 grid rows; 1-D grids are checked
 // against 2^31 - 1 in 64-bit arithmetic); the fused kernel's dynamic shared-memory limit is raised
@@ -17,6 +18,8 @@
 #include "../common/compat.cuh"
 #include "../common/host_check.cuh"
 #include "../kernel_timing.h"
+#include "../multistream/staged_ops.h"
+#include "../runtime.h"
 #include "sparse_kernels.cuh"
 #include "tc_indexer.h"
 #include "tc_sparse_attention.h"
@@ -24,42 +27,20 @@
 namespace lk::cuda {
 namespace {
 
-// Device copies of small host arrays, freed together.
+// An op's host arrays (offsets, indices, lengths), uploaded together by one async copy from pinned
+// staging (cuda/runtime.h); a null array stays null on the device.
 class Uploads {
  public:
-  ~Uploads() {
-    for (void* p : owned_)
-      if (cudaFree(p) != cudaSuccess) cudaGetLastError();
-  }
   template <typename T>
-  const T* put(const T* host, size_t count, std::string* err) {
-    if (!host || !err->empty()) return nullptr;
-    void* dev = nullptr;
-    *err = check(cudaMalloc(&dev, count ? count * sizeof(T) : 1), "cudaMalloc");
-    if (!err->empty()) return nullptr;
-    owned_.push_back(dev);
-    *err = check(cudaMemcpy(dev, host, count * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
-    return static_cast<const T*>(dev);
-  }
-  void* scratch(size_t bytes, std::string* err) {
-    void* dev = nullptr;
-    if (!err->empty()) return nullptr;
-    *err = check(cudaMalloc(&dev, bytes ? bytes : 1), "cudaMalloc(scores scratch)");
-    if (err->empty()) owned_.push_back(dev);
-    return err->empty() ? dev : nullptr;
-  }
+  size_t add(const T* host, size_t count) { return host ? upload_.add(host, count * sizeof(T)) : kAbsent; }
+  std::string commit(const char* what) { return upload_.commit(what); }
+  template <typename T>
+  const T* at(size_t offset) const { return offset == kAbsent ? nullptr : upload_.at<const T>(offset); }
 
  private:
-  std::vector<void*> owned_;
+  static constexpr size_t kAbsent = ~size_t(0);
+  Upload upload_;
 };
-
-// After the launches of an op: a launch error (cleared by cudaGetLastError itself), else the
-// kernels' outcome.
-std::string finish(const char* what) {
-  std::string err = check(cudaGetLastError(), what);
-  if (err.empty()) err = check(cudaDeviceSynchronize(), what);
-  return err;
-}
 
 template <template <typename> class Launch, typename... Args>
 void by_dtype(DType dtype, Args&&... args) {
@@ -79,7 +60,7 @@ template <typename T> struct LaunchIndexer {
     const int64_t tiles = ((int64_t)p.max_len + kIndexerThreads - 1) / kIndexerThreads;
     for (int64_t r0 = row_begin; r0 < row_end; r0 += kMaxGridYZ) {
       const dim3 grid((unsigned)tiles, (unsigned)std::min<int64_t>(kMaxGridYZ, row_end - r0));
-      LK_LAUNCH(k, grid, dim3(kIndexerThreads), 0, 0)(p, r0, score_row0);
+      LK_LAUNCH(k, grid, dim3(kIndexerThreads), 0, stream())(p, r0, score_row0);
     }
   }
 };
@@ -87,19 +68,20 @@ template <typename T> struct LaunchSparse {
   static void run(const SparseParams& p) {
     if (tc_sparse_applies(p)) return launch_tc_sparse(p);  // head-batched gathers on tensor cores
     auto* k = sparse_attention_kernel<T>;
-    LK_LAUNCH(k, dim3((unsigned)p.nq), dim3(kSelectThreads), 0, 0)(p);
+    LK_LAUNCH(k, dim3((unsigned)p.nq), dim3(kSelectThreads), 0, stream())(p);
   }
 };
 
 // Indexer query rows [row_begin, row_end) into score rows from score_row0: on tensor cores when
 // they apply (the work list of query tiles built from the host's offsets), else the FP32 kernel.
 std::string run_indexer(const IndexerParams& p, const int32_t* host_q_offsets, int64_t row_begin, int64_t row_end,
-                        int64_t score_row0, Uploads& up) {
+                        int64_t score_row0) {
   if (tc_indexer_applies(p)) {
     const std::vector<IndexerTile> tiles = tc_indexer_tiles(host_q_offsets, p.batch, row_begin, row_end, p.heads);
-    std::string err;
-    const IndexerTile* dev = up.put(tiles.data(), tiles.size(), &err);
-    if (err.empty()) launch_tc_indexer(p, dev, (int64_t)tiles.size(), score_row0);
+    Upload work;  // stream-ordered: freed after the launches that read it
+    const size_t at = work.add(tiles.data(), tiles.size() * sizeof(IndexerTile));
+    const std::string err = work.commit("indexer work list upload");
+    if (err.empty()) launch_tc_indexer(p, work.at<const IndexerTile>(at), (int64_t)tiles.size(), score_row0);
     return err;
   }
   by_dtype<LaunchIndexer>(p.dtype, p, row_begin, row_end, score_row0);
@@ -151,7 +133,7 @@ bool fused_fits(DType dtype, int max_len) {
 template <typename T> struct LaunchFused {
   static void run(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
     auto* k = fused_indexed_attention_kernel<T>;
-    LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kSelectThreads), fused_score_bytes(ip.max_len), 0)(ip, tp, sp);
+    LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kSelectThreads), fused_score_bytes(ip.max_len), stream())(ip, tp, sp);
   }
 };
 
@@ -170,17 +152,18 @@ std::string indexer_scores(const IndexerParams& host) {
   discard_stale_error();
   if (host.nq == 0 || host.max_len == 0) return std::string();
   if (!indexer_fits(host.heads, host.dim)) return "indexer: heads x dim above the CUDA kernel's 8192";
-  std::string err;
   Uploads up;
   IndexerParams p = host;
-  p.q_offsets = up.put(host.q_offsets, (size_t)host.batch + 1, &err);
-  p.k_offsets = up.put(host.k_offsets, (size_t)host.batch + 1, &err);
+  const size_t q_off = up.add(host.q_offsets, (size_t)host.batch + 1), k_off = up.add(host.k_offsets, (size_t)host.batch + 1);
+  const std::string err = up.commit("indexerScores offsets upload");
   if (!err.empty()) return err;
+  p.q_offsets = up.at<int32_t>(q_off);
+  p.k_offsets = up.at<int32_t>(k_off);
   KernelSpan span;
   span.begin();
-  err = run_indexer(p, host.q_offsets, 0, p.nq, 0, up);
+  const std::string run_err = run_indexer(p, host.q_offsets, 0, p.nq, 0);
   span.end();
-  return err.empty() ? finish("indexerScores") : err;
+  return run_err.empty() ? finish("indexerScores") : run_err;
 }
 
 std::string top_k(const TopKParams& host) {
@@ -192,11 +175,13 @@ std::string top_k(const TopKParams& host) {
   if (!err.empty()) return err;
   Uploads up;
   TopKParams p = host;
-  p.lengths = up.put(host.lengths, (size_t)host.rows, &err);
+  const size_t lengths = up.add(host.lengths, (size_t)host.rows);
+  err = up.commit("topK lengths upload");
   if (!err.empty()) return err;
+  p.lengths = up.at<int32_t>(lengths);
   KernelSpan span;
   span.begin();
-  LK_LAUNCH(topk_kernel, dim3(blocks), dim3(kSelectThreads), 0, 0)(p);
+  LK_LAUNCH(topk_kernel, dim3(blocks), dim3(kSelectThreads), 0, stream())(p);
   span.end();
   return finish("topK");
 }
@@ -209,10 +194,13 @@ std::string sparse_attention(const SparseParams& host) {
   if (!err.empty()) return err;
   Uploads up;
   SparseParams p = host;
-  p.q_offsets = up.put(host.q_offsets, (size_t)host.batch + 1, &err);
-  p.k_offsets = up.put(host.k_offsets, (size_t)host.batch + 1, &err);
-  p.indices = up.put(host.indices, (size_t)host.nq * (size_t)host.top_k, &err);
+  const size_t q_off = up.add(host.q_offsets, (size_t)host.batch + 1), k_off = up.add(host.k_offsets, (size_t)host.batch + 1);
+  const size_t indices = up.add(host.indices, (size_t)host.nq * (size_t)host.top_k);
+  err = up.commit("sparseAttention offsets / indices upload");
   if (!err.empty()) return err;
+  p.q_offsets = up.at<int32_t>(q_off);
+  p.k_offsets = up.at<int32_t>(k_off);
+  p.indices = up.at<int32_t>(indices);
   KernelSpan span;
   span.begin();
   by_dtype<LaunchSparse>(p.dtype, p);
@@ -220,8 +208,7 @@ std::string sparse_attention(const SparseParams& host) {
   return finish("sparseAttention");
 }
 
-std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost) {
-  discard_stale_error();
+std::string issue_indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost) {
   if (ihost.nq == 0) return std::string();
   unsigned blocks = 0;
   std::string err = grid_x(ihost.nq, "indexedCrossAttention", &blocks);
@@ -230,15 +217,17 @@ std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams
   IndexerParams ip = ihost;
   SparseParams sp = shost;
   TopKParams tp = thost;
-  ip.q_offsets = sp.q_offsets = up.put(ihost.q_offsets, (size_t)ihost.batch + 1, &err);
-  ip.k_offsets = sp.k_offsets = up.put(ihost.k_offsets, (size_t)ihost.batch + 1, &err);
+  const size_t q_off = up.add(ihost.q_offsets, (size_t)ihost.batch + 1), k_off = up.add(ihost.k_offsets, (size_t)ihost.batch + 1);
+  err = up.commit("indexedCrossAttention offsets upload");
   if (!err.empty()) return err;
+  ip.q_offsets = sp.q_offsets = up.at<int32_t>(q_off);
+  ip.k_offsets = sp.k_offsets = up.at<int32_t>(k_off);
   if (tp.k <= kFusedMaxK && (int64_t)ip.heads * ip.dim <= kFusedMaxQ && fused_fits(ip.dtype, ip.max_len)) {
     KernelSpan span;
     span.begin();
     by_dtype<LaunchFused>(ip.dtype, ip, tp, sp);
     span.end();
-    return finish("indexedCrossAttention");
+    return std::string();
   }
   // Unfused fallback: score rows go through a bounded global scratch, a chunk of queries at a time
   // (indexer, then top-k of the chunk), then one sparse attention launch over every query.
@@ -246,14 +235,16 @@ std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams
   if (tp.k > kTopKCapacity) return "topK: k above the CUDA kernel's 2048";
   const size_t row_bytes = (size_t)(ip.max_len > 0 ? ip.max_len : 1) * sizeof(float);
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(ip.nq, (int64_t)(kScratchBytes / row_bytes)));
-  float* scratch = static_cast<float*>(up.scratch((size_t)chunk * row_bytes, &err));
+  DeviceScratch score_rows;  // from the caching allocator; back to the cache stream-ordered
+  err = score_rows.allocate((size_t)chunk * row_bytes, "indexedCrossAttention score scratch");
   if (!err.empty()) return err;
+  float* scratch = reinterpret_cast<float*>(score_rows.get());
   ip.scores = scratch;
   KernelSpan span;
   span.begin();
   for (int64_t c0 = 0; c0 < ip.nq; c0 += chunk) {
     const int64_t rows = std::min<int64_t>(chunk, ip.nq - c0);
-    if (ip.max_len > 0) err = run_indexer(ip, ihost.q_offsets, c0, c0 + rows, c0, up);
+    if (ip.max_len > 0) err = run_indexer(ip, ihost.q_offsets, c0, c0 + rows, c0);
     if (!err.empty()) return err;
     TopKParams part = tp;
     part.scores = scratch;
@@ -263,12 +254,18 @@ std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams
     part.values = tp.values + c0 * tp.k;
     // Row r only considers its own sequence's keys; the -Infinity tail is never selected anyway.
     part.lengths = nullptr;
-    LK_LAUNCH(topk_kernel, dim3((unsigned)rows), dim3(kSelectThreads), 0, 0)(part);
+    LK_LAUNCH(topk_kernel, dim3((unsigned)rows), dim3(kSelectThreads), 0, stream())(part);
   }
   sp.indices = tp.indices;
   by_dtype<LaunchSparse>(sp.dtype, sp);
   span.end();
-  return finish("indexedCrossAttention");
+  return std::string();
+}
+
+std::string indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost) {
+  discard_stale_error();
+  const std::string err = issue_indexed_cross_attention(ihost, thost, shost);
+  return err.empty() ? finish("indexedCrossAttention") : err;
 }
 
 }  // namespace lk::cuda

@@ -8,6 +8,7 @@
 #include "../common/compat.cuh"
 #include "../common/device_info.h"
 #include "../common/sparse_params.h"
+#include "../runtime.h"
 #include "tc_indexer.cuh"
 
 namespace lk::cuda {
@@ -45,7 +46,7 @@ void launch_tc_indexer_cap(const IndexerParams& p, const IndexerTile* tiles, int
   const unsigned chunks = (unsigned)(((int64_t)p.max_len + Tr::kKeysPerBlock - 1) / Tr::kKeysPerBlock);
   for (int64_t t0 = 0; t0 < n_tiles; t0 += kMaxGridYZ) {
     const dim3 grid(chunks, (unsigned)std::min<int64_t>(kMaxGridYZ, n_tiles - t0));
-    LK_LAUNCH(kernel, grid, dim3(Tr::kThreads), 0, 0)(p, tiles + t0, score_row0);
+    LK_LAUNCH(kernel, grid, dim3(Tr::kThreads), 0, stream())(p, tiles + t0, score_row0);
   }
 }
 

@@ -6,6 +6,7 @@
 #include "../common/compat.cuh"
 #include "../common/device_info.h"
 #include "../common/sparse_params.h"
+#include "../runtime.h"
 #include "tc_sparse_attention.cuh"
 
 namespace lk::cuda {
@@ -50,7 +51,7 @@ void launch_tc_sparse_cap(const SparseParams& p) {
   if (Tr::kSmemBytes > 48 * 1024 &&
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes) != cudaSuccess)
     return;
-  LK_LAUNCH(kernel, dim3((unsigned)p.nq, (unsigned)p.kv_heads), dim3(Tr::kThreads), (size_t)Tr::kSmemBytes, 0)(p);
+  LK_LAUNCH(kernel, dim3((unsigned)p.nq, (unsigned)p.kv_heads), dim3(Tr::kThreads), (size_t)Tr::kSmemBytes, stream())(p);
 }
 
 // Grid (queries, kv heads): the host has checked nq against grid.x's limit; kv_heads <= 65,535.

@@ -3,3 +3,4 @@ export * from './rules';
 export * from './half';
 export * from './ops';
 export { ReferenceMemoryBank } from './memory-bank';
+export * from './multi-stream';

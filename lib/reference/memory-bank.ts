@@ -108,7 +108,8 @@ export class ReferenceMemoryBank {
     return { tokens: { data: Float64Array.from(all.flat()), shape: [all.length, this.options.width] }, offsets };
   }
 
-  assemble(userIds: Int32Array, items: RefRows, itemOffsets: Int32Array, queries: RefRows) {
+  assemble(userIds: Int32Array, items: RefRows, itemOffsets: Int32Array, queries: RefRows):
+    { hidden: { data: Float64Array; shape: number[] }; layout: { offsets: Int32Array; segments: Int32Array; roles: Uint8Array } } {
     this.checkIds(userIds);
     const itemRows = this.rowsOf(items, 'items'), queryRows = this.rowsOf(queries, 'queries');
     this.checkOffsets(itemOffsets, 'itemOffsets', userIds.length, itemRows.length);

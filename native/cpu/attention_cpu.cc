@@ -10,6 +10,8 @@
 #include "../../cuda/common/ieee.h"
 #include "../../cuda/common/tile_plan.h"
 #include "../thread_pool.h"
+#include "convert.h"
+#include "isa.h"
 #include "simd.h"
 
 namespace lk::cpu {
@@ -52,9 +54,7 @@ Float32View as_float32(const void* src, DType dtype, int64_t count) {
     return view;
   }
   view.owned = alloc_floats((size_t)count);
-  const uint16_t* bits = static_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < count; ++i)
-    view.owned[i] = dtype == kFloat16 ? half_to_float(bits[i]) : bfloat16_to_float(bits[i]);
+  widen_to_float32(static_cast<const uint16_t*>(src), dtype, view.owned.get(), count);
   view.data = view.owned.get();
   return view;
 }
@@ -67,6 +67,7 @@ struct Scratch {
   uint64_t allow[kMaxRows];  // masked blocks: bit j of row r set when the row may see key j
   bool seen[kMaxRows];       // the row has met an allowed key
   int keys[kBlockN];  // key positions (inside the sequence) of the block being computed
+  int32_t key_role[kBlockN], key_seg[kBlockN], key_pos[kBlockN];  // masked blocks: the keys' attributes
   void init(int head_dim) {
     q = alloc_floats((size_t)kMaxRows * head_dim);
     kt = alloc_floats((size_t)head_dim * kBlockN);
@@ -88,6 +89,10 @@ struct Job {
   const TileSummary* k_tiles;  // every real key tile, likewise by k_base
   const int32_t* q_base;
   const int32_t* k_base;
+  // K^T panels [D][kBlockN] per (key tile, kv head), packed once and shared by every query tile of
+  // the sequence: panel_of_tile[key tile] indexes them, -1 for sequences of one query tile.
+  const float* kt_panels;
+  const int64_t* panel_of_tile;
 };
 
 // Everything one (sequence, query tile, head) task needs while it walks its keys.
@@ -99,8 +104,72 @@ struct TileTask {
   int row0, rows, m_pad, align;
   int dv_pad;
   bool key_major;  // rows <= kFewRows
+  const float* panel;  // the current full key tile's packed K^T panel, or null
   TileBounds qb;
 };
+
+// seg_admits (cuda/common/mask_rules.h) as flags over the cases a key's segment / position can be
+// in relative to the query's, so that a row's mask over a block is a few lane-wise operations.
+constexpr int32_t kAdmitSame = 1, kAdmitEarlier = 2, kAdmitLater = 4, kAdmitSelf = 8;
+inline int32_t seg_admit_flags(uint8_t rel) {
+  switch (rel) {
+    case kSegSelf: return kAdmitSelf;
+    case kSegSame: return kAdmitSame;
+    case kSegEarlier: return kAdmitEarlier;
+    case kSegSameOrEarlier: return kAdmitSame | kAdmitEarlier;
+    case kSegAny: return kAdmitSame | kAdmitEarlier | kAdmitLater;
+    default: return 0;
+  }
+}
+
+// Masks the scores of a gathered block (keys sc.keys[0, count)) by the rule: each row's allowed keys
+// become a bit set (sc.allow) and its masked scores -inf. Key roles / segments / positions are read
+// once per block; each row then costs ~10 vector operations per 8 keys, not a rule lookup per pair.
+LK_INLINE void apply_block_mask(const TileTask& t, int count) {
+  const AttentionParams& p = *t.job->p;
+  Scratch& sc = *t.sc;
+  const int32_t* qseg = p.q_layout.segments;
+  const uint8_t* qrole = p.q_layout.roles;
+  const int32_t* kseg = p.kv_layout.segments;
+  const uint8_t* krole = p.kv_layout.roles;
+  const int n8 = round_up(count, 8);
+  for (int j = 0; j < n8; ++j) {  // padding keys get role -1: no flags, always masked
+    const bool real = j < count;
+    const int64_t ki = t.k_start + (real ? sc.keys[j] : 0);
+    sc.key_role[j] = real ? (krole ? krole[ki] : 0) : -1;
+    sc.key_seg[j] = real && kseg ? kseg[ki] : 0;
+    sc.key_pos[j] = real ? sc.keys[j] : 0;
+  }
+  for (int r = 0; r < t.rows; ++r) {
+    float* srow = sc.s.get() + r * kBlockN;
+    const int64_t qi = t.q_start + t.row0 + r;
+    const int rq = qrole ? qrole[qi] : 0;
+    const v8i sq = splat_int(qseg ? qseg[qi] : 0), pq = splat_int(t.row0 + r + t.align);
+    v8i flags_of[kNumRoles], causal_of[kNumRoles];
+    for (int rk = 0; rk < kNumRoles; ++rk) {
+      flags_of[rk] = splat_int(seg_admit_flags(p.rule.seg[rq][rk]));
+      causal_of[rk] = splat_int(p.rule.causal[rq][rk] ? -1 : 0);
+    }
+    uint64_t bits = 0;
+    for (int j = 0; j < n8; j += 8) {
+      v8i role, seg, pos;
+      std::memcpy(&role, sc.key_role + j, sizeof role);
+      std::memcpy(&seg, sc.key_seg + j, sizeof seg);
+      std::memcpy(&pos, sc.key_pos + j, sizeof pos);
+      const v8i flags = role == 0 ? flags_of[0] : (role == 1 ? flags_of[1] : (role == 2 ? flags_of[2] : v8i{}));
+      const v8i causal = role == 0 ? causal_of[0] : (role == 1 ? causal_of[1] : causal_of[2]);
+      const v8i admit = ((seg == sq) & ((flags & kAdmitSame) != 0)) | ((seg < sq) & ((flags & kAdmitEarlier) != 0)) |
+                        ((seg > sq) & ((flags & kAdmitLater) != 0)) | ((pos == pq) & ((flags & kAdmitSelf) != 0));
+      const v8i ok = admit & (~causal | (pos <= pq));
+      v8f sv;
+      std::memcpy(&sv, srow + j, sizeof sv);
+      sv = ok != 0 ? sv : splat(kNegInf);
+      std::memcpy(srow + j, &sv, sizeof sv);
+      for (int u = 0; u < 8; ++u) bits |= (uint64_t)(ok[u] & 1) << (j + u);
+    }
+    sc.allow[r] = bits;
+  }
+}
 
 // Online-softmax update of the task's rows with `count` keys listed in sc.keys. `masked` asks for the
 // per-element rule check (blocks gathered from partial tiles); full tiles skip it.
@@ -148,6 +217,8 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
     gemm_blocks<GemmKeyMajor>(n8, kFewRows, D, a, lda, sc.q_cols.get(), kFewRows, st, kFewRows, false);
     for (int r = 0; r < t.rows; ++r)
       for (int j = 0; j < count; ++j) s[r * kBlockN + j] = st[j * kFewRows + r];
+  } else if (!masked && t.panel) {
+    gemm_blocks<Shape>(t.m_pad, n_pad, D, sc.q.get(), D, t.panel, kBlockN, s, kBlockN, false);
   } else {
     // K^T block so that S = Q K^T reads both operands row-wise.
     float* kt = sc.kt.get();
@@ -162,27 +233,9 @@ LK_INLINE void attend_keys(const TileTask& t, int count, bool masked) {
     gemm_blocks<Shape>(t.m_pad, n_pad, D, sc.q.get(), D, kt, kBlockN, s, kBlockN, false);
   }
 
-  const int32_t* qseg = p.q_layout.segments;
-  const uint8_t* qrole = p.q_layout.roles;
-  const int32_t* kseg = p.kv_layout.segments;
-  const uint8_t* krole = p.kv_layout.roles;
-  for (int r = 0; r < t.rows; ++r) {
-    float* srow = s + r * kBlockN;
-    for (int j = count; j < n_pad; ++j) srow[j] = kNegInf;
-    if (!masked) continue;
-    const int64_t qi = t.q_start + t.row0 + r;
-    const int rq = qrole ? qrole[qi] : 0, sq = qseg ? qseg[qi] : 0;
-    const int pos_q = t.row0 + r + t.align;
-    uint64_t bits = 0;
-    for (int j = 0; j < count; ++j) {
-      const int64_t ki = t.k_start + sc.keys[j];
-      if (pair_allowed(p.rule, rq, krole ? krole[ki] : 0, sq, kseg ? kseg[ki] : 0, pos_q, sc.keys[j]))
-        bits |= uint64_t{1} << j;
-      else
-        srow[j] = kNegInf;
-    }
-    sc.allow[r] = bits;
-  }
+  for (int r = 0; r < t.rows; ++r)
+    for (int j = count; j < n_pad; ++j) s[r * kBlockN + j] = kNegInf;
+  if (masked) apply_block_mask(t, count);
   static_assert(kBlockN <= 64, "one 64-bit allowed-key mask per row");
   const uint64_t all_keys = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
   auto allowed_keys = [&](int r) { return masked ? sc.allow[r] : all_keys; };
@@ -299,6 +352,7 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
     for (int d = 0; d < D; ++d)
       qs[r * D + d] = r < t.rows ? job.q[((t.q_start + t.row0 + r) * H + h) * D + d] * p.scale : 0.0f;
   t.key_major = t.rows <= kFewRows;
+  t.panel = nullptr;
   if (t.key_major) {  // Q^T, scaled, zero columns past the tile's rows
     float* qc = sc.q_cols.get();
     for (int d = 0; d < D; ++d)
@@ -326,7 +380,10 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
     if (cls == kTileFull) {
       std::memcpy(full_keys, sc.keys, sizeof(int) * pending);  // park the pending gather
       for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
+      const int64_t panel = job.panel_of_tile[job.k_base[b] + kt];
+      t.panel = panel < 0 ? nullptr : job.kt_panels + (panel * p.kv_heads + t.g) * (int64_t)D * kBlockN;
       attend_keys<Shape>(t, cols, false);
+      t.panel = nullptr;
       std::memcpy(sc.keys, full_keys, sizeof(int) * pending);
       continue;
     }
@@ -375,23 +432,19 @@ LK_INLINE void attend_tile_impl(const Job& job, int b, int q_tile, int h, Scratc
   }
 }
 
-// One entry per instruction set, each compiled for it; chosen once at run time.
-__attribute__((target("arch=x86-64-v4"))) void attend_tile_avx512(const Job& j, int b, int t, int h, Scratch& s) {
-  attend_tile_impl<GemmAvx512>(j, b, t, h, s);
-}
-__attribute__((target("arch=x86-64-v3"))) void attend_tile_avx2(const Job& j, int b, int t, int h, Scratch& s) {
-  attend_tile_impl<GemmAvx2>(j, b, t, h, s);
-}
-void attend_tile_baseline(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmBaseline>(j, b, t, h, s); }
+// One entry per instruction set, each compiled for it (native/cpu/isa.h).
+#if LK_ISA_X86
+LK_TARGET_AVX512 void attend_tile_avx512(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmAvx512>(j, b, t, h, s); }
+LK_TARGET_AVX2 void attend_tile_avx2(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmAvx2>(j, b, t, h, s); }
+#endif
+#if LK_ISA_NEON
+void attend_tile_neon(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmNeon>(j, b, t, h, s); }
+#endif
+void attend_tile_portable(const Job& j, int b, int t, int h, Scratch& s) { attend_tile_impl<GemmBaseline>(j, b, t, h, s); }
 
 using AttendTileFn = void (*)(const Job&, int, int, int, Scratch&);
-
-AttendTileFn select_attend_tile() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return attend_tile_avx512;
-  if (__builtin_cpu_supports("x86-64-v3")) return attend_tile_avx2;
-  return attend_tile_baseline;
-}
+const IsaTable<AttendTileFn> kAttendTile = {{attend_tile_portable, LK_IF_NEON(attend_tile_neon), LK_IF_X86(attend_tile_avx2),
+                                             LK_IF_X86(attend_tile_avx512), nullptr}};
 
 // Summaries of the batch's real tiles of `tile` tokens, sequence b's at [base[b], base[b + 1]):
 // memory and time follow the tokens, not batch x the longest sequence (cuda/common/tile_plan.h).
@@ -429,25 +482,47 @@ void masked_attention(const AttentionParams& p) {
   const std::vector<int32_t> k_base = tile_bases(p.kv_layout.offsets, p.batch, kBlockN);
   const std::vector<TileSummary> q_tiles = summarize(p.q_layout, p.batch, kBlockM, q_base);
   const std::vector<TileSummary> k_tiles = summarize(p.kv_layout, p.batch, kBlockN, k_base);
-  const Job job{&p, q.data, k.data, v.data, out, q_tiles.data(), k_tiles.data(), q_base.data(), k_base.data()};
+  ThreadPool& pool = ThreadPool::shared();
+  // K^T panels for sequences whose key tiles several query tiles visit (one transpose per key tile
+  // and head instead of one per query tile); zero columns past a short tile's keys.
+  std::vector<int64_t> panel_of_tile((size_t)k_base[(size_t)p.batch], -1);
+  std::vector<std::pair<int, int>> panel_tiles;  // (sequence, key tile)
+  for (int b = 0; b < p.batch; ++b) {
+    if (q_base[(size_t)b + 1] - q_base[(size_t)b] < 2) continue;
+    for (int t = 0; t < k_base[(size_t)b + 1] - k_base[(size_t)b]; ++t) {
+      panel_of_tile[(size_t)(k_base[(size_t)b] + t)] = (int64_t)panel_tiles.size();
+      panel_tiles.emplace_back(b, t);
+    }
+  }
+  const int D = p.head_dim, Hkv = p.kv_heads;
+  const size_t panel_floats = (size_t)D * kBlockN;
+  FloatBuffer kt_panels = alloc_floats(panel_tiles.size() * Hkv * panel_floats);
+  pool.parallel_for((int64_t)panel_tiles.size() * Hkv, [&](int64_t i, int) {
+    const auto [b, t] = panel_tiles[(size_t)(i / Hkv)];
+    const int g = (int)(i % Hkv);
+    const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
+    const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
+    float* panel = kt_panels.get() + (size_t)i * panel_floats;
+    for (int j = 0; j < kBlockN; ++j) {
+      const float* krow = k.data + ((key0 + j) * Hkv + g) * D;
+      for (int d = 0; d < D; ++d) panel[(size_t)d * kBlockN + j] = j < cols ? krow[d] : 0.0f;
+    }
+  });
+  const Job job{&p, q.data, k.data, v.data, out, q_tiles.data(), k_tiles.data(), q_base.data(), k_base.data(),
+                kt_panels.get(), panel_of_tile.data()};
 
   // Tasks = (sequence, query tile, head); later query tiles first since causal ones cost most.
   const std::vector<TileRef> tasks = tiles_longest_first(q_base);
 
-  ThreadPool& pool = ThreadPool::shared();
   std::vector<Scratch> scratch(pool.size());
   for (auto& sc : scratch) sc.init(p.head_dim);
-  static const AttendTileFn attend_tile = select_attend_tile();
+  const AttendTileFn attend_tile = isa_pick(kAttendTile);  // one path for the whole call
   pool.parallel_for((int64_t)tasks.size() * p.heads, [&](int64_t i, int worker) {
     const TileRef& t = tasks[i / p.heads];
     attend_tile(job, t.seq, t.tile, (int)(i % p.heads), scratch[worker]);
   });
 
-  if (p.dtype != kFloat32) {
-    uint16_t* dst = static_cast<uint16_t*>(p.out);
-    for (int64_t i = 0; i < out_count; ++i)
-      dst[i] = p.dtype == kFloat16 ? float_to_half(out[i]) : float_to_bfloat16(out[i]);
-  }
+  if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);
 }
 
 }  // namespace lk::cpu

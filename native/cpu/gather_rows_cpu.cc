@@ -3,29 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
-#include "../../cuda/common/half_convert.h"
+#include "element_io.h"
 #include "../thread_pool.h"
 
 namespace lk::cpu {
-namespace {
-
-float load(const void* base, DType dtype, int64_t i) {
-  switch (dtype) {
-    case kFloat16: return half_to_float(static_cast<const uint16_t*>(base)[i]);
-    case kBFloat16: return bfloat16_to_float(static_cast<const uint16_t*>(base)[i]);
-    default: return static_cast<const float*>(base)[i];
-  }
-}
-
-void store(void* base, DType dtype, int64_t i, float x) {
-  switch (dtype) {
-    case kFloat16: static_cast<uint16_t*>(base)[i] = float_to_half(x); break;
-    case kBFloat16: static_cast<uint16_t*>(base)[i] = float_to_bfloat16(x); break;
-    default: static_cast<float*>(base)[i] = x; break;
-  }
-}
-
-}  // namespace
 
 void gather_rows(const GatherParams& p) {
   const size_t es = p.dtype == kFloat32 ? 4 : 2;
@@ -43,7 +24,7 @@ void gather_rows(const GatherParams& p) {
         continue;
       }
       for (int64_t c = 0; c < p.width; ++c)
-        store(p.dst, p.dtype, dst0 + c, blend_element(alpha, load(src_base, p.dtype, src0 + c), load(p.dst, p.dtype, dst0 + c)));
+        store_element(p.dst, p.dtype, dst0 + c, blend_element(alpha, load_element(src_base, p.dtype, src0 + c), load_element(p.dst, p.dtype, dst0 + c)));
     }
   });
 }

@@ -1,6 +1,6 @@
-// Portable 8-float vectors (GCC vector extensions). Code using them is compiled once per target by
-// target_clones in the including kernel, so the same source becomes AVX-512 / AVX2+FMA / SSE2 code
-// picked at run time: no -march=native anywhere.
+// Portable 8-float vectors (GCC vector extensions). Kernels using them are instantiated once per
+// instruction set inside entry functions of native/cpu/isa.h's dispatch, so the same source becomes
+// AVX-512 / AVX2+FMA / SSE2 / NEON code picked at run time: no -march=native anywhere.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -13,6 +13,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 #define LK_INLINE inline __attribute__((always_inline))
 
 LK_INLINE v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+LK_INLINE v8i splat_int(int32_t x) { return v8i{x, x, x, x, x, x, x, x}; }
 LK_INLINE v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
 LK_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 
@@ -117,6 +118,8 @@ typedef float v16f __attribute__((vector_size(64)));
 using GemmAvx512 = GemmShape<v16f, 4, 2>;
 using GemmAvx2 = GemmShape<v8f, 6, 2>;
 using GemmBaseline = GemmShape<v8f, 4, 2>;
+// arm64 has 32 128-bit registers: 6 x 16 floats is 24 accumulators + 4 B vectors + a broadcast.
+using GemmNeon = GemmShape<v8f, 6, 2>;
 // Tall blocks of one vector for GEMMs with at most 8 / 16 columns (the indexer's queries x heads).
 using GemmNarrow8 = GemmShape<v8f, 12, 1>;
 using GemmNarrow16 = GemmShape<v16f, 12, 1>;

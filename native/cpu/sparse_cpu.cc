@@ -9,6 +9,7 @@
 #include "../../cuda/common/half_convert.h"
 #include "../../cuda/common/ieee.h"
 #include "../thread_pool.h"
+#include "isa.h"
 #include "simd.h"
 
 namespace lk::cpu {
@@ -27,8 +28,6 @@ struct RowSource {
     return scratch;
   }
 };
-
-#define LK_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 // Scores of the queries [q0, q1) of one batch entry against its keys [k0, k0 + len):
 // out[(i - q0) * ld + j] = sum_h w[i][h] * relu(q[i][h] . k[j]), relu keeping NaN as the reference
@@ -85,35 +84,33 @@ LK_INLINE void score_entry_impl(const IndexerParams& p, int64_t q0, int64_t q1, 
 
 // GEMs-shaped indexers have few columns (4 queries x 2 heads = 8): padding them to a wide block's
 // 32 columns would waste 3/4 of the multiply-adds, so narrow problems take a tall, one-vector block.
-__attribute__((target("arch=x86-64-v4"))) void score_entry_avx512(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len,
-                                                                float* out, int64_t ld, std::vector<float>& s) {
+#if LK_ISA_X86
+LK_TARGET_AVX512 void score_entry_avx512(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld,
+                                         std::vector<float>& s) {
   const int64_t cols = (q1 - q0) * p.heads;
   if (cols <= 8) score_entry_impl<GemmNarrow8>(p, q0, q1, k0, len, out, ld, s);
   else if (cols <= 16) score_entry_impl<GemmNarrow16>(p, q0, q1, k0, len, out, ld, s);
   else score_entry_impl<GemmAvx512>(p, q0, q1, k0, len, out, ld, s);
 }
-__attribute__((target("arch=x86-64-v3"))) void score_entry_avx2(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len,
-                                                              float* out, int64_t ld, std::vector<float>& s) {
+LK_TARGET_AVX2 void score_entry_avx2(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld,
+                                     std::vector<float>& s) {
   if ((q1 - q0) * p.heads <= 8) score_entry_impl<GemmNarrow8>(p, q0, q1, k0, len, out, ld, s);
   else score_entry_impl<GemmAvx2>(p, q0, q1, k0, len, out, ld, s);
 }
-void score_entry_baseline(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld, std::vector<float>& s) {
+#endif
+#if LK_ISA_NEON
+void score_entry_neon(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld, std::vector<float>& s) {
+  if ((q1 - q0) * p.heads <= 8) score_entry_impl<GemmNarrow8>(p, q0, q1, k0, len, out, ld, s);
+  else score_entry_impl<GemmNeon>(p, q0, q1, k0, len, out, ld, s);
+}
+#endif
+void score_entry_portable(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld, std::vector<float>& s) {
   score_entry_impl<GemmBaseline>(p, q0, q1, k0, len, out, ld, s);
 }
 
 using ScoreEntryFn = void (*)(const IndexerParams&, int64_t, int64_t, int64_t, int, float*, int64_t, std::vector<float>&);
-
-ScoreEntryFn select_score_entry() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return score_entry_avx512;
-  if (__builtin_cpu_supports("x86-64-v3")) return score_entry_avx2;
-  return score_entry_baseline;
-}
-
-void score_entry(const IndexerParams& p, int64_t q0, int64_t q1, int64_t k0, int len, float* out, int64_t ld, std::vector<float>& s) {
-  static const ScoreEntryFn fn = select_score_entry();
-  fn(p, q0, q1, k0, len, out, ld, s);
-}
+const IsaTable<ScoreEntryFn> kScoreEntry = {{score_entry_portable, LK_IF_NEON(score_entry_neon), LK_IF_X86(score_entry_avx2),
+                                             LK_IF_X86(score_entry_avx512), nullptr}};
 
 // Per-worker buffers of select_row, reused across rows.
 struct SelectScratch {
@@ -235,8 +232,8 @@ struct GroupScratch {
 // Work is arranged by distinct key: each selected K and V row (all heads, contiguous) is gathered
 // once for every query that chose it, requested ahead of use (K rows `kAhead` keys ahead, V rows one
 // block ahead; the prefetch distance mattered little on a 2-core EPYC). Scores live per entry.
-LK_ISA_CLONES void attend_group(const SparseParams& p, int64_t q0, int nq, int64_t key_start, int len, const int32_t* idx,
-                                GroupScratch& s) {
+LK_INLINE void attend_group_impl(const SparseParams& p, int64_t q0, int nq, int64_t key_start, int len, const int32_t* idx,
+                                 GroupScratch& s) {
   constexpr int kAhead = 4;
   constexpr int kValueBlock = 16;
   const int H = p.heads, Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim, K = p.top_k, group = H / Hkv;
@@ -391,6 +388,21 @@ LK_ISA_CLONES void attend_group(const SparseParams& p, int64_t q0, int nq, int64
   }
 }
 
+#if LK_ISA_X86
+LK_TARGET_AVX512 void attend_group_avx512(const SparseParams& p, int64_t q0, int nq, int64_t k0, int len, const int32_t* idx, GroupScratch& s) {
+  attend_group_impl(p, q0, nq, k0, len, idx, s);
+}
+LK_TARGET_AVX2 void attend_group_avx2(const SparseParams& p, int64_t q0, int nq, int64_t k0, int len, const int32_t* idx, GroupScratch& s) {
+  attend_group_impl(p, q0, nq, k0, len, idx, s);
+}
+#endif
+void attend_group_portable(const SparseParams& p, int64_t q0, int nq, int64_t k0, int len, const int32_t* idx, GroupScratch& s) {
+  attend_group_impl(p, q0, nq, k0, len, idx, s);
+}
+
+using AttendGroupFn = void (*)(const SparseParams&, int64_t, int, int64_t, int, const int32_t*, GroupScratch&);
+const IsaTable<AttendGroupFn> kAttendGroup = {{attend_group_portable, nullptr, LK_IF_X86(attend_group_avx2), LK_IF_X86(attend_group_avx512), nullptr}};
+
 // Runs of queries of one batch entry that the indexer scores together, so that per-worker buffers
 // stay bounded whatever a user's query count: at most kIndexerColumns GEMM columns (queries x
 // heads), and with `score_rows` (the fused op, which keeps the runs' score rows) at most
@@ -419,6 +431,7 @@ std::vector<QueryRun> query_runs(const IndexerParams& p, bool score_rows) {
 }  // namespace
 
 void indexer_scores(const IndexerParams& p) {
+  const ScoreEntryFn score_entry = isa_pick(kScoreEntry);  // one path for the whole call
   const int workers = ThreadPool::shared().size();
   std::vector<std::vector<float>> scratch((size_t)workers);
   const std::vector<QueryRun> runs = query_runs(p, false);
@@ -441,6 +454,7 @@ void top_k(const TopKParams& p) {
 }
 
 void sparse_attention(const SparseParams& p) {
+  const AttendGroupFn attend_group = isa_pick(kAttendGroup);
   // Tasks: runs of up to kMaxGroup queries of one batch entry.
   struct Task { int b; int64_t q0; int nq; };
   std::vector<Task> tasks;
@@ -456,6 +470,8 @@ void sparse_attention(const SparseParams& p) {
 }
 
 void indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
+  const ScoreEntryFn score_entry = isa_pick(kScoreEntry);
+  const AttendGroupFn attend_group = isa_pick(kAttendGroup);
   struct Scratch {
     std::vector<float> rows, score_work;
     SelectScratch select;

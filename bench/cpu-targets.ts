@@ -1,0 +1,129 @@
+// Part of `npm run bench`: the CPU path's targets of issue #14, each a ratio measured within one run
+// (the machine's load drifts between runs), the whole set repeated BENCH_RUNS times (default 3) and
+// reported as median and spread. Useful FLOP/s count allowed pairs only: 4 * D per (pair, head).
+import { maskedAttention, presets, reference, tensor, DType, Tensor } from '../lib/index';
+import type { PresetName } from '../lib/index';
+import { createDenseMaskedAttention, measureSgemmPeak, timeIt } from './ort-peer';
+
+interface Layout { offsets: Int32Array; segments: Int32Array; roles: Uint8Array }
+
+function randomFloats(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; a[i] = s / 2147483648 - 1; }
+  return a;
+}
+
+/** Per user, `blocks` of (role, count) repeated until `tokens`; one segment per repetition. */
+function layoutOf(users: number, tokens: number, blocks: [number, number][]): Layout {
+  const segments: number[] = [], roles: number[] = [];
+  for (let u = 0; u < users; u++) {
+    let n = 0;
+    for (let seg = 0; n < tokens; seg++)
+      for (const [role, count] of blocks) for (let i = 0; i < count && n < tokens; i++, n++) { segments.push(seg); roles.push(role); }
+  }
+  return { offsets: Int32Array.from({ length: users + 1 }, (_, i) => i * tokens), segments: Int32Array.from(segments), roles: Uint8Array.from(roles) };
+}
+
+function allowedPairs(rule: PresetName, l: Layout): number {
+  const r = presets[rule];
+  let n = 0;
+  for (let b = 0; b + 1 < l.offsets.length; b++) {
+    const o = l.offsets[b], len = l.offsets[b + 1] - o;
+    for (let i = 0; i < len; i++)
+      for (let j = 0; j < len; j++) if (reference.refAllowed(r, l.roles[o + i], l.roles[o + j], l.segments[o + i], l.segments[o + j], i, j)) n++;
+  }
+  return n;
+}
+
+function inputs(tokens: number, heads: number, dim: number, dtype: DType, seed: number): Tensor[] {
+  return [0, 1, 2].map((i) => tensor(randomFloats(tokens * heads * dim, seed + i), [tokens, heads, dim], { dtype }));
+}
+
+async function attentionMs(x: Tensor[], layout: Layout, rule: PresetName): Promise<number> {
+  return (await timeIt(async () => { const r = await maskedAttention(x[0], x[1], x[2], { q: layout, rule }); r.output.dispose(); })).medianMs;
+}
+
+interface Target { name: string; value: number; goal: string; met: boolean }
+
+async function oneRun(threads: number, crossKeys: number): Promise<Target[]> {
+  const out: Target[] = [];
+  const peak = await measureSgemmPeak(threads);  // this run's anchor: the load drifts between runs
+  // 1-3: causal / memory-token masks on 8 users x 1024 tokens, H4 D64, and causal in bfloat16.
+  const users = 8, tokens = 1024, T = users * tokens;
+  const f32 = inputs(T, 4, 64, 'float32', 1), bf16 = inputs(T, 4, 64, 'bfloat16', 1);
+  const layouts: Record<string, Layout> = {
+    causal: layoutOf(users, tokens, [[0, tokens]]),
+    persrec: layoutOf(users, tokens, [[0, 200], [1, 4]]),
+    'rec2pm-update': layoutOf(users, tokens, [[1, 4], [0, 200], [1, 4]]),
+  };
+  const gflops: Record<string, number> = {};
+  for (const rule of ['causal', 'persrec', 'rec2pm-update'] as PresetName[])
+    gflops[rule] = allowedPairs(rule, layouts[rule]) * 4 * 4 * 64 / ((await attentionMs(f32, layouts[rule], rule)) * 1e6);
+  out.push({ name: 'causal / sgemm anchor', value: gflops.causal / peak, goal: '>= 0.75', met: gflops.causal / peak >= 0.75 });
+  for (const rule of ['persrec', 'rec2pm-update'])
+    out.push({ name: `${rule} / causal (useful GFLOP/s)`, value: gflops[rule] / gflops.causal, goal: '>= 0.75', met: gflops[rule] / gflops.causal >= 0.75 });
+  const bfRatio = (await attentionMs(bf16, layouts.causal, 'causal')) / (await attentionMs(f32, layouts.causal, 'causal'));
+  out.push({ name: 'bfloat16 / float32 time (causal)', value: bfRatio, goal: '<= 0.7 (AVX512-BF16 machines)', met: bfRatio <= 0.7 });
+  for (const x of [...f32, ...bf16]) x.dispose();
+
+  // 5: recommender-sized heads, 256 users x [4 memory; 50 items; 4 queries], rec2pm-update, same tokens.
+  const small = layoutOf(256, 58, [[1, 4], [0, 50], [1, 4]]);
+  const pairs = allowedPairs('rec2pm-update', small);
+  const headGflops: Record<number, number> = {};
+  for (const [H, D] of [[1, 64], [2, 32], [4, 16], [8, 8]]) {
+    const x = inputs(256 * 58, H, D, 'float32', 7);
+    headGflops[D] = pairs * H * 4 * D / ((await attentionMs(x, small, 'rec2pm-update')) * 1e6);
+    x.forEach((t) => t.dispose());
+  }
+  for (const D of [32, 16, 8])
+    out.push({ name: `${64 / D} heads x ${D} / 1 head x 64 (useful GFLOP/s)`, value: headGflops[D] / headGflops[64], goal: '>= 0.75', met: headGflops[D] / headGflops[64] >= 0.75 });
+
+  // 6: few-query cross attention, 64 users x 4 queries x crossKeys keys, H8 D64, rule full, vs onnxruntime.
+  const B = 64, Lq = 4, Lk = crossKeys, H = 8, D = 64;
+  const q = randomFloats(B * Lq * H * D, 11), k = randomFloats(B * Lk * H * D, 12), v = randomFloats(B * Lk * H * D, 13);
+  const qt = tensor(q, [B * Lq, H, D]), kt = tensor(k, [B * Lk, H, D]), vt = tensor(v, [B * Lk, H, D]);
+  const qo = Int32Array.from({ length: B + 1 }, (_, i) => i * Lq), ko = Int32Array.from({ length: B + 1 }, (_, i) => i * Lk);
+  const ours = (await timeIt(async () => { const r = await maskedAttention(qt, kt, vt, { q: { offsets: qo }, kv: { offsets: ko }, rule: 'full' }); r.output.dispose(); })).medianMs;
+  for (const x of [qt, kt, vt]) x.dispose();
+  // The peer's [B, H, L, D] layout: packed rows are [b][i][h][d]; a transpose per user.
+  const toBHLD = (x: Float32Array, L: number) => {
+    const y = new Float32Array(x.length);
+    for (let b = 0; b < B; b++) for (let i = 0; i < L; i++) for (let h = 0; h < H; h++)
+      y.set(x.subarray(((b * L + i) * H + h) * D, ((b * L + i) * H + h + 1) * D), ((b * H + h) * L + i) * D);
+    return y;
+  };
+  const peer = await createDenseMaskedAttention({ heads: H, headDim: D, threads });
+  const qp = toBHLD(q, Lq), kp = toBHLD(k, Lk), vp = toBHLD(v, Lk), mask = new Float32Array(B * Lq * Lk);
+  const ort = (await timeIt(() => peer.runCross(qp, kp, vp, mask, B, Lq, Lk))).medianMs;
+  await peer.release();
+  const crossGflops = B * Lq * Lk * H * 4 * D / (ours * 1e6);
+  out.push({ name: `cross ${B}x${Lq}x${Lk} H8 D64 speed-up vs onnxruntime (ours ${crossGflops.toFixed(1)} GF/s, ${(crossGflops / peak).toFixed(2)} of sgemm)`,
+    value: ort / ours, goal: '>= 1.2', met: ort / ours >= 1.2 });
+  return out;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Runs the targets `runs` times; prints median [min, max] of each ratio. */
+export async function cpuTargets(threads: number): Promise<Record<string, unknown>[]> {
+  const runs = Math.max(1, Number(process.env.BENCH_RUNS ?? 3));
+  const crossKeys = Math.max(1, Number(process.env.BENCH_CROSS_KEYS ?? 5000));
+  const all: Target[][] = [];
+  for (let r = 0; r < runs; r++) {
+    all.push(await oneRun(threads, crossKeys));
+    console.log(`  targets run ${r + 1}/${runs}: ` + all[r].map((t) => t.value.toFixed(2)).join(' '));
+  }
+  console.log(`\nCPU targets (issue #14), ratios within each run; median [min, max] of ${runs} runs (each against its own sgemm anchor):`);
+  const rows = all[0].map((t, i) => {
+    const values = all.map((run) => run[i].value);
+    const m = median(values);
+    const met = all[0][i].goal.startsWith('<=') ? m <= Number(t.goal.split(' ')[1]) : m >= Number(t.goal.split(' ')[1]);
+    console.log(`  ${t.name.padEnd(92)} ${m.toFixed(2).padStart(6)} [${Math.min(...values).toFixed(2)}, ${Math.max(...values).toFixed(2)}]  goal ${t.goal}: ${met ? 'met' : 'NOT met'}`);
+    return { target: t.name, median: m, min: Math.min(...values), max: Math.max(...values), values, goal: t.goal, met };
+  });
+  return rows;
+}

@@ -1,0 +1,75 @@
+#include "convert.h"
+
+#include <algorithm>
+
+#include "../../cuda/common/half_convert.h"
+#include "../thread_pool.h"
+#include "isa.h"
+#if LK_ISA_X86
+#include <immintrin.h>
+#endif
+
+namespace lk::cpu {
+namespace {
+
+// bfloat16 is float32's top half: a shift the compiler vectorizes on every ISA.
+inline void widen_bf16(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = bfloat16_to_float(src[i]);
+}
+
+void widen_portable(const uint16_t* src, DType dtype, float* dst, int64_t n) {
+  if (dtype == kBFloat16) return widen_bf16(src, dst, n);
+  for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(src[i]);
+}
+
+#if LK_ISA_X86
+// vcvtph2ps is exact (every float16 is a float32), as half_to_float.
+LK_TARGET_AVX2 void widen_avx2(const uint16_t* src, DType dtype, float* dst, int64_t n) {
+  if (dtype == kBFloat16) return widen_bf16(src, dst, n);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = half_to_float(src[i]);
+}
+// GCC 12's avx512fintrin.h trips -Wmaybe-uninitialized inside _mm512_cvtph_ps (a header false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+LK_TARGET_AVX512 void widen_avx512(const uint16_t* src, DType dtype, float* dst, int64_t n) {
+  if (dtype == kBFloat16) return widen_bf16(src, dst, n);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  for (; i < n; ++i) dst[i] = half_to_float(src[i]);
+}
+#pragma GCC diagnostic pop
+#endif
+
+using WidenFn = void (*)(const uint16_t*, DType, float*, int64_t);
+const IsaTable<WidenFn> kWiden = {{widen_portable, nullptr, LK_IF_X86(widen_avx2), LK_IF_X86(widen_avx512), nullptr}};
+
+constexpr int64_t kChunk = int64_t{1} << 16;  // elements per pool task
+
+}  // namespace
+
+void widen_row(const uint16_t* src, DType dtype, float* dst, int64_t count) { isa_pick(kWiden)(src, dtype, dst, count); }
+
+void widen_to_float32(const uint16_t* src, DType dtype, float* dst, int64_t count) {
+  const WidenFn widen = isa_pick(kWiden);
+  ThreadPool::shared().parallel_for((count + kChunk - 1) / kChunk, [&](int64_t c, int) {
+    const int64_t begin = c * kChunk;
+    widen(src + begin, dtype, dst + begin, std::min(kChunk, count - begin));
+  });
+}
+
+void narrow_from_float32(const float* src, DType dtype, uint16_t* dst, int64_t count) {
+  // Rounding stays the shared scalar code (cuda/common/half_convert.h): one definition of it.
+  ThreadPool::shared().parallel_for((count + kChunk - 1) / kChunk, [&](int64_t c, int) {
+    const int64_t end = std::min(count, (c + 1) * kChunk);
+    if (dtype == kFloat16)
+      for (int64_t i = c * kChunk; i < end; ++i) dst[i] = float_to_half(src[i]);
+    else
+      for (int64_t i = c * kChunk; i < end; ++i) dst[i] = float_to_bfloat16(src[i]);
+  });
+}
+
+}  // namespace lk::cpu
