@@ -15,7 +15,7 @@ const path = require('path');
 const root = path.join(__dirname, '..');
 const asan = process.argv.includes('--asan');
 const totals = { passed: 0, failed: 0, skipped: 0 };
-const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts', 'test/emulator.test.ts', 'test/cuda-host.test.ts', 'test/tc-attention.test.ts', 'test/views.test.ts', 'test/layouts.test.ts', 'test/ort.test.ts', 'test/multi-stream.test.ts', 'test/host-path.test.ts', 'test/backward.test.ts', 'test/mask-plan.test.ts'];
+const DEVICE_SUITES = ['test/attention.parity.test.ts', 'test/errors.test.ts', 'test/tensor.test.ts', 'test/memory-bank.test.ts', 'test/sparse.test.ts', 'test/sparse-tc.test.ts', 'test/reliability.test.ts', 'test/fuzz.test.ts', 'test/differential.test.ts', 'test/cost.test.ts', 'test/emulator.test.ts', 'test/cuda-host.test.ts', 'test/tc-attention.test.ts', 'test/views.test.ts', 'test/layouts.test.ts', 'test/ort.test.ts', 'test/multi-stream.test.ts', 'test/host-path.test.ts', 'test/backward.test.ts', 'test/mask-plan.test.ts'];
 
 // lk_emu_selftest_mma reads a launch's execution error right after the launch, which only blocking
 // launches give (on a GPU as on the emulator, which queues work until a synchronization).

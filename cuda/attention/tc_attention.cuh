@@ -4,10 +4,10 @@
 #pragma once
 #include <stdint.h>
 
-#include <mutex>
 
 #include "../common/attention_params.h"
 #include "../common/compat.cuh"
+#include "../common/device_info.h"
 #include "../common/mask_plan.h"
 #include "../common/mask_rules.h"
 #include "../common/tile_plan.h"
@@ -23,36 +23,6 @@ struct TcChoice {
   int block_m = 0;  // query / key tile sizes of the summaries and the grid
   int block_n = 0;
 };
-
-// Compute capability (10 major + minor) and opt-in shared memory per block of the current device,
-// asked of the runtime once per device. False when the runtime cannot say (then: no tensor cores).
-inline bool tc_device_info(int* sm, int* smem_optin) {
-  struct Info {
-    bool known;
-    int sm, optin;
-  };
-  constexpr int kMaxDevices = 64;
-  static std::mutex mutex;
-  static Info cache[kMaxDevices] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
-    cudaGetLastError();
-    return false;
-  }
-  std::lock_guard<std::mutex> lock(mutex);
-  Info& info = cache[device];
-  if (!info.known) {
-    cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    info = Info{true, prop.major * 10 + prop.minor, (int)prop.sharedMemPerBlockOptin};
-  }
-  *sm = info.sm;
-  *smem_optin = info.optin;
-  return true;
-}
 
 inline int tc_smem_bytes(int cap) {
   switch (cap) {

@@ -26,7 +26,10 @@ std::string gather_rows(const GatherParams& host) {
   std::string err = plan.commit("memory bank gather plan upload");
   unsigned char* dev = plan.device();
   if (err.empty()) {
-    const dim3 block(host.width >= 256 ? 256 : 64);
+    // 16-byte vectors when every row is whole 16-byte chunks at 16-byte aligned bases.
+    const size_t elem = host.dtype == kFloat32 ? 4 : 2;
+    bool vector = (host.width * (int64_t)elem) % 16 == 0 && (reinterpret_cast<uintptr_t>(host.dst) & 15u) == 0;
+    for (const void* s : host.sources) vector = vector && (reinterpret_cast<uintptr_t>(s) & 15u) == 0;
     KernelSpan span;
     span.begin();
     for (int64_t r0 = 0; r0 < host.rows; r0 += kMaxGridX) {
@@ -36,11 +39,23 @@ std::string gather_rows(const GatherParams& host) {
       p.src_row = reinterpret_cast<const int32_t*>(dev + src_at) + r0;
       p.dst_row = reinterpret_cast<const int32_t*>(dev + dst_at) + r0;
       p.alpha = host.alpha ? reinterpret_cast<const float*>(dev + alpha_at) + r0 : nullptr;
-      const dim3 grid((unsigned)p.rows);
+      const dim3 grid((unsigned)((p.rows + kGatherRowsPerBlock - 1) / kGatherRowsPerBlock)), block(kGatherThreads);
       switch (host.dtype) {
-        case kFloat16: { auto* k = gather_rows_kernel<__half>; LK_LAUNCH(k, grid, block, 0, stream())(p); break; }
-        case kBFloat16: { auto* k = gather_rows_kernel<__nv_bfloat16>; LK_LAUNCH(k, grid, block, 0, stream())(p); break; }
-        default: { auto* k = gather_rows_kernel<float>; LK_LAUNCH(k, grid, block, 0, stream())(p); break; }
+        case kFloat16: {
+          auto* k = vector ? gather_rows_kernel<__half, true> : gather_rows_kernel<__half, false>;
+          LK_LAUNCH(k, grid, block, 0, stream())(p);
+          break;
+        }
+        case kBFloat16: {
+          auto* k = vector ? gather_rows_kernel<__nv_bfloat16, true> : gather_rows_kernel<__nv_bfloat16, false>;
+          LK_LAUNCH(k, grid, block, 0, stream())(p);
+          break;
+        }
+        default: {
+          auto* k = vector ? gather_rows_kernel<float, true> : gather_rows_kernel<float, false>;
+          LK_LAUNCH(k, grid, block, 0, stream())(p);
+          break;
+        }
       }
     }
     span.end();

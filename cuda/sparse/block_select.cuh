@@ -33,6 +33,33 @@ __device__ __forceinline__ int block_rank(bool flag, int* warp_counts, int* tota
   return before + in_warp;
 }
 
+// Sorts keys[0, count) / idx[0, count) into selection order (topk_before) by a bitonic sort of the
+// power-of-two span holding them (padding, which sorts last, fills it up to `capacity`). Every
+// thread must call it; it ends with a barrier.
+__device__ inline void block_sort_selected(uint32_t* keys, int* idx, int count, int capacity) {
+  const int tid = threadIdx.x;
+  int n = 1;
+  while (n < count) n <<= 1;
+  for (int i = count + tid; i < n && i < capacity; i += kSelectThreads) { keys[i] = 0u; idx[i] = 0x7fffffff; }
+  __syncthreads();
+  for (int size = 2; size <= n; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = tid; i < n; i += kSelectThreads) {
+        const int partner = i ^ stride;
+        if (partner > i) {
+          const bool descending_block = (i & size) == 0;  // first half of each size block: best first
+          const bool partner_first = topk_before(keys[partner], idx[partner], keys[i], idx[i]);
+          if (partner_first == descending_block) {
+            const uint32_t tk = keys[i]; keys[i] = keys[partner]; keys[partner] = tk;
+            const int ti = idx[i]; idx[i] = idx[partner]; idx[partner] = ti;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
 // Selects the top `k` of row[0, len) (len may be 0) into keys_out / idx_out (capacity >= k, sorted,
 // `taken` entries valid). get(j) returns the row's j-th value.
 template <typename Get>
@@ -94,27 +121,7 @@ __device__ int block_select_topk(Get get, int len, int k, uint32_t* keys_out, in
     }
     ties += total;
   }
-  // Bitonic sort of the power-of-two span holding the winners; padding sorts last.
-  int n = 1;
-  while (n < take) n <<= 1;
-  for (int i = take + tid; i < n && i < capacity; i += kSelectThreads) { keys_out[i] = 0u; idx_out[i] = 0x7fffffff; }
-  __syncthreads();
-  for (int size = 2; size <= n; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = tid; i < n; i += kSelectThreads) {
-        const int partner = i ^ stride;
-        if (partner > i) {
-          const bool descending_block = (i & size) == 0;  // first half of each size block: best first
-          const bool partner_first = topk_before(keys_out[partner], idx_out[partner], keys_out[i], idx_out[i]);
-          if (partner_first == descending_block) {
-            const uint32_t tk = keys_out[i]; keys_out[i] = keys_out[partner]; keys_out[partner] = tk;
-            const int ti = idx_out[i]; idx_out[i] = idx_out[partner]; idx_out[partner] = ti;
-          }
-        }
-      }
-      __syncthreads();
-    }
-  }
+  block_sort_selected(keys_out, idx_out, take, capacity);
   return take;
 }
 

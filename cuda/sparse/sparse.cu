@@ -21,6 +21,8 @@
 #include "../multistream/staged_ops.h"
 #include "../runtime.h"
 #include "sparse_kernels.cuh"
+#include "tc_indexer.h"
+#include "tc_sparse_attention.h"
 
 namespace lk::cuda {
 namespace {
@@ -64,10 +66,27 @@ template <typename T> struct LaunchIndexer {
 };
 template <typename T> struct LaunchSparse {
   static void run(const SparseParams& p) {
+    if (tc_sparse_applies(p)) return launch_tc_sparse(p);  // head-batched gathers on tensor cores
     auto* k = sparse_attention_kernel<T>;
     LK_LAUNCH(k, dim3((unsigned)p.nq), dim3(kSelectThreads), 0, stream())(p);
   }
 };
+
+// Indexer query rows [row_begin, row_end) into score rows from score_row0: on tensor cores when
+// they apply (the work list of query tiles built from the host's offsets), else the FP32 kernel.
+std::string run_indexer(const IndexerParams& p, const int32_t* host_q_offsets, int64_t row_begin, int64_t row_end,
+                        int64_t score_row0) {
+  if (tc_indexer_applies(p)) {
+    const std::vector<IndexerTile> tiles = tc_indexer_tiles(host_q_offsets, p.batch, row_begin, row_end, p.heads);
+    Upload work;  // stream-ordered: freed after the launches that read it
+    const size_t at = work.add(tiles.data(), tiles.size() * sizeof(IndexerTile));
+    const std::string err = work.commit("indexer work list upload");
+    if (err.empty()) launch_tc_indexer(p, work.at<const IndexerTile>(at), (int64_t)tiles.size(), score_row0);
+    return err;
+  }
+  by_dtype<LaunchIndexer>(p.dtype, p, row_begin, row_end, score_row0);
+  return std::string();
+}
 
 // Dynamic shared memory of the fused kernel for a batch whose longest row has `max_len` keys.
 size_t fused_score_bytes(int max_len) { return (size_t)(max_len > 0 ? max_len : 1) * sizeof(float); }
@@ -142,9 +161,9 @@ std::string indexer_scores(const IndexerParams& host) {
   p.k_offsets = up.at<int32_t>(k_off);
   KernelSpan span;
   span.begin();
-  by_dtype<LaunchIndexer>(p.dtype, p, int64_t(0), p.nq, int64_t(0));
+  const std::string run_err = run_indexer(p, host.q_offsets, 0, p.nq, 0);
   span.end();
-  return finish("indexerScores");
+  return run_err.empty() ? finish("indexerScores") : run_err;
 }
 
 std::string top_k(const TopKParams& host) {
@@ -225,7 +244,8 @@ std::string issue_indexed_cross_attention(const IndexerParams& ihost, const TopK
   span.begin();
   for (int64_t c0 = 0; c0 < ip.nq; c0 += chunk) {
     const int64_t rows = std::min<int64_t>(chunk, ip.nq - c0);
-    if (ip.max_len > 0) by_dtype<LaunchIndexer>(ip.dtype, ip, c0, c0 + rows, c0);
+    if (ip.max_len > 0) err = run_indexer(ip, ihost.q_offsets, c0, c0 + rows, c0);
+    if (!err.empty()) return err;
     TopKParams part = tp;
     part.scores = scratch;
     part.cols = ip.max_len;

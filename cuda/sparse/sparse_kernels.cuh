@@ -9,6 +9,7 @@
 #include "../common/tile_plan.h"
 #include "block_attend.cuh"
 #include "block_select.cuh"
+#include "radix_topk.cuh"
 
 namespace lk::cuda {
 
@@ -64,15 +65,11 @@ __global__ void __launch_bounds__(kIndexerThreads) indexer_kernel(IndexerParams 
   p.scores[(row - score_row0) * p.max_len + j] = s;
 }
 
-struct TopKShared {
-  SelectShared select;
-  uint32_t keys[kTopKCapacity];
-  int idx[kTopKCapacity];
-};
-
-// One block per row.
+// One block per row: the radix select (radix_topk.cuh), or the order-keeping multi-pass select
+// when the threshold key is tied more often than the radix select gathers.
 __global__ void __launch_bounds__(kSelectThreads) topk_kernel(TopKParams p) {
-  __shared__ TopKShared sh;
+  __shared__ RadixShared sh;
+  static_assert(kTopKCapacity <= kRadixCapacity, "the fallback selects into the radix select's buffers");
   const int64_t r = blockIdx.x;
   const float* row = p.scores + r * p.cols;
   int len = p.cols;
@@ -80,7 +77,9 @@ __global__ void __launch_bounds__(kSelectThreads) topk_kernel(TopKParams p) {
     const int l = p.lengths[r];
     len = l < 0 ? 0 : (l < p.cols ? l : p.cols);
   }
-  const int taken = block_select_topk([row](int j) { return row[j]; }, len, p.k, sh.keys, sh.idx, kTopKCapacity, sh.select);
+  int taken = radix_select_topk(row, len, p.k, sh);
+  if (taken < 0)
+    taken = block_select_topk([row](int j) { return row[j]; }, len, p.k, sh.keys, sh.idx, kRadixCapacity, sh.u.select);
   for (int i = threadIdx.x; i < p.k; i += kSelectThreads) {
     p.indices[r * p.k + i] = i < taken ? sh.idx[i] : -1;
     p.values[r * p.k + i] = i < taken ? row[sh.idx[i]] : -INFINITY;

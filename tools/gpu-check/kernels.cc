@@ -816,6 +816,66 @@ void check_ica(Context& ctx) {
   }
 }
 
+// indexer_scores over every key of s (Hi x Di per query), into `scores`.
+void bench_indexer(Context& ctx, const SparseInputs& s, const SparseDevice& d, DevBuf& scores, const std::string& shape) {
+  BenchResult b;
+  b.kernel = "indexer_scores";
+  b.shape = shape;
+  b.dtype = dtype_name(s.dtype);
+  const double es = (double)dtype_size(s.dtype);
+  b.flops = (double)s.nq * 2.0 * s.hi * s.di * s.max_len;
+  b.bytes = es * ((double)s.tk * s.di + (double)s.nq * s.hi * (s.di + 1)) + 4.0 * (double)s.nq * s.max_len;
+  const IndexerParams ip = indexer_params(s, d.qi.get(), d.ki.get(), d.w.get(), static_cast<float*>(scores.get()));
+  finish_bench(b, time_op(ctx, [&] { must(cuda::indexer_scores(ip), "cuda::indexer_scores"); }));
+  ctx.record_bench(b);
+}
+
+// The DeepSeek-V3.2 (DSA) shape of issue #11: indexer 64 heads x 128 over 100,000 keys (the
+// tensor-core indexer for bfloat16), top-k 2,048 of those rows (radix select), and sparse attention
+// over the 2,048 with one kv head shared by 16 query heads of 128 (the head-batched gathers).
+void bench_sparse_deepseek(Context& ctx) {
+  const int queries = ctx.emulated ? 2 : 64, keys = ctx.emulated ? 3000 : 100000, HI = 64, DI = 128, H = 16, D = 128, topk = 2048;
+  const DType dtype = kBFloat16;
+  Rng rng(6);
+  const SparseInputs s = sparse_inputs(rng, dtype, {queries}, {keys}, HI, DI, H, 1, D, D);
+  const SparseDevice d(s);
+  const double es = (double)dtype_size(dtype);
+  const int selected = std::min(topk, keys);
+  DevBuf scores((size_t)s.nq * keys * 4), out((size_t)s.nq * H * D * (size_t)es);
+  DevBuf idx((size_t)s.nq * topk * 4), vals((size_t)s.nq * topk * 4);
+  const std::string shape = "deepseek " + std::to_string(queries) + "q keys=" + std::to_string(keys);
+  bench_indexer(ctx, s, d, scores, shape);
+  TopKParams tp{};
+  tp.rows = s.nq; tp.cols = keys; tp.k = topk; tp.scores = static_cast<const float*>(scores.get());
+  tp.indices = static_cast<int32_t*>(idx.get()); tp.values = static_cast<float*>(vals.get());
+  {
+    BenchResult b;
+    b.kernel = "top_k";
+    b.shape = shape;
+    b.rule = "topK=2048";
+    b.dtype = "float32";
+    b.bytes = 4.0 * (double)s.nq * keys + 8.0 * (double)s.nq * topk;
+    finish_bench(b, time_op(ctx, [&] { must(cuda::top_k(tp), "cuda::top_k"); }));
+    ctx.record_bench(b);
+  }
+  {
+    std::vector<int32_t> host_idx((size_t)s.nq * topk);
+    must(cuda::top_k(tp), "cuda::top_k");
+    must(cuda::copy_to_host(host_idx.data(), idx.get(), host_idx.size() * 4), "download indices");
+    BenchResult b;
+    b.kernel = "sparse_attention";
+    b.shape = shape + " H=16 Hkv=1";
+    b.rule = "topK=2048";
+    b.dtype = dtype_name(dtype);
+    b.flops = (double)s.nq * 2.0 * H * (D + D) * selected;
+    // q and out once, each selected K / V row once per (query, kv head): the head-batched gather
+    b.bytes = es * (2.0 * (double)s.nq * H * D + (double)s.nq * selected * (D + D));
+    const SparseParams sp = sparse_params(s, d.q.get(), d.k.get(), d.v.get(), out.get(), nullptr, host_idx.data(), topk);
+    finish_bench(b, time_op(ctx, [&] { must(cuda::sparse_attention(sp), "cuda::sparse_attention"); }));
+    ctx.record_bench(b);
+  }
+}
+
 // bench/sparse.ts: 64 users x 4 queries, H = 8, D = 64, indexer Hi = 2, Di = 64; 1k / 5k / 20k keys;
 // top-k 256 / 1,024: the fused op (or its unfused fallback) and the three steps.
 void bench_sparse(Context& ctx) {
@@ -830,17 +890,7 @@ void bench_sparse(Context& ctx) {
       const double es = (double)dtype_size(dtype);
       DevBuf scores((size_t)s.nq * keys * 4), out((size_t)s.nq * H * D * (size_t)es);
       const std::string shape = std::to_string(users) + "x" + std::to_string(queries) + " keys=" + std::to_string(keys);
-      {
-        BenchResult b;
-        b.kernel = "indexer_scores";
-        b.shape = shape;
-        b.dtype = dtype_name(dtype);
-        b.flops = (double)s.nq * 2.0 * HI * DI * keys;
-        b.bytes = es * ((double)s.tk * DI + (double)s.nq * HI * (DI + 1)) + 4.0 * (double)s.nq * keys;
-        const IndexerParams ip = indexer_params(s, d.qi.get(), d.ki.get(), d.w.get(), static_cast<float*>(scores.get()));
-        finish_bench(b, time_op(ctx, [&] { must(cuda::indexer_scores(ip), "cuda::indexer_scores"); }));
-        ctx.record_bench(b);
-      }
+      bench_indexer(ctx, s, d, scores, shape);
       for (int topk : topks) {
         const int selected = std::min(topk, keys);
         DevBuf idx((size_t)s.nq * topk * 4), vals((size_t)s.nq * topk * 4);
@@ -894,6 +944,7 @@ void bench_sparse(Context& ctx) {
         }
       }
     }
+  bench_sparse_deepseek(ctx);
 }
 
 }  // namespace

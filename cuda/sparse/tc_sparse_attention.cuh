@@ -1,0 +1,246 @@
+// Sparse attention (SPEC §5) on tensor cores for float16 / bfloat16: one block per (query row, kv
+// group). The query's heads of the group (G = H / Hkv <= 16) are the rows of one m16 tile, so each
+// selected K / V row is gathered once for all of them (MQA / GQA, as FlashMLA).
+//
+// 4 warps split the selected slots into tiles of 16 (warp w takes tiles w, w + 4, ...), each with
+// its own pipeline: the tile's K and V rows are gathered with 16-byte cp.async into one of the
+// warp's two XOR-swizzled stages while the other is computed (slots of -1 or past the list are
+// zero-filled and masked); S = Q K^T (mma.m16n8k16, Q fragments in registers), online softmax in
+// registers (IEEE as block_attend.cuh: the max keeps NaN, scores all -inf weigh 0 until a larger one
+// comes), O += P V with P repacked as the A operand and V fragments by ldmatrix.trans. At the end
+// the warps' partial (max, sum, O) are combined through shared memory: a row with nothing selected
+// gives 0 and lse -inf; scores all -inf (or +inf, NaN) give NaN, as the reference.
+#pragma once
+#include <stdint.h>
+
+#include "../attention/element.cuh"
+#include "../attention/tc_fragments.cuh"
+#include "../attention/tc_traits.cuh"
+#include "../common/compat.cuh"
+#include "../common/ieee.h"
+#include "../common/mma.cuh"
+#include "../common/sparse_params.h"
+#include "../common/tile_plan.h"
+
+namespace lk::cuda {
+
+template <int kCap>
+struct TcSparseTraits {
+  static_assert(kCap == 16 || kCap == 32 || kCap == 64 || kCap == 128, "unsupported head capacity");
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kTile = 16;  // selected slots per warp tile
+  static constexpr int kChunks = kCap / 8;
+  static constexpr int kKSteps = kCap / 16;
+  static constexpr int kOTiles = kCap / 8;
+  static constexpr int kTileElems = kTile * kCap;               // one K or V tile
+  static constexpr int kWarpElems = 2 * 2 * kTileElems;         // two stages of K and V
+  static constexpr int kQOffset = kWarps * kWarpElems;          // Q: 16 rows of kCap
+  static constexpr int kSmemBytes = 2 * (kQOffset + kTile * kCap);
+  // The warps' partial outputs (float [kWarps][16][kCap]) reuse the stages after the key loop.
+  static_assert(kWarps * 16 * kCap * 4 <= 2 * kQOffset, "combine tile fits the stages");
+};
+
+template <typename T, int kCap>
+__global__ void __launch_bounds__(TcSparseTraits<kCap>::kThreads)
+    tc_sparse_attention_kernel(SparseParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  // sm_75: no cp.async / bf16 mma; the host never launches this kernel there.
+#else
+  using Tr = TcSparseTraits<kCap>;
+  using E = TcElement<T>;
+  constexpr int kCh = Tr::kChunks, BN = Tr::kTile;
+  LK_DYNAMIC_SHARED(uint16_t, smem);
+  __shared__ int slot_key[Tr::kWarps][2][BN];  // per warp and stage: the tile's key rows (-1: none)
+  __shared__ float m_part[Tr::kWarps][16], l_part[Tr::kWarps][16];
+
+  const int64_t row = blockIdx.x;
+  const int g = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gq = lane >> 2, tq = lane & 3;
+  const int H = p.heads, Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim, G = H / Hkv;
+  const int count = p.top_k;
+  const int b = sequence_of(p.q_offsets, p.batch, row);
+  const int64_t k_start = p.k_offsets[b];
+  const int32_t* idx = p.indices + row * count;
+  const T* q = static_cast<const T*>(p.q) + (row * H + (int64_t)g * G) * D;  // the group's G rows
+  const T* k = static_cast<const T*>(p.k) + (int64_t)g * D;                  // key j: k + (k_start + j) * Hkv * D
+  const T* v = static_cast<const T*>(p.v) + (int64_t)g * Dv;
+  const int64_t k_stride = (int64_t)Hkv * D, v_stride = (int64_t)Hkv * Dv;
+  const int k_steps = (D + 15) >> 4, qk_chunks = 2 * k_steps, d_chunks = D >> 3, v_chunks = Dv >> 3;
+  const int o_tiles = Dv >> 3;
+
+  // Whether anything is selected at all (0 and lse -inf otherwise).
+  bool any = false;
+  for (int i = tid; i < count; i += Tr::kThreads) any = any || idx[i] >= 0;
+  const bool seen = __syncthreads_or(any);
+
+  // Q rows into their region (rows past G and the pad chunk of D = 8 zero), then A fragments.
+  uint16_t* const q_s = smem + Tr::kQOffset;
+  for (int c = tid; c < 16 * qk_chunks; c += Tr::kThreads) {
+    const int r = c / qk_chunks, ch = c % qk_chunks;
+    uint16_t* dst = q_s + swizzled<kCh>(r, ch);
+    if (r < G && ch < d_chunks) cp_async_16(dst, q + (int64_t)r * D + ch * 8);
+    else *reinterpret_cast<TcChunk*>(dst) = TcChunk{0u, 0u, 0u, 0u};
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qa[Tr::kKSteps][4];
+#pragma unroll
+  for (int ks = 0; ks < Tr::kKSteps; ++ks)
+    if (ks < k_steps) {
+      const int i = lane >> 3;
+      ldmatrix_x4(qa[ks], q_s + swizzled<kCh>((i & 1) * 8 + (lane & 7), 2 * ks + (i >> 1)));
+    }
+
+  uint16_t* const ws = smem + warp * Tr::kWarpElems;  // stage s: K at s * 2 * tile, V after it
+  // The pad chunk of D = 8 keys is zero in both stages (cp.async writes real chunks only).
+  if (qk_chunks > d_chunks)
+    for (int r = lane; r < 2 * BN; r += 32)
+      *reinterpret_cast<TcChunk*>(ws + (r / BN) * 2 * Tr::kTileElems + swizzled<kCh>(r % BN, d_chunks)) = TcChunk{0u, 0u, 0u, 0u};
+
+  const int n_tiles = (count + BN - 1) / BN;
+  // Gathers slot tile t into stage s of this warp: 16 K rows and 16 V rows, each once for every
+  // head of the group.
+  auto gather = [&](int t, int s) {
+    if (lane < BN) {
+      const int i = t * BN + lane;
+      slot_key[warp][s][lane] = i < count ? idx[i] : -1;
+    }
+    __syncwarp();
+    uint16_t* ks_ = ws + s * 2 * Tr::kTileElems;
+    uint16_t* vs_ = ks_ + Tr::kTileElems;
+    for (int c = lane; c < BN * d_chunks; c += 32) {
+      const int r = c / d_chunks, ch = c % d_chunks, key = slot_key[warp][s][r];
+      uint16_t* dst = ks_ + swizzled<kCh>(r, ch);
+      if (key >= 0) cp_async_16(dst, k + (k_start + key) * k_stride + ch * 8);
+      else *reinterpret_cast<TcChunk*>(dst) = TcChunk{0u, 0u, 0u, 0u};
+    }
+    for (int c = lane; c < BN * v_chunks; c += 32) {
+      const int r = c / v_chunks, ch = c % v_chunks, key = slot_key[warp][s][r];
+      uint16_t* dst = vs_ + swizzled<kCh>(r, ch);
+      if (key >= 0) cp_async_16(dst, v + (k_start + key) * v_stride + ch * 8);
+      else *reinterpret_cast<TcChunk*>(dst) = TcChunk{0u, 0u, 0u, 0u};
+    }
+    cp_async_commit();
+  };
+
+  float o[Tr::kOTiles][4];
+#pragma unroll
+  for (int j = 0; j < Tr::kOTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+
+  int stage = 0;
+  if (warp < n_tiles) gather(warp, 0);
+  for (int t = warp; t < n_tiles; t += Tr::kWarps, stage ^= 1) {
+    if (t + Tr::kWarps < n_tiles) {
+      gather(t + Tr::kWarps, stage ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncwarp();
+    const uint16_t* ks_ = ws + stage * 2 * Tr::kTileElems;
+    const uint16_t* vs_ = ks_ + Tr::kTileElems;
+    // S = Q K^T for 16 slots (two n8 tiles).
+    float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int ks = 0; ks < Tr::kKSteps; ++ks)
+      if (ks < k_steps) {
+        const int i = lane >> 3;
+        uint32_t bf[4];
+        ldmatrix_x4(bf, ks_ + swizzled<kCh>((i >> 1) * 8 + (lane & 7), 2 * ks + (i & 1)));
+        const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
+        E::mma(s[0], qa[ks], b0);
+        E::mma(s[1], qa[ks], b1);
+      }
+    // Scale and mask (empty slots: -inf, weight 0), the tile's row maxima.
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bool live = slot_key[warp][stage][8 * n + 2 * tq + (e & 1)] >= 0;
+        s[n][e] = live ? s[n][e] * p.scale : -INFINITY;
+        tile_max[e >> 1] = max_keep_nan(tile_max[e >> 1], s[n][e]);
+      }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float m_new = max_keep_nan(m_run[r], quad_max(tile_max[r]));
+      const bool live = m_new != -INFINITY;  // else every score so far is -inf: weights 0 for now
+      alpha[r] = live ? __expf(m_run[r] - m_new) : 1.0f;
+      float sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          float& x = s[n][2 * r + c];
+          x = live && x != -INFINITY ? __expf(x - m_new) : 0.0f;
+          sum += x;
+        }
+      l_run[r] = l_run[r] * alpha[r] + quad_sum(sum);
+      m_run[r] = m_new;
+    }
+    // O = O * alpha + P V: P (16 x 16 slots) as the A operand, V fragments by ldmatrix.trans.
+    uint32_t pa[4];
+    pa[0] = E::pack(s[0][0], s[0][1]);
+    pa[1] = E::pack(s[0][2], s[0][3]);
+    pa[2] = E::pack(s[1][0], s[1][1]);
+    pa[3] = E::pack(s[1][2], s[1][3]);
+#pragma unroll
+    for (int j = 0; j < Tr::kOTiles; ++j) {
+      o[j][0] *= alpha[0]; o[j][1] *= alpha[0];
+      o[j][2] *= alpha[1]; o[j][3] *= alpha[1];
+    }
+    const int i = lane >> 3;
+#pragma unroll
+    for (int j = 0; j < Tr::kOTiles; j += 2) {
+      if (j + 1 < o_tiles) {
+        uint32_t bf[4];
+        ldmatrix_x4_trans(bf, vs_ + swizzled<kCh>((i & 1) * 8 + (lane & 7), j + (i >> 1)));
+        const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
+        E::mma(o[j], pa, b0);
+        E::mma(o[j + 1], pa, b1);
+      } else if (j < o_tiles) {  // Dv = 8: one n8 tile
+        uint32_t bf[2];
+        ldmatrix_x2_trans(bf, vs_ + swizzled<kCh>((i & 1) * 8 + (lane & 7), j));
+        E::mma(o[j], pa, bf);
+      }
+    }
+    __syncwarp();  // the stage is gathered into again two tiles later
+  }
+
+  // Combine the warps' partial rows: M = max over warps, l = sum of l_w e^(m_w - M), O likewise.
+  if (tq == 0) {
+    m_part[warp][gq] = m_run[0]; m_part[warp][gq + 8] = m_run[1];
+    l_part[warp][gq] = l_run[0]; l_part[warp][gq + 8] = l_run[1];
+  }
+  __syncthreads();  // every warp is done with its stages: they now hold the partial outputs
+  float* const o_part = reinterpret_cast<float*>(smem);  // [kWarps][16][kCap]
+#pragma unroll
+  for (int j = 0; j < Tr::kOTiles; ++j)
+    if (j < o_tiles)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o_part[(warp * 16 + gq + 8 * (e >> 1)) * kCap + 8 * j + 2 * tq + (e & 1)] = o[j][e];
+  __syncthreads();
+  T* out = static_cast<T*>(p.out) + (row * H + (int64_t)g * G) * Dv;
+  for (int e = tid; e < G * Dv; e += Tr::kThreads) {
+    const int r = e / Dv, c = e % Dv;
+    float m = -INFINITY;
+    for (int w = 0; w < Tr::kWarps; ++w) m = max_keep_nan(m, m_part[w][r]);
+    float l = 0.0f, acc = 0.0f;
+    for (int w = 0; w < Tr::kWarps; ++w) {
+      const float f = m == -INFINITY ? 0.0f : __expf(m_part[w][r] - m);
+      l += l_part[w][r] * f;
+      acc += o_part[(w * 16 + r) * kCap + c] * f;
+    }
+    // Nothing selected: 0, lse -inf. Scores all -inf: l 0, NaN. Else l >= 1 (the max's term) or NaN.
+    out[e] = from_float<T>(!seen ? 0.0f : l == 0.0f ? quiet_nan() : acc / l);
+    if (p.lse && c == 0) p.lse[row * H + (int64_t)g * G + r] = !seen ? -INFINITY : l == 0.0f ? quiet_nan() : m + logf(l);
+  }
+#endif
+}
+
+}  // namespace lk::cuda

@@ -1,0 +1,209 @@
+// The sparse path's tensor-core / vectorized kernels (issue #11) against the reference, on CUDA (a
+// GPU or the emulator: LIFELONG_CUDA_EMULATE=1 after `npm run build:emu`). On the emulator the
+// execution counters (backends().cuda.emulator) prove which path ran: the float16 / bfloat16
+// indexer issues mma / ldmatrix / cp.async, float32 keeps the exact kernel (no mma).
+import test from 'ava';
+import { backends, indexerScores, reference, sparseAttention, tensor, topK, DType, Tensor } from '../lib/index';
+import { compare, cudaSkipReason, Rng } from './helpers';
+
+const reason = cudaSkipReason();
+const emulated = backends().cuda.emulated === true;
+
+function offsetsOf(lengths: number[]): Int32Array {
+  const o = new Int32Array(lengths.length + 1);
+  lengths.forEach((l, i) => { o[i + 1] = o[i] + l; });
+  return o;
+}
+
+type Counters = { mma: number; ldmatrix: number; cpAsync: number };
+function counters(): Counters | undefined {
+  const e = backends().cuda.emulator;
+  return e ? { mma: e.mma, ldmatrix: e.ldmatrix, cpAsync: e.cpAsync } : undefined;
+}
+
+/** Scores equal the reference within §7; NaN and ±Infinity exactly where the reference has them. */
+function compareScores(got: ArrayLike<number>, want: ArrayLike<number>, dtype: DType, what = 'scores'): string {
+  const finiteGot: number[] = [], finiteWant: number[] = [];
+  for (let i = 0; i < want.length; i++) {
+    if (!Number.isFinite(want[i]) || !Number.isFinite(got[i])) {
+      if (!Object.is(want[i], got[i])) return `${what}[${i}]: got ${got[i]}, reference ${want[i]}`;
+      continue;
+    }
+    finiteGot.push(got[i]); finiteWant.push(want[i]);
+  }
+  return compare(finiteGot, finiteWant, dtype, what);
+}
+
+if (reason) {
+  test.skip(`sparse path on tensor cores (skipped: ${reason}; set LIFELONG_CUDA_EMULATE=1 or use a GPU)`, () => {});
+} else {
+  for (const dtype of ['float16', 'bfloat16', 'float32'] as DType[]) {
+    // serial: the counters are process-wide, a concurrent test would move them too
+    test.serial(`indexerScores cuda ${dtype}: (query, head) x key tiles = reference on jagged batches`, async (t) => {
+      const rng = new Rng(dtype.length * 101 + 7);
+      let tensorCoreCalls = 0;
+      for (let round = 0; round < 6; round++) {
+        const B = rng.int(1, 4);
+        // key chunks of 1,024 (512 at Di = 128) keys per block: lengths across one and several chunks
+        const keyLens = Array.from({ length: B }, () => rng.pick([0, 1, 31, 64, 65, 1025, rng.int(1, 2200)]));
+        const qLens = Array.from({ length: B }, () => rng.pick([0, 1, 3, rng.int(1, 40)]));
+        const Hi = rng.pick([1, 2, 3, 5, 8, 64]), Di = rng.pick([8, 16, 24, 32, 64, 128]);
+        const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+        const Nq = qOffsets[B], Tk = kOffsets[B];
+        const qI = tensor(rng.floats(Nq * Hi * Di), [Nq, Hi, Di], { dtype, device: 'cuda' });
+        const kIData = rng.floats(Tk * Di);
+        // Non-finite keys in some rounds: relu keeps NaN, w · relu(-inf) is 0 (SPEC §5)
+        if (round % 3 === 2 && Tk > 4) { kIData[0] = Infinity; kIData[Di * 2 + 1] = -Infinity; kIData[Di * 3] = Number.NaN; }
+        const kI = tensor(kIData, [Tk, Di], { dtype, device: 'cuda' });
+        const w = tensor(rng.floats(Nq * Hi), [Nq, Hi], { dtype, device: 'cuda' });
+        const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
+        const before = counters();
+        const scores = await indexerScores(qI, kI, w, { qOffsets, kOffsets });
+        const after = counters();
+        const want = reference.indexerScores(await exact(qI, [Nq, Hi, Di]), await exact(kI, [Tk, Di]), await exact(w, [Nq, Hi]), { qOffsets, kOffsets });
+        t.deepEqual(scores.shape, want.shape);
+        t.is(compareScores(await scores.float32(), want.data, dtype), '', `B=${B} Nq=${Nq} Tk=${Tk} Hi=${Hi} Di=${Di}`);
+        if (before && after && Nq > 0 && Tk > 0) {
+          const moved = after.mma > before.mma && after.ldmatrix > before.ldmatrix && after.cpAsync > before.cpAsync;
+          if (dtype === 'float32') t.is(after.mma, before.mma, 'float32 keeps the exact kernel');
+          else { t.true(moved, `tensor-core indexer ran (mma ${before.mma} -> ${after.mma})`); tensorCoreCalls++; }
+        }
+        for (const x of [qI, kI, w, scores]) x.dispose();
+      }
+      if (emulated && dtype !== 'float32') t.true(tensorCoreCalls > 0, 'some round had queries and keys');
+    });
+  }
+
+  test('indexerScores cuda bfloat16: the DeepSeek-shaped indexer (64 heads x 128) over 3,000 keys = reference', async (t) => {
+    const rng = new Rng(64128);
+    const qOffsets = offsetsOf([3, 2]), kOffsets = offsetsOf([3000, 777]);
+    const Nq = 5, Hi = 64, Di = 128, Tk = kOffsets[2];
+    const qI = tensor(rng.floats(Nq * Hi * Di), [Nq, Hi, Di], { dtype: 'bfloat16', device: 'cuda' });
+    const kI = tensor(rng.floats(Tk * Di), [Tk, Di], { dtype: 'bfloat16', device: 'cuda' });
+    const w = tensor(rng.floats(Nq * Hi), [Nq, Hi], { dtype: 'bfloat16', device: 'cuda' });
+    const scores = await indexerScores(qI, kI, w, { qOffsets, kOffsets });
+    const want = reference.indexerScores({ data: await qI.float32(), shape: [Nq, Hi, Di] }, { data: await kI.float32(), shape: [Tk, Di] },
+      { data: await w.float32(), shape: [Nq, Hi] }, { qOffsets, kOffsets });
+    t.is(compareScores(await scores.float32(), want.data, 'bfloat16'), '');
+    // The selection from these scores equals the reference's up to ties.
+    const got = await topK(scores, 256);
+    const ref = reference.topK(want, 256);
+    const gv = (await got.values.data()) as Float32Array;
+    let far = 0;
+    for (let i = 0; i < gv.length; i++) if (Math.abs(gv[i] - ref.values.data[i]) > 1.6e-2 * (1 + Math.abs(ref.values.data[i]))) far++;
+    t.is(far, 0, 'top-256 values');
+    for (const x of [qI, kI, w, scores, got.indices, got.values]) x.dispose();
+  });
+
+  // The radix select: one histogram pass, refinement of the threshold bucket only, the sorted
+  // gather; the fallback for a threshold key tied more than 4,096 times. Indices must equal the
+  // reference exactly (the tie rule is exact), values bit for bit.
+  test('topK cuda: radix select = reference on adversarial and long rows (ties, relu zeros, NaN / -Infinity, k > row, empty rows)', async (t) => {
+    const rng = new Rng(4096);
+    const kinds: Array<[string, (n: number) => Float32Array]> = [
+      ['uniform', (n) => rng.floats(n)],
+      ['narrow: one exponent, low mantissa bits', (n) => Float32Array.from({ length: n }, () => 1 + Math.floor(rng.next() * 5000) * 2 ** -23)],
+      ['relu zeros (70 %)', (n) => Float32Array.from({ length: n }, () => (rng.bool(0.7) ? 0 : rng.next() * 3))],
+      ['all equal (threshold tied past the gather)', (n) => new Float32Array(n).fill(0.25)],
+      ['ties on a coarse grid', (n) => Float32Array.from({ length: n }, () => Math.round(rng.next() * 40) / 8 - 2)],
+      ['NaN / -Infinity / +Infinity / -0', (n) => Float32Array.from({ length: n }, () => rng.pick([Number.NaN, -Infinity, Infinity, -0, 0, rng.next() - 0.5]))],
+      ['no candidate (NaN and -Infinity only)', (n) => Float32Array.from({ length: n }, () => (rng.bool() ? Number.NaN : -Infinity))],
+    ];
+    for (const [kind, [name, make]] of kinds.entries()) {
+      // rows of 128k keys (one block per row) for the value distributions; the emulator is slow
+      const shapes = kind < 3 ? [[2, 131072, 2048], [4, 9000, 256], [5, 300, 2048]] : [[4, 9000, 256], [5, 300, 2048], [2, 5000, 1]];
+      for (const [rows, cols, k] of shapes) {
+        const data = new Float32Array(rows * cols);
+        for (let r = 0; r < rows; r++) data.set(make(cols), r * cols);
+        const lengths = Int32Array.from({ length: rows }, (_, r) => (r === 0 ? cols : r === 1 ? 0 : rng.int(1, cols)));
+        const scores = tensor(data, [rows, cols], { device: 'cuda' });
+        for (const opts of [{}, { lengths }]) {
+          const got = await topK(scores, k, opts);
+          const want = reference.topK({ data, shape: [rows, cols] }, k, opts);
+          const what = `${name}: ${rows} x ${cols}, k ${k}${'lengths' in opts ? ', lengths' : ''}`;
+          t.deepEqual(Array.from((await got.indices.data()) as Int32Array), Array.from(want.indices.data), what);
+          t.deepEqual(Array.from((await got.values.data()) as Float32Array), Array.from(want.values.data, (x) => Math.fround(x)), what);
+          got.indices.dispose(); got.values.dispose();
+        }
+        scores.dispose();
+      }
+    }
+  });
+
+  for (const dtype of ['float16', 'bfloat16', 'float32'] as DType[]) {
+    test.serial(`sparseAttention cuda ${dtype}: head-batched gathers (GQA groups up to 16) = reference`, async (t) => {
+      const rng = new Rng(dtype.length * 31 + 5);
+      let tensorCoreCalls = 0;
+      // every group size meets every slot count: several slot tiles per warp (online rescaling) and
+      // the second 8 rows of the m16 tile (groups of 16) both happen
+      for (let round = 0; round < 16; round++) {
+        const B = rng.int(1, 4);
+        const keyLens = Array.from({ length: B }, () => rng.pick([1, 7, 40, rng.int(1, 300)]));
+        if (round % 5 === 4) keyLens[0] = 0;
+        const qLens = Array.from({ length: B }, () => rng.int(1, 5));
+        const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+        const Nq = qOffsets[B], Tk = kOffsets[B];
+        const kvHeads = rng.pick([1, 2, 3]), group = [1, 3, 8, 16][round % 4], H = kvHeads * group;
+        const D = rng.pick([8, 16, 64, 128]), Dv = rng.pick([8, 16, 32, 128]);
+        const K = [1, 17, 100, 200][(round >> 2) % 4];
+        // indices: random keys of the query's own sequence, duplicates, -1; some rows all -1
+        const indices = new Int32Array(Nq * K);
+        for (let b = 0; b < B; b++)
+          for (let i = qOffsets[b]; i < qOffsets[b + 1]; i++) {
+            const none = keyLens[b] === 0 || rng.bool(0.15);
+            for (let j = 0; j < K; j++) indices[i * K + j] = none || rng.bool(0.2) ? -1 : rng.int(0, keyLens[b] - 1);
+          }
+        const kData = rng.floats(Tk * kvHeads * D), vData = rng.floats(Tk * kvHeads * Dv);
+        // Non-finite rows in some rounds: a -inf score weighs 0, +inf or NaN makes the row NaN.
+        if (round % 4 === 3 && Tk > 2) { kData.fill(-Infinity, 0, D); vData[Dv * kvHeads + 1] = Number.NaN; kData[2 * kvHeads * D] = Infinity; }
+        const q = tensor(rng.floats(Nq * H * D), [Nq, H, D], { dtype, device: 'cuda' });
+        const k = tensor(kData, [Tk, kvHeads, D], { dtype, device: 'cuda' });
+        const v = tensor(vData, [Tk, kvHeads, Dv], { dtype, device: 'cuda' });
+        const idx = tensor(indices, [Nq, K], { dtype: 'int32', device: 'cuda' });
+        const before = counters();
+        const got = await sparseAttention(q, k, v, idx, { qOffsets, kOffsets, returnLse: true });
+        const after = counters();
+        const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
+        const want = reference.sparseAttention(await exact(q, [Nq, H, D]), await exact(k, [Tk, kvHeads, D]), await exact(v, [Tk, kvHeads, Dv]),
+          { data: indices, shape: [Nq, K] }, { qOffsets, kOffsets, returnLse: true });
+        const what = `B=${B} Nq=${Nq} Tk=${Tk} H=${H} Hkv=${kvHeads} D=${D} Dv=${Dv} K=${K}`;
+        t.is(compareScores(await got.output.float32(), want.output.data, dtype, 'output'), '', what);
+        t.is(compareScores(await got.lse!.float32(), want.lse!.data, dtype, 'lse'), '', what);
+        if (before && after && Nq > 0) {
+          if (dtype === 'float32') t.is(after.mma, before.mma, 'float32 keeps the exact kernel');
+          else { t.true(after.mma > before.mma && after.ldmatrix > before.ldmatrix, `tensor-core sparse attention ran (${what})`); tensorCoreCalls++; }
+          if (dtype !== 'float32' && indices.some((x) => x >= 0)) t.true(after.cpAsync > before.cpAsync, 'K / V rows gathered by cp.async');
+        }
+        for (const x of [q, k, v, idx, got.output, got.lse!]) x.dispose();
+      }
+      if (emulated && dtype !== 'float32') t.true(tensorCoreCalls > 0, 'some round had queries');
+    });
+  }
+
+  // Past grid.y: with 64 indexer heads a query tile is one query, so 70,000 queries are 70,000 tiles
+  // (the host launches them in slices of 65,535). About a minute of CPU on the plain emulator; the
+  // race-detecting (LK_EMU_SEED) and AddressSanitizer runs, many times slower, leave it to that run:
+  // the grid slicing is host logic, the same under every build.
+  const slow = /libasan/.test(process.env.LD_PRELOAD ?? '') || process.env.LK_EMU_SEED !== undefined;
+  (slow ? test.skip : test.serial)(`indexerScores cuda bfloat16 on tensor cores: 70,000 queries (70,000 query tiles) = cpu${slow ? ' (skipped under ASan / the race detector: the plain emulated run and a GPU run it)' : ''}`, async (t) => {
+    const rng = new Rng(70001);
+    const NQ = 70000, Hi = 64, Di = 8;
+    const qOffsets = offsetsOf([30000, 0, 40000]), kOffsets = offsetsOf([5, 3, 9]), Tk = kOffsets[3];
+    const qI = rng.floats(NQ * Hi * Di), kI = rng.floats(Tk * Di), w = rng.floats(NQ * Hi);
+    const run = async (device: 'cpu' | 'cuda') => {
+      const s = await indexerScores(tensor(qI, [NQ, Hi, Di], { dtype: 'bfloat16', device }), tensor(kI, [Tk, Di], { dtype: 'bfloat16', device }),
+        tensor(w, [NQ, Hi], { dtype: 'bfloat16', device }), { qOffsets, kOffsets });
+      t.deepEqual(s.shape, [NQ, 9]);
+      const out = await s.float32();
+      s.dispose();
+      return out;
+    };
+    const cpu = await run('cpu');
+    const before = counters();
+    const cuda = await run('cuda');
+    const after = counters();
+    if (before && after) t.true(after.mma - before.mma >= NQ, 'at least one mma per query tile');
+    t.is(compareScores(cuda, cpu, 'bfloat16'), '');
+    t.true(Number.isFinite(cuda[65535 * 9]) && Number.isFinite(cuda[(NQ - 1) * 9]), 'rows past 65,535 scored');
+  });
+}
