@@ -1,5 +1,6 @@
 # node-gyp build of the same addon (prebuildify, node-gyp-build's source fallback). Sources come from
-# sources.gypi, shared with CMakeLists.txt. CUDA kernels are compiled in when nvcc is on PATH.
+# sources.gypi, shared with CMakeLists.txt. CUDA kernels are compiled in when nvcc is on PATH; each
+# .cu's ptxas report lands in build/Release/ptxas/ for scripts/check-spills.cjs --from-build.
 {
   "includes": ["sources.gypi"],
   "variables": {
@@ -24,7 +25,8 @@
             "extension": "cu",
             "inputs": ["<(RULE_INPUT_PATH)"],
             "outputs": ["<(INTERMEDIATE_DIR)/<(RULE_INPUT_ROOT).o"],
-            "action": ["<(lk_nvcc)", "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-Xptxas=--warn-on-spills",
+            "action": ["node", "<(module_root_dir)/scripts/nvcc-report.cjs", "<(PRODUCT_DIR)/ptxas/<(RULE_INPUT_ROOT).txt",
+                       "<(lk_nvcc)", "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-Xptxas=--warn-on-spills",
                        "-gencode", "arch=compute_75,code=sm_75", "-gencode", "arch=compute_80,code=sm_80",
                        "-gencode", "arch=compute_86,code=sm_86", "-gencode", "arch=compute_89,code=sm_89",
                        "-gencode", "arch=compute_90,code=[sm_90,compute_90]",

@@ -39,5 +39,9 @@ if (out.length !== 4 || lk.tensor !== tensor) throw new Error('bad ESM entry');
 console.log('import ok', out.map((v) => v.toFixed(4)).join(' '), backends().cpu.threads, 'threads');
 JS
 PATH="$work/bin" node use.cjs
+# The tarball's binary carries the CUDA kernels whenever nvcc was there to compile them.
+if [ -n "$(node "$root/scripts/cuda-path.cjs" lib)" ]; then
+  PATH="$work/bin" node -e "const c = require('lifelong-kernels').backends().cuda; if (!c.compiled) { console.error('consumer check: the prebuilt binary has no CUDA kernels'); process.exit(1); } console.log('cuda compiled:', c.compiled, '-', c.reason || 'available')"
+fi
 PATH="$work/bin" node use.mjs
 echo "consumer check: ok"

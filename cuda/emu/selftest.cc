@@ -10,17 +10,7 @@
 #include <vector>
 
 #include "common/compat.cuh"
-
-static int passed = 0, failed = 0;
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (cond) { ++passed; } else {                              \
-      ++failed;                                                 \
-      std::printf("FAIL %s:%d: ", __FILE__, __LINE__);          \
-      std::printf(__VA_ARGS__);                                 \
-      std::printf("\n");                                        \
-    }                                                           \
-  } while (0)
+#include "emu/selftest_check.h"
 
 // Block sum with shared memory and __syncthreads tree; one atomicAdd per block into a global total.
 __global__ void block_sum_kernel(const int* in, int n, int* block_sums, int* total) {
@@ -323,6 +313,5 @@ int main() {
     waitpid(pid, &status, 0);
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "deadlock detected (status %d)", status);
   }
-  std::printf("emu selftest: %d passed, %d failed\n", passed, failed);
-  return failed ? 1 : 0;
+  return lk_selftest::summary("emu selftest");
 }

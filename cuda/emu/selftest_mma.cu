@@ -17,24 +17,12 @@
 #include <vector>
 
 #include "common/compat.cuh"
+#include "emu/selftest_check.h"
 #include "common/mma.cuh"
 
 using lk::cuda::cp_async_16;
 using lk::cuda::cp_async_commit;
 using lk::cuda::cp_async_wait;
-
-static int passed = 0, failed = 0;
-#define CHECK(cond, ...)                               \
-  do {                                                 \
-    if (cond) {                                        \
-      ++passed;                                        \
-    } else {                                           \
-      ++failed;                                        \
-      std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::printf(__VA_ARGS__);                        \
-      std::printf("\n");                               \
-    }                                                  \
-  } while (0)
 
 #define CUDA_OK(call)                                                                   \
   do {                                                                                  \
@@ -522,6 +510,5 @@ int main() {
           (unsigned long long)(after.cp_async - before.cp_async), (unsigned long long)cp);
   }
 #endif
-  std::printf("emu mma selftest: %d passed, %d failed\n", passed, failed);
-  return failed ? 1 : 0;
+  return lk_selftest::summary("emu mma selftest");
 }
