@@ -43,7 +43,7 @@ function buildReport(src) {
 }
 
 function compile(src) {
-  const args = ['-std=c++17', '-O3', '-I', path.join(root, 'cuda'), '-Xptxas', '-v', '-c', path.join(root, src), '-o', path.join(os.tmpdir(), 'lk-spill-check.o')];
+  const args = ['-std=c++17', '-O3', '-I', path.join(root, 'cuda'), '-Xptxas', '-v', '-c', path.join(root, src), '-o', path.join(os.tmpdir(), `lk-spill-check-${process.pid}.o`)];
   for (const a of ARCHS) args.push('-gencode', `arch=compute_${a},code=sm_${a}`);
   const r = spawnSync(nvcc, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
   if (r.status !== 0) { process.stderr.write(r.stderr); console.error(`check-spills: ${src} failed to compile`); process.exit(1); }
