@@ -181,10 +181,10 @@ function smallHeadBatch(rng: Rng, kind: PresetName | 'mixed'): Seq[] {
   return seqs;
 }
 
-test.serial('small heads (D, Dv in 8 / 16 / 32, H 2-8, GQA, Dv != D): float16 / bfloat16 = reference on random jagged layouts, every preset, custom rules, cross attention, silu', async (t) => {
+test.serial('small heads (D, Dv in 8 / 16 / 32, H 2-8, GQA, Dv != D): float16 / bfloat16 = reference on random jagged layouts, every preset, custom rules, cross attention, split-KV, silu', async (t) => {
   const rng = new Rng(Number(process.env.LK_SMALL_HEADS_SEED ?? 32));
   const presets: (PresetName | 'custom')[] = ['causal', 'full', 'persrec', 'rec2pm-reference', 'rec2pm-update', 'custom'];
-  const trials = 2 * presets.length;
+  const trials = 3 * presets.length;
   for (let trial = 0; trial < trials; trial++) {
     const preset = presets[trial % presets.length];
     const D = rng.pick([8, 16, 32]);
@@ -194,11 +194,13 @@ test.serial('small heads (D, Dv in 8 / 16 / 32, H 2-8, GQA, Dv != D): float16 / 
     const kind = preset === 'custom' ? 'mixed' : preset === 'causal' || preset === 'full' ? 'mixed' : preset;
     const qSeqs = smallHeadBatch(rng, kind);
     const ql = pack(qSeqs);
-    // Cross attention every third trial: each sequence's keys are its queries plus more items.
-    const cross = trial % 3 === 1;
+    // Cross attention every third trial: each sequence's keys are its queries plus more items;
+    // every other time, sequences of <= 16 queries get over 1,024 keys (split-KV items, mask_plan.h).
+    const cross = trial % 3 === 1, split = cross && trial % 2 === 0;
     const kl = cross
       ? pack(qSeqs.map((s) => {
-        const extra = rng.int(0, 40), seg = s.segments.length ? s.segments[s.segments.length - 1] : 0;
+        const extra = split && s.roles.length <= 16 ? rng.int(1030, 1300) : rng.int(0, 40);
+        const seg = s.segments.length ? s.segments[s.segments.length - 1] : 0;
         return { segments: s.segments.concat(new Array(extra).fill(seg)), roles: s.roles.concat(new Array(extra).fill(0)) };
       }))
       : undefined;
@@ -210,7 +212,7 @@ test.serial('small heads (D, Dv in 8 / 16 / 32, H 2-8, GQA, Dv != D): float16 / 
       for (const dtype of HALF) {
         const before = emulated && device === 'cuda' ? backends().cuda.emulator! : undefined;
         const { out, lse, ref } = await attend(run, dtype, device);
-        const name = `trial ${trial} ${device} ${dtype} ${preset}${cross ? ' cross' : ''}${silu ? ' silu' : ''} lengths ${ql.lengths} H=${H} Hkv=${Hkv} D=${D} Dv=${Dv}`;
+        const name = `trial ${trial} ${device} ${dtype} ${preset}${cross ? ' cross' : ''}${split ? ' split-KV' : ''}${silu ? ' silu' : ''} lengths ${ql.lengths} H=${H} Hkv=${Hkv} D=${D} Dv=${Dv}`;
         t.is(compare(out, ref.output.data, dtype, 'output'), '', name);
         if (!silu) t.is(compare(lse!, ref.lse!.data, 'float32', 'lse'), '', `${name} lse`);
         if (before) t.true(backends().cuda.emulator!.mma > before.mma, `${name}: the tensor-core kernel ran`);
