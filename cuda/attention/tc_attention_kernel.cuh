@@ -28,8 +28,8 @@
 // kCap 16, 2 of kCap 32; tc_head_pack), each warp all of them for its 16 rows, one after the other
 // over the same key tile. The key tile is copied once per distinct kv head of the pack (once for
 // GQA heads of one group), its mask bits and partial-tile roles are computed once for all heads,
-// and the pipeline's barriers and cp.async waits are shared: work that a one-head block of a
-// 16-wide head would spend on a tile holding 2 KiB of keys.
+// and the pipeline's barriers and cp.async waits are shared: fixed costs per key tile that a block
+// of one 16-wide head would pay for 2 KiB of K and 2 KiB of V.
 #pragma once
 #include <stdint.h>
 
@@ -47,8 +47,8 @@
 
 namespace lk::cuda {
 
-// Grid (work items, heads): block x runs plan.work[x], whose tiles are kBlockM queries x kBlockN keys.
-// Grid y: head packs (heads / kPack).
+// Grid (work items, heads / kPack): block (x, y) runs plan.work[x], whose tiles are kBlockM queries x
+// kBlockN keys, for heads kPack y .. kPack y + kPack - 1.
 template <typename T, int kCap, int kPack>
 __global__ void __launch_bounds__(TcAttentionTraits<kCap, kPack>::kThreads, 1)
     tc_attention_kernel(AttentionParams p, PlanView plan, SplitPartials part) {
