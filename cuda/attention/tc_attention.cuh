@@ -20,14 +20,16 @@ namespace lk::cuda {
 struct TcChoice {
   bool use = false;
   int cap = 0;      // head capacity the kernel is instantiated for
+  int pack = 1;     // heads per block (tc_head_pack)
   int block_m = 0;  // query / key tile sizes of the summaries and the grid
   int block_n = 0;
 };
 
-inline int tc_smem_bytes(int cap) {
+inline int tc_smem_bytes(int cap, int pack) {
   switch (cap) {
-    case 16: return TcAttentionTraits<16>::kSmemBytes;
-    case 32: return TcAttentionTraits<32>::kSmemBytes;
+    case 16: return pack == 4 ? TcAttentionTraits<16, 4>::kSmemBytes
+                  : pack == 2 ? TcAttentionTraits<16, 2>::kSmemBytes : TcAttentionTraits<16>::kSmemBytes;
+    case 32: return pack == 2 ? TcAttentionTraits<32, 2>::kSmemBytes : TcAttentionTraits<32>::kSmemBytes;
     case 64: return TcAttentionTraits<64>::kSmemBytes;
     case 128: return TcAttentionTraits<128>::kSmemBytes;
     default: return TcAttentionTraits<256>::kSmemBytes;
@@ -36,7 +38,8 @@ inline int tc_smem_bytes(int cap) {
 
 // The tensor-core kernel runs float16 / bfloat16 (softmax and silu) on sm_80 and newer (the
 // emulator reports 9.0, so the parity suites run it), with every tensor 16-byte aligned (cp.async
-// and the 16-byte output stores) and head sizes powers of two in 8..256. Everything else — float32,
+// and the 16-byte output stores) and head sizes powers of two in 8..256; heads of 8..32 are packed
+// several per block when the head count allows (tc_head_pack). Everything else — float32,
 // sm_75, an unaligned view — keeps the FP32 kernel.
 inline TcChoice choose_tc_attention(const AttentionParams& p) {
   TcChoice c;
@@ -48,10 +51,12 @@ inline TcChoice choose_tc_attention(const AttentionParams& p) {
   int sm = 0, optin = 0;
   if (!tc_device_info(&sm, &optin) || sm < 80) return c;
   const int cap = tc_head_capacity(p.head_dim, p.value_dim);
-  const int need = tc_smem_bytes(cap);
+  const int pack = tc_head_pack(cap, p.heads);
+  const int need = tc_smem_bytes(cap, pack);
   if (need > 48 * 1024 && need > optin) return c;
   c.use = true;
   c.cap = cap;
+  c.pack = pack;
   static_assert(TcAttentionTraits<16>::kBlockM == TcAttentionTraits<256>::kBlockM, "one query tile size");
   static_assert(TcAttentionTraits<16>::kBlockN == TcAttentionTraits<128>::kBlockN, "one key tile size up to 128");
   c.block_m = TcAttentionTraits<64>::kBlockM;
@@ -59,24 +64,31 @@ inline TcChoice choose_tc_attention(const AttentionParams& p) {
   return c;
 }
 
-template <typename T, int kCap>
+template <typename T, int kCap, int kPack = 1>
 void launch_tc_attention(const AttentionParams& p, const PlanView& plan, int32_t n_work, const SplitPartials& part) {
-  using Tr = TcAttentionTraits<kCap>;
-  auto* kernel = tc_attention_kernel<T, kCap>;
+  using Tr = TcAttentionTraits<kCap, kPack>;
+  auto* kernel = tc_attention_kernel<T, kCap, kPack>;
   // Above 48 KiB a kernel must opt in (per kernel; cheap, and safe to repeat from any thread). A
   // failure is left for the caller's cudaGetLastError.
   if (Tr::kSmemBytes > 48 * 1024 &&
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes) != cudaSuccess)
     return;
-  LK_LAUNCH(kernel, dim3((unsigned)n_work, (unsigned)p.heads, 1), dim3(Tr::kThreads), (size_t)Tr::kSmemBytes, stream())(p, plan, part);
+  LK_LAUNCH(kernel, dim3((unsigned)n_work, (unsigned)(p.heads / kPack), 1), dim3(Tr::kThreads), (size_t)Tr::kSmemBytes, stream())(p, plan, part);
 }
 
 template <typename T>
 void launch_tc_attention_for(const TcChoice& c, const AttentionParams& p, const PlanView& plan, int32_t n_work,
                              const SplitPartials& part) {
   switch (c.cap) {
-    case 16: launch_tc_attention<T, 16>(p, plan, n_work, part); break;
-    case 32: launch_tc_attention<T, 32>(p, plan, n_work, part); break;
+    case 16:
+      if (c.pack == 4) launch_tc_attention<T, 16, 4>(p, plan, n_work, part);
+      else if (c.pack == 2) launch_tc_attention<T, 16, 2>(p, plan, n_work, part);
+      else launch_tc_attention<T, 16>(p, plan, n_work, part);
+      break;
+    case 32:
+      if (c.pack == 2) launch_tc_attention<T, 32, 2>(p, plan, n_work, part);
+      else launch_tc_attention<T, 32>(p, plan, n_work, part);
+      break;
     case 64: launch_tc_attention<T, 64>(p, plan, n_work, part); break;
     case 128: launch_tc_attention<T, 128>(p, plan, n_work, part); break;
     default: launch_tc_attention<T, 256>(p, plan, n_work, part); break;
