@@ -130,6 +130,50 @@ if (reason) {
     }
   });
 
+  // Rows past 131,072 keys go in slices of 65,536 across blocks (each slice's top k, positions
+  // ascending), then one merge block per row: two launches, against one for shorter rows. Winners
+  // spread over every slice, ties across slice borders, a tied threshold past the radix gather in
+  // both steps (the multi-pass fallback), NaN / -Infinity only, lengths ending inside a slice.
+  test.serial('topK cuda: rows beyond 131,072 keys split across blocks = reference (ties across slices, NaN / -Infinity, lengths)', async (t) => {
+    const rng = new Rng(140000);
+    const cols = 140000;  // three slices, the last one short
+    const kinds: Array<[string, number, (n: number) => Float32Array]> = [
+      ['uniform', 2048, (n) => rng.floats(n)],
+      ['ties on a coarse grid', 700, (n) => Float32Array.from({ length: n }, () => Math.round(rng.next() * 40) / 8 - 2)],
+      ['all equal', 2048, (n) => new Float32Array(n).fill(0.25)],
+      ['NaN / -Infinity / +Infinity / -0', 1000, (n) => Float32Array.from({ length: n }, () => rng.pick([Number.NaN, -Infinity, Infinity, -0, 0, rng.next() - 0.5]))],
+      ['no candidate (NaN and -Infinity only)', 5, (n) => Float32Array.from({ length: n }, () => (rng.bool() ? Number.NaN : -Infinity))],
+    ];
+    for (const [name, k, make] of kinds) {
+      const rows = 2;
+      const data = new Float32Array(rows * cols);
+      for (let r = 0; r < rows; r++) data.set(make(cols), r * cols);
+      // the winners of the uniform rows sit in the last slice too
+      if (name === 'uniform') for (let j = 0; j < 50; j++) data[cols - 1 - 37 * j] = 2 + j;
+      const scores = tensor(data, [rows, cols], { device: 'cuda' });
+      for (const opts of [{}, { lengths: Int32Array.of(rng.int(65537, 131071), cols) }, { lengths: Int32Array.of(0, 70000) }]) {
+        const before = backends().cuda.emulator?.launches;
+        const got = await topK(scores, k, opts);
+        const after = backends().cuda.emulator?.launches;
+        const want = reference.topK({ data, shape: [rows, cols] }, k, opts);
+        const what = `${name}: ${rows} x ${cols}, k ${k}${'lengths' in opts ? `, lengths ${Array.from(opts.lengths)}` : ''}`;
+        t.deepEqual(Array.from((await got.indices.data()) as Int32Array), Array.from(want.indices.data), what);
+        t.deepEqual(Array.from((await got.values.data()) as Float32Array), Array.from(want.values.data, (x) => Math.fround(x)), what);
+        if (before !== undefined && after !== undefined) t.is(after - before, 2, 'slice and merge launches');
+        got.indices.dispose(); got.values.dispose();
+      }
+      scores.dispose();
+    }
+    if (emulated) {
+      // a row of 131,072 keys stays one block
+      const scores = tensor(rng.floats(131072), [1, 131072], { device: 'cuda' });
+      const before = backends().cuda.emulator!.launches;
+      const got = await topK(scores, 16);
+      t.is(backends().cuda.emulator!.launches - before, 1, 'one launch up to 131,072 keys');
+      for (const x of [scores, got.indices, got.values]) x.dispose();
+    }
+  });
+
   for (const dtype of ['float16', 'bfloat16', 'float32'] as DType[]) {
     test.serial(`sparseAttention cuda ${dtype}: head-batched gathers (GQA groups up to 16) = reference`, async (t) => {
       const rng = new Rng(dtype.length * 31 + 5);
