@@ -3,7 +3,7 @@
 // execution counters (backends().cuda.emulator) prove which path ran: the float16 / bfloat16
 // indexer issues mma / ldmatrix / cp.async, float32 keeps the exact kernel (no mma).
 import test from 'ava';
-import { backends, indexerScores, reference, sparseAttention, tensor, topK, DType, Tensor } from '../lib/index';
+import { backends, indexedCrossAttention, indexerScores, reference, sparseAttention, tensor, topK, DType, Tensor } from '../lib/index';
 import { compare, cudaSkipReason, Rng } from './helpers';
 
 const reason = cudaSkipReason();
@@ -221,6 +221,65 @@ if (reason) {
         for (const x of [q, k, v, idx, got.output, got.lse!]) x.dispose();
       }
       if (emulated && dtype !== 'float32') t.true(tensorCoreCalls > 0, 'some round had queries');
+    });
+  }
+
+  // The fused path: one launch per call (the score row never leaves shared memory); float16 /
+  // bfloat16 score the keys and attend over the chosen ones on tensor cores (mma, ldmatrix and
+  // cp.async move), float32 keeps the exact FP32 fused kernel. Selection equal to the reference's
+  // up to near ties (the scores are rounded differently), the output equal to the reference's
+  // attention over the chosen keys.
+  for (const dtype of ['float16', 'bfloat16', 'float32'] as DType[]) {
+    test.serial(`indexedCrossAttention cuda ${dtype}: the fused kernel (tensor cores for 16-bit) = reference`, async (t) => {
+      const rng = new Rng(dtype.length * 977 + 3);
+      let tensorCoreCalls = 0;
+      for (let round = 0; round < 8; round++) {
+        const B = rng.int(1, 3);
+        const keyLens = Array.from({ length: B }, () => rng.pick([0, 1, 17, 33, 300, rng.int(1, 1500)]));
+        const qLens = Array.from({ length: B }, () => rng.int(0, 3));
+        if (qLens.every((x) => x === 0)) qLens[0] = 1;
+        const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+        const Nq = qOffsets[B], Tk = kOffsets[B];
+        // indexer heads up to 64 (the m16 tiles of one query), widths 8 .. 128; GQA groups, Dv != D
+        const Hi = [1, 2, 8, 64][round % 4], Di = rng.pick([8, 16, 24, 64, 128].filter((d) => Hi * d <= 1024));
+        const kvHeads = rng.pick([1, 2]), H = kvHeads * rng.pick([1, 3, 8]);
+        const D = rng.pick([16, 64, 128]), Dv = rng.pick([8, 32, 64, 128]);
+        const k = rng.pick([1, 16, 100, 512]);
+        const make = (shape: number[], amp = 1) => tensor(rng.floats(shape.reduce((a, b) => a * b, 1), amp), shape, { dtype, device: 'cuda' });
+        const qI = make([Nq, Hi, Di]), kI = make([Tk, Di]), w = make([Nq, Hi]);
+        const q = make([Nq, H, D]), kk = make([Tk, kvHeads, D]), v = make([Tk, kvHeads, Dv]);
+        const before = counters(), launches0 = backends().cuda.emulator?.launches;
+        const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
+        const after = counters(), launches1 = backends().cuda.emulator?.launches;
+        const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
+        const rq = await exact(q, [Nq, H, D]), rk = await exact(kk, [Tk, kvHeads, D]), rv = await exact(v, [Tk, kvHeads, Dv]);
+        const refScores = reference.indexerScores(await exact(qI, [Nq, Hi, Di]), await exact(kI, [Tk, Di]), await exact(w, [Nq, Hi]), { qOffsets, kOffsets });
+        const want = reference.topK(refScores, k);
+        const gi = (await got.indices.data()) as Int32Array, gv = (await got.values.data()) as Float32Array;
+        const what = `B=${B} Nq=${Nq} Tk=${Tk} Hi=${Hi} Di=${Di} H=${H} Hkv=${kvHeads} D=${D} Dv=${Dv} k=${k}`;
+        const tol = dtype === 'float32' ? 1e-5 : 2e-3;  // float32 scores of 16-bit inputs: only the summation order differs
+        let far = 0;
+        for (let n = 0; n < gi.length; n++) {
+          const wv = want.values.data[n];
+          if (gi[n] !== want.indices.data[n] && !(Number.isFinite(wv) && Math.abs(gv[n] - wv) <= tol * (1 + Math.abs(wv)))) far++;
+          if ((gi[n] < 0) !== (want.indices.data[n] < 0)) far++;
+          const row = Math.floor(n / k), own = gi[n] >= 0 ? refScores.data[row * refScores.shape[1] + gi[n]] : -Infinity;
+          if (gi[n] >= 0 ? !(Math.abs(gv[n] - own) <= tol * (1 + Math.abs(own))) : gv[n] !== -Infinity) far++;
+        }
+        t.is(far, 0, `selection (${what})`);
+        const wantOut = reference.sparseAttention(rq, rk, rv, { data: gi, shape: [Nq, k] }, { qOffsets, kOffsets });
+        t.is(compareScores(await got.output.float32(), wantOut.output.data, dtype, 'output'), '', what);
+        if (before && after && launches0 !== undefined && launches1 !== undefined) {
+          t.is(launches1 - launches0, 1, `one fused launch (${what})`);
+          if (dtype === 'float32') t.is(after.mma, before.mma, 'float32 keeps the exact fused kernel');
+          else if (qLens.some((n, b) => n > 0 && keyLens[b] > 0)) {
+            t.true(after.mma > before.mma && after.ldmatrix > before.ldmatrix && after.cpAsync > before.cpAsync, `tensor-core fused kernel ran (${what})`);
+            tensorCoreCalls++;
+          }
+        }
+        for (const x of [qI, kI, w, q, kk, v, got.output, got.indices, got.values]) x.dispose();
+      }
+      if (emulated && dtype !== 'float32') t.true(tensorCoreCalls > 0, 'some round had keys');
     });
   }
 
