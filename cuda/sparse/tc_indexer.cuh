@@ -116,6 +116,10 @@ __device__ __forceinline__ void tc_indexer_scores(const IndexerParams& p, int64_
   };
 
   load_tile(0, 0);
+  // A warp whose 16 rows are all padding (a tile of fewer than 64 (query, head) rows: the fused
+  // kernel's single query, a sequence's last queries) skips its mma and its head-sum rows, which are
+  // never read. Warp-uniform, so the warp-collective ldmatrix / mma stay whole.
+  const bool warp_has_rows = 16 * warp < rows;
   for (int t = 0; t < n_tiles; ++t) {
     if (t + 1 < n_tiles) {
       load_tile(t + 1, (t + 1) & 1);
@@ -130,7 +134,7 @@ __device__ __forceinline__ void tc_indexer_scores(const IndexerParams& p, int64_
     for (int j = 0; j < Tr::kNTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 #pragma unroll
     for (int ks = 0; ks < Tr::kKSteps; ++ks) {
-      if (ks < k_steps) {
+      if (ks < k_steps && warp_has_rows) {
 #pragma unroll
         for (int j = 0; j < Tr::kNTiles; j += 2) {
           // Matrices: keys 8j' .. +7 at dims 16ks .. +7 / +8 .. +15, then the next 8 keys.
@@ -144,12 +148,14 @@ __device__ __forceinline__ void tc_indexer_scores(const IndexerParams& p, int64_
       }
     }
     // w · relu(S) per row into the head-sum tile.
+    if (warp_has_rows) {
 #pragma unroll
-    for (int j = 0; j < Tr::kNTiles; ++j) {
+      for (int j = 0; j < Tr::kNTiles; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int rl = 16 * warp + gq + 8 * (e >> 1), col = 8 * j + 2 * tq + (e & 1);
-        red[rl * Tr::kRedStride + col] = w_row[e >> 1] * relu_keep_nan(acc[j][e]);
+        for (int e = 0; e < 4; ++e) {
+          const int rl = 16 * warp + gq + 8 * (e >> 1), col = 8 * j + 2 * tq + (e & 1);
+          red[rl * Tr::kRedStride + col] = w_row[e >> 1] * relu_keep_nan(acc[j][e]);
+        }
       }
     }
     __syncthreads();  // head-sum tile complete; the stage of tile t is free for tile t + 2
