@@ -3,7 +3,7 @@
 // execution counters (backends().cuda.emulator) prove which path ran: the float16 / bfloat16
 // indexer issues mma / ldmatrix / cp.async, float32 keeps the exact kernel (no mma).
 import test from 'ava';
-import { backends, indexerScores, reference, sparseAttention, tensor, topK, DType, Tensor } from '../lib/index';
+import { backends, indexedCrossAttention, indexerScores, reference, sparseAttention, tensor, topK, DType, Tensor } from '../lib/index';
 import { compare, cudaSkipReason, Rng } from './helpers';
 
 const reason = cudaSkipReason();
@@ -130,6 +130,51 @@ if (reason) {
     }
   });
 
+  // Rows past 131,072 keys go in slices of 65,536 across blocks (each slice's top k, positions
+  // ascending), then one merge block per row: two launches, against one for shorter rows. Winners
+  // spread over every slice, ties across slice borders, a tied threshold past the radix gather in
+  // both steps (the multi-pass fallback), NaN / -Infinity only, lengths ending inside a slice.
+  test.serial('topK cuda: rows beyond 131,072 keys split across blocks = reference (ties across slices, NaN / -Infinity, lengths)', async (t) => {
+    const rng = new Rng(140000);
+    const cols = 140000;  // three slices, the last one short
+    const kinds: Array<[string, number, (n: number) => Float32Array]> = [
+      ['uniform', 2048, (n) => rng.floats(n)],
+      ['ties on a coarse grid', 700, (n) => Float32Array.from({ length: n }, () => Math.round(rng.next() * 40) / 8 - 2)],
+      ['all equal', 2048, (n) => new Float32Array(n).fill(0.25)],
+      ['NaN / -Infinity / +Infinity / -0', 1000, (n) => Float32Array.from({ length: n }, () => rng.pick([Number.NaN, -Infinity, Infinity, -0, 0, rng.next() - 0.5]))],
+      ['no candidate (NaN and -Infinity only)', 5, (n) => Float32Array.from({ length: n }, () => (rng.bool() ? Number.NaN : -Infinity))],
+    ];
+    for (const [name, k, make] of kinds) {
+      const rows = 2;
+      const data = new Float32Array(rows * cols);
+      for (let r = 0; r < rows; r++) data.set(make(cols), r * cols);
+      // the winners of the uniform rows sit in the last slice too
+      if (name === 'uniform') for (let j = 0; j < 50; j++) data[cols - 1 - 37 * j] = 2 + j;
+      const scores = tensor(data, [rows, cols], { device: 'cuda' });
+      const optionSets: Array<{ lengths?: Int32Array }> = [{}, { lengths: Int32Array.of(rng.int(65537, 131071), cols) }, { lengths: Int32Array.of(0, 70000) }];
+      for (const opts of optionSets) {
+        const before = backends().cuda.emulator?.launches;
+        const got = await topK(scores, k, opts);
+        const after = backends().cuda.emulator?.launches;
+        const want = reference.topK({ data, shape: [rows, cols] }, k, opts);
+        const what = `${name}: ${rows} x ${cols}, k ${k}${opts.lengths ? `, lengths ${Array.from(opts.lengths)}` : ''}`;
+        t.deepEqual(Array.from((await got.indices.data()) as Int32Array), Array.from(want.indices.data), what);
+        t.deepEqual(Array.from((await got.values.data()) as Float32Array), Array.from(want.values.data, (x) => Math.fround(x)), what);
+        if (before !== undefined && after !== undefined) t.is(after - before, 2, 'slice and merge launches');
+        got.indices.dispose(); got.values.dispose();
+      }
+      scores.dispose();
+    }
+    if (emulated) {
+      // a row of 131,072 keys stays one block
+      const scores = tensor(rng.floats(131072), [1, 131072], { device: 'cuda' });
+      const before = backends().cuda.emulator!.launches;
+      const got = await topK(scores, 16);
+      t.is(backends().cuda.emulator!.launches - before, 1, 'one launch up to 131,072 keys');
+      for (const x of [scores, got.indices, got.values]) x.dispose();
+    }
+  });
+
   for (const dtype of ['float16', 'bfloat16', 'float32'] as DType[]) {
     test.serial(`sparseAttention cuda ${dtype}: head-batched gathers (GQA groups up to 16) = reference`, async (t) => {
       const rng = new Rng(dtype.length * 31 + 5);
@@ -177,6 +222,65 @@ if (reason) {
         for (const x of [q, k, v, idx, got.output, got.lse!]) x.dispose();
       }
       if (emulated && dtype !== 'float32') t.true(tensorCoreCalls > 0, 'some round had queries');
+    });
+  }
+
+  // The fused path: one launch per call (the score row never leaves shared memory); float16 /
+  // bfloat16 score the keys and attend over the chosen ones on tensor cores (mma, ldmatrix and
+  // cp.async move), float32 keeps the exact FP32 fused kernel. Selection equal to the reference's
+  // up to near ties (the scores are rounded differently), the output equal to the reference's
+  // attention over the chosen keys.
+  for (const dtype of ['float16', 'bfloat16', 'float32'] as DType[]) {
+    test.serial(`indexedCrossAttention cuda ${dtype}: the fused kernel (tensor cores for 16-bit) = reference`, async (t) => {
+      const rng = new Rng(dtype.length * 977 + 3);
+      let tensorCoreCalls = 0;
+      for (let round = 0; round < 8; round++) {
+        const B = rng.int(1, 3);
+        const keyLens = Array.from({ length: B }, () => rng.pick([0, 1, 17, 33, 300, rng.int(1, 1500)]));
+        const qLens = Array.from({ length: B }, () => rng.int(0, 3));
+        if (!qLens.some((x) => x > 0)) qLens[0] = 1;
+        const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+        const Nq = qOffsets[B], Tk = kOffsets[B];
+        // indexer heads up to 64 (the m16 tiles of one query), widths 8 .. 128; GQA groups, Dv != D
+        const Hi = [1, 2, 8, 64][round % 4], Di = rng.pick([8, 16, 24, 64, 128].filter((d) => Hi * d <= 1024));
+        const kvHeads = rng.pick([1, 2]), H = kvHeads * rng.pick([1, 3, 8]);
+        const D = rng.pick([16, 64, 128]), Dv = rng.pick([8, 32, 64, 128]);
+        const k = rng.pick([1, 16, 100, 512]);
+        const make = (shape: number[], amp = 1) => tensor(rng.floats(shape.reduce((a, b) => a * b, 1), amp), shape, { dtype, device: 'cuda' });
+        const qI = make([Nq, Hi, Di]), kI = make([Tk, Di]), w = make([Nq, Hi]);
+        const q = make([Nq, H, D]), kk = make([Tk, kvHeads, D]), v = make([Tk, kvHeads, Dv]);
+        const before = counters(), launches0 = backends().cuda.emulator?.launches;
+        const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
+        const after = counters(), launches1 = backends().cuda.emulator?.launches;
+        const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
+        const rq = await exact(q, [Nq, H, D]), rk = await exact(kk, [Tk, kvHeads, D]), rv = await exact(v, [Tk, kvHeads, Dv]);
+        const refScores = reference.indexerScores(await exact(qI, [Nq, Hi, Di]), await exact(kI, [Tk, Di]), await exact(w, [Nq, Hi]), { qOffsets, kOffsets });
+        const want = reference.topK(refScores, k);
+        const gi = (await got.indices.data()) as Int32Array, gv = (await got.values.data()) as Float32Array;
+        const what = `B=${B} Nq=${Nq} Tk=${Tk} Hi=${Hi} Di=${Di} H=${H} Hkv=${kvHeads} D=${D} Dv=${Dv} k=${k}`;
+        const tol = dtype === 'float32' ? 1e-5 : 2e-3;  // float32 scores of 16-bit inputs: only the summation order differs
+        let far = 0;
+        for (let n = 0; n < gi.length; n++) {
+          const wv = want.values.data[n];
+          if (gi[n] !== want.indices.data[n] && !(Number.isFinite(wv) && Math.abs(gv[n] - wv) <= tol * (1 + Math.abs(wv)))) far++;
+          if ((gi[n] < 0) !== (want.indices.data[n] < 0)) far++;
+          const row = Math.floor(n / k), own = gi[n] >= 0 ? refScores.data[row * refScores.shape[1] + gi[n]] : -Infinity;
+          if (gi[n] >= 0 ? !(Math.abs(gv[n] - own) <= tol * (1 + Math.abs(own))) : gv[n] !== -Infinity) far++;
+        }
+        t.is(far, 0, `selection (${what})`);
+        const wantOut = reference.sparseAttention(rq, rk, rv, { data: gi, shape: [Nq, k] }, { qOffsets, kOffsets });
+        t.is(compareScores(await got.output.float32(), wantOut.output.data, dtype, 'output'), '', what);
+        if (before && after && launches0 !== undefined && launches1 !== undefined) {
+          t.is(launches1 - launches0, 1, `one fused launch (${what})`);
+          if (dtype === 'float32') t.is(after.mma, before.mma, 'float32 keeps the exact fused kernel');
+          else if (qLens.some((n, b) => n > 0 && keyLens[b] > 0)) {
+            t.true(after.mma > before.mma && after.ldmatrix > before.ldmatrix && after.cpAsync > before.cpAsync, `tensor-core fused kernel ran (${what})`);
+            tensorCoreCalls++;
+          }
+        }
+        for (const x of [qI, kI, w, q, kk, v, got.output, got.indices, got.values]) x.dispose();
+      }
+      if (emulated && dtype !== 'float32') t.true(tensorCoreCalls > 0, 'some round had keys');
     });
   }
 

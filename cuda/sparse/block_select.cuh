@@ -7,11 +7,13 @@
 
 namespace lk::cuda {
 
-constexpr int kSelectThreads = 256;
+constexpr int kSelectThreads = 256;  // the select kernels' block; the functions below take any
+                                     // block of whole warps up to this (the tensor-core fused
+                                     // kernel runs them with 128 threads)
 
 struct SelectShared {
   int hist[256];
-  int warp_counts[kSelectThreads / 32];
+  int warp_counts[kSelectThreads / 32];  // blocks of at most kSelectThreads threads
   int state[4];  // digit search result: prefix, remaining, taken so far, ties taken
 };
 
@@ -24,7 +26,7 @@ __device__ __forceinline__ int block_rank(bool flag, int* warp_counts, int* tota
   if (lane == 0) warp_counts[warp] = __popc(ballot);
   __syncthreads();
   int before = 0, sum = 0;
-  for (int w = 0; w < kSelectThreads / 32; ++w) {
+  for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
     before += w < warp ? warp_counts[w] : 0;
     sum += warp_counts[w];
   }
@@ -40,11 +42,11 @@ __device__ inline void block_sort_selected(uint32_t* keys, int* idx, int count, 
   const int tid = threadIdx.x;
   int n = 1;
   while (n < count) n <<= 1;
-  for (int i = count + tid; i < n && i < capacity; i += kSelectThreads) { keys[i] = 0u; idx[i] = 0x7fffffff; }
+  for (int i = count + tid; i < n && i < capacity; i += blockDim.x) { keys[i] = 0u; idx[i] = 0x7fffffff; }
   __syncthreads();
   for (int size = 2; size <= n; size <<= 1) {
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = tid; i < n; i += kSelectThreads) {
+      for (int i = tid; i < n; i += blockDim.x) {
         const int partner = i ^ stride;
         if (partner > i) {
           const bool descending_block = (i & size) == 0;  // first half of each size block: best first
@@ -67,7 +69,7 @@ __device__ int block_select_topk(Get get, int len, int k, uint32_t* keys_out, in
   const int tid = threadIdx.x;
   // Candidates (selectable values) first: how many can be taken at all.
   int local = 0;
-  for (int j = tid; j < len; j += kSelectThreads) local += topk_key(get(j)) != 0u;
+  for (int j = tid; j < len; j += blockDim.x) local += topk_key(get(j)) != 0u;
   if (tid == 0) sh.state[0] = 0;
   __syncthreads();
   atomicAdd(&sh.state[0], local);
@@ -80,9 +82,9 @@ __device__ int block_select_topk(Get get, int len, int k, uint32_t* keys_out, in
   uint32_t prefix = 0, mask = 0;
   int remaining = take;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = tid; i < 256; i += kSelectThreads) sh.hist[i] = 0;
+    for (int i = tid; i < 256; i += blockDim.x) sh.hist[i] = 0;
     __syncthreads();
-    for (int j = tid; j < len; j += kSelectThreads) {
+    for (int j = tid; j < len; j += blockDim.x) {
       const uint32_t key = topk_key(get(j));
       if (key != 0u && (key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 0xff], 1);
     }
@@ -107,7 +109,7 @@ __device__ int block_select_topk(Get get, int len, int k, uint32_t* keys_out, in
 
   // Order-keeping compaction: winners above the threshold, then the first `remaining` ties.
   int placed = 0, ties = 0;
-  for (int base = 0; base < len; base += kSelectThreads) {
+  for (int base = 0; base < len; base += blockDim.x) {
     const int j = base + tid;
     const uint32_t key = j < len ? topk_key(get(j)) : 0u;
     int total;

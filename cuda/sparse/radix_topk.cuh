@@ -87,9 +87,11 @@ __device__ __forceinline__ void find_threshold_bin(RadixShared& sh, int remainin
   __syncthreads();
 }
 
-// Top `k` (<= kRadixCapacity / 2) of row[0, len) into sh.keys / sh.idx, sorted; returns how many
-// were selected (min(k, selectable keys)).
-__device__ inline int radix_select_topk(const float* row, int len, int k, RadixShared& sh) {
+// Top `k` (<= kRadixCapacity / 2) of the row get(0 .. len - 1) into sh.keys / sh.idx (positions j),
+// sorted; returns how many were selected (min(k, selectable keys)), or -1 when the threshold key is
+// tied too often (then the caller runs block_select_topk).
+template <typename Get>
+__device__ inline int radix_select_topk(Get get, int len, int k, RadixShared& sh) {
   const int tid = threadIdx.x;
   uint32_t prefix = 0u, mask = 0u;
   int remaining = k, above = 0, take = 0, bucket = 0;
@@ -102,7 +104,7 @@ __device__ inline int radix_select_topk(const float* row, int len, int k, RadixS
     // Whole warps run every step (the counting is warp-collective).
     for (int base = 0; base < len; base += kSelectThreads) {
       const int j = base + tid;
-      const uint32_t key = j < len ? topk_key(row[j]) : 0u;
+      const uint32_t key = j < len ? topk_key(get(j)) : 0u;
       const bool counted = key != 0u && (key & mask) == prefix;
       warp_aggregated_count(sh.u.hist, counted ? (int)((key >> shift) & digit_mask) : 0, counted);
     }
@@ -133,7 +135,7 @@ __device__ inline int radix_select_topk(const float* row, int len, int k, RadixS
   const int lane = tid & 31;
   for (int base = 0; base < len; base += kSelectThreads) {
     const int j = base + tid;
-    const uint32_t key = j < len ? topk_key(row[j]) : 0u;
+    const uint32_t key = j < len ? topk_key(get(j)) : 0u;
     const bool keep = key != 0u && (key & mask) >= prefix;
     const unsigned ballot = __ballot_sync(0xffffffffu, keep);
     int slot = 0;

@@ -21,6 +21,7 @@
 #include "../multistream/staged_ops.h"
 #include "../runtime.h"
 #include "sparse_kernels.cuh"
+#include "tc_fused.cuh"
 #include "tc_indexer.h"
 #include "tc_sparse_attention.h"
 
@@ -91,41 +92,45 @@ std::string run_indexer(const IndexerParams& p, const int32_t* host_q_offsets, i
 // Dynamic shared memory of the fused kernel for a batch whose longest row has `max_len` keys.
 size_t fused_score_bytes(int max_len) { return (size_t)(max_len > 0 ? max_len : 1) * sizeof(float); }
 
-// The fused kernel's dynamic shared-memory limit, raised once per (device, kernel) to the most any
-// call may ask: kFusedMaxKeys floats, or less where the device's opt-in shared memory per block
-// (64 KiB on sm_75, 99-227 KiB on later parts) leaves less beside the static part. Returns that
-// limit in bytes, or 0 when it could not be set (then the unfused path runs). A mutex, not a
-// per-call cudaFuncSetAttribute: two calls can never see each other's smaller limit.
-template <typename T>
-size_t fused_dynamic_limit() {
+// A fused kernel's dynamic shared-memory limit, raised once per (device, kernel) to the most any
+// call may ask: `workspace` bytes plus kFusedMaxKeys floats of score row, or less where the
+// device's opt-in shared memory per block (64 KiB on sm_75, 99-227 KiB on later parts) leaves less
+// beside the static part. Returns that limit in bytes, or 0 when it could not be set (then another
+// path runs). A mutex, not a per-call cudaFuncSetAttribute: two calls can never see each other's
+// smaller limit.
+size_t fused_dynamic_limit(const void* kernel, size_t static_bytes, size_t workspace) {
   static std::mutex mutex;
-  static std::vector<std::pair<int, size_t>> done;  // (device, limit set)
+  static std::vector<std::pair<std::pair<int, const void*>, size_t>> done;  // ((device, kernel), limit set)
   int device = 0, optin = 0;
   if (cudaGetDevice(&device) != cudaSuccess) { cudaGetLastError(); return 0; }
   std::lock_guard<std::mutex> lock(mutex);
   for (const auto& d : done)
-    if (d.first == device) return d.second;
+    if (d.first.first == device && d.first.second == kernel) return d.second;
   size_t limit = 0;
   if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
-      (size_t)optin > sizeof(FusedShared)) {
-    limit = std::min((size_t)optin - sizeof(FusedShared), fused_score_bytes(kFusedMaxKeys));
-    auto* k = fused_indexed_attention_kernel<T>;
-    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)limit) != cudaSuccess) limit = 0;
+      (size_t)optin > static_bytes + workspace) {
+    limit = std::min((size_t)optin - static_bytes, workspace + fused_score_bytes(kFusedMaxKeys));
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)limit) != cudaSuccess) limit = 0;
   }
-  cudaGetLastError();  // a refused attribute or query is no error of any op: the unfused path runs
-  done.emplace_back(device, limit);
+  cudaGetLastError();  // a refused attribute or query is no error of any op: another path runs
+  done.emplace_back(std::make_pair(device, kernel), limit);
   return limit;
+}
+
+template <typename T>
+size_t scalar_fused_limit() {
+  return fused_dynamic_limit(reinterpret_cast<const void*>(fused_indexed_attention_kernel<T>), sizeof(FusedShared), 0);
 }
 
 size_t fused_limit_for(DType dtype) {
   switch (dtype) {
-    case kFloat16: return fused_dynamic_limit<__half>();
-    case kBFloat16: return fused_dynamic_limit<__nv_bfloat16>();
-    default: return fused_dynamic_limit<float>();
+    case kFloat16: return scalar_fused_limit<__half>();
+    case kBFloat16: return scalar_fused_limit<__nv_bfloat16>();
+    default: return scalar_fused_limit<float>();
   }
 }
 
-// Whether the fused kernel takes rows of `max_len` keys on this device.
+// Whether the FP32 fused kernel takes rows of `max_len` keys on this device.
 bool fused_fits(DType dtype, int max_len) {
   return max_len <= kFusedMaxKeys && fused_score_bytes(max_len) <= fused_limit_for(dtype);
 }
@@ -136,6 +141,62 @@ template <typename T> struct LaunchFused {
     LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kSelectThreads), fused_score_bytes(ip.max_len), stream())(ip, tp, sp);
   }
 };
+
+// The tensor-core fused kernel (tc_fused.cuh) for attention capacity kAttCap: launched when its
+// workspace and the longest score row fit this device; returns whether it was.
+template <typename T, int kAttCap>
+bool launch_tc_fused_cap(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
+  auto* k = tc_fused_indexed_attention_kernel<T, kAttCap>;
+  const size_t workspace = TcFusedLayout<kAttCap>::kWorkspaceBytes, bytes = workspace + fused_score_bytes(ip.max_len);
+  if (ip.max_len > kFusedMaxKeys || bytes > fused_dynamic_limit(reinterpret_cast<const void*>(k), sizeof(TcFusedShared<kAttCap>), workspace))
+    return false;
+  LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kTcFusedThreads), bytes, stream())(ip, tp, sp);
+  return true;
+}
+
+template <typename T>
+bool launch_tc_fused_dtype(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
+  switch (tc_sparse_capacity(sp)) {
+    case 16: return launch_tc_fused_cap<T, 16>(ip, tp, sp);
+    case 32: return launch_tc_fused_cap<T, 32>(ip, tp, sp);
+    case 64: return launch_tc_fused_cap<T, 64>(ip, tp, sp);
+    default: return launch_tc_fused_cap<T, 128>(ip, tp, sp);
+  }
+}
+
+// The fused path on tensor cores when both of its steps apply (float16 / bfloat16 on sm_80+, the
+// shapes and alignment of the unfused tensor-core kernels, k <= kFusedMaxK) and the row fits
+// shared memory; returns whether it was launched.
+bool launch_tc_fused(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
+  if (tp.k > kFusedMaxK || sp.top_k != tp.k || !tc_indexer_applies(ip) || !tc_sparse_applies(sp)) return false;
+  return ip.dtype == kBFloat16 ? launch_tc_fused_dtype<__nv_bfloat16>(ip, tp, sp) : launch_tc_fused_dtype<__half>(ip, tp, sp);
+}
+
+// Top-k of p.rows rows (device arrays): one block per row up to kTopKBlockMaxKeys columns; longer
+// rows in slices (topk_slice_kernel: grid slices x rows, at most 65,535 rows a launch), then a merge
+// of each row's slice winners, a bounded chunk of rows at a time.
+std::string launch_top_k(const TopKParams& p) {
+  if (p.rows == 0) return std::string();
+  if (p.cols <= kTopKBlockMaxKeys) {
+    unsigned blocks = 0;
+    const std::string err = grid_x(p.rows, "topK", &blocks);
+    if (err.empty()) LK_LAUNCH(topk_kernel, dim3(blocks), dim3(kSelectThreads), 0, stream())(p);
+    return err;
+  }
+  const int slices = (int)(((int64_t)p.cols + kTopKSliceKeys - 1) / kTopKSliceKeys);
+  const size_t row_bytes = (size_t)slices * (size_t)p.k * sizeof(int32_t);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>({p.rows, (int64_t)kMaxGridYZ, (int64_t)((size_t(64) << 20) / row_bytes)}));
+  DeviceScratch candidates;  // stream-ordered: back to the cache after the launches that read it
+  std::string err = candidates.allocate((size_t)chunk * row_bytes, "topK slice candidates");
+  if (!err.empty()) return err;
+  int32_t* cand = reinterpret_cast<int32_t*>(candidates.get());
+  for (int64_t r0 = 0; r0 < p.rows; r0 += chunk) {
+    const int64_t rows = std::min<int64_t>(chunk, p.rows - r0);
+    LK_LAUNCH(topk_slice_kernel, dim3((unsigned)slices, (unsigned)rows), dim3(kSelectThreads), 0, stream())(p, r0, cand);
+    LK_LAUNCH(topk_merge_kernel, dim3((unsigned)rows), dim3(kSelectThreads), 0, stream())(p, r0, cand, slices);
+  }
+  return std::string();
+}
 
 // Score rows the unfused path keeps in its scratch at a time (at least one row): the scratch stays
 // bounded whatever nq x Lmax is.
@@ -170,19 +231,17 @@ std::string top_k(const TopKParams& host) {
   discard_stale_error();
   if (host.rows == 0) return std::string();
   if (host.k > kTopKCapacity) return "topK: k above the CUDA kernel's 2048";
-  unsigned blocks = 0;
-  std::string err = grid_x(host.rows, "topK", &blocks);
-  if (!err.empty()) return err;
   Uploads up;
   TopKParams p = host;
   const size_t lengths = up.add(host.lengths, (size_t)host.rows);
-  err = up.commit("topK lengths upload");
+  std::string err = up.commit("topK lengths upload");
   if (!err.empty()) return err;
   p.lengths = up.at<int32_t>(lengths);
   KernelSpan span;
   span.begin();
-  LK_LAUNCH(topk_kernel, dim3(blocks), dim3(kSelectThreads), 0, stream())(p);
+  err = launch_top_k(p);
   span.end();
+  if (!err.empty()) return err;
   return finish("topK");
 }
 
@@ -222,6 +281,13 @@ std::string issue_indexed_cross_attention(const IndexerParams& ihost, const TopK
   if (!err.empty()) return err;
   ip.q_offsets = sp.q_offsets = up.at<int32_t>(q_off);
   ip.k_offsets = sp.k_offsets = up.at<int32_t>(k_off);
+  {
+    KernelSpan span;
+    span.begin();
+    const bool launched = launch_tc_fused(ip, tp, sp);
+    span.end();
+    if (launched) return std::string();
+  }
   if (tp.k <= kFusedMaxK && (int64_t)ip.heads * ip.dim <= kFusedMaxQ && fused_fits(ip.dtype, ip.max_len)) {
     KernelSpan span;
     span.begin();
@@ -254,7 +320,8 @@ std::string issue_indexed_cross_attention(const IndexerParams& ihost, const TopK
     part.values = tp.values + c0 * tp.k;
     // Row r only considers its own sequence's keys; the -Infinity tail is never selected anyway.
     part.lengths = nullptr;
-    LK_LAUNCH(topk_kernel, dim3((unsigned)rows), dim3(kSelectThreads), 0, stream())(part);
+    err = launch_top_k(part);
+    if (!err.empty()) return err;
   }
   sp.indices = tp.indices;
   by_dtype<LaunchSparse>(sp.dtype, sp);

@@ -65,24 +65,73 @@ __global__ void __launch_bounds__(kIndexerThreads) indexer_kernel(IndexerParams 
   p.scores[(row - score_row0) * p.max_len + j] = s;
 }
 
-// One block per row: the radix select (radix_topk.cuh), or the order-keeping multi-pass select
-// when the threshold key is tied more often than the radix select gathers.
+// Keys of one top-k row a single block selects; longer rows are split across blocks (slices of
+// kTopKSliceKeys, then a merge of the slices' winners).
+constexpr int kTopKBlockMaxKeys = 131072;
+constexpr int kTopKSliceKeys = 65536;
+
+// Top `k` of get(0 .. len - 1) into sh.idx (positions, sorted); returns how many were taken. The
+// radix select (radix_topk.cuh), or the order-keeping multi-pass select when the threshold key is
+// tied more often than the radix select gathers.
+template <typename Get>
+__device__ __forceinline__ int select_row_topk(Get get, int len, int k, RadixShared& sh) {
+  static_assert(kTopKCapacity <= kRadixCapacity, "the fallback selects into the radix select's buffers");
+  const int taken = radix_select_topk(get, len, k, sh);
+  return taken >= 0 ? taken : block_select_topk(get, len, k, sh.keys, sh.idx, kRadixCapacity, sh.u.select);
+}
+
+// Row r's length: p.cols, or its lengths[r] clamped to [0, p.cols].
+__device__ __forceinline__ int topk_row_length(const TopKParams& p, int64_t r) {
+  if (!p.lengths) return p.cols;
+  const int l = p.lengths[r];
+  return l < 0 ? 0 : (l < p.cols ? l : p.cols);
+}
+
+// One block per row (rows of at most kTopKBlockMaxKeys columns).
 __global__ void __launch_bounds__(kSelectThreads) topk_kernel(TopKParams p) {
   __shared__ RadixShared sh;
-  static_assert(kTopKCapacity <= kRadixCapacity, "the fallback selects into the radix select's buffers");
   const int64_t r = blockIdx.x;
   const float* row = p.scores + r * p.cols;
-  int len = p.cols;
-  if (p.lengths) {
-    const int l = p.lengths[r];
-    len = l < 0 ? 0 : (l < p.cols ? l : p.cols);
-  }
-  int taken = radix_select_topk(row, len, p.k, sh);
-  if (taken < 0)
-    taken = block_select_topk([row](int j) { return row[j]; }, len, p.k, sh.keys, sh.idx, kRadixCapacity, sh.u.select);
+  const int taken = select_row_topk([row](int j) { return row[j]; }, topk_row_length(p, r), p.k, sh);
   for (int i = threadIdx.x; i < p.k; i += kSelectThreads) {
     p.indices[r * p.k + i] = i < taken ? sh.idx[i] : -1;
     p.values[r * p.k + i] = i < taken ? row[sh.idx[i]] : -INFINITY;
+  }
+}
+
+// Rows longer than one block takes, first step: block (slice s, row row0 + blockIdx.y) selects the
+// top k of its slice [s * kTopKSliceKeys, +kTopKSliceKeys) and writes their row positions in
+// ascending order to candidates[(blockIdx.y * gridDim.x + s) * k ..], -1 after them. Every key of
+// the row's top k is among its slice's top k (whatever beats it inside the slice beats it in the
+// row), so the merge sees every winner; ascending positions keep the tie rule exact there.
+__global__ void __launch_bounds__(kSelectThreads) topk_slice_kernel(TopKParams p, int64_t row0, int32_t* candidates) {
+  __shared__ RadixShared sh;
+  const int64_t r = row0 + blockIdx.y;
+  const int begin = blockIdx.x * kTopKSliceKeys, len = topk_row_length(p, r);
+  const int slice_len = len <= begin ? 0 : (len - begin < kTopKSliceKeys ? len - begin : kTopKSliceKeys);
+  const float* slice = p.scores + r * p.cols + begin;
+  const int taken = select_row_topk([slice](int j) { return slice[j]; }, slice_len, p.k, sh);
+  // Winners by position: equal keys make the sort order them by index alone.
+  for (int i = threadIdx.x; i < taken; i += kSelectThreads) sh.keys[i] = 1u;
+  __syncthreads();
+  block_sort_selected(sh.keys, sh.idx, taken, kRadixCapacity);
+  int32_t* out = candidates + ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * p.k;
+  for (int i = threadIdx.x; i < p.k; i += kSelectThreads) out[i] = i < taken ? begin + sh.idx[i] : -1;
+}
+
+// Second step: row row0 + blockIdx.x selects its top k among its slices' `slices * k` candidates
+// (row positions ascending, -1 = none: read as NaN, never selected). Candidate order is row order,
+// so the tie rule on candidate positions is the tie rule on row positions.
+__global__ void __launch_bounds__(kSelectThreads) topk_merge_kernel(TopKParams p, int64_t row0, const int32_t* candidates, int slices) {
+  __shared__ RadixShared sh;
+  const int64_t r = row0 + blockIdx.x;
+  const float* row = p.scores + r * p.cols;
+  const int32_t* cand = candidates + (int64_t)blockIdx.x * slices * p.k;
+  const int taken = select_row_topk([row, cand](int j) { const int c = cand[j]; return c >= 0 ? row[c] : quiet_nan(); }, slices * p.k, p.k, sh);
+  for (int i = threadIdx.x; i < p.k; i += kSelectThreads) {
+    const int j = i < taken ? cand[sh.idx[i]] : -1;
+    p.indices[r * p.k + i] = j;
+    p.values[r * p.k + i] = j >= 0 ? row[j] : -INFINITY;
   }
 }
 

@@ -49,47 +49,24 @@ struct TcIndexerTraits {
   static_assert(kBlockM * kCap <= 2 * kStageElems, "the Q tile is staged in the two key stages");
 };
 
-// Key chunk blockIdx.x of query tile tiles[blockIdx.y] (grid.y <= 65,535: the host launches longer
-// work lists in slices). Writes score rows (query - score_row0) for keys [0, max_len) of the chunk;
-// keys past the sequence get -Infinity.
-template <typename T, int kCap>
-__global__ void __launch_bounds__(TcIndexerTraits<kCap>::kThreads, 1)
-    tc_indexer_kernel(IndexerParams p, const IndexerTile* tiles, int64_t score_row0) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  // sm_75: no cp.async / bf16 mma; the host never launches this kernel there.
-#else
+// Scores of `count` queries of one sequence (global query rows q_row0 ..; count x H <= kBlockM)
+// against its keys [key0, real_end) (real_end > key0; `k` = the sequence's first key row), on
+// tensor cores; store(query - q_row0, key, score) receives each. Every thread of a block of
+// Tr::kThreads calls it; `stages` (16-byte aligned, 2 x kStageElems) and `red` (kBlockM x
+// kRedStride floats) are its shared memory. Shared by the indexer kernel and the fused kernel.
+template <typename T, int kCap, typename Store>
+__device__ __forceinline__ void tc_indexer_scores(const IndexerParams& p, int64_t q_row0, int count, const T* k, int key0, int real_end,
+                                                  uint16_t* stages, float* red, Store store) {
   using Tr = TcIndexerTraits<kCap>;
   using E = TcElement<T>;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, kCh = Tr::kChunks;
-  alignas(16) __shared__ uint16_t stages[2 * Tr::kStageElems];
-  __shared__ float red[BM * Tr::kRedStride];
-
-  const IndexerTile tile = tiles[blockIdx.y];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gq = lane >> 2, tq = lane & 3;
   const int H = p.heads, Di = p.dim;
-  const int64_t q_row0 = (int64_t)p.q_offsets[tile.seq] + tile.first;  // global index of the tile's first query
-  const int64_t k_start = p.k_offsets[tile.seq];
-  const int len = p.k_offsets[tile.seq + 1] - (int)k_start;
-  const int key0 = blockIdx.x * Tr::kKeysPerBlock;
-  const int key_end = min(p.max_len, key0 + Tr::kKeysPerBlock);
-  const int real_end = min(len, key_end);  // keys of the chunk inside the sequence
-  const int rows = tile.count * H;         // real rows of the tile
-
-  // Keys past the sequence: -Infinity (the whole chunk when it starts past the sequence).
-  {
-    const int from = max(real_end, key0), width = key_end - from;
-    for (int i = tid; i < tile.count * width; i += Tr::kThreads) {
-      const int ql = i / width, j = from + i % width;
-      p.scores[(q_row0 + ql - score_row0) * p.max_len + j] = -INFINITY;
-    }
-  }
-  if (real_end <= key0) return;  // the same for every thread of the block
-
+  const int rows = count * H;  // real rows of the tile
   const int k_steps = (Di + 15) >> 4;  // k-steps holding real dimensions
   const int used_chunks = 2 * k_steps, d_chunks = Di >> 3;
   const T* q = static_cast<const T*>(p.q) + q_row0 * H * Di;
-  const T* k = static_cast<const T*>(p.k) + k_start * Di;
 
   // Q tile into the stages: real rows by cp.async, padding rows and the pad chunk zero-filled.
   for (int c = tid; c < BM * used_chunks; c += Tr::kThreads) {
@@ -139,6 +116,10 @@ __global__ void __launch_bounds__(TcIndexerTraits<kCap>::kThreads, 1)
   };
 
   load_tile(0, 0);
+  // A warp whose 16 rows are all padding (a tile of fewer than 64 (query, head) rows: the fused
+  // kernel's single query, a sequence's last queries) skips its mma and its head-sum rows, which are
+  // never read. Warp-uniform, so the warp-collective ldmatrix / mma stay whole.
+  const bool warp_has_rows = 16 * warp < rows;
   for (int t = 0; t < n_tiles; ++t) {
     if (t + 1 < n_tiles) {
       load_tile(t + 1, (t + 1) & 1);
@@ -153,7 +134,7 @@ __global__ void __launch_bounds__(TcIndexerTraits<kCap>::kThreads, 1)
     for (int j = 0; j < Tr::kNTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 #pragma unroll
     for (int ks = 0; ks < Tr::kKSteps; ++ks) {
-      if (ks < k_steps) {
+      if (ks < k_steps && warp_has_rows) {
 #pragma unroll
         for (int j = 0; j < Tr::kNTiles; j += 2) {
           // Matrices: keys 8j' .. +7 at dims 16ks .. +7 / +8 .. +15, then the next 8 keys.
@@ -167,26 +148,65 @@ __global__ void __launch_bounds__(TcIndexerTraits<kCap>::kThreads, 1)
       }
     }
     // w · relu(S) per row into the head-sum tile.
+    if (warp_has_rows) {
 #pragma unroll
-    for (int j = 0; j < Tr::kNTiles; ++j) {
+      for (int j = 0; j < Tr::kNTiles; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int rl = 16 * warp + gq + 8 * (e >> 1), col = 8 * j + 2 * tq + (e & 1);
-        red[rl * Tr::kRedStride + col] = w_row[e >> 1] * relu_keep_nan(acc[j][e]);
+        for (int e = 0; e < 4; ++e) {
+          const int rl = 16 * warp + gq + 8 * (e >> 1), col = 8 * j + 2 * tq + (e & 1);
+          red[rl * Tr::kRedStride + col] = w_row[e >> 1] * relu_keep_nan(acc[j][e]);
+        }
       }
     }
     __syncthreads();  // head-sum tile complete; the stage of tile t is free for tile t + 2
     const int first = key0 + t * BN, valid = min(BN, real_end - first);
-    for (int i = tid; i < tile.count * BN; i += Tr::kThreads) {
+    for (int i = tid; i < count * BN; i += Tr::kThreads) {
       const int ql = i / BN, col = i % BN;
       if (col < valid) {
         float s = 0.0f;
         for (int h = 0; h < H; ++h) s += red[(ql * H + h) * Tr::kRedStride + col];
-        p.scores[(q_row0 + ql - score_row0) * p.max_len + first + col] = s;
+        store(ql, first + col, s);
       }
     }
     __syncthreads();  // the head-sum tile is rewritten by the next key tile
   }
+}
+
+// Key chunk blockIdx.x of query tile tiles[blockIdx.y] (grid.y <= 65,535: the host launches longer
+// work lists in slices). Writes score rows (query - score_row0) for keys [0, max_len) of the chunk;
+// keys past the sequence get -Infinity.
+template <typename T, int kCap>
+__global__ void __launch_bounds__(TcIndexerTraits<kCap>::kThreads, 1)
+    tc_indexer_kernel(IndexerParams p, const IndexerTile* tiles, int64_t score_row0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  // sm_75: no cp.async / bf16 mma; the host never launches this kernel there.
+#else
+  using Tr = TcIndexerTraits<kCap>;
+  alignas(16) __shared__ uint16_t stages[2 * Tr::kStageElems];
+  __shared__ float red[Tr::kBlockM * Tr::kRedStride];
+
+  const IndexerTile tile = tiles[blockIdx.y];
+  const int tid = threadIdx.x;
+  const int64_t q_row0 = (int64_t)p.q_offsets[tile.seq] + tile.first;  // global index of the tile's first query
+  const int64_t k_start = p.k_offsets[tile.seq];
+  const int len = p.k_offsets[tile.seq + 1] - (int)k_start;
+  const int key0 = blockIdx.x * Tr::kKeysPerBlock;
+  const int key_end = min(p.max_len, key0 + Tr::kKeysPerBlock);
+  const int real_end = min(len, key_end);  // keys of the chunk inside the sequence
+
+  // Keys past the sequence: -Infinity (the whole chunk when it starts past the sequence).
+  {
+    const int from = max(real_end, key0), width = key_end - from;
+    for (int i = tid; i < tile.count * width; i += Tr::kThreads) {
+      const int ql = i / width, j = from + i % width;
+      p.scores[(q_row0 + ql - score_row0) * p.max_len + j] = -INFINITY;
+    }
+  }
+  if (real_end <= key0) return;  // the same for every thread of the block
+  float* const scores = p.scores + (q_row0 - score_row0) * p.max_len;
+  const int64_t stride = p.max_len;
+  tc_indexer_scores<T, kCap>(p, q_row0, tile.count, static_cast<const T*>(p.k) + k_start * p.dim, key0, real_end, stages, red,
+                             [scores, stride](int ql, int j, float s) { scores[ql * stride + j] = s; });
 #endif
 }
 

@@ -41,28 +41,29 @@ struct TcSparseTraits {
   static_assert(kWarps * 16 * kCap * 4 <= 2 * kQOffset, "combine tile fits the stages");
 };
 
+// Shared memory of tc_sparse_group beside its dynamic `smem` (kSmemBytes, 16-byte aligned).
+template <int kCap>
+struct TcSparseShared {
+  int slot_key[TcSparseTraits<kCap>::kWarps][2][TcSparseTraits<kCap>::kTile];  // per warp and stage: the tile's key rows (-1: none)
+  float m_part[TcSparseTraits<kCap>::kWarps][16], l_part[TcSparseTraits<kCap>::kWarps][16];
+};
+
+// Query `row`'s heads of kv group g over the `count` selected positions idx[0 ..] (global or shared
+// memory; -1 = none) of its sequence, whose keys start at row k_start: writes their outputs and lse.
+// Every thread of a block of Tr::kThreads calls it. Shared by the sparse attention kernel and the
+// fused kernel.
 template <typename T, int kCap>
-__global__ void __launch_bounds__(TcSparseTraits<kCap>::kThreads)
-    tc_sparse_attention_kernel(SparseParams p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  // sm_75: no cp.async / bf16 mma; the host never launches this kernel there.
-#else
+__device__ __forceinline__ void tc_sparse_group(const SparseParams& p, int64_t row, int g, int64_t k_start, const int32_t* idx, int count,
+                                                uint16_t* smem, TcSparseShared<kCap>& sh) {
   using Tr = TcSparseTraits<kCap>;
   using E = TcElement<T>;
   constexpr int kCh = Tr::kChunks, BN = Tr::kTile;
-  LK_DYNAMIC_SHARED(uint16_t, smem);
-  __shared__ int slot_key[Tr::kWarps][2][BN];  // per warp and stage: the tile's key rows (-1: none)
-  __shared__ float m_part[Tr::kWarps][16], l_part[Tr::kWarps][16];
-
-  const int64_t row = blockIdx.x;
-  const int g = blockIdx.y;
+  auto& slot_key = sh.slot_key;
+  auto& m_part = sh.m_part;
+  auto& l_part = sh.l_part;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gq = lane >> 2, tq = lane & 3;
   const int H = p.heads, Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim, G = H / Hkv;
-  const int count = p.top_k;
-  const int b = sequence_of(p.q_offsets, p.batch, row);
-  const int64_t k_start = p.k_offsets[b];
-  const int32_t* idx = p.indices + row * count;
   const T* q = static_cast<const T*>(p.q) + (row * H + (int64_t)g * G) * D;  // the group's G rows
   const T* k = static_cast<const T*>(p.k) + (int64_t)g * D;                  // key j: k + (k_start + j) * Hkv * D
   const T* v = static_cast<const T*>(p.v) + (int64_t)g * Dv;
@@ -240,6 +241,19 @@ __global__ void __launch_bounds__(TcSparseTraits<kCap>::kThreads)
     out[e] = from_float<T>(!seen ? 0.0f : l == 0.0f ? quiet_nan() : acc / l);
     if (p.lse && c == 0) p.lse[row * H + (int64_t)g * G + r] = !seen ? -INFINITY : l == 0.0f ? quiet_nan() : m + logf(l);
   }
+}
+
+template <typename T, int kCap>
+__global__ void __launch_bounds__(TcSparseTraits<kCap>::kThreads)
+    tc_sparse_attention_kernel(SparseParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  // sm_75: no cp.async / bf16 mma; the host never launches this kernel there.
+#else
+  LK_DYNAMIC_SHARED(uint16_t, smem);
+  __shared__ TcSparseShared<kCap> sh;
+  const int64_t row = blockIdx.x;
+  const int b = sequence_of(p.q_offsets, p.batch, row);
+  tc_sparse_group<T, kCap>(p, row, (int)blockIdx.y, p.k_offsets[b], p.indices + row * p.top_k, p.top_k, smem, sh);
 #endif
 }
 
