@@ -172,7 +172,7 @@ LK_INLINE void block_allowed_keys(const TileTask& t, int count) {
       const v8i admit = ((seg == sq) & ((flags & kAdmitSame) != 0)) | ((seg < sq) & ((flags & kAdmitEarlier) != 0)) |
                         ((seg > sq) & ((flags & kAdmitLater) != 0)) | ((pos == pq) & ((flags & kAdmitSelf) != 0));
       const v8i ok = admit & (~causal | (pos <= pq));
-      for (int u = 0; u < 8; ++u) bits |= (uint64_t)(ok[u] & 1) << (j + u);
+      bits |= (uint64_t)lane_mask8(ok) << j;
     }
     sc.allow[r] = bits;
   }
