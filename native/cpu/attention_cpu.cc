@@ -172,7 +172,7 @@ LK_INLINE void block_allowed_keys(const TileTask& t, int count) {
       const v8i admit = ((seg == sq) & ((flags & kAdmitSame) != 0)) | ((seg < sq) & ((flags & kAdmitEarlier) != 0)) |
                         ((seg > sq) & ((flags & kAdmitLater) != 0)) | ((pos == pq) & ((flags & kAdmitSelf) != 0));
       const v8i ok = admit & (~causal | (pos <= pq));
-      for (int u = 0; u < 8; ++u) bits |= (uint64_t)(ok[u] & 1) << (j + u);
+      bits |= (uint64_t)lane_mask8(ok) << j;
     }
     sc.allow[r] = bits;
   }
@@ -211,8 +211,10 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   // This head's K / V row of key `j` of the packed batch (rows of all heads are Hkv * D apart).
   auto key_row = [&](int64_t j) { return t.job->k + (j * Hkv + t.g) * D; };
   auto value_row = [&](int64_t j) { return t.job->v + (j * Hkv + t.g) * Dv; };
-  // Rows of the block's keys: read in place when they are consecutive (full tiles), else gathered.
-  const bool in_place = !masked;
+  // Rows of the block's keys: read in place when they are consecutive and all allowed, else gathered
+  // (a masked block's V rows are copied so that their finiteness can be checked).
+  bool in_place = !masked;
+  for (int j = 1; j < count && in_place; ++j) in_place = sc.keys[j] == sc.keys[0] + j;
   const int64_t first = t.k_start + sc.keys[0];
   if (kFewQueries && D % 8 == 0) {
     // At most 4 queries: dot products of whole key rows (read in place or through the gather list)
@@ -423,12 +425,20 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   }
 }
 
+// A gathered key list as one block. (A function, not a lambda: a lambda would not carry the
+// entry's target attribute, and the kernel inlined into it would compile for the baseline ISA.)
+template <typename Shape, bool kFewQueries>
+LK_INLINE void run_gathered(TileTask& t, const int* keys, int count, bool masked) {
+  std::memcpy(t.sc->keys, keys, sizeof(int) * count);
+  attend_keys<Shape, kFewQueries>(t, count, masked);
+}
+
 // The plan's work item w (one query tile of one sequence) for one head group. Only the key tiles of
 // its runs are visited: full tiles run without per-element checks, and from partial tiles only the
 // keys that some query of the tile may see are gathered into dense blocks, so the work follows the
 // allowed pairs even for masks as sparse as PerSRec's.
 template <typename Shape, bool kFewQueries>
-LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int group, Scratch& sc) {
+LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group, Scratch& sc, int row_lo, int row_hi) {
   const int b = w.seq, q_tile = w.tile;
   const AttentionParams& p = *job.p;
   TileTask t;
@@ -441,12 +451,17 @@ LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int g
   t.k_start = p.kv_layout.offsets[b];
   const int Lq = p.q_layout.offsets[b + 1] - (int)t.q_start;
   const int Lk = p.kv_layout.offsets[b + 1] - (int)t.k_start;
-  t.row0 = q_tile * kBlockM;
-  t.rows = std::min(kBlockM, Lq - t.row0);
+  const int tile_row0 = q_tile * kBlockM;
+  const bool whole_tile = row_lo == 0 && row_hi == std::min(kBlockM, Lq - tile_row0);
+  t.row0 = tile_row0 + row_lo;
+  t.rows = row_hi - row_lo;
   t.m_pad = round_up(t.rows, Shape::kRows);
   t.align = Lk - Lq;  // bottom-right causal alignment
   t.dv_pad = round_up(p.value_dim, Shape::kCols);
-  t.qb = TileBounds{job.q_tiles[job.q_base[b] + q_tile], t.row0 + t.align, t.row0 + t.rows - 1 + t.align};
+  const TileSummary q_sum = whole_tile ? job.q_tiles[job.q_base[b] + q_tile]
+                                       : summarize_tokens(p.q_layout.segments, p.q_layout.roles, t.q_start + t.row0,
+                                                          t.q_start + t.row0 + t.rows);
+  t.qb = TileBounds{q_sum, t.row0 + t.align, t.row0 + t.rows - 1 + t.align};
   const int D = p.head_dim, H = p.heads;
 
   // Scaled query rows per head; padding rows are zero and never written out.
@@ -473,10 +488,13 @@ LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int g
   }
   std::fill(sc.seen, sc.seen + t.m_pad, false);
 
+  // Keys of partial tiles are classified one by one against the rows: those every row may see are
+  // gathered into unmasked blocks (no rule check, read in place when consecutive), the others into
+  // masked blocks; each list runs as soon as it holds a whole block.
   const int32_t* kseg = p.kv_layout.segments;
   const uint8_t* krole = p.kv_layout.roles;
-  int pending = 0;  // keys gathered from partial tiles, waiting for a full block
-  int full_keys[kBlockN];
+  int masked_keys[kBlockN], full_keys[kBlockN];
+  int n_masked = 0, n_full = 0;
   KeyTileCursor cursor;
   cursor.start(job.runs, w);
   int kt = 0, cls = kTileSkip;
@@ -484,13 +502,14 @@ LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int g
     const int col0 = kt * kBlockN;
     const int cols = std::min(kBlockN, Lk - col0);
     const TileBounds kb{job.k_tiles[job.k_base[b] + kt], col0, col0 + cols - 1};
+    // The plan classified the key tile against the whole query tile; a row range may see more of it.
+    if (cls == kTilePartial && !whole_tile) cls = classify_tile(p.rule, t.qb, kb);
+    if (cls == kTileSkip) continue;
     if (cls == kTileFull) {
-      std::memcpy(full_keys, sc.keys, sizeof(int) * pending);  // park the pending gather
       for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
       t.panel = job.panel_of_tile[job.k_base[b] + kt];
       attend_keys<Shape, kFewQueries>(t, cols, false);
       t.panel = -1;
-      std::memcpy(sc.keys, full_keys, sizeof(int) * pending);
       continue;
     }
     // Classify per key role first: a role whose keys are all masked (or all allowed) needs no
@@ -505,22 +524,40 @@ LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int g
     for (int j = 0; j < cols; ++j) {
       const int64_t ki = t.k_start + col0 + j;
       const int rk = krole ? krole[ki] : 0;
-      if (role_class[rk] == kTileSkip) continue;
-      if (role_class[rk] == kTilePartial) {
+      int key_class = role_class[rk];
+      if (key_class == kTilePartial) {
         TileBounds one;
         one.sum.seg_min = one.sum.seg_max = kseg ? kseg[ki] : 0;
         one.sum.role_mask = 1u << rk;
         one.pos_lo = one.pos_hi = col0 + j;
-        if (classify_tile(p.rule, t.qb, one) == kTileSkip) continue;
+        key_class = classify_tile(p.rule, t.qb, one);
       }
-      sc.keys[pending++] = col0 + j;
-      if (pending == kBlockN) {
-        attend_keys<Shape, kFewQueries>(t, pending, true);
-        pending = 0;
+      if (key_class == kTileFull) {
+        full_keys[n_full++] = col0 + j;
+        if (n_full == kBlockN) {
+          run_gathered<Shape, kFewQueries>(t, full_keys, n_full, false);
+          n_full = 0;
+        }
+      } else if (key_class == kTilePartial) {
+        masked_keys[n_masked++] = col0 + j;
+        if (n_masked == kBlockN) {
+          run_gathered<Shape, kFewQueries>(t, masked_keys, n_masked, true);
+          n_masked = 0;
+        }
       }
     }
   }
-  if (pending > 0) attend_keys<Shape, kFewQueries>(t, pending, true);
+  // Leftovers that fit one block run as one masked block (a causal diagonal's seen and unseen keys):
+  // one padded GEMM instead of two.
+  if (n_full > 0 && n_masked > 0 && n_full + n_masked <= kBlockN) {
+    int merged[kBlockN];  // in key order, as the plain gather had them
+    std::merge(full_keys, full_keys + n_full, masked_keys, masked_keys + n_masked, merged);
+    n_masked += n_full;
+    n_full = 0;
+    std::memcpy(masked_keys, merged, sizeof(int) * n_masked);
+  }
+  if (n_full > 0) run_gathered<Shape, kFewQueries>(t, full_keys, n_full, false);
+  if (n_masked > 0) run_gathered<Shape, kFewQueries>(t, masked_keys, n_masked, true);
 
   const int Dv = p.value_dim;
   for (int i = 0; i < group; ++i) {
@@ -539,6 +576,30 @@ LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int g
       if (p.lse) p.lse[qi * H + t.h] = !seen ? kNegInf : l == 0.0f ? quiet_nan() : t.m[r] + std::log(l);
     }
   }
+}
+
+// Query tiles whose rows span several segments run one row range per segment (at most
+// kMaxRowRanges), each classified on its own: under per-segment rules a tile straddling a segment
+// boundary then sees most key tiles whole or not at all, instead of every key tile as partial.
+constexpr int kMaxRowRanges = 4;
+template <typename Shape, bool kFewQueries>
+LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int group, Scratch& sc) {
+  const AttentionParams& p = *job.p;
+  const int64_t q0 = p.q_layout.offsets[w.seq] + (int64_t)w.tile * kBlockM;
+  const int rows = (int)std::min<int64_t>(kBlockM, p.q_layout.offsets[w.seq + 1] - q0);
+  const int32_t* qseg = p.q_layout.segments;
+  int cut[kMaxRowRanges + 1] = {0};
+  int ranges = 1;
+  for (int r = 1; qseg && r < rows; ++r) {
+    if (qseg[q0 + r] == qseg[q0 + r - 1]) continue;
+    if (ranges == kMaxRowRanges) {  // too many short segments: one range, masked as before
+      ranges = 1;
+      break;
+    }
+    cut[ranges++] = r;
+  }
+  cut[ranges] = rows;
+  for (int i = 0; i < ranges; ++i) attend_rows<Shape, kFewQueries>(job, w, h0, group, sc, cut[i], cut[i + 1]);
 }
 
 // One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries

@@ -30,6 +30,16 @@ LK_INLINE float hsum(v8f v) {
   return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
+// Bit u set when lane u of `lanes` (each 0 or -1) is set: a fold of three shuffles, where extracting
+// the lanes one by one costs 8 scalar moves, shifts and ors.
+LK_INLINE uint32_t lane_mask8(v8i lanes) {
+  v8i x = lanes & v8i{1, 2, 4, 8, 16, 32, 64, 128};
+  x |= __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3);
+  x |= __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5);
+  x |= __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6);
+  return (uint32_t)x[0];
+}
+
 // Whether all n floats (n a multiple of 8) are finite: x * 0 is NaN exactly for +-Inf and NaN.
 LK_INLINE bool all_finite(const float* p, int n) {
   v8f acc = splat(0.0f);
