@@ -76,8 +76,7 @@ struct TcBackwardPlan {
 
 // cp.async of `rows_real` rows (row r at src + r * stride) into a swizzled [rows][kCh * 8] tile:
 // `chunks` (a power of two) chunks per row, of which the first `real_chunks` hold data; padding
-// rows and chunks are zero-filled (finite, and 0 in every product). Returns whether a chunk this
-// thread copied... is not known yet (cp.async): see tile_nonfinite.
+// rows and chunks are zero-filled (finite, and 0 in every product).
 template <int kCh, typename T>
 __device__ __forceinline__ void tc_copy_tile(uint16_t* dst, const T* src, int64_t stride, int rows_real, int rows, int chunks,
                                              int real_chunks) {
@@ -290,7 +289,8 @@ __global__ void __launch_bounds__(TcBackwardTraits<kCap>::kThreads, 1)
   }
   __syncthreads();  // rule
 
-  // The walk: (query head h of the group, query tile qt) in order, skipped tiles never visited.
+  // The walk: (query head h of the group, query tile qt) in order, skipped tiles never visited
+  // (q_tiles > 0: a wrap lands on tile 0 of the next head, a real tile).
   const TileBounds kb{plan.k_tiles64[plan.k_base64[b] + item.tile], c0, c0 + nk - 1};
   const int q_tiles = plan.q_base32[b + 1] - plan.q_base32[b];
   auto next_tile = [&](int* h, int* qt, int* cls) {
@@ -331,7 +331,7 @@ __global__ void __launch_bounds__(TcBackwardTraits<kCap>::kThreads, 1)
   }
   const bool warp_keys = 16 * warp < nk;  // this warp owns a real key (else it only copies and syncs)
   int h = g * group, qt = -1, cls = kTileSkip;
-  bool have = next_tile(&h, &qt, &cls);
+  bool have = q_tiles > 0 && next_tile(&h, &qt, &cls);  // no queries (cross attention): dk = dv = 0
   if (have) issue(h, qt, cls, 0);
   cp_async_commit();
   int stage = 0;
