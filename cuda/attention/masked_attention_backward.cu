@@ -76,6 +76,34 @@ LayoutOnDevice upload_layouts(const AttentionParams& f, Upload* up) {
   return l;
 }
 
+// Tiles of `tile` tokens of one layout (tile_plan.h): bases, summaries and, when asked, the work
+// list, staged into the call's upload block.
+struct TilesOnDevice {
+  std::vector<int32_t> base;
+  std::vector<TileSummary> sum;
+  std::vector<TileRef> work;
+  size_t base_at = 0, sum_at = 0, work_at = 0;
+  TilesOnDevice(const LayoutView& l, int batch, int tile, bool with_work, Upload* up)
+      : base(tile_bases(l.offsets, batch, tile)), sum(tile_summaries(l.offsets, l.segments, l.roles, batch, tile, base)) {
+    if (with_work) work = tiles_longest_first(base);
+    base_at = up->add(base.data(), base.size() * 4);
+    sum_at = up->add(sum.data(), sum.size() * sizeof(TileSummary));
+    if (with_work) work_at = up->add(work.data(), work.size() * sizeof(TileRef));
+  }
+  const int32_t* base_on(unsigned char* dev) const { return reinterpret_cast<const int32_t*>(dev + base_at); }
+  const TileSummary* sum_on(unsigned char* dev) const { return reinterpret_cast<const TileSummary*>(dev + sum_at); }
+  const TileRef* work_on(unsigned char* dev) const { return reinterpret_cast<const TileRef*>(dev + work_at); }
+};
+
+// Grids of both passes and of delta, checked against the CUDA limits.
+std::string backward_grids(const AttentionParams& f, size_t key_tiles, size_t query_tiles, unsigned* key_blocks, unsigned* query_blocks,
+                           unsigned* delta_blocks) {
+  std::string err = grid_x((int64_t)key_tiles, "maskedAttentionBackward", key_blocks);
+  if (err.empty()) err = grid_x((int64_t)query_tiles, "maskedAttentionBackward", query_blocks);
+  if (err.empty()) err = grid_x((f.tq * f.heads + 127) / 128, "maskedAttentionBackward", delta_blocks);
+  return err;
+}
+
 // The tensor-core passes run float16 / bfloat16 on sm_80 and newer (the emulator reports 9.0, so the
 // parity suites run them) with head sizes powers of two in 8..128 and every tensor 16-byte aligned
 // (cp.async rows); returns the head capacity they are instantiated for, 0 for the scalar kernels.
@@ -140,33 +168,13 @@ std::string backward_on_tensor_cores(const AttentionBackwardParams& host, int ca
   static_assert(TcBackwardTraits<16>::kKeyBlock == Tr::kKeyBlock && TcBackwardTraits<128>::kQueryTile == Tr::kQueryTile &&
                     TcBackwardTraits<128>::kRowBlock == Tr::kRowBlock && Tr::kKeyBlock == Tr::kKeyTile,
                 "one set of tile sizes for every capacity");
-  const std::vector<int32_t> q_base32 = tile_bases(f.q_layout.offsets, f.batch, Tr::kQueryTile);
-  const std::vector<int32_t> q_base64 = tile_bases(f.q_layout.offsets, f.batch, Tr::kRowBlock);
-  const std::vector<int32_t> k_base64 = tile_bases(f.kv_layout.offsets, f.batch, Tr::kKeyTile);
-  const auto q_sum = [&](int tile, const std::vector<int32_t>& base) {
-    return tile_summaries(f.q_layout.offsets, f.q_layout.segments, f.q_layout.roles, f.batch, tile, base);
-  };
-  const std::vector<TileSummary> q_sum32 = q_sum(Tr::kQueryTile, q_base32), q_sum64 = q_sum(Tr::kRowBlock, q_base64);
-  const std::vector<TileSummary> k_sum64 =
-      tile_summaries(f.kv_layout.offsets, f.kv_layout.segments, f.kv_layout.roles, f.batch, Tr::kKeyTile, k_base64);
-  const std::vector<TileRef> q_work = tiles_longest_first(q_base64);
-  const std::vector<TileRef> k_work = tiles_longest_first(k_base64);
-  unsigned key_blocks = 0, query_blocks = 0, delta_blocks = 0;
-  std::string err = grid_x((int64_t)k_work.size(), "maskedAttentionBackward", &key_blocks);
-  if (err.empty()) err = grid_x((int64_t)q_work.size(), "maskedAttentionBackward", &query_blocks);
-  if (err.empty()) err = grid_x((f.tq * f.heads + 127) / 128, "maskedAttentionBackward", &delta_blocks);
-  if (!err.empty()) return err;
-
   Upload up;
   const LayoutOnDevice lay = upload_layouts(f, &up);
-  const size_t q_base32_at = up.add(q_base32.data(), q_base32.size() * 4);
-  const size_t q_base64_at = up.add(q_base64.data(), q_base64.size() * 4);
-  const size_t k_base64_at = up.add(k_base64.data(), k_base64.size() * 4);
-  const size_t q_sum32_at = up.add(q_sum32.data(), q_sum32.size() * sizeof(TileSummary));
-  const size_t q_sum64_at = up.add(q_sum64.data(), q_sum64.size() * sizeof(TileSummary));
-  const size_t k_sum64_at = up.add(k_sum64.data(), k_sum64.size() * sizeof(TileSummary));
-  const size_t q_work_at = up.add(q_work.data(), q_work.size() * sizeof(TileRef));
-  const size_t k_work_at = up.add(k_work.data(), k_work.size() * sizeof(TileRef));
+  const TilesOnDevice q32(f.q_layout, f.batch, Tr::kQueryTile, false, &up), q64(f.q_layout, f.batch, Tr::kRowBlock, true, &up);
+  const TilesOnDevice k64(f.kv_layout, f.batch, Tr::kKeyTile, true, &up);
+  unsigned key_blocks = 0, query_blocks = 0, delta_blocks = 0;
+  std::string err = backward_grids(f, k64.work.size(), q64.work.size(), &key_blocks, &query_blocks, &delta_blocks);
+  if (!err.empty()) return err;
   const size_t delta_at = up.room((size_t)f.tq * f.heads * sizeof(float));  // written on the device
   err = up.commit("maskedAttentionBackward plan upload");
   if (!err.empty()) return err;
@@ -174,11 +182,8 @@ std::string backward_on_tensor_cores(const AttentionBackwardParams& host, int ca
   AttentionBackwardParams p = host;
   lay.apply(dev, &p.fwd);
   float* delta = reinterpret_cast<float*>(dev + delta_at);
-  const TcBackwardPlan plan{reinterpret_cast<const TileSummary*>(dev + q_sum32_at), reinterpret_cast<const int32_t*>(dev + q_base32_at),
-                            reinterpret_cast<const TileSummary*>(dev + q_sum64_at), reinterpret_cast<const int32_t*>(dev + q_base64_at),
-                            reinterpret_cast<const TileSummary*>(dev + k_sum64_at), reinterpret_cast<const int32_t*>(dev + k_base64_at),
-                            reinterpret_cast<const TileRef*>(dev + q_work_at),  reinterpret_cast<const TileRef*>(dev + k_work_at),
-                            delta};
+  const TcBackwardPlan plan{q32.sum_on(dev), q32.base_on(dev), q64.sum_on(dev), q64.base_on(dev), k64.sum_on(dev), k64.base_on(dev),
+                            q64.work_on(dev), k64.work_on(dev), delta};
   KernelSpan span;
   span.begin();
   if (f.dtype == kBFloat16) launch_tc_for<__nv_bfloat16>(cap, p, plan, key_blocks, query_blocks, delta_blocks, delta);
@@ -196,28 +201,12 @@ std::string masked_attention_backward(const AttentionBackwardParams& host) {
   if (f.heads > kMaxGridYZ) return "maskedAttentionBackward: " + std::to_string(f.heads) + " heads exceed the CUDA grid's 65,535";
   if (f.head_dim > 256 || f.value_dim > 256) return "maskedAttentionBackward: head sizes up to 256 are supported";
   if (const int cap = choose_tc_backward(host)) return backward_on_tensor_cores(host, cap);
-  constexpr int BM = BackwardTraits::kBlockM, BN = BackwardTraits::kBlockN;
-  const std::vector<int32_t> q_base = tile_bases(f.q_layout.offsets, f.batch, BM);
-  const std::vector<int32_t> k_base = tile_bases(f.kv_layout.offsets, f.batch, BN);
-  const std::vector<TileSummary> q_sum = tile_summaries(f.q_layout.offsets, f.q_layout.segments, f.q_layout.roles, f.batch, BM, q_base);
-  const std::vector<TileSummary> k_sum = tile_summaries(f.kv_layout.offsets, f.kv_layout.segments, f.kv_layout.roles, f.batch, BN, k_base);
-  const std::vector<TileRef> q_work = tiles_longest_first(q_base);
-  const std::vector<TileRef> k_work = tiles_longest_first(k_base);
-  unsigned key_blocks = 0, query_blocks = 0;
-  std::string err = grid_x((int64_t)k_work.size(), "maskedAttentionBackward", &key_blocks);
-  if (err.empty()) err = grid_x((int64_t)q_work.size(), "maskedAttentionBackward", &query_blocks);
-  unsigned delta_blocks = 0;
-  if (err.empty()) err = grid_x((f.tq * f.heads + 127) / 128, "maskedAttentionBackward", &delta_blocks);
-  if (!err.empty()) return err;
-
   Upload up;
   const LayoutOnDevice lay = upload_layouts(f, &up);
-  const size_t q_base_at = up.add(q_base.data(), q_base.size() * 4);
-  const size_t k_base_at = up.add(k_base.data(), k_base.size() * 4);
-  const size_t q_sum_at = up.add(q_sum.data(), q_sum.size() * sizeof(TileSummary));
-  const size_t k_sum_at = up.add(k_sum.data(), k_sum.size() * sizeof(TileSummary));
-  const size_t q_work_at = up.add(q_work.data(), q_work.size() * sizeof(TileRef));
-  const size_t k_work_at = up.add(k_work.data(), k_work.size() * sizeof(TileRef));
+  const TilesOnDevice qt(f.q_layout, f.batch, BackwardTraits::kBlockM, true, &up), kt(f.kv_layout, f.batch, BackwardTraits::kBlockN, true, &up);
+  unsigned key_blocks = 0, query_blocks = 0, delta_blocks = 0;
+  std::string err = backward_grids(f, kt.work.size(), qt.work.size(), &key_blocks, &query_blocks, &delta_blocks);
+  if (!err.empty()) return err;
   const size_t delta_at = up.room((size_t)f.tq * f.heads * sizeof(float));  // written on the device
   err = up.commit("maskedAttentionBackward plan upload");
   if (!err.empty()) return err;
@@ -226,9 +215,7 @@ std::string masked_attention_backward(const AttentionBackwardParams& host) {
   AttentionBackwardParams p = host;
   lay.apply(dev, &p.fwd);
   float* delta = reinterpret_cast<float*>(dev + delta_at);
-  const BackwardPlan plan{reinterpret_cast<const TileSummary*>(dev + q_sum_at), reinterpret_cast<const int32_t*>(dev + q_base_at),
-                          reinterpret_cast<const TileSummary*>(dev + k_sum_at), reinterpret_cast<const int32_t*>(dev + k_base_at),
-                          reinterpret_cast<const TileRef*>(dev + q_work_at), reinterpret_cast<const TileRef*>(dev + k_work_at), delta};
+  const BackwardPlan plan{qt.sum_on(dev), qt.base_on(dev), kt.sum_on(dev), kt.base_on(dev), qt.work_on(dev), kt.work_on(dev), delta};
   KernelSpan span;
   span.begin();
   switch (f.dtype) {
