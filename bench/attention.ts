@@ -1,11 +1,14 @@
 // `npm run bench`: maskedAttention on Rec2PM / PerSRec shapes, native CPU vs onnxruntime-node dense
 // masked attention (MatMul -> Add mask -> Softmax -> MatMul) on the same inputs in the same run, and
 // a dense sgemm anchor for this machine's practical peak. Useful FLOP/s count allowed pairs only.
+// Then one training step (forward with lse + maskedAttentionBackward) on the Rec2PM stage-1
+// (`rec2pm-reference`), stage-2 (`rec2pm-update`) and causal layouts, per device, with backward ÷
+// forward (FlashAttention-2's backward costs about 2.5x its forward; the CPU target is <= 3x).
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { backends, maskedAttention, presets, reference, tensor, Tensor } from '../lib/index';
-import type { PresetName } from '../lib/index';
+import { backends, maskedAttention, maskedAttentionBackward, presets, reference, tensor, Tensor } from '../lib/index';
+import type { Device, PresetName } from '../lib/index';
 import { cpuTargets } from './cpu-targets';
 import { buildAdditiveMask, createDenseMaskedAttention, measureSgemmPeak, padPacked, timeIt } from './ort-peer';
 import { writeAttentionChart } from './chart';
@@ -48,6 +51,53 @@ function randomFloats(n: number, seed: number): Float32Array {
   let s = seed >>> 0 || 1;
   for (let i = 0; i < n; i++) { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; a[i] = s / 2147483648 - 1; }
   return a;
+}
+
+const TRAIN_RULES: PresetName[] = ['rec2pm-reference', 'rec2pm-update', 'causal'];
+const TRAIN_SHAPE = { users: 8, tokens: 1024 };
+
+interface TrainRow { device: Device; shape: string; rule: PresetName; forwardMs: number; backwardMs: number; stepMs: number; backwardOverForward: number; skipped?: string }
+
+/** Forward (returnLse) and backward medians per rule on `device`, float32 (CPU) / float16 (GPU). */
+async function trainingStep(device: Device): Promise<TrainRow[]> {
+  const { users, tokens } = TRAIN_SHAPE, T = users * tokens;
+  const dtype = device === 'cpu' ? 'float32' : 'float16';
+  const make = (seed: number, width: number) => tensor(randomFloats(T * H * width, seed), [T, H, width], { device, dtype });
+  const q = make(11, D), k = make(12, D), v = make(13, D), dOutput = make(14, D);
+  const out: TrainRow[] = [];
+  for (const rule of TRAIN_RULES) {
+    const opts = { q: buildLayout(rule, users, tokens), rule };
+    const fwd = await maskedAttention(q, k, v, { ...opts, returnLse: true });
+    const forward = await timeIt(async () => { const r = await maskedAttention(q, k, v, { ...opts, returnLse: true }); r.output.dispose(); r.lse?.dispose(); });
+    const backward = await timeIt(async () => {
+      const g = await maskedAttentionBackward({ q, k, v, output: fwd.output, lse: fwd.lse, dOutput }, opts);
+      g.dq.dispose(); g.dk.dispose(); g.dv.dispose();
+    });
+    fwd.output.dispose(); fwd.lse?.dispose();
+    out.push({ device, shape: `${users}x${tokens}`, rule, forwardMs: forward.medianMs, backwardMs: backward.medianMs, stepMs: forward.medianMs + backward.medianMs,
+      backwardOverForward: backward.medianMs / forward.medianMs });
+  }
+  for (const x of [q, k, v, dOutput]) x.dispose();
+  return out;
+}
+
+async function trainingRows(): Promise<TrainRow[]> {
+  const rows = await trainingStep('cpu');
+  const cuda = backends().cuda;
+  const gpuSkip = !cuda.available ? `CUDA unavailable (${cuda.reason ?? 'no reason given'})`
+    : cuda.emulated ? 'CUDA is the CPU emulator (LIFELONG_CUDA_EMULATE=1): no GPU timing' : '';
+  if (gpuSkip) {
+    console.log(`training step on cuda: skipped: ${gpuSkip}`);
+    for (const rule of TRAIN_RULES) rows.push({ device: 'cuda', shape: `${TRAIN_SHAPE.users}x${TRAIN_SHAPE.tokens}`, rule, forwardMs: NaN, backwardMs: NaN, stepMs: NaN, backwardOverForward: NaN, skipped: gpuSkip });
+  } else {
+    rows.push(...await trainingStep('cuda'));
+  }
+  console.log(`\ntraining step (forward with lse + backward), H=${H}, D=${D}; CPU float32, GPU float16`);
+  console.log('device shape    rule              fwd ms    bwd ms   step ms  bwd/fwd');
+  for (const r of rows)
+    console.log(r.skipped ? `${r.device.padEnd(6)} ${r.shape.padEnd(8)} ${r.rule.padEnd(16)} skipped: ${r.skipped}`
+      : `${r.device.padEnd(6)} ${r.shape.padEnd(8)} ${r.rule.padEnd(16)} ${r.forwardMs.toFixed(2).padStart(8)} ${r.backwardMs.toFixed(2).padStart(9)} ${r.stepMs.toFixed(2).padStart(9)} ${('x' + r.backwardOverForward.toFixed(2)).padStart(8)}${r.device === 'cpu' && r.backwardOverForward > 3 ? '  (above the 3x target)' : ''}`);
+  return rows;
 }
 
 async function main() {
@@ -93,6 +143,7 @@ async function main() {
   for (const r of rows as { shape: string; rule: string; oursMs: number; oursGflops: number; ortMs: number; ortGflops: number; speedup: number }[])
     console.log(`${r.shape.padEnd(8)} ${r.rule.padEnd(14)} ${r.oursMs.toFixed(2).padStart(8)} ${r.oursGflops.toFixed(1).padStart(10)} ${r.ortMs.toFixed(2).padStart(8)} ${r.ortGflops.toFixed(1).padStart(10)} ${('x' + r.speedup.toFixed(2)).padStart(9)} ${((r.oursGflops / peakGflops) * 100).toFixed(0).padStart(8)}%`);
 
+  const training = await trainingRows();
   const targets = await cpuTargets(threads);
   console.log(`load average at the end: ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} on ${threads} CPUs (other processes share them)`);
 
@@ -102,7 +153,7 @@ async function main() {
   fs.writeFileSync(file, JSON.stringify({
     bench: 'maskedAttention', date: new Date().toISOString(), machine: { cpus: os.cpus()[0]?.model, threads, simd: info.cpu.simd },
     config: { heads: H, headDim: D, segmentItems: SEGMENT_ITEMS, memoryTokens: MEMORY_TOKENS, dtype: 'float32' },
-    sgemmPeakGflops: peakGflops, peer: 'onnxruntime-node dense masked attention (MatMul, Add mask, Softmax, MatMul)', rows, targets,
+    sgemmPeakGflops: peakGflops, peer: 'onnxruntime-node dense masked attention (MatMul, Add mask, Softmax, MatMul)', rows, training, targets,
     loadAverage: os.loadavg(),
   }, null, 2));
   console.log(`\nwrote ${path.relative(process.cwd(), file)}`);

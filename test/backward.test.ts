@@ -2,7 +2,7 @@
 // and every backend against the reference on randomized jagged layouts (empty sequences, length 1,
 // tile edges, every preset, custom rules, GQA, Dv != D, cross attention, silu, float16 / bfloat16).
 import test from 'ava';
-import { indexerScores, indexerScoresBackward, maskedAttention, maskedAttentionBackward, reference, sparseAttention, sparseAttentionBackward, tensor } from '../lib/index';
+import { backends, indexerScores, indexerScoresBackward, maskedAttention, maskedAttentionBackward, reference, sparseAttention, sparseAttentionBackward, tensor } from '../lib/index';
 import type { DType, Device, MaskRule, PresetName } from '../lib/index';
 import { cudaSkipReason, makeInput, parityDevices, randomLayout, randomRule, Rng } from './helpers';
 
@@ -149,7 +149,15 @@ function buildCases(): Case[] {
   return cases;
 }
 
-async function runCase(t: import('ava').ExecutionContext, c: Case, device: Device) {
+/** The emulator's tensor-core counters (undefined off the emulator): which CUDA path a call took. */
+type TcCounters = { launches: number; mma: number; ldmatrix: number; cpAsync: number };
+function tcCounters(): TcCounters | undefined {
+  const e = backends().cuda.emulator;
+  return e ? { launches: e.launches, mma: e.mma, ldmatrix: e.ldmatrix, cpAsync: e.cpAsync } : undefined;
+}
+
+/** `probe` gets the counters before and after the backward call alone (the forward moves them too). */
+async function runCase(t: import('ava').ExecutionContext, c: Case, device: Device, probe?: (before?: TcCounters, after?: TcCounters) => void) {
   const rng = new Rng(c.seed * 104729);
   const batch = c.batch ?? rng.int(1, 6);
   const ql = randomLayout(rng, c.kind, batch, c.maxItems ?? 30);
@@ -162,7 +170,9 @@ async function runCase(t: import('ava').ExecutionContext, c: Case, device: Devic
   const layout = (l: typeof ql) => ({ offsets: l.offsets, segments: l.segments, roles: l.roles });
   const options = { q: layout(ql), kv: c.cross ? layout(kl) : undefined, rule: c.rule, normalize: c.silu ? 'silu' as const : 'softmax' as const };
   const fwd = await maskedAttention(q.t, k.t, v.t, { ...options, returnLse: !c.silu });
+  const before = tcCounters();
   const got = await maskedAttentionBackward({ q: q.t, k: k.t, v: v.t, output: fwd.output, lse: fwd.lse, dOutput: dOut.t }, options);
+  probe?.(before, tcCounters());
   const ref = reference.maskedAttentionBackward({ q: { data: q.exact, shape: [tq, c.heads, c.D] }, k: { data: k.exact, shape: [tk, c.kvHeads, c.D] },
     v: { data: v.exact, shape: [tk, c.kvHeads, c.Dv] }, dOutput: { data: dOut.exact, shape: [tq, c.heads, c.Dv] } }, options);
   const where = `${c.name} on ${device}: B=${batch} Tq=${tq} Tk=${tk} H=${c.heads}/${c.kvHeads} D=${c.D} Dv=${c.Dv}`;
@@ -193,6 +203,41 @@ const devices = parityDevices();
 for (const c of buildCases())
   for (const device of devices) test(`maskedAttentionBackward ${device} = reference: ${c.name}`, (t) => runCase(t, c, device));
 
+// The tensor-core backward (cuda/attention/tc_attention_backward_kernel.cuh): float16 / bfloat16 on the
+// emulator (which reports sm 9.0) must take it — the emulator's mma / ldmatrix / cp.async counters move
+// during the backward call — and float32 must not; every case against the reference gradients.
+// Serial: the counters are the process's.
+const cudaEmu = backends().cuda;
+const emulated = cudaEmu.available && cudaEmu.emulated === true;
+function tensorCoreCases(): Case[] {
+  const rng = new Rng(31337);
+  const cases: Case[] = [];
+  let seed = 5000;
+  const dims = () => { const D = rng.pick([8, 16, 32, 64, 128]); let Dv = rng.pick([8, 16, 32, 64, 128]); if (Dv === D) Dv = D === 8 ? 32 : D / 2; return { D, Dv }; };
+  for (const dtype of ['float16', 'bfloat16'] as DType[]) {
+    for (const p of PRESETS)
+      cases.push({ name: `tensor cores ${dtype} ${p}, GQA`, seed: seed++, dtype, rule: p, kind: p === 'causal' || p === 'full' ? 'mixed' : p, heads: 4, kvHeads: 2, ...dims(), maxItems: 90, batch: rng.int(1, 4) });
+    cases.push({ name: `tensor cores ${dtype} custom rule, cross`, seed: seed++, dtype, rule: randomRule(rng), kind: 'mixed', heads: 2, kvHeads: 1, ...dims(), cross: 'any', maxItems: 80 });
+    cases.push({ name: `tensor cores ${dtype} cross Lq < Lk`, seed: seed++, dtype, rule: 'persrec', kind: 'persrec', heads: 2, kvHeads: 2, ...dims(), cross: 'shorter', maxItems: 60 });
+    cases.push({ name: `tensor cores ${dtype} silu`, seed: seed++, dtype, rule: rng.pick(PRESETS), kind: 'rec2pm-update', heads: 4, kvHeads: 1, ...dims(), silu: true, maxItems: 80 });
+  }
+  cases.push({ name: 'float32 keeps the scalar kernels', seed: seed++, dtype: 'float32', rule: 'causal', kind: 'mixed', heads: 2, kvHeads: 1, D: 16, Dv: 32, maxItems: 40, batch: 4 });
+  return cases;
+}
+(emulated ? test.serial : test.skip)(`maskedAttentionBackward cuda: float16 / bfloat16 run the tensor-core backward (counters move) = reference; float32 does not${emulated ? '' : ' (skipped: needs the emulated build, LIFELONG_CUDA_EMULATE=1 after `npm run build:emu`)'}`, async (t) => {
+  let tensorCoreRuns = 0;
+  for (const c of tensorCoreCases()) {
+    await runCase(t, c, 'cuda', (before, after) => {
+      if (!before || !after) { t.fail('emulator counters missing'); return; }
+      const moved = after.mma > before.mma && after.ldmatrix > before.ldmatrix && after.cpAsync > before.cpAsync;
+      if (c.dtype === 'float32') t.true(after.launches > before.launches && after.mma === before.mma && after.ldmatrix === before.ldmatrix, `${c.name}: kernels ran, no tensor-core work`);
+      else if (moved) tensorCoreRuns++;
+      else t.fail(`${c.name}: tensor-core counters did not move (mma ${before.mma} -> ${after.mma})`);
+    });
+  }
+  t.true(tensorCoreRuns >= 16, `${tensorCoreRuns} tensor-core backward calls`);
+});
+
 const cudaReason = cudaSkipReason();
 if (cudaReason) test.skip(`backward cuda = reference (skipped: ${cudaReason}; set LIFELONG_CUDA_EMULATE=1 or use a GPU)`, () => {});
 
@@ -205,26 +250,29 @@ test('keys nobody may see get exactly 0, even holding NaN / Inf, and dq stays fi
   const kv = rng.floats(T * D), vv = rng.floats(T * Dv), qv = rng.floats(T * H * D), refDOut = rng.floats(T * H * Dv);
   // Memory rows hold NaN / Inf in k and v (keys nobody sees) and in q (queries that see nothing).
   for (let j = 0; j < T; j++) if (roles[j] === 1) { kv[j * D] = NaN; vv[j * Dv + 1] = Infinity; qv[j * H * D + 3] = NaN; }
-  const refGrads = reference.maskedAttentionBackward({ q: { data: qv, shape: [T, H, D] }, k: { data: kv, shape: [T, 1, D] }, v: { data: vv, shape: [T, 1, Dv] },
-    dOutput: { data: refDOut, shape: [T, H, Dv] } }, { q: { offsets: new Int32Array([0, T]), roles }, rule });
-  for (const device of devices) {
-    const q = tensor(qv, [T, H, D], { device }), k = tensor(kv, [T, 1, D], { device }), v = tensor(vv, [T, 1, Dv], { device });
-    const dOutput = tensor(Float32Array.from(refDOut), [T, H, Dv], { device });
+  for (const [device, dtype] of devices.flatMap((d) => (['float32', 'float16', 'bfloat16'] as DType[]).map((x) => [d, x] as const))) {
+    // 16-bit inputs (on CUDA: the tensor-core backward's exact path for tiles holding NaN / Inf)
+    // against the reference on the values they hold.
+    const qi = await makeInput(qv, [T, H, D], dtype, device), ki = await makeInput(kv, [T, 1, D], dtype, device);
+    const vi = await makeInput(vv, [T, 1, Dv], dtype, device), di = await makeInput(refDOut, [T, H, Dv], dtype, device);
+    const q = qi.t, k = ki.t, v = vi.t, dOutput = di.t;
+    const refGrads = reference.maskedAttentionBackward({ q: { data: qi.exact, shape: [T, H, D] }, k: { data: ki.exact, shape: [T, 1, D] },
+      v: { data: vi.exact, shape: [T, 1, Dv] }, dOutput: { data: di.exact, shape: [T, H, Dv] } }, { q: { offsets: new Int32Array([0, T]), roles }, rule });
     const options = { q: { offsets: new Int32Array([0, T]), roles }, rule };
     const fwd = await maskedAttention(q, k, v, { ...options, returnLse: true });
     const g = await maskedAttentionBackward({ q, k, v, output: fwd.output, lse: fwd.lse, dOutput }, options);
     const dk = await g.dk.float32(), dv = await g.dv.float32(), dq = await g.dq.float32();
     for (let j = 0; j < T; j++) {
       if (roles[j] !== 1) continue;
-      t.true(dk.slice(j * D, (j + 1) * D).every((x) => x === 0), `${device}: dk of unseen key ${j}`);
-      t.true(dv.slice(j * Dv, (j + 1) * Dv).every((x) => x === 0), `${device}: dv of unseen key ${j}`);
+      t.true(dk.slice(j * D, (j + 1) * D).every((x) => x === 0), `${device} ${dtype}: dk of unseen key ${j}`);
+      t.true(dv.slice(j * Dv, (j + 1) * Dv).every((x) => x === 0), `${device} ${dtype}: dv of unseen key ${j}`);
     }
-    for (let i = 0; i < T; i++) if (roles[i] === 0) t.true(dq.slice(i * H * D, (i + 1) * H * D).every(Number.isFinite), `${device}: dq row ${i} finite`);
+    for (let i = 0; i < T; i++) if (roles[i] === 0) t.true(dq.slice(i * H * D, (i + 1) * H * D).every(Number.isFinite), `${device} ${dtype}: dq row ${i} finite`);
     // Every gradient of the visible part equals the reference's (the NaN rows add nothing to it).
     const visible = (a: ArrayLike<number>, width: number) => Array.from(a).filter((_, x) => roles[Math.floor(x / width)] === 0);
-    t.is(compareGrad(visible(dk, D), visible(refGrads.dk.data, D), 'float32', 'dk'), '', device);
-    t.is(compareGrad(visible(dv, Dv), visible(refGrads.dv.data, Dv), 'float32', 'dv'), '', device);
-    t.is(compareGrad(visible(dq, H * D), visible(refGrads.dq.data, H * D), 'float32', 'dq'), '', device);
+    t.is(compareGrad(visible(dk, D), visible(refGrads.dk.data, D), dtype, 'dk'), '', `${device} ${dtype}`);
+    t.is(compareGrad(visible(dv, Dv), visible(refGrads.dv.data, Dv), dtype, 'dv'), '', `${device} ${dtype}`);
+    t.is(compareGrad(visible(dq, H * D), visible(refGrads.dq.data, H * D), dtype, 'dq'), '', `${device} ${dtype}`);
   }
 });
 

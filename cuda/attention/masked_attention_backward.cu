@@ -2,7 +2,9 @@
 // summaries, work lists) is built on the host from the layouts (O(tokens)) and uploaded with them
 // through the runtime's pinned staging into one cached device block (cuda/runtime.h), which also
 // holds delta = dO · O; then three launches on the device's stream: delta (softmax), the dk / dv
-// pass over key tiles and the dq pass over query tiles (masked_attention_backward_kernel.cuh).
+// pass over key tiles and the dq pass over query tiles: on tensor cores (tc_attention_backward_kernel.cuh)
+// for float16 / bfloat16 on sm_80+ with head sizes up to 128, else the scalar kernels
+// (masked_attention_backward_kernel.cuh).
 #include <cstring>
 #include <string>
 #include <vector>
@@ -12,7 +14,9 @@
 #include "../common/host_check.cuh"
 #include "../kernel_timing.h"
 #include "../runtime.h"
+#include "../common/device_info.h"
 #include "masked_attention_backward_kernel.cuh"
+#include "tc_attention_backward_kernel.cuh"
 
 namespace lk::cuda {
 namespace {
@@ -44,6 +48,150 @@ void launch_for(const AttentionBackwardParams& p, const BackwardPlan& plan, unsi
   else launch_passes<T, 256>(p, plan, key_blocks, query_blocks);
 }
 
+// The layouts' device copies inside the call's upload block.
+struct LayoutOnDevice {
+  const AttentionParams* f;
+  size_t q_off, q_seg, q_role, k_off, k_seg, k_role;
+  // Points p's layouts at the committed block `dev`.
+  void apply(unsigned char* dev, AttentionParams* p) const {
+    p->q_layout.offsets = reinterpret_cast<const int32_t*>(dev + q_off);
+    p->q_layout.segments = f->q_layout.segments ? reinterpret_cast<const int32_t*>(dev + q_seg) : nullptr;
+    p->q_layout.roles = f->q_layout.roles ? reinterpret_cast<const uint8_t*>(dev + q_role) : nullptr;
+    p->kv_layout.offsets = reinterpret_cast<const int32_t*>(dev + k_off);
+    p->kv_layout.segments = f->kv_layout.segments ? reinterpret_cast<const int32_t*>(dev + k_seg) : nullptr;
+    p->kv_layout.roles = f->kv_layout.roles ? reinterpret_cast<const uint8_t*>(dev + k_role) : nullptr;
+  }
+};
+
+LayoutOnDevice upload_layouts(const AttentionParams& f, Upload* up) {
+  LayoutOnDevice l;
+  l.f = &f;
+  const size_t n_off = (size_t)f.batch + 1;
+  l.q_off = up->add(f.q_layout.offsets, n_off * 4);
+  l.q_seg = f.q_layout.segments ? up->add(f.q_layout.segments, (size_t)f.tq * 4) : 0;
+  l.q_role = f.q_layout.roles ? up->add(f.q_layout.roles, (size_t)f.tq) : 0;
+  l.k_off = up->add(f.kv_layout.offsets, n_off * 4);
+  l.k_seg = f.kv_layout.segments ? up->add(f.kv_layout.segments, (size_t)f.tk * 4) : 0;
+  l.k_role = f.kv_layout.roles ? up->add(f.kv_layout.roles, (size_t)f.tk) : 0;
+  return l;
+}
+
+// Tiles of `tile` tokens of one layout (tile_plan.h): bases, summaries and, when asked, the work
+// list, staged into the call's upload block.
+struct TilesOnDevice {
+  std::vector<int32_t> base;
+  std::vector<TileSummary> sum;
+  std::vector<TileRef> work;
+  size_t base_at = 0, sum_at = 0, work_at = 0;
+  TilesOnDevice(const LayoutView& l, int batch, int tile, bool with_work, Upload* up)
+      : base(tile_bases(l.offsets, batch, tile)), sum(tile_summaries(l.offsets, l.segments, l.roles, batch, tile, base)) {
+    if (with_work) work = tiles_longest_first(base);
+    base_at = up->add(base.data(), base.size() * 4);
+    sum_at = up->add(sum.data(), sum.size() * sizeof(TileSummary));
+    if (with_work) work_at = up->add(work.data(), work.size() * sizeof(TileRef));
+  }
+  const int32_t* base_on(unsigned char* dev) const { return reinterpret_cast<const int32_t*>(dev + base_at); }
+  const TileSummary* sum_on(unsigned char* dev) const { return reinterpret_cast<const TileSummary*>(dev + sum_at); }
+  const TileRef* work_on(unsigned char* dev) const { return reinterpret_cast<const TileRef*>(dev + work_at); }
+};
+
+// Grids of both passes and of delta, checked against the CUDA limits.
+std::string backward_grids(const AttentionParams& f, size_t key_tiles, size_t query_tiles, unsigned* key_blocks, unsigned* query_blocks,
+                           unsigned* delta_blocks) {
+  std::string err = grid_x((int64_t)key_tiles, "maskedAttentionBackward", key_blocks);
+  if (err.empty()) err = grid_x((int64_t)query_tiles, "maskedAttentionBackward", query_blocks);
+  if (err.empty()) err = grid_x((f.tq * f.heads + 127) / 128, "maskedAttentionBackward", delta_blocks);
+  return err;
+}
+
+// The tensor-core passes run float16 / bfloat16 on sm_80 and newer (the emulator reports 9.0, so the
+// parity suites run them) with head sizes powers of two in 8..128 and every tensor 16-byte aligned
+// (cp.async rows); returns the head capacity they are instantiated for, 0 for the scalar kernels.
+int choose_tc_backward(const AttentionBackwardParams& p) {
+  const AttentionParams& f = p.fwd;
+  if (f.dtype != kFloat16 && f.dtype != kBFloat16) return 0;
+  const auto dim_ok = [](int d) { return d >= 8 && d <= 128 && (d & (d - 1)) == 0; };
+  if (!dim_ok(f.head_dim) || !dim_ok(f.value_dim)) return 0;
+  const auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; };
+  for (const void* ptr : {f.q, f.k, f.v, p.d_out, (const void*)p.dq, (const void*)p.dk, (const void*)p.dv})
+    if (!aligned(ptr)) return 0;
+  int sm = 0, optin = 0;
+  if (!tc_device_info(&sm, &optin) || sm < 80) return 0;
+  const int cap = tc_head_capacity(f.head_dim, f.value_dim);
+  const int need = cap <= 16 ? TcBackwardTraits<16>::kDqSmemBytes : cap <= 32 ? TcBackwardTraits<32>::kDqSmemBytes
+                 : cap <= 64 ? TcBackwardTraits<64>::kDqSmemBytes : TcBackwardTraits<128>::kDqSmemBytes;  // the larger pass
+  if (need > 48 * 1024 && need > optin) return 0;
+  return cap;
+}
+
+// A kernel above 48 KiB of shared memory must opt in (a failure is left for cudaGetLastError).
+template <typename K>
+bool allow_smem(K* kernel, int bytes) {
+  return bytes <= 48 * 1024 || cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess;
+}
+
+template <typename T, int kCap>
+void launch_tc_passes(const AttentionBackwardParams& p, const TcBackwardPlan& plan, unsigned key_blocks, unsigned query_blocks) {
+  using Tr = TcBackwardTraits<kCap>;
+  if (key_blocks > 0) {
+    auto* dkdv = tc_attention_dkdv_kernel<T, kCap>;
+    if (!allow_smem(dkdv, Tr::kDkdvSmemBytes)) return;
+    LK_LAUNCH(dkdv, dim3(key_blocks, (unsigned)p.fwd.kv_heads), dim3(Tr::kThreads), (size_t)Tr::kDkdvSmemBytes, stream())(p, plan);
+  }
+  if (query_blocks > 0) {
+    auto* dq = tc_attention_dq_kernel<T, kCap>;
+    if (!allow_smem(dq, Tr::kDqSmemBytes)) return;
+    LK_LAUNCH(dq, dim3(query_blocks, (unsigned)p.fwd.heads), dim3(Tr::kThreads), (size_t)Tr::kDqSmemBytes, stream())(p, plan);
+  }
+}
+
+template <typename T>
+void launch_tc_for(int cap, const AttentionBackwardParams& p, const TcBackwardPlan& plan, unsigned key_blocks, unsigned query_blocks,
+                   unsigned delta_blocks, float* delta) {
+  if (p.fwd.normalize == kSoftmax && delta_blocks > 0) {
+    auto* kernel = attention_delta_kernel<T>;
+    LK_LAUNCH(kernel, dim3(delta_blocks), dim3(128), 0, stream())(p, delta);
+  }
+  switch (cap) {
+    case 16: launch_tc_passes<T, 16>(p, plan, key_blocks, query_blocks); break;
+    case 32: launch_tc_passes<T, 32>(p, plan, key_blocks, query_blocks); break;
+    case 64: launch_tc_passes<T, 64>(p, plan, key_blocks, query_blocks); break;
+    default: launch_tc_passes<T, 128>(p, plan, key_blocks, query_blocks); break;
+  }
+}
+
+// The tensor-core path's plan: summaries of 32- and 64-row query tiles and 64-key tiles, the work
+// lists of the two passes; uploaded as the scalar path's.
+std::string backward_on_tensor_cores(const AttentionBackwardParams& host, int cap) {
+  const AttentionParams& f = host.fwd;
+  using Tr = TcBackwardTraits<64>;
+  static_assert(TcBackwardTraits<16>::kKeyBlock == Tr::kKeyBlock && TcBackwardTraits<128>::kQueryTile == Tr::kQueryTile &&
+                    TcBackwardTraits<128>::kRowBlock == Tr::kRowBlock && Tr::kKeyBlock == Tr::kKeyTile,
+                "one set of tile sizes for every capacity");
+  Upload up;
+  const LayoutOnDevice lay = upload_layouts(f, &up);
+  const TilesOnDevice q32(f.q_layout, f.batch, Tr::kQueryTile, false, &up), q64(f.q_layout, f.batch, Tr::kRowBlock, true, &up);
+  const TilesOnDevice k64(f.kv_layout, f.batch, Tr::kKeyTile, true, &up);
+  unsigned key_blocks = 0, query_blocks = 0, delta_blocks = 0;
+  std::string err = backward_grids(f, k64.work.size(), q64.work.size(), &key_blocks, &query_blocks, &delta_blocks);
+  if (!err.empty()) return err;
+  const size_t delta_at = up.room((size_t)f.tq * f.heads * sizeof(float));  // written on the device
+  err = up.commit("maskedAttentionBackward plan upload");
+  if (!err.empty()) return err;
+  unsigned char* dev = up.device();
+  AttentionBackwardParams p = host;
+  lay.apply(dev, &p.fwd);
+  float* delta = reinterpret_cast<float*>(dev + delta_at);
+  const TcBackwardPlan plan{q32.sum_on(dev), q32.base_on(dev), q64.sum_on(dev), q64.base_on(dev), k64.sum_on(dev), k64.base_on(dev),
+                            q64.work_on(dev), k64.work_on(dev), delta};
+  KernelSpan span;
+  span.begin();
+  if (f.dtype == kBFloat16) launch_tc_for<__nv_bfloat16>(cap, p, plan, key_blocks, query_blocks, delta_blocks, delta);
+  else launch_tc_for<__half>(cap, p, plan, key_blocks, query_blocks, delta_blocks, delta);
+  span.end();
+  return finish("maskedAttentionBackward");
+}
+
 }  // namespace
 
 std::string masked_attention_backward(const AttentionBackwardParams& host) {
@@ -52,50 +200,22 @@ std::string masked_attention_backward(const AttentionBackwardParams& host) {
   if (f.batch == 0 || (f.tq == 0 && f.tk == 0)) return std::string();
   if (f.heads > kMaxGridYZ) return "maskedAttentionBackward: " + std::to_string(f.heads) + " heads exceed the CUDA grid's 65,535";
   if (f.head_dim > 256 || f.value_dim > 256) return "maskedAttentionBackward: head sizes up to 256 are supported";
-  constexpr int BM = BackwardTraits::kBlockM, BN = BackwardTraits::kBlockN;
-  const std::vector<int32_t> q_base = tile_bases(f.q_layout.offsets, f.batch, BM);
-  const std::vector<int32_t> k_base = tile_bases(f.kv_layout.offsets, f.batch, BN);
-  const std::vector<TileSummary> q_sum = tile_summaries(f.q_layout.offsets, f.q_layout.segments, f.q_layout.roles, f.batch, BM, q_base);
-  const std::vector<TileSummary> k_sum = tile_summaries(f.kv_layout.offsets, f.kv_layout.segments, f.kv_layout.roles, f.batch, BN, k_base);
-  const std::vector<TileRef> q_work = tiles_longest_first(q_base);
-  const std::vector<TileRef> k_work = tiles_longest_first(k_base);
-  unsigned key_blocks = 0, query_blocks = 0;
-  std::string err = grid_x((int64_t)k_work.size(), "maskedAttentionBackward", &key_blocks);
-  if (err.empty()) err = grid_x((int64_t)q_work.size(), "maskedAttentionBackward", &query_blocks);
-  unsigned delta_blocks = 0;
-  if (err.empty()) err = grid_x((f.tq * f.heads + 127) / 128, "maskedAttentionBackward", &delta_blocks);
-  if (!err.empty()) return err;
-
+  if (const int cap = choose_tc_backward(host)) return backward_on_tensor_cores(host, cap);
   Upload up;
-  const size_t n_off = (size_t)f.batch + 1;
-  const size_t q_off = up.add(f.q_layout.offsets, n_off * 4);
-  const size_t q_seg = f.q_layout.segments ? up.add(f.q_layout.segments, (size_t)f.tq * 4) : 0;
-  const size_t q_role = f.q_layout.roles ? up.add(f.q_layout.roles, (size_t)f.tq) : 0;
-  const size_t k_off = up.add(f.kv_layout.offsets, n_off * 4);
-  const size_t k_seg = f.kv_layout.segments ? up.add(f.kv_layout.segments, (size_t)f.tk * 4) : 0;
-  const size_t k_role = f.kv_layout.roles ? up.add(f.kv_layout.roles, (size_t)f.tk) : 0;
-  const size_t q_base_at = up.add(q_base.data(), q_base.size() * 4);
-  const size_t k_base_at = up.add(k_base.data(), k_base.size() * 4);
-  const size_t q_sum_at = up.add(q_sum.data(), q_sum.size() * sizeof(TileSummary));
-  const size_t k_sum_at = up.add(k_sum.data(), k_sum.size() * sizeof(TileSummary));
-  const size_t q_work_at = up.add(q_work.data(), q_work.size() * sizeof(TileRef));
-  const size_t k_work_at = up.add(k_work.data(), k_work.size() * sizeof(TileRef));
+  const LayoutOnDevice lay = upload_layouts(f, &up);
+  const TilesOnDevice qt(f.q_layout, f.batch, BackwardTraits::kBlockM, true, &up), kt(f.kv_layout, f.batch, BackwardTraits::kBlockN, true, &up);
+  unsigned key_blocks = 0, query_blocks = 0, delta_blocks = 0;
+  std::string err = backward_grids(f, kt.work.size(), qt.work.size(), &key_blocks, &query_blocks, &delta_blocks);
+  if (!err.empty()) return err;
   const size_t delta_at = up.room((size_t)f.tq * f.heads * sizeof(float));  // written on the device
   err = up.commit("maskedAttentionBackward plan upload");
   if (!err.empty()) return err;
   unsigned char* dev = up.device();
 
   AttentionBackwardParams p = host;
-  p.fwd.q_layout.offsets = reinterpret_cast<const int32_t*>(dev + q_off);
-  p.fwd.q_layout.segments = f.q_layout.segments ? reinterpret_cast<const int32_t*>(dev + q_seg) : nullptr;
-  p.fwd.q_layout.roles = f.q_layout.roles ? reinterpret_cast<const uint8_t*>(dev + q_role) : nullptr;
-  p.fwd.kv_layout.offsets = reinterpret_cast<const int32_t*>(dev + k_off);
-  p.fwd.kv_layout.segments = f.kv_layout.segments ? reinterpret_cast<const int32_t*>(dev + k_seg) : nullptr;
-  p.fwd.kv_layout.roles = f.kv_layout.roles ? reinterpret_cast<const uint8_t*>(dev + k_role) : nullptr;
+  lay.apply(dev, &p.fwd);
   float* delta = reinterpret_cast<float*>(dev + delta_at);
-  const BackwardPlan plan{reinterpret_cast<const TileSummary*>(dev + q_sum_at), reinterpret_cast<const int32_t*>(dev + q_base_at),
-                          reinterpret_cast<const TileSummary*>(dev + k_sum_at), reinterpret_cast<const int32_t*>(dev + k_base_at),
-                          reinterpret_cast<const TileRef*>(dev + q_work_at), reinterpret_cast<const TileRef*>(dev + k_work_at), delta};
+  const BackwardPlan plan{qt.sum_on(dev), qt.base_on(dev), kt.sum_on(dev), kt.base_on(dev), qt.work_on(dev), kt.work_on(dev), delta};
   KernelSpan span;
   span.begin();
   switch (f.dtype) {

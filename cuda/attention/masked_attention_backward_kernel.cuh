@@ -84,14 +84,8 @@ __device__ void block_pair_grads(const AttentionBackwardParams& p, const MaskRul
         float s = 0.0f, dp = 0.0f;
         for (int d = 0; d < D; ++d) s += to_float(qrow[d]) * to_float(krow[d]);
         for (int d = 0; d < Dv; ++d) dp += to_float(drow[d]) * to_float(vrow[d]);
-        s *= f.scale;
-        if (softmax) {
-          weight = softmax_weight(s, f.lse[qi * H + h]);
-          dscore = softmax_dscore(weight, dp, plan.delta[qi * H + h]);
-        } else {
-          silu_weight_dscore(s, dp, f.silu_inv_divisor, &weight, &dscore);
-        }
-        dscore *= f.scale;
+        pair_weight_dscore(s, dp, softmax, f.scale, softmax ? f.lse[qi * H + h] : 0.0f, softmax ? plan.delta[qi * H + h] : 0.0f,
+                           f.silu_inv_divisor, &weight, &dscore);
       }
     }
     p_s[r][c] = weight;

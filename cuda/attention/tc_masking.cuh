@@ -47,4 +47,30 @@ __device__ __forceinline__ uint32_t tile_allow_bits(const MaskRule& rule, const 
   return bits;
 }
 
+// The transposed tile of the tensor-core backward's dk / dv pass: accumulator rows are keys (row[r]:
+// the key's role, segment and position), columns the queries j of a query tile (aligned position
+// q_pos0 + j; roles / segments staged in shared memory); columns past `cols` are never allowed.
+template <int kSTiles>
+__device__ __forceinline__ uint32_t tile_allow_bits_by_key(const MaskRule& rule, const TcRow (&key)[2], bool partial, int q_pos0, int cols,
+                                                           const uint8_t* q_role, const int32_t* q_seg, int t) {
+  uint32_t bits = 0;
+#pragma unroll
+  for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int j = 8 * nt + 2 * t + c;
+      if (j >= cols) continue;
+      if (!partial) {
+        bits |= 5u << (4 * nt + c);
+        continue;
+      }
+      const int rq = q_role[j], sq = q_seg[j];
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        if (pair_allowed(rule, rq, key[r].role, sq, key[r].seg, q_pos0 + j, key[r].pos)) bits |= 1u << (4 * nt + 2 * r + c);
+    }
+  }
+  return bits;
+}
+
 }  // namespace lk::cuda

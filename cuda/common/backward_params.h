@@ -51,4 +51,21 @@ LK_HD void silu_weight_dscore(float score, float dp, float inv_divisor, float* w
   *dscore = dp * sg * (1.0f + score * (1.0f - sg)) * inv_divisor;
 }
 
+// One allowed pair, as both CUDA backward paths (scalar and tensor-core) recompute it: its weight
+// and the gradient of its raw score q · k (scale · d score), from q · k, dp = dO · v and the
+// query row's lse / delta (softmax) or the silu divisor.
+LK_HD void pair_weight_dscore(float qk, float dp, bool softmax, float scale, float lse, float delta, float inv_divisor,
+                              float* weight, float* d_qk) {
+  const float s = qk * scale;
+  float w, ds;
+  if (softmax) {
+    w = softmax_weight(s, lse);
+    ds = softmax_dscore(w, dp, delta);
+  } else {
+    silu_weight_dscore(s, dp, inv_divisor, &w, &ds);
+  }
+  *weight = w;
+  *d_qk = ds * scale;
+}
+
 }  // namespace lk

@@ -18,6 +18,7 @@
 #include "../thread_pool.h"
 #include "convert.h"
 #include "isa.h"
+#include "mask_bits.h"
 #include "simd.h"
 
 namespace lk::cpu {
@@ -171,6 +172,18 @@ LK_INLINE bool block_weights(const Job& j, const QueryBlock& qb, const KeyBlock&
   gemm_blocks<Shape>(pd.rows, ncp, f.head_dim, s.q.data(), pd.dp, s.kt.data(), kCols, s.p.data(), kCols, false);
   gemm_blocks<Shape>(pd.rows, ncp, f.value_dim, s.dout.data(), pd.dvp, s.vt.data(), kCols, s.ds.data(), kCols, false);
   const bool softmax = f.normalize == kSoftmax;
+  // Partial blocks: the keys as the rule sees them, once per block (mask_bits.h); padding keys get
+  // role -1 (never allowed).
+  const int n8 = round_up(nc, 8);
+  int32_t key_role[kCols], key_seg[kCols], key_pos[kCols];
+  if (cls != kTileFull)
+    for (int c = 0; c < n8; ++c) {
+      const int64_t ki = kb.k_start + kb.c0 + (c < nc ? c : 0);
+      key_role[c] = c < nc ? (f.kv_layout.roles ? f.kv_layout.roles[ki] : 0) : -1;
+      key_seg[c] = c < nc && f.kv_layout.segments ? f.kv_layout.segments[ki] : 0;
+      key_pos[c] = kb.c0 + c;
+    }
+  const v8i lane_bit{1, 2, 4, 8, 16, 32, 64, 128};
   bool any = false;
   for (int r = 0; r < qb.nr; ++r) {
     float* prow = &s.p[(size_t)r * kCols];
@@ -195,18 +208,14 @@ LK_INLINE bool block_weights(const Job& j, const QueryBlock& qb, const KeyBlock&
       any = true;
       continue;
     }
-    const int rq = f.q_layout.roles ? f.q_layout.roles[qi] : 0;
-    const int sq = f.q_layout.segments ? f.q_layout.segments[qi] : 0;
-    const int pos_q = qb.r0 + r + qb.align;
-    for (int c = 0; c < nc; ++c) {
-      const int64_t ki = kb.k_start + kb.c0 + c;
-      if (pair_allowed(f.rule, rq, f.kv_layout.roles ? f.kv_layout.roles[ki] : 0, sq,
-                       f.kv_layout.segments ? f.kv_layout.segments[ki] : 0, pos_q, kb.c0 + c)) {
-        any = true;
-      } else {
-        prow[c] = 0.0f;
-        dsrow[c] = 0.0f;
-      }
+    const uint64_t bits = row_allowed_bits(f.rule, f.q_layout.roles ? f.q_layout.roles[qi] : 0,
+                                           f.q_layout.segments ? f.q_layout.segments[qi] : 0, qb.r0 + r + qb.align, key_role, key_seg,
+                                           key_pos, n8);
+    any = any || bits != 0;
+    for (int c = 0; c < n8; c += 8) {  // masked pairs: 0 by selection (a NaN weight of theirs stays out)
+      const v8i ok = (splat_int((int32_t)((bits >> c) & 0xffu)) & lane_bit) != 0;
+      store8(prow + c, ok != 0 ? load8(prow + c) : splat(0.0f));
+      store8(dsrow + c, ok != 0 ? load8(dsrow + c) : splat(0.0f));
     }
   }
   return any;

@@ -12,6 +12,7 @@
 #include "../thread_pool.h"
 #include "convert.h"
 #include "isa.h"
+#include "mask_bits.h"
 #include "mask_plan_cpu.h"
 #include "simd.h"
 
@@ -120,20 +121,6 @@ struct TileTask {
   float *q_rows, *q_cols, *o, *m, *l;
 };
 
-// seg_admits (cuda/common/mask_rules.h) as flags over the cases a key's segment / position can be
-// in relative to the query's, so that a row's mask over a block is a few lane-wise operations.
-constexpr int32_t kAdmitSame = 1, kAdmitEarlier = 2, kAdmitLater = 4, kAdmitSelf = 8;
-inline int32_t seg_admit_flags(uint8_t rel) {
-  switch (rel) {
-    case kSegSelf: return kAdmitSelf;
-    case kSegSame: return kAdmitSame;
-    case kSegEarlier: return kAdmitEarlier;
-    case kSegSameOrEarlier: return kAdmitSame | kAdmitEarlier;
-    case kSegAny: return kAdmitSame | kAdmitEarlier | kAdmitLater;
-    default: return 0;
-  }
-}
-
 // The rule over a gathered block (keys sc.keys[0, count)): each row's allowed keys become a bit set
 // (sc.allow), computed once for every head of the group. Key roles / segments / positions are read
 // once per block; each row then costs ~10 vector operations per 8 keys, not a rule lookup per pair.
@@ -154,27 +141,8 @@ LK_INLINE void block_allowed_keys(const TileTask& t, int count) {
   }
   for (int r = 0; r < t.rows; ++r) {
     const int64_t qi = t.q_start + t.row0 + r;
-    const int rq = qrole ? qrole[qi] : 0;
-    const v8i sq = splat_int(qseg ? qseg[qi] : 0), pq = splat_int(t.row0 + r + t.align);
-    v8i flags_of[kNumRoles], causal_of[kNumRoles];
-    for (int rk = 0; rk < kNumRoles; ++rk) {
-      flags_of[rk] = splat_int(seg_admit_flags(p.rule.seg[rq][rk]));
-      causal_of[rk] = splat_int(p.rule.causal[rq][rk] ? -1 : 0);
-    }
-    uint64_t bits = 0;
-    for (int j = 0; j < n8; j += 8) {
-      v8i role, seg, pos;
-      std::memcpy(&role, sc.key_role + j, sizeof role);
-      std::memcpy(&seg, sc.key_seg + j, sizeof seg);
-      std::memcpy(&pos, sc.key_pos + j, sizeof pos);
-      const v8i flags = role == 0 ? flags_of[0] : (role == 1 ? flags_of[1] : (role == 2 ? flags_of[2] : v8i{}));
-      const v8i causal = role == 0 ? causal_of[0] : (role == 1 ? causal_of[1] : causal_of[2]);
-      const v8i admit = ((seg == sq) & ((flags & kAdmitSame) != 0)) | ((seg < sq) & ((flags & kAdmitEarlier) != 0)) |
-                        ((seg > sq) & ((flags & kAdmitLater) != 0)) | ((pos == pq) & ((flags & kAdmitSelf) != 0));
-      const v8i ok = admit & (~causal | (pos <= pq));
-      bits |= (uint64_t)lane_mask8(ok) << j;
-    }
-    sc.allow[r] = bits;
+    sc.allow[r] = row_allowed_bits(p.rule, qrole ? qrole[qi] : 0, qseg ? qseg[qi] : 0, t.row0 + r + t.align, sc.key_role, sc.key_seg,
+                                   sc.key_pos, n8);
   }
 }
 
