@@ -161,11 +161,13 @@ __global__ void __launch_bounds__(kFlatThreads)
   const bool query = i < nq;
   const int64_t number = query ? i : i - nq;
   const int32_t* base = query ? q_base : k_base;
-  const LayoutView& l = query ? q : kv;
+  // Field by field: a reference to either parameter would copy both to local memory.
+  const int32_t* offsets = query ? q.offsets : kv.offsets;
   const int b = sequence_of(base, batch, number);
   int64_t lo, hi;
-  tile_tokens(l.offsets[b], l.offsets[b + 1], query ? block_m : block_n, (int)(number - base[b]), &lo, &hi);
-  (query ? q_sums : k_sums)[number] = summarize_tokens(l.segments, l.roles, lo, hi);
+  tile_tokens(offsets[b], offsets[b + 1], query ? block_m : block_n, (int)(number - base[b]), &lo, &hi);
+  (query ? q_sums : k_sums)[number] =
+      summarize_tokens(query ? q.segments : kv.segments, query ? q.roles : kv.roles, lo, hi);
 }
 
 // One warp per query tile walks its visible key tiles 32 at a time, one per lane, classified by
