@@ -726,21 +726,22 @@ class MaskPlanHandle : public Napi::ObjectWrap<MaskPlanHandle> {
     if (!state_) throw Napi::Error::New(env, "plan is disposed");
     const std::vector<PlanStats> all = state_->stats();
     Napi::Array out = Napi::Array::New(env, all.size());
-    for (size_t i = 0; i < all.size(); ++i) {
-      const PlanStats& s = all[i];
-      Napi::Object o = Napi::Object::New(env);
-      o.Set("blockM", s.block_m);
-      o.Set("blockN", s.block_n);
-      o.Set("queryTiles", (double)s.query_tiles);
-      o.Set("fullTiles", (double)s.full_tiles);
-      o.Set("partialTiles", (double)s.partial_tiles);
-      o.Set("runs", (double)s.runs);
-      o.Set("workItems", (double)s.work_items);
-      o.Set("splitTiles", (double)s.split_tiles);
-      o.Set("splitItems", (double)s.split_items);
-      out.Set((uint32_t)i, o);
-    }
+    for (size_t i = 0; i < all.size(); ++i) out.Set((uint32_t)i, StatsObject(env, all[i]));
     return out;
+  }
+
+  static Napi::Object StatsObject(Napi::Env env, const PlanStats& s) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("blockM", s.block_m);
+    o.Set("blockN", s.block_n);
+    o.Set("queryTiles", (double)s.query_tiles);
+    o.Set("fullTiles", (double)s.full_tiles);
+    o.Set("partialTiles", (double)s.partial_tiles);
+    o.Set("runs", (double)s.runs);
+    o.Set("workItems", (double)s.work_items);
+    o.Set("splitTiles", (double)s.split_tiles);
+    o.Set("splitItems", (double)s.split_items);
+    return o;
   }
 
   // _lists(blockM, blockN, onDevice) -> Promise<{ work, runs, combine: Int32Array, stats }>: test
@@ -779,16 +780,7 @@ Napi::Value MaskPlanHandle::Lists(const Napi::CallbackInfo& info) {
         o.Set("work", ints(out->work.data(), out->work.size() * (sizeof(PlanWork) / 4)));
         o.Set("runs", ints(out->runs.data(), out->runs.size() * (sizeof(KeyRun) / 4)));
         o.Set("combine", ints(out->combine.data(), out->combine.size() * (sizeof(PlanCombine) / 4)));
-        const PlanStats& s = out->stats;
-        Napi::Object st = Napi::Object::New(env2);
-        st.Set("queryTiles", (double)s.query_tiles);
-        st.Set("fullTiles", (double)s.full_tiles);
-        st.Set("partialTiles", (double)s.partial_tiles);
-        st.Set("runs", (double)s.runs);
-        st.Set("workItems", (double)s.work_items);
-        st.Set("splitTiles", (double)s.split_tiles);
-        st.Set("splitItems", (double)s.split_items);
-        o.Set("stats", st);
+        o.Set("stats", StatsObject(env2, out->stats));
         return o;
       });
 #else
