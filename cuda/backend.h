@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -96,11 +97,23 @@ std::string fault_op(int mode);
 
 // q/k/v/out/lse are device pointers; the layout arrays in p are HOST pointers. With a plan (a
 // MaskPlan of the same layouts and rule) its device geometry is used (built on first use and kept);
-// without, one is built on the host for the call and uploaded with its layouts (attention/mask_plan.cu):
+// without, one is built on the device for the call from its uploaded layouts (attention/mask_plan.cu):
 // neither waits for the device.
 std::string masked_attention(const AttentionParams& p, PlanState* plan = nullptr);
 // Builds the geometry of `plan` that a call shaped like `like` (dtype, head sizes) will walk.
 std::string prepare_mask_plan(PlanState& plan, const AttentionParams& like);
+
+// Test support: the lists of `plan`'s geometry for tiles of block_m x block_n, built afresh on the
+// device (on_device) or by the host walk, written into *out when the op completes. The device's
+// lists keep their unused tails (entries with seq < 0); stats.work_items etc. say how many are real.
+struct PlanListsCopy {
+  std::vector<PlanWork> work;
+  std::vector<KeyRun> runs;
+  std::vector<PlanCombine> combine;
+  PlanStats stats;
+};
+std::string mask_plan_lists(const PlanState& plan, int block_m, int block_n, bool on_device,
+                            const std::shared_ptr<PlanListsCopy>& out);
 
 // Row gather / blend behind MemoryBank; the plan arrays in p are HOST pointers (uploaded here).
 std::string gather_rows(const GatherParams& p);

@@ -677,6 +677,8 @@ std::string Upload::commit(const char* what) {
   return check(cudaMemcpyAsync(device_.get(), staging, uploaded_, cudaMemcpyHostToDevice, c->stream()), what);
 }
 
+void after_op(std::function<void()> fn) { op_state().after.push_back(std::move(fn)); }
+
 std::string finish(const char* what) {
   const std::string launch = check(cudaGetLastError(), what);
   if (t_op) return launch;  // inside submit(): the completion thread reports the execution

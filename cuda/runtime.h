@@ -8,6 +8,7 @@
 // whoever gets it next issues its work on the same stream, after every earlier use.
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,11 @@ class Upload {
   bool room_taken_ = false;
   DeviceScratch device_;
 };
+
+// Runs `fn` once the stream has executed the op being issued: on the completion thread, after the
+// op's downloads (backend.h, download_async) have landed and before its `done` (outside submit(),
+// at finish()'s wait). How an op hands device-computed sizes to the host without waiting for them.
+void after_op(std::function<void()> fn);
 
 // The end of an op's issue: its launch error (cudaGetLastError, named `what`) or "". Inside
 // submit() (backend.h: the addon) the op's work is left running and its execution error goes to

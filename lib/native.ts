@@ -78,6 +78,10 @@ export interface CudaHostPathStats {
 export interface NativeMaskPlan {
   prepare(args: { dtype: number; headDim: number; valueDim: number }): Promise<void>;
   stats(): Array<Record<string, number>>;
+  /** Test support: a CUDA plan's lists for these tile sizes, built afresh on the device or by the host walk. */
+  _lists?(blockM: number, blockN: number, onDevice: boolean): Promise<{
+    work: Int32Array; runs: Int32Array; combine: Int32Array; stats: Record<string, number>;
+  }>;
   dispose(): void;
   readonly disposed: boolean;
 }

@@ -658,6 +658,7 @@ class MaskPlanHandle : public Napi::ObjectWrap<MaskPlanHandle> {
                                      {InstanceMethod("dispose", &MaskPlanHandle::Dispose),
                                       InstanceMethod("prepare", &MaskPlanHandle::Prepare),
                                       InstanceMethod("stats", &MaskPlanHandle::Stats),
+                                      InstanceMethod("_lists", &MaskPlanHandle::Lists),
                                       InstanceAccessor("disposed", &MaskPlanHandle::Disposed, nullptr)});
     constructor = new Napi::FunctionReference(Napi::Persistent(cls));
     return cls;
@@ -725,28 +726,67 @@ class MaskPlanHandle : public Napi::ObjectWrap<MaskPlanHandle> {
     if (!state_) throw Napi::Error::New(env, "plan is disposed");
     const std::vector<PlanStats> all = state_->stats();
     Napi::Array out = Napi::Array::New(env, all.size());
-    for (size_t i = 0; i < all.size(); ++i) {
-      const PlanStats& s = all[i];
-      Napi::Object o = Napi::Object::New(env);
-      o.Set("blockM", s.block_m);
-      o.Set("blockN", s.block_n);
-      o.Set("queryTiles", (double)s.query_tiles);
-      o.Set("fullTiles", (double)s.full_tiles);
-      o.Set("partialTiles", (double)s.partial_tiles);
-      o.Set("runs", (double)s.runs);
-      o.Set("workItems", (double)s.work_items);
-      o.Set("splitTiles", (double)s.split_tiles);
-      o.Set("splitItems", (double)s.split_items);
-      out.Set((uint32_t)i, o);
-    }
+    for (size_t i = 0; i < all.size(); ++i) out.Set((uint32_t)i, StatsObject(env, all[i]));
     return out;
   }
+
+  static Napi::Object StatsObject(Napi::Env env, const PlanStats& s) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("blockM", s.block_m);
+    o.Set("blockN", s.block_n);
+    o.Set("queryTiles", (double)s.query_tiles);
+    o.Set("fullTiles", (double)s.full_tiles);
+    o.Set("partialTiles", (double)s.partial_tiles);
+    o.Set("runs", (double)s.runs);
+    o.Set("workItems", (double)s.work_items);
+    o.Set("splitTiles", (double)s.split_tiles);
+    o.Set("splitItems", (double)s.split_items);
+    return o;
+  }
+
+  // _lists(blockM, blockN, onDevice) -> Promise<{ work, runs, combine: Int32Array, stats }>: test
+  // support (cuda::mask_plan_lists), a CUDA plan's lists built afresh by either builder.
+  Napi::Value Lists(const Napi::CallbackInfo& info);
 
   std::shared_ptr<PlanState> state_;
   Device device_ = Device::kCpu;
 };
 
 Napi::FunctionReference* MaskPlanHandle::constructor = nullptr;
+
+Napi::Value MaskPlanHandle::Lists(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!state_) throw Napi::Error::New(env, "plan is disposed");
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber())
+    throw Napi::TypeError::New(env, "_lists(blockM, blockN, onDevice): expected tile sizes");
+  const int bm = info[0].As<Napi::Number>().Int32Value(), bn = info[1].As<Napi::Number>().Int32Value();
+  if (bm < 1 || bm > 1024 || bn < 1 || bn > 1024) throw Napi::RangeError::New(env, "_lists: tile sizes in 1..1024");
+#ifdef LK_WITH_CUDA
+  if (device_ != Device::kCuda) throw Napi::TypeError::New(env, "_lists: a CUDA plan only");
+  const bool on_device = info[2].ToBoolean().Value();
+  std::shared_ptr<PlanState> state = state_;
+  auto out = std::make_shared<cuda::PlanListsCopy>();
+  return Settle(
+      env, Device::kCuda, "maskPlan lists",
+      [state, bm, bn, on_device, out] { return cuda::mask_plan_lists(*state, bm, bn, on_device, out); },
+      [out](napi_env e) -> napi_value {
+        Napi::Env env2(e);
+        auto ints = [&env2](const void* data, size_t count) {
+          Napi::Int32Array a = Napi::Int32Array::New(env2, count);
+          if (count) std::memcpy(a.Data(), data, count * 4);
+          return a;
+        };
+        Napi::Object o = Napi::Object::New(env2);
+        o.Set("work", ints(out->work.data(), out->work.size() * (sizeof(PlanWork) / 4)));
+        o.Set("runs", ints(out->runs.data(), out->runs.size() * (sizeof(KeyRun) / 4)));
+        o.Set("combine", ints(out->combine.data(), out->combine.size() * (sizeof(PlanCombine) / 4)));
+        o.Set("stats", StatsObject(env2, out->stats));
+        return o;
+      });
+#else
+  throw Napi::Error::New(env, "CUDA support was not compiled into this build");
+#endif
+}
 
 Napi::Value MaskPlanHandle::Prepare(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -255,3 +255,81 @@ for (const device of devices) {
     }
   });
 }
+
+// The device builder (cuda/attention/mask_plan_device.cuh) against the host walk the CPU keeps
+// (cuda/common/mask_plan_host.h): the same work list in the same order, the same runs, combine groups
+// and stats, entry for entry; the device's lists are sized by bounds from the offsets, so their
+// entries past the real ones must all be marked unused (seq -1).
+if (devices.includes('cuda')) {
+  test('cuda: plans built on the device equal the host walk entry for entry (jagged, empty / length-1 sequences, every preset, custom rules, cross attention, split-KV, several tile sizes)', async (t) => {
+    const rng = new Rng(Number(process.env.LK_PLAN_SEED ?? 2718));
+    const geometries = [[64, 64], [16, 32], [128, 64], [8, 16], [32, 128]];
+    const randomSeq = (n: number, segments: number): Seq => {
+      const cut = Array.from({ length: segments - 1 }, () => rng.int(0, n)).sort((a, b) => a - b);
+      return {
+        segments: Array.from({ length: n }, (_, i) => cut.filter((c) => c <= i).length),  // nondecreasing
+        roles: Array.from({ length: n }, () => rng.pick([0, 0, 0, 1, 2])),
+      };
+    };
+    let compared = 0, splitSeen = 0, unusedSeen = 0;
+    const check = async (plan: MaskPlan, what: string, tiles = geometries) => {
+      const native = plan.handle();
+      for (const [bm, bn] of tiles) {
+        const dev = await native._lists!(bm, bn, true), host = await native._lists!(bm, bn, false);
+        const where = `${what} tiles ${bm}x${bn}`;
+        t.deepEqual(dev.stats, host.stats, `${where}: stats`);
+        const items = host.stats.workItems, groups = host.stats.splitTiles;
+        t.is(host.work.length, 7 * items, `${where}: the host's list is exact`);
+        t.deepEqual([...dev.work.subarray(0, 7 * items)], [...host.work], `${where}: work list`);
+        for (let i = items; i < dev.work.length / 7; i++) t.is(dev.work[7 * i], -1, `${where}: work entry ${i} past the real ones`);
+        t.deepEqual([...dev.runs.subarray(0, 2 * host.stats.runs)], [...host.runs], `${where}: runs`);
+        t.deepEqual([...dev.combine.subarray(0, 4 * groups)], [...host.combine], `${where}: combine groups`);
+        for (let i = groups; i < dev.combine.length / 4; i++) t.is(dev.combine[4 * i], -1, `${where}: combine entry ${i} past the real ones`);
+        compared++;
+        splitSeen += groups > 0 ? 1 : 0;
+        unusedSeen += dev.work.length / 7 > items ? 1 : 0;
+      }
+    };
+    const rules: Array<MaskRule | PresetName> = [...PRESETS, randomRule(rng), randomRule(rng), randomRule(rng)];
+    for (const rule of rules) {
+      const kind = typeof rule === 'string' && rule !== 'causal' && rule !== 'full' ? rule : 'mixed';
+      // Self attention over a jagged batch.
+      const ql = jagged(rng, kind, rng.int(3, 9), 120);
+      const self = await maskPlan({ q: layoutOf(ql), rule }, { device: 'cuda', dtype: 'float32', headDim: 16 });
+      await check(self, `self ${JSON.stringify(rule)} lengths ${ql.lengths}`);
+      self.dispose();
+      // Cross attention: short query rows (<= 16: split-KV candidates) over up to 3k keys, longer rows, empties.
+      const batch = rng.int(3, 8);
+      const qSeqs: Seq[] = [], kSeqs: Seq[] = [];
+      for (let b = 0; b < batch; b++) {
+        const pick = rng.int(0, 4);
+        const lk = pick === 0 ? 0 : pick === 1 ? rng.int(1, 40) : rng.int(900, 3000);
+        const lq = lk === 0 ? 0 : rng.pick([1, rng.int(2, 16), 16, 17, rng.int(1, Math.min(lk, 200))]);
+        kSeqs.push(randomSeq(lk, 6));
+        qSeqs.push(randomSeq(Math.min(lq, lk), 6));
+      }
+      const cq = pack(qSeqs), ck = pack(kSeqs);
+      const cross = await maskPlan({ q: layoutOf(cq), kv: layoutOf(ck), rule }, { device: 'cuda', dtype: 'float32', headDim: 16 });
+      await check(cross, `cross ${JSON.stringify(rule)} lq ${cq.lengths} lk ${ck.lengths}`);
+      cross.dispose();
+    }
+    // 20,000 sequences (a quarter empty): the scans over sequences and query tiles take their
+    // multi-block passes (past 16,384 entries) and the sort more than one chunk of 1,024 items.
+    {
+      const seqs: Seq[] = Array.from({ length: 20000 }, () => randomSeq(rng.pick([0, 1, rng.int(2, 40), rng.int(2, 90)]), 2));
+      const l = pack(seqs);
+      const plan = await maskPlan({ q: layoutOf(l), rule: 'rec2pm-update' }, { device: 'cuda', dtype: 'float32', headDim: 16 });
+      await check(plan, '20,000 sequences', [[64, 64], [8, 16]]);
+      plan.dispose();
+    }
+    // Only empty sequences; one sequence of one token.
+    for (const seqs of [[{ segments: [], roles: [] }, { segments: [], roles: [] }], [{ segments: [0], roles: [2] }]] as Seq[][]) {
+      const l = pack(seqs);
+      const plan = await maskPlan({ q: layoutOf(l), rule: 'persrec' }, { device: 'cuda' });
+      await check(plan, `lengths ${l.lengths}`);
+      plan.dispose();
+    }
+    t.log(`compared ${compared} geometries, ${splitSeen} with split-KV, ${unusedSeen} with unused tails`);
+    t.true(compared >= 82 && splitSeen > 0 && unusedSeen > 0, `compared ${compared} geometries, ${splitSeen} with split-KV, ${unusedSeen} with unused tails`);
+  });
+}

@@ -43,7 +43,7 @@ void launch_for_capacity(int cap, const AttentionParams& p, const PlanView& plan
 template <typename T>
 void launch_combine(const AttentionParams& p, const CudaPlanGeometry& g, const SplitPartials& part) {
   auto* kernel = split_combine_kernel<T>;
-  LK_LAUNCH(kernel, dim3((unsigned)g.n_combine, (unsigned)p.heads, 1), dim3(128), 0, stream())(p, g.combine, part);
+  LK_LAUNCH(kernel, dim3((unsigned)g.combine_capacity, (unsigned)p.heads, 1), dim3(128), 0, stream())(p, g.combine, part);
 }
 
 int block_m(int cap) {
@@ -105,22 +105,22 @@ std::string issue_masked_attention(const AttentionParams& host, PlanState* state
   if (state) {
     err = cuda_plan_geometry(*state, bm, bn, &g);
   } else {
-    err = build_cuda_plan(plan_inputs_of(host), bm, bn, slot_bytes, &own);
+    err = build_cuda_plan(plan_inputs_of(host), bm, bn, slot_bytes, false, &own);
     g = own.get();
   }
   if (!err.empty()) return err;
-  if (g->n_work == 0) return std::string();
+  if (g->work_capacity == 0) return std::string();
 
   AttentionParams p = host;
   p.q_layout = g->q;
   p.kv_layout = g->kv;
   SplitPartials part{nullptr, nullptr, nullptr, nullptr};
   DeviceScratch partials;  // a MaskPlan's calls: partials of this call's head count
-  if (g->slots > 0) {
-    const size_t rows = (size_t)g->slots * (size_t)p.heads * kSplitRows;
+  if (g->slot_capacity > 0) {
+    const size_t rows = (size_t)g->slot_capacity * (size_t)p.heads * kSplitRows;
     unsigned char* room = g->room;
     if (!room) {
-      err = partials.allocate(slot_bytes * (size_t)g->slots, "maskedAttention split-KV partials");
+      err = partials.allocate(slot_bytes * (size_t)g->slot_capacity, "maskedAttention split-KV partials");
       if (!err.empty()) return err;
       room = partials.get();
     }
@@ -136,13 +136,13 @@ std::string issue_masked_attention(const AttentionParams& host, PlanState* state
     span.begin();
     const int cap = head_capacity(host.head_dim, host.value_dim);
     if (tc.use)  // tensor-core dispatch
-      launch_tc_attention(tc, p, plan, g->n_work, part);
+      launch_tc_attention(tc, p, plan, g->work_capacity, part);
     else switch (host.dtype) {
-      case kFloat16: launch_for_capacity<__half>(cap, p, plan, g->n_work, part); break;
-      case kBFloat16: launch_for_capacity<__nv_bfloat16>(cap, p, plan, g->n_work, part); break;
-      default: launch_for_capacity<float>(cap, p, plan, g->n_work, part); break;
+      case kFloat16: launch_for_capacity<__half>(cap, p, plan, g->work_capacity, part); break;
+      case kBFloat16: launch_for_capacity<__nv_bfloat16>(cap, p, plan, g->work_capacity, part); break;
+      default: launch_for_capacity<float>(cap, p, plan, g->work_capacity, part); break;
     }
-    if (g->n_combine > 0) switch (host.dtype) {
+    if (g->combine_capacity > 0) switch (host.dtype) {
       case kFloat16: launch_combine<__half>(p, *g, part); break;
       case kBFloat16: launch_combine<__nv_bfloat16>(p, *g, part); break;
       default: launch_combine<float>(p, *g, part); break;

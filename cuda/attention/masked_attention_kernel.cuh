@@ -30,6 +30,7 @@ __global__ void __launch_bounds__(AttentionTraits<kCap>::kThreads, 1)
   static_assert(32 % BN == 0, "a warp's ballot covers whole rows of a score tile");
   constexpr uint32_t kRowBits = BN == 32 ? 0xffffffffu : (1u << (BN % 32)) - 1u;
   const PlanWork item = plan.work[blockIdx.x];
+  if (item.seq < 0) return;  // an unused entry of a device-built plan (mask_plan.cuh)
   const int b = item.seq;
   const int q_tile = item.tile;
   const int h = blockIdx.y;

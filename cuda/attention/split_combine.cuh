@@ -18,6 +18,7 @@ namespace lk::cuda {
 template <typename T>
 __global__ void split_combine_kernel(AttentionParams p, const PlanCombine* groups, SplitPartials part) {
   const PlanCombine g = groups[blockIdx.x];
+  if (g.seq < 0) return;  // an unused entry of a device-built plan (mask_plan.cuh)
   const int h = blockIdx.y, H = p.heads, Dv = p.value_dim;
   const int64_t q0 = p.q_layout.offsets[g.seq];
   const int rows = p.q_layout.offsets[g.seq + 1] - (int)q0;  // <= kSplitRows (one query tile)

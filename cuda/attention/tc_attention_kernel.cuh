@@ -66,6 +66,7 @@ __global__ void __launch_bounds__(TcAttentionTraits<kCap, kPack>::kThreads, 1)
   __shared__ uint8_t k_role_s[2][BN];
 
   const PlanWork item = plan.work[blockIdx.x];
+  if (item.seq < 0) return;  // an unused entry of a device-built plan (mask_plan.cuh)
   const int b = item.seq, q_tile = item.tile, h0 = blockIdx.y * kPack;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gq = lane >> 2, tq = lane & 3;  // mma groupID / threadID_in_group

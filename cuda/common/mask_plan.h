@@ -63,28 +63,62 @@ struct QueryTileCount {
   int32_t end;      // one past the last listed key tile (0 when none)
 };
 
-// Walks the key tiles that query tile `q_tile` of sequence b (summary q_sum) may see, in key order,
-// and calls emit(begin, end, partial) once per maximal run of full or partial tiles. k_sums are
-// sequence b's key tile summaries. Layouts: offsets only are read here.
-template <typename Emit>
-LK_HD void walk_key_runs(const MaskRule& rule, const int32_t* q_offsets, const int32_t* k_offsets, int b, int q_tile,
-                         int block_m, int block_n, const TileSummary& q_sum, const TileSummary* k_sums, Emit emit) {
+// The geometry of one (query tile, key tile) pair, shared by the host walk below and the device
+// builder's classification kernels (cuda/attention/mask_plan_device.cuh), so both see the same
+// bounds. Query tile q_tile of sequence b (summary q_sum): its aligned position range
+// (bottom-right causal alignment: row i sits at i + Lk - Lq).
+LK_HD TileBounds query_tile_bounds(const int32_t* q_offsets, const int32_t* k_offsets, int b, int q_tile, int block_m,
+                                   const TileSummary& q_sum) {
   const int Lq = q_offsets[b + 1] - q_offsets[b], Lk = k_offsets[b + 1] - k_offsets[b];
-  const int align = Lk - Lq;  // bottom-right causal alignment
+  const int align = Lk - Lq;
   const int row0 = q_tile * block_m;
   const int rows = Lq - row0 < block_m ? Lq - row0 : block_m;
   TileBounds qb;
   qb.sum = q_sum;
   qb.pos_lo = row0 + align;
   qb.pos_hi = row0 + rows - 1 + align;
-  const int n = (visible_key_end(rule, qb, Lk) + block_n - 1) / block_n;
+  return qb;
+}
+
+// Key tile kt (summary k_sum) of a sequence of Lk keys.
+LK_HD TileBounds key_tile_bounds(int kt, int block_n, int Lk, const TileSummary& k_sum) {
+  TileBounds kb;
+  kb.sum = k_sum;
+  kb.pos_lo = kt * block_n;
+  kb.pos_hi = (kt * block_n + block_n < Lk ? kt * block_n + block_n : Lk) - 1;
+  return kb;
+}
+
+// How many key tiles, from the first, a query tile with bounds qb may see (the rest are skipped
+// without classification: mask_rules.h, visible_key_end).
+LK_HD int visible_key_tiles(const MaskRule& rule, const TileBounds& qb, int Lk, int block_n) {
+  return (visible_key_end(rule, qb, Lk) + block_n - 1) / block_n;
+}
+
+// Split-KV pieces of a query tile of a sequence of lq queries whose listed key tiles span `span`
+// tiles (0: not split): a sequence of at most kSplitRows queries over more than split_tiles key
+// tiles gets one work item per window of split_tiles key tiles.
+LK_HD int split_pieces(int lq, int span, int split_tiles) {
+  if (split_tiles <= 0 || lq > kSplitRows || span <= split_tiles) return 0;
+  return (span + split_tiles - 1) / split_tiles;
+}
+
+// Scheduling cost of a whole (unsplit) query tile: its key tiles, partial ones counted twice (they
+// load the key metadata and check every pair). A split piece costs its window's tile count.
+LK_HD int64_t query_tile_cost(const QueryTileCount& c) { return (int64_t)c.full + 2 * (int64_t)c.partial; }
+
+// Walks the key tiles that query tile `q_tile` of sequence b (summary q_sum) may see, in key order,
+// and calls emit(begin, end, partial) once per maximal run of full or partial tiles. k_sums are
+// sequence b's key tile summaries. Layouts: offsets only are read here.
+template <typename Emit>
+LK_HD void walk_key_runs(const MaskRule& rule, const int32_t* q_offsets, const int32_t* k_offsets, int b, int q_tile,
+                         int block_m, int block_n, const TileSummary& q_sum, const TileSummary* k_sums, Emit emit) {
+  const int Lk = k_offsets[b + 1] - k_offsets[b];
+  const TileBounds qb = query_tile_bounds(q_offsets, k_offsets, b, q_tile, block_m, q_sum);
+  const int n = visible_key_tiles(rule, qb, Lk, block_n);
   int open = -1, open_cls = kTileSkip;
   for (int kt = 0; kt < n; ++kt) {
-    TileBounds kb;
-    kb.sum = k_sums[kt];
-    kb.pos_lo = kt * block_n;
-    kb.pos_hi = (kt * block_n + block_n < Lk ? kt * block_n + block_n : Lk) - 1;
-    const int cls = classify_tile(rule, qb, kb);
+    const int cls = classify_tile(rule, qb, key_tile_bounds(kt, block_n, Lk, k_sums[kt]));
     if (cls == open_cls) continue;
     if (open_cls != kTileSkip) emit(open, kt, open_cls == kTilePartial);
     open = kt;

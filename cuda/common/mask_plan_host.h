@@ -51,6 +51,12 @@ inline PlanInputs plan_inputs_of(const AttentionParams& p) {
 struct PlanGeometry {
   virtual ~PlanGeometry() = default;
   PlanStats stats;
+  // The stats as known now: a geometry built on a device learns its counts when the build has
+  // executed (false until then: stats() leaves it out).
+  virtual bool stats_now(PlanStats* out) const {
+    *out = stats;
+    return true;
+  }
 };
 
 // A MaskPlan: inputs plus the geometries built so far. Geometries are added, never removed, so a
@@ -75,7 +81,10 @@ class PlanState {
   std::vector<PlanStats> stats() const {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<PlanStats> out;
-    for (const auto& g : geometries_) out.push_back(g->stats);
+    for (const auto& g : geometries_) {
+      PlanStats s;
+      if (g->stats_now(&s)) out.push_back(s);
+    }
     return out;
   }
 
@@ -96,8 +105,8 @@ struct PlanOrder {
 // Orders the work of one geometry. counts[i] belongs to query tile i (q_base: tile_plan.h). With
 // split_tiles > 0, a sequence of at most kSplitRows queries whose listed key tiles span more than
 // split_tiles tiles becomes one item per window of split_tiles key tiles (split-KV). Cost of an item:
-// its key tiles, partial ones counted twice (they load the key metadata and check every pair);
-// ties keep (sequence, tile) order. O(query tiles log query tiles), never O(batch x longest).
+// mask_plan.h (query_tile_cost; a split piece, its window); ties keep (sequence, tile) order, as the
+// device builder's sort does (cuda/attention/mask_plan.cu). O(query tiles log query tiles), never O(batch x longest).
 inline std::string order_plan(const std::vector<QueryTileCount>& counts, const std::vector<int32_t>& q_base,
                               const int32_t* q_offsets, int batch, int block_m, int block_n, int split_tiles,
                               PlanOrder* out) {
@@ -128,9 +137,8 @@ inline std::string order_plan(const std::vector<QueryTileCount>& counts, const s
       const size_t i = (size_t)q_base[(size_t)b] + (size_t)t;
       const QueryTileCount& c = counts[i];
       const int32_t r0 = o.run_start[i], r1 = o.run_start[i + 1];
-      const int span = c.end - c.first;
-      if (split_tiles > 0 && lq <= kSplitRows && span > split_tiles) {
-        const int pieces = (span + split_tiles - 1) / split_tiles;
+      const int pieces = split_pieces(lq, c.end - c.first, split_tiles);
+      if (pieces > 0) {
         if ((int64_t)o.slots + pieces > INT32_MAX) return "maskPlan: too many split-KV slots";
         o.combine.push_back(PlanCombine{b, t, o.slots, pieces});
         for (int s = 0; s < pieces; ++s) {
@@ -143,7 +151,7 @@ inline std::string order_plan(const std::vector<QueryTileCount>& counts, const s
         o.stats.split_items += pieces;
       } else {
         o.work.push_back(PlanWork{b, t, r0, r1, c.first, c.end, -1});
-        cost.push_back((int64_t)c.full + 2 * (int64_t)c.partial);
+        cost.push_back(query_tile_cost(c));
       }
     }
   }

@@ -11,7 +11,7 @@
 
 namespace lk::cuda {
 
-// Without a plan, the call's own plan is built on the host and uploaded with its layouts.
+// Without a plan, the call's own plan is built on the device from its uploaded layouts (attention/mask_plan.cu).
 std::string issue_masked_attention(const AttentionParams& host, PlanState* plan = nullptr);
 std::string issue_indexed_cross_attention(const IndexerParams& ihost, const TopKParams& thost, const SparseParams& shost);
 
