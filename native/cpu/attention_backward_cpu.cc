@@ -1,12 +1,20 @@
 // maskedAttentionBackward on the CPU, FlashAttention-2 style: nothing of size [L, L] is stored; each
 // block of (query tile x key tile) pairs recomputes its scores and weights from q, k and the
-// forward's lse. Two passes, each writing only what its task owns, so no two workers ever add into
-// the same gradient row (no locks, no atomics, deterministic results):
+// forward's lse. Every task writes only what it owns, so no two workers ever add into the same
+// gradient row (no locks, no atomics, deterministic results). With enough (sequence, kv head) pairs
+// to keep the pool busy, one task per pair walks the sequence's key tiles once and computes dk, dv
+// and dq from the same recomputed weights (5 GEMMs per block, as FlashAttention-2): the task owns
+// the sequence's dq rows of its heads. Otherwise two passes split the work finer, at the price of
+// recomputing S and dP in pass 2 (7 GEMMs per block):
 //   pass 1, one task per (sequence, key tile, kv head): dk and dv of its keys, summed over every
 //           query head of the kv head's group (GQA) and every query tile that may see the keys;
 //   pass 2, one task per (sequence, query tile, head): dq of its rows.
 // Blocks are classified with the forward's shared rule table (cuda/common/mask_rules.h): skipped
-// blocks cost nothing, full blocks run without per-pair checks, partial ones check each pair.
+// blocks cost nothing and full blocks run without per-pair checks. Of a partial block, as in the
+// forward, only the entries that some pair needs are gathered (mask_bits.h,
+// classify_partial_entries): pass 1 gathers query rows, pass 2 keys, into dense blocks of rows /
+// keys every pair of which is allowed (no check) or checked per pair, so the work follows the
+// allowed pairs rather than the partial tiles' area.
 #include "attention_backward_cpu.h"
 
 #include <algorithm>
@@ -78,7 +86,7 @@ constexpr int kMaxDim = 256;      // head sizes rounded up to any GEMM shape's c
 // Q and dO rows (strides dp / dvp), K^T and V^T of a key tile, K rows (pass 2), P and scale · dS
 // [rows][kCols], their transposes [keys][kMaxRows] (pass 1), and two accumulators.
 struct Scratch {
-  std::vector<float> q, dout, kt, vt, krows, p, ds, pt, dst, acc_a, acc_b;
+  std::vector<float> q, dout, kt, vt, krows, p, ds, pt, dst, acc_a, acc_b, dq_block;
   void init() {
     q.assign((size_t)kMaxRows * kMaxDim, 0.0f);
     dout.assign((size_t)kMaxRows * kMaxDim, 0.0f);
@@ -91,20 +99,25 @@ struct Scratch {
     dst.assign((size_t)kMaxKeyRows * kMaxRows, 0.0f);
     acc_a.assign((size_t)kMaxKeyRows * kMaxDim, 0.0f);
     acc_b.assign((size_t)kMaxKeyRows * kMaxDim, 0.0f);
+    dq_block.assign((size_t)kMaxRows * kMaxDim, 0.0f);
   }
 };
 
-// One query tile of sequence b (rows r0 .. r0 + nr of it), read for head h.
+// Up to kRows query rows of sequence b read for head h: one tile's consecutive rows, or rows
+// gathered from partial tiles. row[r] is the position of row r inside the sequence.
 struct QueryBlock {
-  int b, h, r0, nr;
+  int b, h, nr;
   int64_t q_start;
   int align;  // bottom-right causal alignment Lk - Lq
+  int row[kRows];
 };
 
-// One key tile of sequence b (keys c0 .. c0 + nc), read for kv head g.
+// Up to kCols keys of sequence b read for kv head g: one tile's consecutive keys, or keys gathered
+// from partial tiles. key[c] is the position of key c inside the sequence.
 struct KeyBlock {
-  int g, c0, nc;
+  int g, nc;
   int64_t k_start;
+  int key[kCols];
 };
 
 // Padded sizes for one GEMM shape.
@@ -126,7 +139,7 @@ LK_INLINE void load_query_rows(const Job& j, const QueryBlock& qb, const Pads& p
     float* qd = &s.q[(size_t)r * pd.dp];
     float* od = &s.dout[(size_t)r * pd.dvp];
     if (r < qb.nr) {
-      const int64_t qi = qb.q_start + qb.r0 + r;
+      const int64_t qi = qb.q_start + qb.row[r];
       std::memcpy(qd, j.q + (qi * H + qb.h) * D, sizeof(float) * D);
       std::memcpy(od, j.dout + (qi * H + qb.h) * Dv, sizeof(float) * Dv);
       std::fill(qd + D, qd + pd.dp, 0.0f);
@@ -144,8 +157,8 @@ LK_INLINE void load_key_columns(const Job& j, const KeyBlock& kb, const Pads& pd
   const int D = f.head_dim, Dv = f.value_dim, Hkv = f.kv_heads;
   for (int c = 0; c < kCols; ++c) {
     if (c < kb.nc) {
-      const float* krow = j.k + ((kb.k_start + kb.c0 + c) * Hkv + kb.g) * D;
-      const float* vrow = j.v + ((kb.k_start + kb.c0 + c) * Hkv + kb.g) * Dv;
+      const float* krow = j.k + ((kb.k_start + kb.key[c]) * Hkv + kb.g) * D;
+      const float* vrow = j.v + ((kb.k_start + kb.key[c]) * Hkv + kb.g) * Dv;
       for (int d = 0; d < D; ++d) s.kt[(size_t)d * kCols + c] = krow[d];
       for (int d = 0; d < Dv; ++d) s.vt[(size_t)d * kCols + c] = vrow[d];
       if (rows) {
@@ -178,17 +191,17 @@ LK_INLINE bool block_weights(const Job& j, const QueryBlock& qb, const KeyBlock&
   int32_t key_role[kCols], key_seg[kCols], key_pos[kCols];
   if (cls != kTileFull)
     for (int c = 0; c < n8; ++c) {
-      const int64_t ki = kb.k_start + kb.c0 + (c < nc ? c : 0);
+      const int64_t ki = kb.k_start + kb.key[c < nc ? c : 0];
       key_role[c] = c < nc ? (f.kv_layout.roles ? f.kv_layout.roles[ki] : 0) : -1;
       key_seg[c] = c < nc && f.kv_layout.segments ? f.kv_layout.segments[ki] : 0;
-      key_pos[c] = kb.c0 + c;
+      key_pos[c] = kb.key[c < nc ? c : 0];
     }
   const v8i lane_bit{1, 2, 4, 8, 16, 32, 64, 128};
   bool any = false;
   for (int r = 0; r < qb.nr; ++r) {
     float* prow = &s.p[(size_t)r * kCols];
     float* dsrow = &s.ds[(size_t)r * kCols];
-    const int64_t qi = qb.q_start + qb.r0 + r;
+    const int64_t qi = qb.q_start + qb.row[r];
     if (softmax) {
       const v8f lse = splat(j.lse[qi * H + qb.h]), delta = splat(j.delta[qi * H + qb.h]), scale = splat(f.scale);
       for (int c = 0; c < ncp; c += 8) {  // softmax_weight / softmax_dscore, 8 lanes
@@ -209,7 +222,7 @@ LK_INLINE bool block_weights(const Job& j, const QueryBlock& qb, const KeyBlock&
       continue;
     }
     const uint64_t bits = row_allowed_bits(f.rule, f.q_layout.roles ? f.q_layout.roles[qi] : 0,
-                                           f.q_layout.segments ? f.q_layout.segments[qi] : 0, qb.r0 + r + qb.align, key_role, key_seg,
+                                           f.q_layout.segments ? f.q_layout.segments[qi] : 0, qb.row[r] + qb.align, key_role, key_seg,
                                            key_pos, n8);
     any = any || bits != 0;
     for (int c = 0; c < n8; c += 8) {  // masked pairs: 0 by selection (a NaN weight of theirs stays out)
@@ -221,38 +234,130 @@ LK_INLINE bool block_weights(const Job& j, const QueryBlock& qb, const KeyBlock&
   return any;
 }
 
-QueryBlock query_block(const AttentionParams& f, int b, int tile, int h) {
+// An empty gathered block of sequence b (head h / kv head g); rows / keys are appended.
+QueryBlock query_list(const AttentionParams& f, int b, int h) {
   QueryBlock qb;
   qb.b = b;
   qb.h = h;
+  qb.nr = 0;
   qb.q_start = f.q_layout.offsets[b];
   const int lq = f.q_layout.offsets[b + 1] - (int)qb.q_start;
   qb.align = (f.kv_layout.offsets[b + 1] - f.kv_layout.offsets[b]) - lq;
-  qb.r0 = tile * kRows;
-  qb.nr = std::min(kRows, lq - qb.r0);
   return qb;
 }
-
-KeyBlock key_block(const AttentionParams& f, int b, int tile, int g) {
+KeyBlock key_list(const AttentionParams& f, int b, int g) {
   KeyBlock kb;
   kb.g = g;
+  kb.nc = 0;
   kb.k_start = f.kv_layout.offsets[b];
-  kb.c0 = tile * kCols;
-  kb.nc = std::min(kCols, f.kv_layout.offsets[b + 1] - (int)kb.k_start - kb.c0);
   return kb;
 }
 
-TileBounds query_bounds(const Job& j, const QueryBlock& qb, int tile) {
-  return TileBounds{j.qt.sum[(size_t)(j.qt.base[(size_t)qb.b] + tile)], qb.r0 + qb.align, qb.r0 + qb.nr - 1 + qb.align};
+// Query tile `tile` / key tile `tile` of sequence b as a block.
+QueryBlock query_block(const AttentionParams& f, int b, int tile, int h) {
+  QueryBlock qb = query_list(f, b, h);
+  const int r0 = tile * kRows;
+  qb.nr = std::min(kRows, f.q_layout.offsets[b + 1] - (int)qb.q_start - r0);
+  for (int r = 0; r < qb.nr; ++r) qb.row[r] = r0 + r;
+  return qb;
 }
-TileBounds key_bounds(const Job& j, int b, const KeyBlock& kb, int tile) {
-  return TileBounds{j.kt.sum[(size_t)(j.kt.base[(size_t)b] + tile)], kb.c0, kb.c0 + kb.nc - 1};
+KeyBlock key_block(const AttentionParams& f, int b, int tile, int g) {
+  KeyBlock kb = key_list(f, b, g);
+  const int c0 = tile * kCols;
+  kb.nc = std::min(kCols, f.kv_layout.offsets[b + 1] - (int)kb.k_start - c0);
+  for (int c = 0; c < kb.nc; ++c) kb.key[c] = c0 + c;
+  return kb;
 }
 
-// Pass 1: dk, dv of key tile `tile` of sequence b for kv head g: dV += P^T dO and dK += dS^T Q by
-// GEMM; when the block's Q or dO rows hold a NaN / Inf, by selection over the allowed pairs instead
-// (a masked pair's 0 times a NaN would leak through the product).
-template <typename Shape>
+// Bounds of a whole tile block (consecutive rows / keys).
+TileBounds query_bounds(const Job& j, const QueryBlock& qb, int tile) {
+  return TileBounds{j.qt.sum[(size_t)(j.qt.base[(size_t)qb.b] + tile)], qb.row[0] + qb.align, qb.row[qb.nr - 1] + qb.align};
+}
+TileBounds key_bounds(const Job& j, int b, const KeyBlock& kb, int tile) {
+  return TileBounds{j.kt.sum[(size_t)(j.kt.base[(size_t)b] + tile)], kb.key[0], kb.key[kb.nc - 1]};
+}
+
+// Leftover gathered lists: when both fit one block, the all-allowed entries join the checked ones
+// (one padded block instead of two), in position order.
+template <int N>
+void merge_leftovers(int* full, int* n_full, int* checked, int* n_checked) {
+  if (*n_full == 0 || *n_checked == 0 || *n_full + *n_checked > N) return;
+  int merged[N];
+  std::merge(full, full + *n_full, checked, checked + *n_checked, merged);
+  *n_checked += *n_full;
+  *n_full = 0;
+  std::memcpy(checked, merged, sizeof(int) * (size_t)*n_checked);
+}
+
+// Pass 1, one block: dV += P^T dO and dK += dS^T Q of the block's keys (accumulators dk / dv) over
+// the block's query rows, by GEMM; when the rows' Q or dO hold a NaN / Inf, by selection over the
+// allowed pairs instead (a masked pair's 0 times a NaN would leak through the product). With
+// kWithDq (one task per sequence and kv head, K rows loaded), also dQ += dS K into the rows' dq.
+template <typename Shape, bool kWithDq>
+LK_INLINE void key_block_grads(const Job& j, const QueryBlock& qb, const KeyBlock& kb, int cls, const Pads& pd, float* dk, float* dv,
+                               Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int D = f.head_dim, Dv = f.value_dim;
+  const int key_rows = round_up(kb.nc, Shape::kRows);
+  load_query_rows(j, qb, pd, s);
+  if (!block_weights<Shape>(j, qb, kb, cls, pd, s)) return;
+  if constexpr (kWithDq) {
+    float* dq_rows = j.dq + (qb.q_start * f.heads + qb.h) * (int64_t)D;  // row r at dq_rows[row[r] * H * D]
+    const int64_t dq_stride = (int64_t)f.heads * D;
+    if (all_finite(s.krows.data(), kb.nc * pd.dp)) {
+      float* blk = s.dq_block.data();
+      gemm_blocks<Shape>(pd.rows, pd.dp, kb.nc, s.ds.data(), kCols, s.krows.data(), pd.dp, blk, pd.dp, false);
+      for (int r = 0; r < qb.nr; ++r) {
+        float* dst = dq_rows + qb.row[r] * dq_stride;
+        const float* src = blk + (size_t)r * pd.dp;
+        for (int d = 0; d < D; ++d) dst[d] += src[d];
+      }
+    } else {
+      for (int r = 0; r < qb.nr; ++r)
+        for (int c = 0; c < kb.nc; ++c) {
+          const float dsw = s.ds[(size_t)r * kCols + c];
+          if (dsw == 0.0f) continue;  // masked (by selection): a masked key's NaN / Inf stays out of dq
+          const float* krow = &s.krows[(size_t)c * pd.dp];
+          float* dst = dq_rows + qb.row[r] * dq_stride;
+          for (int d = 0; d < D; ++d) dst[d] += dsw * krow[d];
+        }
+    }
+  }
+  if (all_finite(s.q.data(), qb.nr * pd.dp) && all_finite(s.dout.data(), qb.nr * pd.dvp)) {
+    for (int c = 0; c < key_rows; ++c)
+      for (int r = 0; r < qb.nr; ++r) {
+        s.pt[(size_t)c * kMaxRows + r] = c < kb.nc ? s.p[(size_t)r * kCols + c] : 0.0f;
+        s.dst[(size_t)c * kMaxRows + r] = c < kb.nc ? s.ds[(size_t)r * kCols + c] : 0.0f;
+      }
+    gemm_blocks<Shape>(key_rows, pd.dvp, qb.nr, s.pt.data(), kMaxRows, s.dout.data(), pd.dvp, dv, pd.dvp, true);
+    gemm_blocks<Shape>(key_rows, pd.dp, qb.nr, s.dst.data(), kMaxRows, s.q.data(), pd.dp, dk, pd.dp, true);
+    return;
+  }
+  for (int r = 0; r < qb.nr; ++r) {
+    const float* dorow = &s.dout[(size_t)r * pd.dvp];
+    const float* qrow = &s.q[(size_t)r * pd.dp];
+    for (int c = 0; c < kb.nc; ++c) {
+      const float pw = s.p[(size_t)r * kCols + c], dsw = s.ds[(size_t)r * kCols + c];
+      if (pw == 0.0f && dsw == 0.0f) continue;  // masked (by selection): a NaN q / dO row stays out
+      for (int d = 0; d < Dv; ++d) dv[(size_t)c * pd.dvp + d] += pw * dorow[d];
+      for (int d = 0; d < D; ++d) dk[(size_t)c * pd.dp + d] += dsw * qrow[d];
+    }
+  }
+}
+
+// Runs a gathered row list as one block (a function, not a lambda: a lambda would not carry the
+// entry's target attribute) and empties it.
+template <typename Shape, bool kWithDq>
+LK_INLINE void flush_rows(const Job& j, QueryBlock& rows, const KeyBlock& kb, int cls, const Pads& pd, float* dk, float* dv, Scratch& s) {
+  if (rows.nr > 0) key_block_grads<Shape, kWithDq>(j, rows, kb, cls, pd, dk, dv, s);
+  rows.nr = 0;
+}
+
+// Pass 1: dk, dv of key tile `tile` of sequence b for kv head g, over every query head of the group
+// and every query tile that may see the keys: full query tiles as they are, partial ones split into
+// their rows (those that see every key of the tile, those that see some, and those that see none,
+// which are dropped) gathered into blocks of kRows. kWithDq: also dq (key_block_grads).
+template <typename Shape, bool kWithDq>
 LK_INLINE void key_tile_grads(const Job& j, int b, int tile, int g, Scratch& s) {
   const AttentionParams& f = j.p->fwd;
   const int D = f.head_dim, Dv = f.value_dim, group = f.heads / f.kv_heads;
@@ -264,46 +369,66 @@ LK_INLINE void key_tile_grads(const Job& j, int b, int tile, int g, Scratch& s) 
   float* dv = s.acc_b.data();  // [key_rows][dvp]
   std::fill(dk, dk + (size_t)key_rows * pd.dp, 0.0f);
   std::fill(dv, dv + (size_t)key_rows * pd.dvp, 0.0f);
-  load_key_columns(j, kb, pd, false, s);
+  load_key_columns(j, kb, pd, kWithDq, s);
   const int q_tiles = j.qt.base[(size_t)b + 1] - j.qt.base[(size_t)b];
+  int8_t row_class[kRows];
   for (int h = g * group; h < (g + 1) * group; ++h) {
+    QueryBlock full_rows = query_list(f, b, h), checked_rows = query_list(f, b, h);
     for (int qt = 0; qt < q_tiles; ++qt) {
       const QueryBlock qb = query_block(f, b, qt, h);
-      const int cls = classify_tile(f.rule, query_bounds(j, qb, qt), kbounds);
+      const TileBounds qbounds = query_bounds(j, qb, qt);
+      const int cls = classify_tile(f.rule, qbounds, kbounds);
       if (cls == kTileSkip) continue;
-      load_query_rows(j, qb, pd, s);
-      if (!block_weights<Shape>(j, qb, kb, cls, pd, s)) continue;
-      if (all_finite(s.q.data(), qb.nr * pd.dp) && all_finite(s.dout.data(), qb.nr * pd.dvp)) {
-        for (int c = 0; c < key_rows; ++c)
-          for (int r = 0; r < qb.nr; ++r) {
-            s.pt[(size_t)c * kMaxRows + r] = c < kb.nc ? s.p[(size_t)r * kCols + c] : 0.0f;
-            s.dst[(size_t)c * kMaxRows + r] = c < kb.nc ? s.ds[(size_t)r * kCols + c] : 0.0f;
-          }
-        gemm_blocks<Shape>(key_rows, pd.dvp, qb.nr, s.pt.data(), kMaxRows, s.dout.data(), pd.dvp, dv, pd.dvp, true);
-        gemm_blocks<Shape>(key_rows, pd.dp, qb.nr, s.dst.data(), kMaxRows, s.q.data(), pd.dp, dk, pd.dp, true);
+      if (cls == kTileFull) {
+        key_block_grads<Shape, kWithDq>(j, qb, kb, kTileFull, pd, dk, dv, s);
         continue;
       }
+      classify_partial_entries(f.rule, qbounds, kbounds, SplitSide::kRows, f.q_layout.segments, f.q_layout.roles,
+                               qb.q_start + qb.row[0], qb.row[0] + qb.align, qb.nr, row_class);
       for (int r = 0; r < qb.nr; ++r) {
-        const float* dorow = &s.dout[(size_t)r * pd.dvp];
-        const float* qrow = &s.q[(size_t)r * pd.dp];
-        for (int c = 0; c < kb.nc; ++c) {
-          const float pw = s.p[(size_t)r * kCols + c], dsw = s.ds[(size_t)r * kCols + c];
-          if (pw == 0.0f && dsw == 0.0f) continue;  // masked (by selection): a NaN q / dO row stays out
-          for (int d = 0; d < Dv; ++d) dv[(size_t)c * pd.dvp + d] += pw * dorow[d];
-          for (int d = 0; d < D; ++d) dk[(size_t)c * pd.dp + d] += dsw * qrow[d];
-        }
+        if (row_class[r] == kTileSkip) continue;
+        const bool every = row_class[r] == kTileFull;
+        QueryBlock& rows = every ? full_rows : checked_rows;
+        rows.row[rows.nr++] = qb.row[r];
+        if (rows.nr == kRows) flush_rows<Shape, kWithDq>(j, rows, kb, every ? kTileFull : kTilePartial, pd, dk, dv, s);
       }
     }
+    merge_leftovers<kRows>(full_rows.row, &full_rows.nr, checked_rows.row, &checked_rows.nr);
+    flush_rows<Shape, kWithDq>(j, full_rows, kb, kTileFull, pd, dk, dv, s);
+    flush_rows<Shape, kWithDq>(j, checked_rows, kb, kTilePartial, pd, dk, dv, s);
   }
   for (int c = 0; c < kb.nc; ++c) {
-    const int64_t ki = kb.k_start + kb.c0 + c;
+    const int64_t ki = kb.k_start + kb.key[c];
     std::memcpy(j.dk + (ki * f.kv_heads + g) * D, dk + (size_t)c * pd.dp, sizeof(float) * D);
     std::memcpy(j.dv + (ki * f.kv_heads + g) * Dv, dv + (size_t)c * pd.dvp, sizeof(float) * Dv);
   }
 }
 
-// Pass 2: dq of query tile `tile` of sequence b for head h: dQ += dS K by GEMM, or by selection over
-// the allowed pairs when the key block holds a NaN / Inf.
+// Pass 2, one block: dQ += dS K over the block's keys (accumulator dq) by GEMM, or by selection over
+// the allowed pairs when the keys hold a NaN / Inf. Runs a gathered key list and empties it.
+template <typename Shape>
+LK_INLINE void flush_keys(const Job& j, const QueryBlock& qb, KeyBlock& kb, int cls, const Pads& pd, float* dq, Scratch& s) {
+  const int D = j.p->fwd.head_dim;
+  if (kb.nc == 0) return;
+  load_key_columns(j, kb, pd, true, s);
+  if (block_weights<Shape>(j, qb, kb, cls, pd, s)) {
+    if (all_finite(s.krows.data(), kb.nc * pd.dp)) {
+      gemm_blocks<Shape>(pd.rows, pd.dp, kb.nc, s.ds.data(), kCols, s.krows.data(), pd.dp, dq, pd.dp, true);
+    } else {
+      for (int r = 0; r < qb.nr; ++r)
+        for (int c = 0; c < kb.nc; ++c) {
+          const float dsw = s.ds[(size_t)r * kCols + c];
+          if (dsw == 0.0f) continue;  // masked (by selection): a masked key's NaN / Inf stays out of dq
+          const float* krow = &s.krows[(size_t)c * pd.dp];
+          for (int d = 0; d < D; ++d) dq[(size_t)r * pd.dp + d] += dsw * krow[d];
+        }
+    }
+  }
+  kb.nc = 0;
+}
+
+// Pass 2: dq of query tile `tile` of sequence b for head h: full key tiles as they are, the keys of
+// partial ones that some row sees gathered into blocks of kCols (as the forward does).
 template <typename Shape>
 LK_INLINE void query_tile_grads(const Job& j, int b, int tile, int h, Scratch& s) {
   const AttentionParams& f = j.p->fwd;
@@ -316,44 +441,64 @@ LK_INLINE void query_tile_grads(const Job& j, int b, int tile, int h, Scratch& s
   load_query_rows(j, qb, pd, s);
   const int lk = f.kv_layout.offsets[b + 1] - f.kv_layout.offsets[b];
   const int key_end = visible_key_end(f.rule, qbounds, lk);
+  KeyBlock full_keys = key_list(f, b, g), checked_keys = key_list(f, b, g);
+  int8_t key_class[kCols];
   for (int kt = 0; kt * kCols < key_end; ++kt) {
-    const KeyBlock kb = key_block(f, b, kt, g);
-    const int cls = classify_tile(f.rule, qbounds, key_bounds(j, b, kb, kt));
+    KeyBlock kb = key_block(f, b, kt, g);
+    const TileBounds kbounds = key_bounds(j, b, kb, kt);
+    const int cls = classify_tile(f.rule, qbounds, kbounds);
     if (cls == kTileSkip) continue;
-    load_key_columns(j, kb, pd, true, s);
-    if (!block_weights<Shape>(j, qb, kb, cls, pd, s)) continue;
-    if (all_finite(s.krows.data(), kb.nc * pd.dp)) {
-      gemm_blocks<Shape>(pd.rows, pd.dp, kb.nc, s.ds.data(), kCols, s.krows.data(), pd.dp, dq, pd.dp, true);
+    if (cls == kTileFull) {
+      flush_keys<Shape>(j, qb, kb, kTileFull, pd, dq, s);
       continue;
     }
-    for (int r = 0; r < qb.nr; ++r)
-      for (int c = 0; c < kb.nc; ++c) {
-        const float dsw = s.ds[(size_t)r * kCols + c];
-        if (dsw == 0.0f) continue;  // masked (by selection): a masked key's NaN / Inf stays out of dq
-        const float* krow = &s.krows[(size_t)c * pd.dp];
-        for (int d = 0; d < D; ++d) dq[(size_t)r * pd.dp + d] += dsw * krow[d];
-      }
+    classify_partial_entries(f.rule, qbounds, kbounds, SplitSide::kKeys, f.kv_layout.segments, f.kv_layout.roles,
+                             kb.k_start + kb.key[0], kb.key[0], kb.nc, key_class);
+    for (int c = 0; c < kb.nc; ++c) {
+      if (key_class[c] == kTileSkip) continue;
+      const bool every = key_class[c] == kTileFull;
+      KeyBlock& keys = every ? full_keys : checked_keys;
+      keys.key[keys.nc++] = kb.key[c];
+      if (keys.nc == kCols) flush_keys<Shape>(j, qb, keys, every ? kTileFull : kTilePartial, pd, dq, s);
+    }
   }
+  merge_leftovers<kCols>(full_keys.key, &full_keys.nc, checked_keys.key, &checked_keys.nc);
+  flush_keys<Shape>(j, qb, full_keys, kTileFull, pd, dq, s);
+  flush_keys<Shape>(j, qb, checked_keys, kTilePartial, pd, dq, s);
   for (int r = 0; r < qb.nr; ++r)
-    std::memcpy(j.dq + ((qb.q_start + qb.r0 + r) * f.heads + h) * D, dq + (size_t)r * pd.dp, sizeof(float) * D);
+    std::memcpy(j.dq + ((qb.q_start + qb.row[r]) * f.heads + h) * D, dq + (size_t)r * pd.dp, sizeof(float) * D);
+}
+
+// One task per (sequence b, kv head g): dk, dv and dq of the sequence, key tile after key tile.
+template <typename Shape>
+LK_INLINE void sequence_grads(const Job& j, int b, int g, Scratch& s) {
+  const int key_tiles = j.kt.base[(size_t)b + 1] - j.kt.base[(size_t)b];
+  for (int kt = 0; kt < key_tiles; ++kt) key_tile_grads<Shape, true>(j, b, kt, g, s);
 }
 
 // One entry per instruction set, each compiled for it (native/cpu/isa.h).
 using TileFn = void (*)(const Job&, int, int, int, Scratch&);
+using SequenceFn = void (*)(const Job&, int, int, Scratch&);
 #if LK_ISA_X86
-LK_TARGET_AVX512 void keys_avx512(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx512>(j, b, t, g, s); }
+LK_TARGET_AVX512 void keys_avx512(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx512, false>(j, b, t, g, s); }
+LK_TARGET_AVX512 void sequences_avx512(const Job& j, int b, int g, Scratch& s) { sequence_grads<GemmAvx512>(j, b, g, s); }
 LK_TARGET_AVX512 void queries_avx512(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmAvx512>(j, b, t, h, s); }
-LK_TARGET_AVX2 void keys_avx2(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx2>(j, b, t, g, s); }
+LK_TARGET_AVX2 void keys_avx2(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmAvx2, false>(j, b, t, g, s); }
+LK_TARGET_AVX2 void sequences_avx2(const Job& j, int b, int g, Scratch& s) { sequence_grads<GemmAvx2>(j, b, g, s); }
 LK_TARGET_AVX2 void queries_avx2(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmAvx2>(j, b, t, h, s); }
 #endif
 #if LK_ISA_NEON
-void keys_neon(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmNeon>(j, b, t, g, s); }
+void keys_neon(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmNeon, false>(j, b, t, g, s); }
+void sequences_neon(const Job& j, int b, int g, Scratch& s) { sequence_grads<GemmNeon>(j, b, g, s); }
 void queries_neon(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmNeon>(j, b, t, h, s); }
 #endif
-void keys_portable(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmBaseline>(j, b, t, g, s); }
+void keys_portable(const Job& j, int b, int t, int g, Scratch& s) { key_tile_grads<GemmBaseline, false>(j, b, t, g, s); }
+void sequences_portable(const Job& j, int b, int g, Scratch& s) { sequence_grads<GemmBaseline>(j, b, g, s); }
 void queries_portable(const Job& j, int b, int t, int h, Scratch& s) { query_tile_grads<GemmBaseline>(j, b, t, h, s); }
 
 const IsaTable<TileFn> kKeyTiles = {{keys_portable, LK_IF_NEON(keys_neon), LK_IF_X86(keys_avx2), LK_IF_X86(keys_avx512), nullptr}};
+const IsaTable<SequenceFn> kSequences = {{sequences_portable, LK_IF_NEON(sequences_neon), LK_IF_X86(sequences_avx2),
+                                          LK_IF_X86(sequences_avx512), nullptr}};
 const IsaTable<TileFn> kQueryTiles = {{queries_portable, LK_IF_NEON(queries_neon), LK_IF_X86(queries_avx2), LK_IF_X86(queries_avx512), nullptr}};
 
 }  // namespace
@@ -386,6 +531,21 @@ void masked_attention_backward(const AttentionBackwardParams& p) {
 
   std::vector<Scratch> scratch(pool.size());
   for (auto& s : scratch) s.init();
+  // Enough (sequence, kv head) tasks to balance the pool: one fused pass, longest sequences first.
+  if ((int64_t)f.batch * Hkv >= 4 * (int64_t)pool.size()) {
+    const SequenceFn sequences = isa_pick(kSequences);  // one path for the whole call
+    std::vector<int> order((size_t)f.batch);
+    for (int b = 0; b < f.batch; ++b) order[(size_t)b] = b;
+    auto work = [&](int b) { return (int64_t)(f.q_layout.offsets[b + 1] - f.q_layout.offsets[b]) * (f.kv_layout.offsets[b + 1] - f.kv_layout.offsets[b]); };
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return work(a) > work(b); });
+    pool.parallel_for((int64_t)f.batch * Hkv, [&](int64_t i, int worker) {
+      sequences(job, order[(size_t)(i / Hkv)], (int)(i % Hkv), scratch[(size_t)worker]);
+    });
+    narrow(dq, p.dq, f.dtype);
+    narrow(dk, p.dk, f.dtype);
+    narrow(dv, p.dv, f.dtype);
+    return;
+  }
   const TileFn key_tiles = isa_pick(kKeyTiles), query_tiles = isa_pick(kQueryTiles);  // one path for the whole call
   // Later tiles first: under causal rules they meet the most pairs (shorter tail).
   const std::vector<TileRef> key_tasks = tiles_longest_first(job.kt.base);

@@ -480,33 +480,16 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
       t.panel = -1;
       continue;
     }
-    // Classify per key role first: a role whose keys are all masked (or all allowed) needs no
-    // per-key test, which keeps sparse rules such as PerSRec's cheap to walk.
-    int role_class[kNumRoles] = {kTileSkip, kTileSkip, kTileSkip};
-    for (int rk = 0; rk < kNumRoles; ++rk) {
-      if (!(kb.sum.role_mask & (1u << rk))) continue;
-      TileBounds role_only = kb;
-      role_only.sum.role_mask = 1u << rk;
-      role_class[rk] = classify_tile(p.rule, t.qb, role_only);
-    }
+    int8_t key_class[kBlockN];
+    classify_partial_entries(p.rule, t.qb, kb, SplitSide::kKeys, kseg, krole, t.k_start + col0, col0, cols, key_class);
     for (int j = 0; j < cols; ++j) {
-      const int64_t ki = t.k_start + col0 + j;
-      const int rk = krole ? krole[ki] : 0;
-      int key_class = role_class[rk];
-      if (key_class == kTilePartial) {
-        TileBounds one;
-        one.sum.seg_min = one.sum.seg_max = kseg ? kseg[ki] : 0;
-        one.sum.role_mask = 1u << rk;
-        one.pos_lo = one.pos_hi = col0 + j;
-        key_class = classify_tile(p.rule, t.qb, one);
-      }
-      if (key_class == kTileFull) {
+      if (key_class[j] == kTileFull) {
         full_keys[n_full++] = col0 + j;
         if (n_full == kBlockN) {
           run_gathered<Shape, kFewQueries>(t, full_keys, n_full, false);
           n_full = 0;
         }
-      } else if (key_class == kTilePartial) {
+      } else if (key_class[j] == kTilePartial) {
         masked_keys[n_masked++] = col0 + j;
         if (n_masked == kBlockN) {
           run_gathered<Shape, kFewQueries>(t, masked_keys, n_masked, true);

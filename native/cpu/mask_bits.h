@@ -2,6 +2,8 @@
 // per 8 keys instead of a rule lookup per pair: shared by the CPU forward (attention_cpu.cc) and
 // backward (attention_backward_cpu.cc). The keys' roles / segments / positions are gathered once per
 // block into arrays padded to a multiple of 8 with role -1 (no flags: never allowed).
+// Also the entry-by-entry classification of a partial tile that both gather from
+// (classify_partial_entries).
 #pragma once
 #include <stdint.h>
 #include <cstring>
@@ -49,6 +51,45 @@ LK_INLINE uint64_t row_allowed_bits(const MaskRule& rule, int rq, int sq_value, 
     bits |= (uint64_t)lane_mask8(ok) << j;
   }
   return bits;
+}
+
+// Which side of a partial (query tile x key tile) pair classify_partial_entries splits into single
+// tokens: the keys (the forward and the dq pass gather keys) or the query rows (the dk / dv pass).
+enum class SplitSide { kKeys, kRows };
+
+// The class (kTileSkip / kTileFull / kTilePartial) of each of `count` consecutive tokens of one side
+// of a partial pair against the other side's whole bounds, into cls[0, count): tokens nobody on the
+// other side may see are dropped, those everybody sees run without a rule check, the rest are
+// checked per pair. Roles are classified first: a role whose tokens are all masked (or all allowed)
+// needs no per-token test, which keeps sparse rules such as PerSRec's cheap to walk. The split
+// side's tokens are first_token + i (for segments / roles) at positions first_pos + i (aligned).
+LK_INLINE void classify_partial_entries(const MaskRule& rule, const TileBounds& rows, const TileBounds& keys, SplitSide side,
+                                        const int32_t* segments, const uint8_t* roles, int64_t first_token, int first_pos,
+                                        int count, int8_t* cls) {
+  const TileBounds& split = side == SplitSide::kKeys ? keys : rows;
+  auto classify = [&](const TileBounds& part) {
+    return side == SplitSide::kKeys ? classify_tile(rule, rows, part) : classify_tile(rule, part, keys);
+  };
+  int role_class[kNumRoles] = {kTileSkip, kTileSkip, kTileSkip};
+  for (int r = 0; r < kNumRoles; ++r) {
+    if (!(split.sum.role_mask & (1u << r))) continue;
+    TileBounds role_only = split;
+    role_only.sum.role_mask = 1u << r;
+    role_class[r] = classify(role_only);
+  }
+  for (int i = 0; i < count; ++i) {
+    const int64_t token = first_token + i;
+    const int r = roles ? roles[token] : 0;
+    int c = role_class[r];
+    if (c == kTilePartial) {
+      TileBounds one;
+      one.sum.seg_min = one.sum.seg_max = segments ? segments[token] : 0;
+      one.sum.role_mask = 1u << r;
+      one.pos_lo = one.pos_hi = first_pos + i;
+      c = classify(one);
+    }
+    cls[i] = (int8_t)c;
+  }
 }
 
 }  // namespace lk::cpu
