@@ -79,6 +79,9 @@ const CPU_SUITES = ['test/attention.parity.test.ts', 'test/sparse.test.ts', 'tes
 const isaPaths = JSON.parse(spawnSync('node', ['-p', "JSON.stringify(require('./dist/lib/index.js').backends().cpu.isaPaths)"], { cwd: root, encoding: 'utf8' }).stdout || '[]');
 if (isaPaths.length === 0) { console.error('could not list the CPU instruction-set paths'); totals.failed += 1; }
 for (const isa of isaPaths.slice(0, -1)) ava(`CPU suites forced onto the ${isa} path`, CPU_SUITES, { LK_CPU_ISA: isa, LIFELONG_DEVICE: 'cpu' });
+// The CPU backward picks its task split by pool size (fused per sequence / two passes): one thread
+// makes most cases take the fused pass whatever this machine's core count.
+ava('CPU backward on one thread (fused per-sequence pass)', ['test/backward.test.ts'], { LIFELONG_THREADS: '1', LIFELONG_DEVICE: 'cpu' });
 must('bench:serving --quick (every method x history length in its JSON)', 'node', [path.join(__dirname, 'check-serving-bench.cjs')]);
 must('build emulated CUDA', 'npm', ['run', '--silent', 'build:emu']);
 ava('device suites, CUDA kernels on the emulator', DEVICE_SUITES, { LIFELONG_CUDA_EMULATE: '1' });
