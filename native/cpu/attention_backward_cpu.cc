@@ -472,6 +472,10 @@ LK_INLINE void query_tile_grads(const Job& j, int b, int tile, int h, Scratch& s
 // One task per (sequence b, kv head g): dk, dv and dq of the sequence, key tile after key tile.
 template <typename Shape>
 LK_INLINE void sequence_grads(const Job& j, int b, int g, Scratch& s) {
+  const AttentionParams& f = j.p->fwd;
+  const int group = f.heads / f.kv_heads;
+  for (int64_t qi = f.q_layout.offsets[b]; qi < f.q_layout.offsets[b + 1]; ++qi)
+    std::fill(j.dq + (qi * f.heads + g * group) * f.head_dim, j.dq + (qi * f.heads + (g + 1) * group) * f.head_dim, 0.0f);
   const int key_tiles = j.kt.base[(size_t)b + 1] - j.kt.base[(size_t)b];
   for (int kt = 0; kt < key_tiles; ++kt) key_tile_grads<Shape, true>(j, b, kt, g, s);
 }
@@ -506,27 +510,32 @@ const IsaTable<TileFn> kQueryTiles = {{queries_portable, LK_IF_NEON(queries_neon
 void masked_attention_backward(const AttentionBackwardParams& p) {
   const AttentionParams& f = p.fwd;
   const int H = f.heads, D = f.head_dim, Dv = f.value_dim, Hkv = f.kv_heads;
-  const std::vector<float> q = widen(f.q, f.dtype, f.tq * H * D);
-  const std::vector<float> k = widen(f.k, f.dtype, f.tk * Hkv * D);
-  const std::vector<float> v = widen(f.v, f.dtype, f.tk * Hkv * Dv);
-  const std::vector<float> dout = widen(p.d_out, f.dtype, f.tq * H * Dv);
+  // float32 inputs are read in place and float32 gradients written in place (no copies of the
+  // batch's tensors); other dtypes go through float32 buffers.
+  const Float32View q = as_float32(f.q, f.dtype, f.tq * H * D);
+  const Float32View k = as_float32(f.k, f.dtype, f.tk * Hkv * D);
+  const Float32View v = as_float32(f.v, f.dtype, f.tk * Hkv * Dv);
+  const Float32View dout = as_float32(p.d_out, f.dtype, f.tq * H * Dv);
   std::vector<float> delta;
   ThreadPool& pool = ThreadPool::shared();
   if (f.normalize == kSoftmax) {
-    const std::vector<float> out = widen(f.out, f.dtype, f.tq * H * Dv);
+    const Float32View out = as_float32(f.out, f.dtype, f.tq * H * Dv);
     delta.resize((size_t)(f.tq * H));
     const int64_t chunk = 4096;
     pool.parallel_for((f.tq * H + chunk - 1) / chunk, [&](int64_t task, int) {
       const int64_t end = std::min<int64_t>(f.tq * H, (task + 1) * chunk);
       for (int64_t row = task * chunk; row < end; ++row) {
         float acc = 0.0f;
-        for (int d = 0; d < Dv; ++d) acc += dout[(size_t)(row * Dv + d)] * out[(size_t)(row * Dv + d)];
+        for (int d = 0; d < Dv; ++d) acc += dout.data[row * Dv + d] * out.data[row * Dv + d];
         delta[(size_t)row] = acc;
       }
     });
   }
-  std::vector<float> dq((size_t)(f.tq * H * D)), dk((size_t)(f.tk * Hkv * D)), dv((size_t)(f.tk * Hkv * Dv));
-  Job job{&p, q.data(), k.data(), v.data(), dout.data(), f.lse, delta.data(), dq.data(), dk.data(), dv.data(),
+  // Every task overwrites the rows it owns (the fused pass zeroes its dq rows before adding).
+  Float32Output dq = float32_output(p.dq, f.dtype, f.tq * H * D);
+  Float32Output dk = float32_output(p.dk, f.dtype, f.tk * Hkv * D);
+  Float32Output dv = float32_output(p.dv, f.dtype, f.tk * Hkv * Dv);
+  Job job{&p, q.data, k.data, v.data, dout.data, f.lse, delta.data(), dq.data, dk.data, dv.data,
           tile_set(f.q_layout, f.batch, kRows), tile_set(f.kv_layout, f.batch, kCols)};
 
   std::vector<Scratch> scratch(pool.size());
@@ -541,9 +550,9 @@ void masked_attention_backward(const AttentionBackwardParams& p) {
     pool.parallel_for((int64_t)f.batch * Hkv, [&](int64_t i, int worker) {
       sequences(job, order[(size_t)(i / Hkv)], (int)(i % Hkv), scratch[(size_t)worker]);
     });
-    narrow(dq, p.dq, f.dtype);
-    narrow(dk, p.dk, f.dtype);
-    narrow(dv, p.dv, f.dtype);
+    dq.finish();
+    dk.finish();
+    dv.finish();
     return;
   }
   const TileFn key_tiles = isa_pick(kKeyTiles), query_tiles = isa_pick(kQueryTiles);  // one path for the whole call
@@ -558,9 +567,9 @@ void masked_attention_backward(const AttentionBackwardParams& p) {
     const TileRef& t = query_tasks[(size_t)(i / H)];
     query_tiles(job, t.seq, t.tile, (int)(i % H), scratch[(size_t)worker]);
   });
-  narrow(dq, p.dq, f.dtype);
-  narrow(dk, p.dk, f.dtype);
-  narrow(dv, p.dv, f.dtype);
+  dq.finish();
+  dk.finish();
+  dv.finish();
 }
 
 // sparseAttentionBackward: one task per (batch entry, kv head) owns the dk / dv rows of the entry's

@@ -37,34 +37,6 @@ static_assert(kBlockN % GemmKeyMajor::kRows == 0, "key blocks must split into ke
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
-};
-using FloatBuffer = std::unique_ptr<float[], AlignedFree>;
-
-FloatBuffer alloc_floats(size_t n) {
-  const size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
-  return FloatBuffer(static_cast<float*>(std::aligned_alloc(64, bytes)));
-}
-
-// Inputs as float32: borrowed when already float32, converted otherwise.
-struct Float32View {
-  const float* data = nullptr;
-  FloatBuffer owned;
-};
-
-Float32View as_float32(const void* src, DType dtype, int64_t count) {
-  Float32View view;
-  if (dtype == kFloat32) {
-    view.data = static_cast<const float*>(src);
-    return view;
-  }
-  view.owned = alloc_floats((size_t)count);
-  widen_to_float32(static_cast<const uint16_t*>(src), dtype, view.owned.get(), count);
-  view.data = view.owned.get();
-  return view;
-}
-
 // Per-worker tiles, padded so the micro-kernels never need edge cases. Q, O and the softmax state
 // exist once per head of the group; the score, K and V blocks are reused head after head.
 struct Scratch {
