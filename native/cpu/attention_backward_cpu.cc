@@ -289,6 +289,34 @@ void merge_leftovers(int* full, int* n_full, int* checked, int* n_checked) {
   std::memcpy(checked, merged, sizeof(int) * (size_t)*n_checked);
 }
 
+// dQ += dS K of a block whose weights block_weights left in the scratch: dq row r at
+// dq + index * stride, index = row[r] (at_positions: the gradient itself) or r (a tile's
+// accumulator). By GEMM, or by selection over the allowed pairs when the keys hold a NaN / Inf.
+template <typename Shape>
+LK_INLINE void add_block_dq(const Job& j, const QueryBlock& qb, const KeyBlock& kb, const Pads& pd, float* dq, int64_t stride,
+                            bool at_positions, Scratch& s) {
+  const int D = j.p->fwd.head_dim;
+  auto dq_row = [&](int r) { return dq + (at_positions ? qb.row[r] : r) * stride; };
+  if (all_finite(s.krows.data(), kb.nc * pd.dp)) {
+    float* blk = s.dq_block.data();
+    gemm_blocks<Shape>(pd.rows, pd.dp, kb.nc, s.ds.data(), kCols, s.krows.data(), pd.dp, blk, pd.dp, false);
+    for (int r = 0; r < qb.nr; ++r) {
+      float* dst = dq_row(r);
+      const float* src = blk + (size_t)r * pd.dp;
+      for (int d = 0; d < D; ++d) dst[d] += src[d];
+    }
+    return;
+  }
+  for (int r = 0; r < qb.nr; ++r)
+    for (int c = 0; c < kb.nc; ++c) {
+      const float dsw = s.ds[(size_t)r * kCols + c];
+      if (dsw == 0.0f) continue;  // masked (by selection): a masked key's NaN / Inf stays out of dq
+      const float* krow = &s.krows[(size_t)c * pd.dp];
+      float* dst = dq_row(r);
+      for (int d = 0; d < D; ++d) dst[d] += dsw * krow[d];
+    }
+}
+
 // Pass 1, one block: dV += P^T dO and dK += dS^T Q of the block's keys (accumulators dk / dv) over
 // the block's query rows, by GEMM; when the rows' Q or dO hold a NaN / Inf, by selection over the
 // allowed pairs instead (a masked pair's 0 times a NaN would leak through the product). With
@@ -301,28 +329,8 @@ LK_INLINE void key_block_grads(const Job& j, const QueryBlock& qb, const KeyBloc
   const int key_rows = round_up(kb.nc, Shape::kRows);
   load_query_rows(j, qb, pd, s);
   if (!block_weights<Shape>(j, qb, kb, cls, pd, s)) return;
-  if constexpr (kWithDq) {
-    float* dq_rows = j.dq + (qb.q_start * f.heads + qb.h) * (int64_t)D;  // row r at dq_rows[row[r] * H * D]
-    const int64_t dq_stride = (int64_t)f.heads * D;
-    if (all_finite(s.krows.data(), kb.nc * pd.dp)) {
-      float* blk = s.dq_block.data();
-      gemm_blocks<Shape>(pd.rows, pd.dp, kb.nc, s.ds.data(), kCols, s.krows.data(), pd.dp, blk, pd.dp, false);
-      for (int r = 0; r < qb.nr; ++r) {
-        float* dst = dq_rows + qb.row[r] * dq_stride;
-        const float* src = blk + (size_t)r * pd.dp;
-        for (int d = 0; d < D; ++d) dst[d] += src[d];
-      }
-    } else {
-      for (int r = 0; r < qb.nr; ++r)
-        for (int c = 0; c < kb.nc; ++c) {
-          const float dsw = s.ds[(size_t)r * kCols + c];
-          if (dsw == 0.0f) continue;  // masked (by selection): a masked key's NaN / Inf stays out of dq
-          const float* krow = &s.krows[(size_t)c * pd.dp];
-          float* dst = dq_rows + qb.row[r] * dq_stride;
-          for (int d = 0; d < D; ++d) dst[d] += dsw * krow[d];
-        }
-    }
-  }
+  if constexpr (kWithDq)  // the gradient itself: row r at position row[r] of the sequence
+    add_block_dq<Shape>(j, qb, kb, pd, j.dq + (qb.q_start * f.heads + qb.h) * (int64_t)D, (int64_t)f.heads * D, true, s);
   if (all_finite(s.q.data(), qb.nr * pd.dp) && all_finite(s.dout.data(), qb.nr * pd.dvp)) {
     for (int c = 0; c < key_rows; ++c)
       for (int r = 0; r < qb.nr; ++r) {
@@ -404,26 +412,13 @@ LK_INLINE void key_tile_grads(const Job& j, int b, int tile, int g, Scratch& s) 
   }
 }
 
-// Pass 2, one block: dQ += dS K over the block's keys (accumulator dq) by GEMM, or by selection over
-// the allowed pairs when the keys hold a NaN / Inf. Runs a gathered key list and empties it.
+// Pass 2, one block: dQ += dS K over the block's keys into the tile's accumulator dq
+// (add_block_dq). Runs a gathered key list and empties it.
 template <typename Shape>
 LK_INLINE void flush_keys(const Job& j, const QueryBlock& qb, KeyBlock& kb, int cls, const Pads& pd, float* dq, Scratch& s) {
-  const int D = j.p->fwd.head_dim;
   if (kb.nc == 0) return;
   load_key_columns(j, kb, pd, true, s);
-  if (block_weights<Shape>(j, qb, kb, cls, pd, s)) {
-    if (all_finite(s.krows.data(), kb.nc * pd.dp)) {
-      gemm_blocks<Shape>(pd.rows, pd.dp, kb.nc, s.ds.data(), kCols, s.krows.data(), pd.dp, dq, pd.dp, true);
-    } else {
-      for (int r = 0; r < qb.nr; ++r)
-        for (int c = 0; c < kb.nc; ++c) {
-          const float dsw = s.ds[(size_t)r * kCols + c];
-          if (dsw == 0.0f) continue;  // masked (by selection): a masked key's NaN / Inf stays out of dq
-          const float* krow = &s.krows[(size_t)c * pd.dp];
-          for (int d = 0; d < D; ++d) dq[(size_t)r * pd.dp + d] += dsw * krow[d];
-        }
-    }
-  }
+  if (block_weights<Shape>(j, qb, kb, cls, pd, s)) add_block_dq<Shape>(j, qb, kb, pd, dq, pd.dp, false, s);
   kb.nc = 0;
 }
 
