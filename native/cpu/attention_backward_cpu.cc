@@ -536,7 +536,7 @@ void masked_attention_backward(const AttentionBackwardParams& p) {
   std::vector<Scratch> scratch(pool.size());
   for (auto& s : scratch) s.init();
   // Enough (sequence, kv head) tasks to balance the pool: one fused pass, longest sequences first.
-  if ((int64_t)f.batch * Hkv >= 4 * (int64_t)pool.size()) {
+  if ((int64_t)f.batch * Hkv >= 2 * (int64_t)pool.size()) {
     const SequenceFn sequences = isa_pick(kSequences);  // one path for the whole call
     std::vector<int> order((size_t)f.batch);
     for (int b = 0; b < f.batch; ++b) order[(size_t)b] = b;
