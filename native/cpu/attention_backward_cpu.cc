@@ -535,12 +535,19 @@ void masked_attention_backward(const AttentionBackwardParams& p) {
 
   std::vector<Scratch> scratch(pool.size());
   for (auto& s : scratch) s.init();
-  // Enough (sequence, kv head) tasks to balance the pool: one fused pass, longest sequences first.
-  if ((int64_t)f.batch * Hkv >= 2 * (int64_t)pool.size()) {
+  // The fused pass when its (sequence, kv head) tasks balance the pool: the largest (by Lq x Lk)
+  // at most half a thread's share, so that longest-first scheduling stays close to even (it always
+  // needs 2 tasks per thread); else the two passes' finer split pays for their recomputation.
+  auto work = [&](int b) { return (int64_t)(f.q_layout.offsets[b + 1] - f.q_layout.offsets[b]) * (f.kv_layout.offsets[b + 1] - f.kv_layout.offsets[b]); };
+  int64_t total_work = 0, max_work = 0;
+  for (int b = 0; b < f.batch; ++b) {
+    total_work += work(b) * Hkv;
+    max_work = std::max(max_work, work(b));
+  }
+  if (max_work > 0 && 2 * max_work * (int64_t)pool.size() <= total_work) {
     const SequenceFn sequences = isa_pick(kSequences);  // one path for the whole call
     std::vector<int> order((size_t)f.batch);
     for (int b = 0; b < f.batch; ++b) order[(size_t)b] = b;
-    auto work = [&](int b) { return (int64_t)(f.q_layout.offsets[b + 1] - f.q_layout.offsets[b]) * (f.kv_layout.offsets[b + 1] - f.kv_layout.offsets[b]); };
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return work(a) > work(b); });
     pool.parallel_for((int64_t)f.batch * Hkv, [&](int64_t i, int worker) {
       sequences(job, order[(size_t)(i / Hkv)], (int)(i % Hkv), scratch[(size_t)worker]);
