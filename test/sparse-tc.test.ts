@@ -284,6 +284,129 @@ if (reason) {
     });
   }
 
+  // Query tiles of the fused kernel: the queries of one user share a block (64 / Hi of them, at most
+  // 16, fewer when their score rows would not fit shared memory), so each key tile is copied once for
+  // all of them. Jagged layouts with users without queries or keys, 1-query users and users with more
+  // queries than a tile; non-finite indexer keys (NaN / ±Infinity scores); in coarse-grid rounds every
+  // input is a multiple of 1/4, every score exact in float32, so the indices must equal the
+  // reference's exactly (SPEC §5 tie rule: larger first, then lower index).
+  for (const dtype of ['float16', 'bfloat16'] as DType[]) {
+    test.serial(`indexedCrossAttention cuda ${dtype}: fused query tiles (users with 0, 1 and more queries than a tile) = reference`, async (t) => {
+      const rng = new Rng(dtype.length * 4243 + 11);
+      for (let round = 0; round < 10; round++) {
+        const coarse = round % 2 === 1;
+        const B = rng.int(2, 4);
+        const keyLens = Array.from({ length: B }, () => rng.pick([0, 1, 40, 65, rng.int(1, 700)]));
+        const qLens = Array.from({ length: B }, () => rng.pick([0, 1, 4, rng.int(5, 20)]));
+        if (!qLens.some((x) => x > 0)) qLens[0] = 17;
+        const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+        const Nq = qOffsets[B], Tk = kOffsets[B];
+        const Hi = [1, 4, 8, 16, 64][round % 5], Di = rng.pick([8, 16, 32, 64].filter((d) => Hi * d <= 1024));
+        const kvHeads = rng.pick([1, 2]), H = kvHeads * rng.pick([1, 4]);
+        const D = rng.pick([16, 64]), Dv = rng.pick([8, 32, 64]);
+        const k = rng.pick([1, 7, 64, 300]);
+        const values = (n: number) => (coarse ? Float32Array.from({ length: n }, () => rng.int(-8, 8) / 4) : rng.floats(n));
+        const kIData = values(Tk * Di);
+        if (round % 3 === 2 && Tk > 3) { kIData[0] = Infinity; kIData[Di + 1] = -Infinity; kIData[2 * Di] = Number.NaN; }
+        const make = (data: Float32Array, shape: number[]) => tensor(data, shape, { dtype, device: 'cuda' });
+        const qI = make(values(Nq * Hi * Di), [Nq, Hi, Di]), kI = make(kIData, [Tk, Di]), w = make(values(Nq * Hi), [Nq, Hi]);
+        const q = make(rng.floats(Nq * H * D), [Nq, H, D]), kk = make(rng.floats(Tk * kvHeads * D), [Tk, kvHeads, D]);
+        const v = make(rng.floats(Tk * kvHeads * Dv), [Tk, kvHeads, Dv]);
+        const launches0 = backends().cuda.emulator?.launches;
+        const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
+        const launches1 = backends().cuda.emulator?.launches;
+        const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
+        const refScores = reference.indexerScores(await exact(qI, [Nq, Hi, Di]), await exact(kI, [Tk, Di]), await exact(w, [Nq, Hi]), { qOffsets, kOffsets });
+        const want = reference.topK(refScores, k);
+        const gi = (await got.indices.data()) as Int32Array, gv = (await got.values.data()) as Float32Array;
+        const what = `${coarse ? 'coarse ' : ''}qLens=${qLens} keyLens=${keyLens} Hi=${Hi} Di=${Di} H=${H} Hkv=${kvHeads} D=${D} Dv=${Dv} k=${k}`;
+        if (coarse) {
+          t.deepEqual(Array.from(gi), Array.from(want.indices.data), `indices (${what})`);
+          t.deepEqual(Array.from(gv), Array.from(want.values.data, (x) => Math.fround(x)), `values (${what})`);
+        } else {
+          let far = 0;
+          for (let n = 0; n < gi.length; n++) {
+            const wv = want.values.data[n];
+            if (gi[n] !== want.indices.data[n] && !(Number.isFinite(wv) && Math.abs(gv[n] - wv) <= 2e-3 * (1 + Math.abs(wv)))) far++;
+            if ((gi[n] < 0) !== (want.indices.data[n] < 0)) far++;
+          }
+          t.is(far, 0, `selection (${what})`);
+        }
+        const wantOut = reference.sparseAttention(await exact(q, [Nq, H, D]), await exact(kk, [Tk, kvHeads, D]), await exact(v, [Tk, kvHeads, Dv]),
+          { data: gi, shape: [Nq, k] }, { qOffsets, kOffsets, returnLse: false });
+        t.is(compareScores(await got.output.float32(), wantOut.output.data, dtype, 'output'), '', what);
+        if (launches0 !== undefined && launches1 !== undefined) t.is(launches1 - launches0, 1, `one fused launch (${what})`);
+        for (const x of [qI, kI, w, q, kk, v, got.output, got.indices, got.values]) x.dispose();
+      }
+    });
+  }
+
+  // The point of the tiles, counted: 8 queries of one user with 8 indexer heads are one 64-row tile,
+  // so the 2,000 keys' rows (8 chunks of 16 bytes at Di = 64) are copied once (16,000 cp.async) plus
+  // the queries' rows and the few gathered K / V rows; a block per query would copy them 8 times. Rows
+  // of 15,000 keys (60 KB of scores each) fit only 3 to a block: more tiles, the same result.
+  (emulated ? test.serial : test.skip)(`indexedCrossAttention cuda bfloat16: a query tile copies each key tile once for all its queries${emulated ? '' : ' (skipped: the cp.async count needs the emulator)'}`, async (t) => {
+    const rng = new Rng(8008);
+    for (const [len, maxCopies] of [[2000, 2 * 2000 * 8], [15000, 4 * 15000 * 8]] as Array<[number, number]>) {
+      const Nq = 8, Hi = 8, Di = 64, H = 1, D = 16, k = 2;
+      const qOffsets = offsetsOf([0, Nq]), kOffsets = offsetsOf([0, len]);
+      const make = (shape: number[]) => tensor(rng.floats(shape.reduce((a, b) => a * b, 1)), shape, { dtype: 'bfloat16', device: 'cuda' });
+      const qI = make([Nq, Hi, Di]), kI = make([len, Di]), w = make([Nq, Hi]);
+      const q = make([Nq, H, D]), kk = make([len, 1, D]), v = make([len, 1, D]);
+      const before = counters()!;
+      const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
+      const copies = counters()!.cpAsync - before.cpAsync;
+      t.true(copies >= len * 8 && copies <= maxCopies, `${len} keys: ${copies} cp.async (keys once: ${len * 8}; once per query: ${Nq * len * 8})`);
+      const refScores = reference.indexerScores({ data: await qI.float32(), shape: [Nq, Hi, Di] }, { data: await kI.float32(), shape: [len, Di] },
+        { data: await w.float32(), shape: [Nq, Hi] }, { qOffsets, kOffsets });
+      const gv = (await got.values.data()) as Float32Array, want = reference.topK(refScores, k);
+      t.true(gv.every((x, n) => Math.abs(x - want.values.data[n]) <= 2e-3 * (1 + Math.abs(want.values.data[n]))), `top-${k} values (${len} keys)`);
+      for (const x of [qI, kI, w, q, kk, v, got.output, got.indices, got.values]) x.dispose();
+    }
+  });
+
+  // The unfused path past 131,072 keys: rows longer than the fused kernels' 16,384 go indexer ->
+  // top-k (split into 65,536-key slices and a merge: one launch more than a one-block row) -> sparse
+  // attention. Inputs on a grid of 1/4 keep every score exact, so the indices equal the reference's
+  // exactly: relu zeros tie by the hundred thousand, +Infinity / NaN keys and a negative head weight
+  // give +Infinity, -Infinity and NaN scores (never selected but +Infinity); an empty user and one of
+  // 70,000 keys beside the long one.
+  for (const dtype of ['float32', 'bfloat16'] as DType[]) {
+    test.serial(`indexedCrossAttention cuda ${dtype}: unfused path over 140,000 keys (split top-k) = reference`, async (t) => {
+      const rng = new Rng(140001 + dtype.length);
+      const keyLens = [140000, 0, 70000], qLens = [2, 1, 1];
+      const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+      const Nq = qOffsets[3], Tk = kOffsets[3], Hi = 1, Di = 8, H = 2, D = 8;
+      const grid = (n: number) => Float32Array.from({ length: n }, () => rng.int(-4, 4) / 4);
+      const kIData = grid(Tk * Di);
+      for (const j of [5, 70000, 139999]) kIData[j * Di] = Infinity;
+      for (const j of [6, 131073]) kIData[j * Di + 2] = Number.NaN;
+      const qIData = grid(Nq * Hi * Di).map((x, i) => (i % Di === 0 ? 1 : x));  // +Infinity keys score ±Infinity
+      const wData = Float32Array.of(0.5, -0.25, 1, 0.75);  // query 1 turns +Infinity into -Infinity
+      const make = (data: Float32Array, shape: number[]) => tensor(data, shape, { dtype, device: 'cuda' });
+      const qI = make(qIData, [Nq, Hi, Di]), kI = make(kIData, [Tk, Di]), w = make(wData, [Nq, Hi]);
+      const q = make(rng.floats(Nq * H * D), [Nq, H, D]), kk = make(rng.floats(Tk * D), [Tk, 1, D]), v = make(rng.floats(Tk * D), [Tk, 1, D]);
+      for (const k of [1, 300, 2048]) {
+        const launches0 = backends().cuda.emulator?.launches;
+        const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
+        const launches1 = backends().cuda.emulator?.launches;
+        const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
+        const refScores = reference.indexerScores(await exact(qI, [Nq, Hi, Di]), await exact(kI, [Tk, Di]), await exact(w, [Nq, Hi]), { qOffsets, kOffsets });
+        const want = reference.topK(refScores, k);
+        const gi = (await got.indices.data()) as Int32Array;
+        t.deepEqual(Array.from(gi), Array.from(want.indices.data), `indices, k ${k}`);
+        t.deepEqual(Array.from((await got.values.data()) as Float32Array), Array.from(want.values.data, (x) => Math.fround(x)), `values, k ${k}`);
+        const wantOut = reference.sparseAttention(await exact(q, [Nq, H, D]), await exact(kk, [Tk, 1, D]), await exact(v, [Tk, 1, D]),
+          { data: gi, shape: [Nq, k] }, { qOffsets, kOffsets, returnLse: false });
+        t.is(compareScores(await got.output.float32(), wantOut.output.data, dtype, 'output'), '', `output, k ${k}`);
+        // indexer, top-k slices, top-k merge, sparse attention
+        if (launches0 !== undefined && launches1 !== undefined) t.is(launches1 - launches0, 4, `split top-k launches, k ${k}`);
+        for (const x of [got.output, got.indices, got.values]) x.dispose();
+      }
+      for (const x of [qI, kI, w, q, kk, v]) x.dispose();
+    });
+  }
+
   // Past grid.y: with 64 indexer heads a query tile is one query, so 70,000 queries are 70,000 tiles
   // (the host launches them in slices of 65,535). About a minute of CPU on the plain emulator; the
   // race-detecting (LK_EMU_SEED) and AddressSanitizer runs, many times slower, leave it to that run:

@@ -93,12 +93,11 @@ std::string run_indexer(const IndexerParams& p, const int32_t* host_q_offsets, i
 size_t fused_score_bytes(int max_len) { return (size_t)(max_len > 0 ? max_len : 1) * sizeof(float); }
 
 // A fused kernel's dynamic shared-memory limit, raised once per (device, kernel) to the most any
-// call may ask: `workspace` bytes plus kFusedMaxKeys floats of score row, or less where the
-// device's opt-in shared memory per block (64 KiB on sm_75, 99-227 KiB on later parts) leaves less
-// beside the static part. Returns that limit in bytes, or 0 when it could not be set (then another
-// path runs). A mutex, not a per-call cudaFuncSetAttribute: two calls can never see each other's
-// smaller limit.
-size_t fused_dynamic_limit(const void* kernel, size_t static_bytes, size_t workspace) {
+// call may ask (`most` bytes: workspace and score rows), or less where the device's opt-in shared
+// memory per block (64 KiB on sm_75, 99-227 KiB on later parts) leaves less beside the static part.
+// Returns that limit in bytes, or 0 when it could not be set (then another path runs). A mutex, not
+// a per-call cudaFuncSetAttribute: two calls can never see each other's smaller limit.
+size_t fused_dynamic_limit(const void* kernel, size_t static_bytes, size_t most) {
   static std::mutex mutex;
   static std::vector<std::pair<std::pair<int, const void*>, size_t>> done;  // ((device, kernel), limit set)
   int device = 0, optin = 0;
@@ -107,9 +106,8 @@ size_t fused_dynamic_limit(const void* kernel, size_t static_bytes, size_t works
   for (const auto& d : done)
     if (d.first.first == device && d.first.second == kernel) return d.second;
   size_t limit = 0;
-  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
-      (size_t)optin > static_bytes + workspace) {
-    limit = std::min((size_t)optin - static_bytes, workspace + fused_score_bytes(kFusedMaxKeys));
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess && (size_t)optin > static_bytes) {
+    limit = std::min((size_t)optin - static_bytes, most);
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)limit) != cudaSuccess) limit = 0;
   }
   cudaGetLastError();  // a refused attribute or query is no error of any op: another path runs
@@ -119,7 +117,7 @@ size_t fused_dynamic_limit(const void* kernel, size_t static_bytes, size_t works
 
 template <typename T>
 size_t scalar_fused_limit() {
-  return fused_dynamic_limit(reinterpret_cast<const void*>(fused_indexed_attention_kernel<T>), sizeof(FusedShared), 0);
+  return fused_dynamic_limit(reinterpret_cast<const void*>(fused_indexed_attention_kernel<T>), sizeof(FusedShared), fused_score_bytes(kFusedMaxKeys));
 }
 
 size_t fused_limit_for(DType dtype) {
@@ -142,34 +140,59 @@ template <typename T> struct LaunchFused {
   }
 };
 
-// The tensor-core fused kernel (tc_fused.cuh) for attention capacity kAttCap: launched when its
-// workspace and the longest score row fit this device; returns whether it was.
+// Queries per block of the tensor-core fused kernel: as many of one sequence as the indexer's 64-row
+// tile holds (64 / Hi, at most kTcFusedMaxTileQueries) and whose score rows of `max_len` floats fit
+// beside the workspace in `limit` bytes; 0 when not even one row fits.
+int tc_fused_tile_queries(int indexer_heads, int max_len, size_t workspace, size_t limit) {
+  if (max_len > kFusedMaxKeys || limit <= workspace) return 0;
+  const int64_t fit = (int64_t)((limit - workspace) / fused_score_bytes(max_len));
+  return (int)std::min<int64_t>({fit, (int64_t)(TcIndexerTraits<kFusedIndexerCap>::kBlockM / indexer_heads), (int64_t)kTcFusedMaxTileQueries});
+}
+
+// The tensor-core fused kernel (tc_fused.cuh) for attention capacity kAttCap: launched over query
+// tiles (one block each) when its workspace and at least one score row fit this device; returns
+// whether it was (an upload failure lands in *err, then nothing ran).
 template <typename T, int kAttCap>
-bool launch_tc_fused_cap(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
+bool launch_tc_fused_cap(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp, const int32_t* host_q_offsets,
+                         std::string* err) {
   auto* k = tc_fused_indexed_attention_kernel<T, kAttCap>;
-  const size_t workspace = TcFusedLayout<kAttCap>::kWorkspaceBytes, bytes = workspace + fused_score_bytes(ip.max_len);
-  if (ip.max_len > kFusedMaxKeys || bytes > fused_dynamic_limit(reinterpret_cast<const void*>(k), sizeof(TcFusedShared<kAttCap>), workspace))
-    return false;
-  LK_LAUNCH(k, dim3((unsigned)ip.nq), dim3(kTcFusedThreads), bytes, stream())(ip, tp, sp);
+  const size_t workspace = TcFusedLayout<kAttCap>::kWorkspaceBytes;
+  const size_t limit = fused_dynamic_limit(reinterpret_cast<const void*>(k), sizeof(TcFusedShared<kAttCap>),
+                                           workspace + kTcFusedMaxTileQueries * fused_score_bytes(kFusedMaxKeys));
+  const int per_tile = tc_fused_tile_queries(ip.heads, ip.max_len, workspace, limit);
+  if (per_tile < 1) return false;
+  const std::vector<IndexerTile> tiles = query_tiles(host_q_offsets, ip.batch, 0, ip.nq, per_tile);
+  if (tiles.empty()) return true;  // no sequence has queries: nothing to write
+  Upload work;  // stream-ordered: freed after the launch that reads it
+  const size_t at = work.add(tiles.data(), tiles.size() * sizeof(IndexerTile));
+  *err = work.commit("indexedCrossAttention query tiles upload");
+  if (!err->empty()) return true;
+  // The longest tile's rows; every tile fits the launch's dynamic shared memory.
+  int widest = 0;
+  for (const IndexerTile& t : tiles) widest = std::max(widest, (int)t.count);
+  const size_t bytes = workspace + (size_t)widest * fused_score_bytes(ip.max_len);
+  LK_LAUNCH(k, dim3((unsigned)tiles.size()), dim3(kTcFusedThreads), bytes, stream())(ip, tp, sp, work.at<const IndexerTile>(at));
   return true;
 }
 
 template <typename T>
-bool launch_tc_fused_dtype(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
+bool launch_tc_fused_dtype(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp, const int32_t* host_q_offsets,
+                           std::string* err) {
   switch (tc_sparse_capacity(sp)) {
-    case 16: return launch_tc_fused_cap<T, 16>(ip, tp, sp);
-    case 32: return launch_tc_fused_cap<T, 32>(ip, tp, sp);
-    case 64: return launch_tc_fused_cap<T, 64>(ip, tp, sp);
-    default: return launch_tc_fused_cap<T, 128>(ip, tp, sp);
+    case 16: return launch_tc_fused_cap<T, 16>(ip, tp, sp, host_q_offsets, err);
+    case 32: return launch_tc_fused_cap<T, 32>(ip, tp, sp, host_q_offsets, err);
+    case 64: return launch_tc_fused_cap<T, 64>(ip, tp, sp, host_q_offsets, err);
+    default: return launch_tc_fused_cap<T, 128>(ip, tp, sp, host_q_offsets, err);
   }
 }
 
 // The fused path on tensor cores when both of its steps apply (float16 / bfloat16 on sm_80+, the
-// shapes and alignment of the unfused tensor-core kernels, k <= kFusedMaxK) and the row fits
-// shared memory; returns whether it was launched.
-bool launch_tc_fused(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp) {
+// shapes and alignment of the unfused tensor-core kernels, k <= kFusedMaxK) and a score row fits
+// shared memory; returns whether it was taken (*err set when its upload failed).
+bool launch_tc_fused(const IndexerParams& ip, const TopKParams& tp, const SparseParams& sp, const int32_t* host_q_offsets, std::string* err) {
   if (tp.k > kFusedMaxK || sp.top_k != tp.k || !tc_indexer_applies(ip) || !tc_sparse_applies(sp)) return false;
-  return ip.dtype == kBFloat16 ? launch_tc_fused_dtype<__nv_bfloat16>(ip, tp, sp) : launch_tc_fused_dtype<__half>(ip, tp, sp);
+  return ip.dtype == kBFloat16 ? launch_tc_fused_dtype<__nv_bfloat16>(ip, tp, sp, host_q_offsets, err)
+                               : launch_tc_fused_dtype<__half>(ip, tp, sp, host_q_offsets, err);
 }
 
 // Top-k of p.rows rows (device arrays): one block per row up to kTopKBlockMaxKeys columns; longer
@@ -284,9 +307,10 @@ std::string issue_indexed_cross_attention(const IndexerParams& ihost, const TopK
   {
     KernelSpan span;
     span.begin();
-    const bool launched = launch_tc_fused(ip, tp, sp);
+    std::string tc_err;
+    const bool launched = launch_tc_fused(ip, tp, sp, ihost.q_offsets, &tc_err);
     span.end();
-    if (launched) return std::string();
+    if (launched) return tc_err;
   }
   if (tp.k <= kFusedMaxK && (int64_t)ip.heads * ip.dim <= kFusedMaxQ && fused_fits(ip.dtype, ip.max_len)) {
     KernelSpan span;

@@ -26,10 +26,9 @@ inline bool tc_indexer_applies(const IndexerParams& p) {
   return tc_device_info(&sm, &optin) && sm >= 80;
 }
 
-// Query tiles covering query rows [row_begin, row_end) (host offsets): per sequence, runs of
-// 64 / heads queries.
-inline std::vector<IndexerTile> tc_indexer_tiles(const int32_t* q_offsets, int batch, int64_t row_begin, int64_t row_end, int heads) {
-  const int per_tile = TcIndexerTraits<64>::kBlockM / heads;
+// Query tiles covering query rows [row_begin, row_end) (host offsets): per sequence, runs of at most
+// `per_tile` queries (a sequence's last tile may be shorter; a sequence without queries has none).
+inline std::vector<IndexerTile> query_tiles(const int32_t* q_offsets, int batch, int64_t row_begin, int64_t row_end, int per_tile) {
   std::vector<IndexerTile> tiles;
   for (int b = 0; b < batch; ++b) {
     const int64_t lo = std::max<int64_t>(q_offsets[b], row_begin), hi = std::min<int64_t>(q_offsets[b + 1], row_end);
@@ -37,6 +36,11 @@ inline std::vector<IndexerTile> tc_indexer_tiles(const int32_t* q_offsets, int b
       tiles.push_back(IndexerTile{b, (int32_t)(r - q_offsets[b]), (int32_t)std::min<int64_t>(per_tile, hi - r)});
   }
   return tiles;
+}
+
+// The indexer's query tiles: 64 / heads queries each (every head of a query in one 64-row tile).
+inline std::vector<IndexerTile> tc_indexer_tiles(const int32_t* q_offsets, int batch, int64_t row_begin, int64_t row_end, int heads) {
+  return query_tiles(q_offsets, batch, row_begin, row_end, TcIndexerTraits<64>::kBlockM / heads);
 }
 
 template <typename T, int kCap>
