@@ -34,6 +34,13 @@ function compareScores(got: ArrayLike<number>, want: ArrayLike<number>, dtype: D
   return compare(finiteGot, finiteWant, dtype, what);
 }
 
+/** The reference's indexer scores and their top-k, from the CUDA tensors' (rounded) values. */
+async function referenceSelection(qI: Tensor, kI: Tensor, w: Tensor, k: number, layout: { qOffsets: Int32Array; kOffsets: Int32Array }) {
+  const exact = async (x: Tensor) => ({ data: await x.float32(), shape: [...x.shape] });
+  const scores = reference.indexerScores(await exact(qI), await exact(kI), await exact(w), layout);
+  return { scores, top: reference.topK(scores, k) };
+}
+
 if (reason) {
   test.skip(`sparse path on tensor cores (skipped: ${reason}; set LIFELONG_CUDA_EMULATE=1 or use a GPU)`, () => {});
 } else {
@@ -316,8 +323,7 @@ if (reason) {
         const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
         const launches1 = backends().cuda.emulator?.launches;
         const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
-        const refScores = reference.indexerScores(await exact(qI, [Nq, Hi, Di]), await exact(kI, [Tk, Di]), await exact(w, [Nq, Hi]), { qOffsets, kOffsets });
-        const want = reference.topK(refScores, k);
+        const want = (await referenceSelection(qI, kI, w, k, { qOffsets, kOffsets })).top;
         const gi = (await got.indices.data()) as Int32Array, gv = (await got.values.data()) as Float32Array;
         const what = `${coarse ? 'coarse ' : ''}qLens=${qLens} keyLens=${keyLens} Hi=${Hi} Di=${Di} H=${H} Hkv=${kvHeads} D=${D} Dv=${Dv} k=${k}`;
         if (coarse) {
@@ -357,9 +363,7 @@ if (reason) {
       const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
       const copies = counters()!.cpAsync - before.cpAsync;
       t.true(copies >= len * 8 && copies <= maxCopies, `${len} keys: ${copies} cp.async (keys once: ${len * 8}; once per query: ${Nq * len * 8})`);
-      const refScores = reference.indexerScores({ data: await qI.float32(), shape: [Nq, Hi, Di] }, { data: await kI.float32(), shape: [len, Di] },
-        { data: await w.float32(), shape: [Nq, Hi] }, { qOffsets, kOffsets });
-      const gv = (await got.values.data()) as Float32Array, want = reference.topK(refScores, k);
+      const gv = (await got.values.data()) as Float32Array, want = (await referenceSelection(qI, kI, w, k, { qOffsets, kOffsets })).top;
       t.true(gv.every((x, n) => Math.abs(x - want.values.data[n]) <= 2e-3 * (1 + Math.abs(want.values.data[n]))), `top-${k} values (${len} keys)`);
       for (const x of [qI, kI, w, q, kk, v, got.output, got.indices, got.values]) x.dispose();
     }
@@ -391,8 +395,7 @@ if (reason) {
         const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
         const launches1 = backends().cuda.emulator?.launches;
         const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
-        const refScores = reference.indexerScores(await exact(qI, [Nq, Hi, Di]), await exact(kI, [Tk, Di]), await exact(w, [Nq, Hi]), { qOffsets, kOffsets });
-        const want = reference.topK(refScores, k);
+        const want = (await referenceSelection(qI, kI, w, k, { qOffsets, kOffsets })).top;
         const gi = (await got.indices.data()) as Int32Array;
         t.deepEqual(Array.from(gi), Array.from(want.indices.data), `indices, k ${k}`);
         t.deepEqual(Array.from((await got.values.data()) as Float32Array), Array.from(want.values.data, (x) => Math.fround(x)), `values, k ${k}`);
