@@ -374,11 +374,11 @@ if (reason) {
   // attention. Inputs on a grid of 1/4 keep every score exact, so the indices equal the reference's
   // exactly: relu zeros tie by the hundred thousand, +Infinity / NaN keys and a negative head weight
   // give +Infinity, -Infinity and NaN scores (never selected but +Infinity); an empty user and one of
-  // 70,000 keys beside the long one.
+  // 20,000 keys beside the long one.
   for (const dtype of ['float32', 'bfloat16'] as DType[]) {
     test.serial(`indexedCrossAttention cuda ${dtype}: unfused path over 140,000 keys (split top-k) = reference`, async (t) => {
       const rng = new Rng(140001 + dtype.length);
-      const keyLens = [140000, 0, 70000], qLens = [2, 1, 1];
+      const keyLens = [140000, 0, 20000], qLens = [2, 1, 1];
       const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
       const Nq = qOffsets[3], Tk = kOffsets[3], Hi = 1, Di = 8, H = 2, D = 8;
       const grid = (n: number) => Float32Array.from({ length: n }, () => rng.int(-4, 4) / 4);
@@ -390,7 +390,7 @@ if (reason) {
       const make = (data: Float32Array, shape: number[]) => tensor(data, shape, { dtype, device: 'cuda' });
       const qI = make(qIData, [Nq, Hi, Di]), kI = make(kIData, [Tk, Di]), w = make(wData, [Nq, Hi]);
       const q = make(rng.floats(Nq * H * D), [Nq, H, D]), kk = make(rng.floats(Tk * D), [Tk, 1, D]), v = make(rng.floats(Tk * D), [Tk, 1, D]);
-      for (const k of [1, 300, 2048]) {
+      for (const k of [300, 2048]) {
         const launches0 = backends().cuda.emulator?.launches;
         const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
         const launches1 = backends().cuda.emulator?.launches;
