@@ -86,7 +86,10 @@ struct TileTask {
   int row0, rows, m_pad, align;
   int dv_pad;
   bool key_major;  // rows <= kFewRows
-  int64_t panel;   // the current full key tile's packed K^T panels (per kv head), or -1
+  // The block's keys as columns [panel_col, panel_col + count) of one key tile's packed K^T panels
+  // (per kv head), or panel -1 when they are not consecutive inside a packed tile.
+  int64_t panel;
+  int panel_col;
   TileBounds qb;
   // The head being computed inside the group, and its slices of the scratch.
   int h, g;
@@ -153,8 +156,8 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   auto value_row = [&](int64_t j) { return t.job->v + (j * Hkv + t.g) * Dv; };
   // Rows of the block's keys: read in place when they are consecutive and all allowed, else gathered
   // (a masked block's V rows are copied so that their finiteness can be checked).
-  bool in_place = !masked;
-  for (int j = 1; j < count && in_place; ++j) in_place = sc.keys[j] == sc.keys[0] + j;
+  bool consecutive = true;
+  for (int j = 1; j < count && consecutive; ++j) consecutive = sc.keys[j] == sc.keys[0] + j;
   const int64_t first = t.k_start + sc.keys[0];
   if (kFewQueries && D % 8 == 0) {
     // At most 4 queries: dot products of whole key rows (read in place or through the gather list)
@@ -185,7 +188,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     const int n8 = round_up(count, GemmKeyMajor::kRows);
     const float* a = key_row(first);
     int lda = Hkv * D;
-    if (!in_place || n8 != count) {
+    if (!consecutive || n8 != count) {
       float* rows = sc.kt.get();  // [n8][D]
       for (int j = 0; j < n8; ++j) {
         if (j < count) std::memcpy(rows + (size_t)j * D, key_row(t.k_start + sc.keys[j]), sizeof(float) * D);
@@ -200,9 +203,9 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       for (int j = 0; j < count; ++j) s[r * kBlockN + j] = st[j * kFewRows + r];
   } else if (kFewQueries) {
     // not reached (few-query tiles are key-major); ends the few-query instantiation's chain here
-  } else if (!masked && t.panel >= 0) {
-    const float* panel = t.job->kt_panels + (t.panel * Hkv + t.g) * (int64_t)D * kBlockN;
-    gemm_blocks<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false);
+  } else if (t.panel >= 0) {
+    const float* panel = t.job->kt_panels + (t.panel * Hkv + t.g) * (int64_t)D * kBlockN + t.panel_col;
+    gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false);
   } else {
     // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes.
     float* kt = sc.kt.get();
@@ -219,7 +222,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       for (int d = d8; d < D; ++d)
         for (int u = 0; u < 8; ++u) kt[d * kBlockN + j0 + u] = krows[u] ? krows[u][d] : 0.0f;
     }
-    gemm_blocks<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false);
+    gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false);
   }
 
   for (int r = 0; r < t.rows; ++r)
@@ -285,10 +288,13 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   }
   for (int r = t.rows; r < t.m_pad; ++r) std::fill(s + r * kBlockN, s + r * kBlockN + n_pad, 0.0f);
 
-  // V rows as the GEMM's B: in place when consecutive and unpadded, else copied into a padded block.
+  // V rows as the GEMM's B: in place when consecutive, unpadded and (in masked blocks, where a masked
+  // key's 0 weight must not meet a NaN / Inf) finite, else copied into a padded block.
   const float* vb = value_row(first);
   int ldv = Hkv * Dv;
-  if (!in_place || count != n_pad || Dv != dvp) {
+  bool v_in_place = consecutive && count == n_pad && Dv == dvp;
+  for (int j = 0; masked && v_in_place && j < count; ++j) v_in_place = all_finite(value_row(first + j), Dv);
+  if (!v_in_place) {
     float* vs = sc.v.get();
     for (int j = 0; j < n_pad; ++j) {
       float* dst = vs + j * dvp;
@@ -321,7 +327,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     static_assert(FourRows::kCols == Shape::kCols, "the same column padding");
     gemm_blocks<FourRows>(4, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
   } else {
-    gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
+    gemm_rows<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
   }
 }
 
@@ -343,6 +349,19 @@ LK_INLINE void select_head(TileTask& t, int i) {
 template <typename Shape, bool kFewQueries>
 LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   const AttentionParams& p = *t.job->p;
+  // Consecutive keys inside one packed key tile (whole tiles, a causal diagonal's gathered keys, a
+  // segment's run) read their K^T from its panel: no transpose per query tile.
+  const int* keys = t.sc->keys;
+  const int tile = keys[0] / kBlockN, col = keys[0] % kBlockN;
+  t.panel = -1;
+  if (!kFewQueries && col + round_up(count, Shape::kCols) <= kBlockN && keys[count - 1] == keys[0] + count - 1) {
+    bool consecutive = true;
+    for (int j = 1; j < count - 1 && consecutive; ++j) consecutive = keys[j] == keys[0] + j;
+    if (consecutive) {
+      t.panel = t.job->panel_of_tile[t.job->k_base[t.b] + tile];
+      t.panel_col = col;
+    }
+  }
   if (!masked && t.group < p.heads) {
     // The next block's rows of the group's kv heads (consecutive within a key row; the rows are all
     // heads' width apart, which hardware prefetchers miss).
@@ -395,7 +414,8 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
   const bool whole_tile = row_lo == 0 && row_hi == std::min(kBlockM, Lq - tile_row0);
   t.row0 = tile_row0 + row_lo;
   t.rows = row_hi - row_lo;
-  t.m_pad = round_up(t.rows, Shape::kRows);
+  // Few-query tiles read 4 padded rows (at least kRows); others pad to gemm_rows' even row count.
+  t.m_pad = kFewQueries ? round_up(t.rows, Shape::kRows) : round_up(t.rows, 2);
   t.align = Lk - Lq;  // bottom-right causal alignment
   t.dv_pad = round_up(p.value_dim, Shape::kCols);
   const TileSummary q_sum = whole_tile ? job.q_tiles[job.q_base[b] + q_tile]
@@ -406,7 +426,6 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
 
   // Scaled query rows per head; padding rows are zero and never written out.
   t.key_major = t.rows <= kFewRows;
-  t.panel = -1;
   for (int i = 0; i < group; ++i) {
     select_head(t, i);
     float* qs = t.q_rows;
@@ -447,9 +466,7 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
     if (cls == kTileSkip) continue;
     if (cls == kTileFull) {
       for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
-      t.panel = job.panel_of_tile[job.k_base[b] + kt];
       attend_keys<Shape, kFewQueries>(t, cols, false);
-      t.panel = -1;
       continue;
     }
     int8_t key_class[kBlockN];

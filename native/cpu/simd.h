@@ -147,6 +147,23 @@ LK_INLINE void gemm_blocks(int m, int n, int k, const float* a, int lda, const f
   }
 }
 
+// gemm_blocks for any even m: kRows-row blocks, then 4- and 2-row blocks for the rest. With 6-row
+// blocks a 32-row query tile runs as 4 x 6 + 2 x 4 rows instead of being padded to 36 (11% of both
+// GEMMs spent on zero rows); 4 x kCols keeps 8 accumulators, enough to hide the FMA latency.
+template <typename Shape>
+LK_INLINE void gemm_rows(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc,
+                         bool accumulate) {
+  using V = typename Shape::Vec;
+  using FourRows = GemmShape<V, 4, Shape::kVecsPerRow>;
+  using TwoRows = GemmShape<V, 2, Shape::kVecsPerRow>;
+  int whole = m / Shape::kRows * Shape::kRows;
+  if (Shape::kRows == 6 && m - whole == 2 && whole > 0) whole -= 6;  // 6 + 2 rows -> 4 + 4
+  gemm_blocks<Shape>(whole, n, k, a, lda, b, ldb, c, ldc, accumulate);
+  int i = whole;
+  for (; m - i >= 4; i += 4) gemm_blocks<FourRows>(4, n, k, a + (int64_t)i * lda, lda, b, ldb, c + (int64_t)i * ldc, ldc, accumulate);
+  if (m > i) gemm_blocks<TwoRows>(m - i, n, k, a + (int64_t)i * lda, lda, b, ldb, c + (int64_t)i * ldc, ldc, accumulate);
+}
+
 typedef float v16f __attribute__((vector_size(64)));
 // Measured on this project's 2-core AVX-512 machines (64^3 blocks, one core): 4 x 32 zmm ~117 GFLOP/s,
 // 6 x 16 ymm (AVX2) ~47 GFLOP/s, against ~27 for a 4 x 16 ymm block.
