@@ -70,10 +70,14 @@ struct Job {
   const TileSummary* k_tiles;  // every real key tile, likewise by k_base
   const int32_t* q_base;
   const int32_t* k_base;
-  // K^T panels [D][kBlockN] per (key tile, kv head), packed once and shared by every query tile of
-  // the sequence: panel_of_tile[key tile] indexes them, -1 for sequences of one query tile.
+  // K^T panels [D][kBlockN] and V panels [kBlockN][Dv] per (kv head, packed key tile), packed once
+  // and shared by every query tile of the sequence; panel_of_tile[key tile] numbers the packed tiles
+  // (-1: not packed). Head-major, so the panels a task walks are consecutive in memory.
   const float* kt_panels;
+  const float* v_panels;
+  const uint8_t* v_panel_finite;  // per (kv head, packed tile): every V value of the panel is finite
   const int64_t* panel_of_tile;
+  int64_t panels;  // packed key tiles
   const KeyRun* runs;  // the plan's key runs (mask_plan.h)
 };
 
@@ -204,7 +208,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   } else if (kFewQueries) {
     // not reached (few-query tiles are key-major); ends the few-query instantiation's chain here
   } else if (t.panel >= 0) {
-    const float* panel = t.job->kt_panels + (t.panel * Hkv + t.g) * (int64_t)D * kBlockN + t.panel_col;
+    const float* panel = t.job->kt_panels + (t.g * t.job->panels + t.panel) * (int64_t)D * kBlockN + t.panel_col;
     gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false);
   } else {
     // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes.
@@ -293,7 +297,15 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   const float* vb = value_row(first);
   int ldv = Hkv * Dv;
   bool v_in_place = consecutive && count == n_pad && Dv == dvp;
-  for (int j = 0; masked && v_in_place && j < count; ++j) v_in_place = all_finite(value_row(first + j), Dv);
+  if (t.panel >= 0 && Dv == dvp) {
+    // The packed panel's rows past `count` weigh 0, which a NaN / Inf among them would turn NaN.
+    const int64_t vp = t.g * t.job->panels + t.panel;
+    vb = t.job->v_panels + (vp * kBlockN + t.panel_col) * Dv;
+    ldv = Dv;
+    v_in_place = t.job->v_panel_finite[vp] || (!masked && count == n_pad);
+  } else {
+    for (int j = 0; masked && v_in_place && j < count; ++j) v_in_place = all_finite(value_row(first + j), Dv);
+  }
   if (!v_in_place) {
     float* vs = sc.v.get();
     for (int j = 0; j < n_pad; ++j) {
@@ -362,7 +374,9 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
       t.panel_col = col;
     }
   }
-  if (!masked && t.group < p.heads) {
+  // Packed panels are consecutive per head, which hardware prefetchers follow; rows read in place
+  // are not.
+  if (t.panel < 0 && !masked && t.group < p.heads) {
     // The next block's rows of the group's kv heads (consecutive within a key row; the rows are all
     // heads' width apart, which hardware prefetchers miss).
     const int Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim;
@@ -375,9 +389,8 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
       for (int d = g_lo * D; d < (g_hi + 1) * D; d += 16) __builtin_prefetch(krow + d);
       for (int d = g_lo * Dv; d < (g_hi + 1) * Dv; d += 16) __builtin_prefetch(vrow + d);
     }
-  } else {
-    block_allowed_keys(t, count);
   }
+  if (masked) block_allowed_keys(t, count);
   for (int i = 0; i < t.group; ++i) {
     select_head(t, i);
     attend_head_keys<Shape, kFewQueries>(t, count, masked);
@@ -636,22 +649,32 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
       panel_tiles.emplace_back(b, t);
     }
   }
-  const int D = p.head_dim, Hkv = p.kv_heads;
-  const size_t panel_floats = (size_t)D * kBlockN;
-  FloatBuffer kt_panels = alloc_floats(panel_tiles.size() * Hkv * panel_floats);
-  pool.parallel_for((int64_t)panel_tiles.size() * Hkv, [&](int64_t i, int) {
-    const auto [b, t] = panel_tiles[(size_t)(i / Hkv)];
-    const int kv_head = (int)(i % Hkv);
+  const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
+  const int64_t panels = (int64_t)panel_tiles.size();
+  const size_t kt_floats = (size_t)D * kBlockN, v_floats = (size_t)kBlockN * Dv;
+  FloatBuffer kt_panels = alloc_floats(panels * Hkv * kt_floats);
+  FloatBuffer v_panels = alloc_floats(panels * Hkv * v_floats);
+  std::vector<uint8_t> v_panel_finite((size_t)(panels * Hkv));
+  pool.parallel_for(panels * Hkv, [&](int64_t i, int) {  // i = kv head * panels + packed tile
+    const auto [b, t] = panel_tiles[(size_t)(i % panels)];
+    const int kv_head = (int)(i / panels);
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
-    float* panel = kt_panels.get() + (size_t)i * panel_floats;
+    float* kt_panel = kt_panels.get() + (size_t)i * kt_floats;
+    float* v_panel = v_panels.get() + (size_t)i * v_floats;
     for (int j = 0; j < kBlockN; ++j) {
       const float* krow = k.data + ((key0 + j) * Hkv + kv_head) * D;
-      for (int d = 0; d < D; ++d) panel[(size_t)d * kBlockN + j] = j < cols ? krow[d] : 0.0f;
+      for (int d = 0; d < D; ++d) kt_panel[(size_t)d * kBlockN + j] = j < cols ? krow[d] : 0.0f;
+      float* vrow = v_panel + (size_t)j * Dv;
+      if (j < cols) std::memcpy(vrow, v.data + ((key0 + j) * Hkv + kv_head) * Dv, sizeof(float) * Dv);
+      else std::fill(vrow, vrow + Dv, 0.0f);
     }
+    bool finite = true;
+    for (size_t e = 0; e < v_floats && finite; ++e) finite = std::isfinite(v_panel[e]);
+    v_panel_finite[(size_t)i] = finite;
   });
   const Job job{&p, q.data, k.data, v.data, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
-                kt_panels.get(), panel_of_tile.data(), g->runs.data()};
+                kt_panels.get(), v_panels.get(), v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data()};
 
   // Tasks = (work item, head group), heaviest work items first.
   const std::vector<PlanWork>& tasks = g->work;
