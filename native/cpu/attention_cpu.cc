@@ -45,6 +45,7 @@ struct Scratch {
   size_t o_stride = 0;         // floats of one head's O tile
   float m[kMaxGroupHeads][kMaxRows], l[kMaxGroupHeads][kMaxRows];
   uint64_t allow[kMaxRows];  // masked blocks: bit j of row r set when the row may see key j
+  int extent[kMaxRows];      // masked blocks: 1 + the row's last allowed key (0: none); padding rows 0
   bool seen[kMaxRows];       // the row has met an allowed key (the mask is the same for every head)
   int keys[kBlockN];  // key positions (inside the sequence) of the block being computed
   int32_t key_role[kBlockN], key_seg[kBlockN], key_pos[kBlockN];  // masked blocks: the keys' attributes
@@ -122,7 +123,9 @@ LK_INLINE void block_allowed_keys(const TileTask& t, int count) {
     const int64_t qi = t.q_start + t.row0 + r;
     sc.allow[r] = row_allowed_bits(p.rule, qrole ? qrole[qi] : 0, qseg ? qseg[qi] : 0, t.row0 + r + t.align, sc.key_role, sc.key_seg,
                                    sc.key_pos, n8);
+    sc.extent[r] = sc.allow[r] ? 64 - __builtin_clzll(sc.allow[r]) : 0;
   }
+  for (int r = t.rows; r < kMaxRows; ++r) sc.extent[r] = 0;
 }
 
 // One head's scores of a gathered block: -inf where sc.allow says masked.
@@ -163,6 +166,10 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   bool consecutive = true;
   for (int j = 1; j < count && consecutive; ++j) consecutive = sc.keys[j] == sc.keys[0] + j;
   const int64_t first = t.k_start + sc.keys[0];
+  // Masked blocks compute each row block's scores and P V terms up to its rows' last allowed key only
+  // (a causal diagonal's upper right is skipped); score columns past it hold garbage that the mask
+  // and the softmax never read as allowed.
+  const int* row_extent = masked ? sc.extent : nullptr;
   if (kFewQueries && D % 8 == 0) {
     // At most 4 queries: dot products of whole key rows (read in place or through the gather list)
     // with the 4 query rows, two keys at a time, eight sums reduced together. Every multiply is
@@ -209,7 +216,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     // not reached (few-query tiles are key-major); ends the few-query instantiation's chain here
   } else if (t.panel >= 0) {
     const float* panel = t.job->kt_panels + (t.g * t.job->panels + t.panel) * (int64_t)D * kBlockN + t.panel_col;
-    gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false);
+    gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false, row_extent);
   } else {
     // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes.
     float* kt = sc.kt.get();
@@ -226,7 +233,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       for (int d = d8; d < D; ++d)
         for (int u = 0; u < 8; ++u) kt[d * kBlockN + j0 + u] = krows[u] ? krows[u][d] : 0.0f;
     }
-    gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false);
+    gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false, row_extent);
   }
 
   for (int r = 0; r < t.rows; ++r)
@@ -339,7 +346,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     static_assert(FourRows::kCols == Shape::kCols, "the same column padding");
     gemm_blocks<FourRows>(4, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
   } else {
-    gemm_rows<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
+    gemm_rows<Shape, true>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true, row_extent);
   }
 }
 
@@ -366,6 +373,7 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   const int* keys = t.sc->keys;
   const int tile = keys[0] / kBlockN, col = keys[0] % kBlockN;
   t.panel = -1;
+  t.panel_col = 0;
   if (!kFewQueries && col + round_up(count, Shape::kCols) <= kBlockN && keys[count - 1] == keys[0] + count - 1) {
     bool consecutive = true;
     for (int j = 1; j < count - 1 && consecutive; ++j) consecutive = keys[j] == keys[0] + j;
@@ -555,6 +563,44 @@ LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int g
   for (int i = 0; i < ranges; ++i) attend_rows<Shape, kFewQueries>(job, w, h0, group, sc, cut[i], cut[i + 1]);
 }
 
+// One (kv head, key tile)'s panels: K^T [D][kBlockN] by 8 x 8 register transposes and V rows
+// [kBlockN][Dv], zero past the tile's `cols` keys (rows `k_stride` / `v_stride` floats apart).
+// Returns whether every V value of the panel is finite.
+LK_INLINE bool pack_panel(const float* k_rows, const float* v_rows, int64_t k_stride, int64_t v_stride, int D, int Dv, int cols,
+                          float* kt_panel, float* v_panel) {
+  const int d8 = D / 8 * 8;
+  for (int j0 = 0; j0 < kBlockN; j0 += 8) {
+    const float* krows[8];
+    for (int u = 0; u < 8; ++u) krows[u] = j0 + u < cols ? k_rows + (j0 + u) * k_stride : nullptr;
+    for (int d = 0; d < d8; d += 8) {
+      v8f x[8];
+      for (int u = 0; u < 8; ++u) x[u] = krows[u] ? load8(krows[u] + d) : splat(0.0f);
+      transpose8x8(x);
+      for (int u = 0; u < 8; ++u) store8(kt_panel + (d + u) * kBlockN + j0, x[u]);
+    }
+    for (int d = d8; d < D; ++d)
+      for (int u = 0; u < 8; ++u) kt_panel[d * kBlockN + j0 + u] = krows[u] ? krows[u][d] : 0.0f;
+  }
+  for (int j = 0; j < kBlockN; ++j) {
+    float* vrow = v_panel + (size_t)j * Dv;
+    if (j < cols) std::memcpy(vrow, v_rows + j * v_stride, sizeof(float) * Dv);
+    else std::fill(vrow, vrow + Dv, 0.0f);
+  }
+  return all_finite(v_panel, kBlockN * Dv);  // kBlockN * Dv is a multiple of 8
+}
+#define LK_PACK_ENTRY(name, attr)                                                                              \
+  attr bool name(const float* k, const float* v, int64_t ks, int64_t vs, int D, int Dv, int cols, float* kt, float* vp) { \
+    return pack_panel(k, v, ks, vs, D, Dv, cols, kt, vp);                                                     \
+  }
+#if LK_ISA_X86
+LK_PACK_ENTRY(pack_panel_avx512, LK_TARGET_AVX512)
+LK_PACK_ENTRY(pack_panel_avx2, LK_TARGET_AVX2)
+#endif
+LK_PACK_ENTRY(pack_panel_portable, )
+#undef LK_PACK_ENTRY
+using PackPanelFn = bool (*)(const float*, const float*, int64_t, int64_t, int, int, int, float*, float*);
+const IsaTable<PackPanelFn> kPackPanel = {{pack_panel_portable, nullptr, LK_IF_X86(pack_panel_avx2), LK_IF_X86(pack_panel_avx512), nullptr}};
+
 // One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries
 // have their own entries (dot-product Q K^T, 4-row P V), so the large tiles' code stays compact.
 #define LK_ATTEND_ENTRIES(name, attr, Shape)                                                          \
@@ -655,23 +701,15 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   FloatBuffer kt_panels = alloc_floats(panels * Hkv * kt_floats);
   FloatBuffer v_panels = alloc_floats(panels * Hkv * v_floats);
   std::vector<uint8_t> v_panel_finite((size_t)(panels * Hkv));
+  const PackPanelFn pack = isa_pick(kPackPanel);
   pool.parallel_for(panels * Hkv, [&](int64_t i, int) {  // i = kv head * panels + packed tile
     const auto [b, t] = panel_tiles[(size_t)(i % panels)];
     const int kv_head = (int)(i / panels);
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
-    float* kt_panel = kt_panels.get() + (size_t)i * kt_floats;
-    float* v_panel = v_panels.get() + (size_t)i * v_floats;
-    for (int j = 0; j < kBlockN; ++j) {
-      const float* krow = k.data + ((key0 + j) * Hkv + kv_head) * D;
-      for (int d = 0; d < D; ++d) kt_panel[(size_t)d * kBlockN + j] = j < cols ? krow[d] : 0.0f;
-      float* vrow = v_panel + (size_t)j * Dv;
-      if (j < cols) std::memcpy(vrow, v.data + ((key0 + j) * Hkv + kv_head) * Dv, sizeof(float) * Dv);
-      else std::fill(vrow, vrow + Dv, 0.0f);
-    }
-    bool finite = true;
-    for (size_t e = 0; e < v_floats && finite; ++e) finite = std::isfinite(v_panel[e]);
-    v_panel_finite[(size_t)i] = finite;
+    v_panel_finite[(size_t)i] = pack(k.data + (key0 * Hkv + kv_head) * D, v.data + (key0 * Hkv + kv_head) * Dv, (int64_t)Hkv * D,
+                                     (int64_t)Hkv * Dv, D, Dv, cols, kt_panels.get() + (size_t)i * kt_floats,
+                                     v_panels.get() + (size_t)i * v_floats);
   });
   const Job job{&p, q.data, k.data, v.data, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
                 kt_panels.get(), v_panels.get(), v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data()};
