@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "../../cuda/common/half_convert.h"
@@ -641,6 +642,36 @@ int group_heads(const AttentionParams& p, const std::vector<int32_t>& q_base, in
   return group;
 }
 
+// Panel storage kept between calls: a fresh multi-megabyte allocation is mapped anew by the C library
+// and each of its 4 KiB pages faults and is zeroed on first touch (~10% of a memory-token mask's
+// call on 8 x 1024 tokens). One spare of at most kMaxSpareFloats is kept (the largest given back),
+// so the memory retained is bounded.
+constexpr size_t kMaxSpareFloats = size_t{16} << 20;  // 64 MiB
+struct PanelStorage {
+  FloatBuffer data;
+  size_t floats = 0;
+};
+std::mutex spare_panels_mutex;
+PanelStorage spare_panels;
+
+PanelStorage take_panel_storage(size_t floats) {
+  {
+    std::lock_guard<std::mutex> lock(spare_panels_mutex);
+    if (spare_panels.data && spare_panels.floats >= floats) {
+      PanelStorage s{std::move(spare_panels.data), spare_panels.floats};
+      spare_panels.floats = 0;
+      return s;
+    }
+  }
+  return PanelStorage{alloc_floats(floats), floats};
+}
+
+void give_back_panel_storage(PanelStorage s) {
+  if (s.floats > kMaxSpareFloats) return;
+  std::lock_guard<std::mutex> lock(spare_panels_mutex);
+  if (!spare_panels.data || s.floats > spare_panels.floats) spare_panels = std::move(s);
+}
+
 }  // namespace
 
 void masked_attention(const AttentionParams& p, PlanState* plan) {
@@ -698,8 +729,9 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
   const int64_t panels = (int64_t)panel_tiles.size();
   const size_t kt_floats = (size_t)D * kBlockN, v_floats = (size_t)kBlockN * Dv;
-  FloatBuffer kt_panels = alloc_floats(panels * Hkv * kt_floats);
-  FloatBuffer v_panels = alloc_floats(panels * Hkv * v_floats);
+  PanelStorage storage = take_panel_storage(panels * Hkv * (kt_floats + v_floats));
+  float* const kt_panels = storage.data.get();
+  float* const v_panels = kt_panels + panels * Hkv * kt_floats;
   std::vector<uint8_t> v_panel_finite((size_t)(panels * Hkv));
   const PackPanelFn pack = isa_pick(kPackPanel);
   pool.parallel_for(panels * Hkv, [&](int64_t i, int) {  // i = kv head * panels + packed tile
@@ -708,11 +740,11 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
     v_panel_finite[(size_t)i] = pack(k.data + (key0 * Hkv + kv_head) * D, v.data + (key0 * Hkv + kv_head) * Dv, (int64_t)Hkv * D,
-                                     (int64_t)Hkv * Dv, D, Dv, cols, kt_panels.get() + (size_t)i * kt_floats,
-                                     v_panels.get() + (size_t)i * v_floats);
+                                     (int64_t)Hkv * Dv, D, Dv, cols, kt_panels + (size_t)i * kt_floats,
+                                     v_panels + (size_t)i * v_floats);
   });
   const Job job{&p, q.data, k.data, v.data, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
-                kt_panels.get(), v_panels.get(), v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data()};
+                kt_panels, v_panels, v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data()};
 
   // Tasks = (work item, head group), heaviest work items first.
   const std::vector<PlanWork>& tasks = g->work;
@@ -730,6 +762,7 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     (rows <= 4 ? attend_few_tile : attend_tile)(job, w, h0, std::min(group, p.heads - h0), scratch[worker]);
   });
 
+  give_back_panel_storage(std::move(storage));
   if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);
 }
 
