@@ -129,6 +129,20 @@ LK_INLINE void block_allowed_keys(const TileTask& t, int count) {
   for (int r = t.rows; r < kMaxRows; ++r) sc.extent[r] = 0;
 }
 
+// Eight key rows (null: a padding key, zero) as eight columns of a K^T block [D][kBlockN] starting at
+// kt: 8 x 8 register transposes, the D % 8 last dimensions one by one.
+LK_INLINE void transpose_key_rows(const float* const krows[8], int D, float* kt) {
+  const int d8 = D / 8 * 8;
+  for (int d = 0; d < d8; d += 8) {
+    v8f x[8];
+    for (int u = 0; u < 8; ++u) x[u] = krows[u] ? load8(krows[u] + d) : splat(0.0f);
+    transpose8x8(x);
+    for (int u = 0; u < 8; ++u) store8(kt + (d + u) * kBlockN, x[u]);
+  }
+  for (int d = d8; d < D; ++d)
+    for (int u = 0; u < 8; ++u) kt[d * kBlockN + u] = krows[u] ? krows[u][d] : 0.0f;
+}
+
 // One head's scores of a gathered block: -inf where sc.allow says masked.
 LK_INLINE void mask_scores(const TileTask& t, int count) {
   Scratch& sc = *t.sc;
@@ -221,18 +235,10 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   } else {
     // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes.
     float* kt = sc.kt.get();
-    const int d8 = D / 8 * 8;
     for (int j0 = 0; j0 < n_pad; j0 += 8) {
       const float* krows[8];
       for (int u = 0; u < 8; ++u) krows[u] = j0 + u < count ? key_row(t.k_start + sc.keys[j0 + u]) : nullptr;
-      for (int d = 0; d < d8; d += 8) {
-        v8f x[8];
-        for (int u = 0; u < 8; ++u) x[u] = krows[u] ? load8(krows[u] + d) : splat(0.0f);
-        transpose8x8(x);
-        for (int u = 0; u < 8; ++u) store8(kt + (d + u) * kBlockN + j0, x[u]);
-      }
-      for (int d = d8; d < D; ++d)
-        for (int u = 0; u < 8; ++u) kt[d * kBlockN + j0 + u] = krows[u] ? krows[u][d] : 0.0f;
+      transpose_key_rows(krows, D, kt + j0);
     }
     gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false, row_extent);
   }
@@ -569,18 +575,10 @@ LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int g
 // Returns whether every V value of the panel is finite.
 LK_INLINE bool pack_panel(const float* k_rows, const float* v_rows, int64_t k_stride, int64_t v_stride, int D, int Dv, int cols,
                           float* kt_panel, float* v_panel) {
-  const int d8 = D / 8 * 8;
   for (int j0 = 0; j0 < kBlockN; j0 += 8) {
     const float* krows[8];
     for (int u = 0; u < 8; ++u) krows[u] = j0 + u < cols ? k_rows + (j0 + u) * k_stride : nullptr;
-    for (int d = 0; d < d8; d += 8) {
-      v8f x[8];
-      for (int u = 0; u < 8; ++u) x[u] = krows[u] ? load8(krows[u] + d) : splat(0.0f);
-      transpose8x8(x);
-      for (int u = 0; u < 8; ++u) store8(kt_panel + (d + u) * kBlockN + j0, x[u]);
-    }
-    for (int d = d8; d < D; ++d)
-      for (int u = 0; u < 8; ++u) kt_panel[d * kBlockN + j0 + u] = krows[u] ? krows[u][d] : 0.0f;
+    transpose_key_rows(krows, D, kt_panel + j0);
   }
   for (int j = 0; j < kBlockN; ++j) {
     float* vrow = v_panel + (size_t)j * Dv;
