@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "../../cuda/common/half_convert.h"
@@ -45,6 +46,7 @@ struct Scratch {
   size_t o_stride = 0;         // floats of one head's O tile
   float m[kMaxGroupHeads][kMaxRows], l[kMaxGroupHeads][kMaxRows];
   uint64_t allow[kMaxRows];  // masked blocks: bit j of row r set when the row may see key j
+  int extent[kMaxRows];      // masked blocks: 1 + the row's last allowed key (0: none); padding rows 0
   bool seen[kMaxRows];       // the row has met an allowed key (the mask is the same for every head)
   int keys[kBlockN];  // key positions (inside the sequence) of the block being computed
   int32_t key_role[kBlockN], key_seg[kBlockN], key_pos[kBlockN];  // masked blocks: the keys' attributes
@@ -70,10 +72,14 @@ struct Job {
   const TileSummary* k_tiles;  // every real key tile, likewise by k_base
   const int32_t* q_base;
   const int32_t* k_base;
-  // K^T panels [D][kBlockN] per (key tile, kv head), packed once and shared by every query tile of
-  // the sequence: panel_of_tile[key tile] indexes them, -1 for sequences of one query tile.
+  // K^T panels [D][kBlockN] and V panels [kBlockN][Dv] per (kv head, packed key tile), packed once
+  // and shared by every query tile of the sequence; panel_of_tile[key tile] numbers the packed tiles
+  // (-1: not packed). Head-major, so the panels a task walks are consecutive in memory.
   const float* kt_panels;
+  const float* v_panels;
+  const uint8_t* v_panel_finite;  // per (kv head, packed tile): every V value of the panel is finite
   const int64_t* panel_of_tile;
+  int64_t panels;  // packed key tiles
   const KeyRun* runs;  // the plan's key runs (mask_plan.h)
 };
 
@@ -86,7 +92,10 @@ struct TileTask {
   int row0, rows, m_pad, align;
   int dv_pad;
   bool key_major;  // rows <= kFewRows
-  int64_t panel;   // the current full key tile's packed K^T panels (per kv head), or -1
+  // The block's keys as columns [panel_col, panel_col + count) of one key tile's packed K^T panels
+  // (per kv head), or panel -1 when they are not consecutive inside a packed tile.
+  int64_t panel;
+  int panel_col;
   TileBounds qb;
   // The head being computed inside the group, and its slices of the scratch.
   int h, g;
@@ -115,7 +124,23 @@ LK_INLINE void block_allowed_keys(const TileTask& t, int count) {
     const int64_t qi = t.q_start + t.row0 + r;
     sc.allow[r] = row_allowed_bits(p.rule, qrole ? qrole[qi] : 0, qseg ? qseg[qi] : 0, t.row0 + r + t.align, sc.key_role, sc.key_seg,
                                    sc.key_pos, n8);
+    sc.extent[r] = sc.allow[r] ? 64 - __builtin_clzll(sc.allow[r]) : 0;
   }
+  for (int r = t.rows; r < kMaxRows; ++r) sc.extent[r] = 0;
+}
+
+// Eight key rows (null: a padding key, zero) as eight columns of a K^T block [D][kBlockN] starting at
+// kt: 8 x 8 register transposes, the D % 8 last dimensions one by one.
+LK_INLINE void transpose_key_rows(const float* const krows[8], int D, float* kt) {
+  const int d8 = D / 8 * 8;
+  for (int d = 0; d < d8; d += 8) {
+    v8f x[8];
+    for (int u = 0; u < 8; ++u) x[u] = krows[u] ? load8(krows[u] + d) : splat(0.0f);
+    transpose8x8(x);
+    for (int u = 0; u < 8; ++u) store8(kt + (d + u) * kBlockN, x[u]);
+  }
+  for (int d = d8; d < D; ++d)
+    for (int u = 0; u < 8; ++u) kt[d * kBlockN + u] = krows[u] ? krows[u][d] : 0.0f;
 }
 
 // One head's scores of a gathered block: -inf where sc.allow says masked.
@@ -153,9 +178,13 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   auto value_row = [&](int64_t j) { return t.job->v + (j * Hkv + t.g) * Dv; };
   // Rows of the block's keys: read in place when they are consecutive and all allowed, else gathered
   // (a masked block's V rows are copied so that their finiteness can be checked).
-  bool in_place = !masked;
-  for (int j = 1; j < count && in_place; ++j) in_place = sc.keys[j] == sc.keys[0] + j;
+  bool consecutive = true;
+  for (int j = 1; j < count && consecutive; ++j) consecutive = sc.keys[j] == sc.keys[0] + j;
   const int64_t first = t.k_start + sc.keys[0];
+  // Masked blocks compute each row block's scores and P V terms up to its rows' last allowed key only
+  // (a causal diagonal's upper right is skipped); score columns past it hold garbage that the mask
+  // and the softmax never read as allowed.
+  const int* row_extent = masked ? sc.extent : nullptr;
   if (kFewQueries && D % 8 == 0) {
     // At most 4 queries: dot products of whole key rows (read in place or through the gather list)
     // with the 4 query rows, two keys at a time, eight sums reduced together. Every multiply is
@@ -185,7 +214,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     const int n8 = round_up(count, GemmKeyMajor::kRows);
     const float* a = key_row(first);
     int lda = Hkv * D;
-    if (!in_place || n8 != count) {
+    if (!consecutive || n8 != count) {
       float* rows = sc.kt.get();  // [n8][D]
       for (int j = 0; j < n8; ++j) {
         if (j < count) std::memcpy(rows + (size_t)j * D, key_row(t.k_start + sc.keys[j]), sizeof(float) * D);
@@ -200,26 +229,18 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       for (int j = 0; j < count; ++j) s[r * kBlockN + j] = st[j * kFewRows + r];
   } else if (kFewQueries) {
     // not reached (few-query tiles are key-major); ends the few-query instantiation's chain here
-  } else if (!masked && t.panel >= 0) {
-    const float* panel = t.job->kt_panels + (t.panel * Hkv + t.g) * (int64_t)D * kBlockN;
-    gemm_blocks<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false);
+  } else if (t.panel >= 0) {
+    const float* panel = t.job->kt_panels + (t.g * t.job->panels + t.panel) * (int64_t)D * kBlockN + t.panel_col;
+    gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false, row_extent);
   } else {
     // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes.
     float* kt = sc.kt.get();
-    const int d8 = D / 8 * 8;
     for (int j0 = 0; j0 < n_pad; j0 += 8) {
       const float* krows[8];
       for (int u = 0; u < 8; ++u) krows[u] = j0 + u < count ? key_row(t.k_start + sc.keys[j0 + u]) : nullptr;
-      for (int d = 0; d < d8; d += 8) {
-        v8f x[8];
-        for (int u = 0; u < 8; ++u) x[u] = krows[u] ? load8(krows[u] + d) : splat(0.0f);
-        transpose8x8(x);
-        for (int u = 0; u < 8; ++u) store8(kt + (d + u) * kBlockN + j0, x[u]);
-      }
-      for (int d = d8; d < D; ++d)
-        for (int u = 0; u < 8; ++u) kt[d * kBlockN + j0 + u] = krows[u] ? krows[u][d] : 0.0f;
+      transpose_key_rows(krows, D, kt + j0);
     }
-    gemm_blocks<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false);
+    gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false, row_extent);
   }
 
   for (int r = 0; r < t.rows; ++r)
@@ -285,10 +306,21 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   }
   for (int r = t.rows; r < t.m_pad; ++r) std::fill(s + r * kBlockN, s + r * kBlockN + n_pad, 0.0f);
 
-  // V rows as the GEMM's B: in place when consecutive and unpadded, else copied into a padded block.
+  // V rows as the GEMM's B: in place when consecutive, unpadded and (in masked blocks, where a masked
+  // key's 0 weight must not meet a NaN / Inf) finite, else copied into a padded block.
   const float* vb = value_row(first);
   int ldv = Hkv * Dv;
-  if (!in_place || count != n_pad || Dv != dvp) {
+  bool v_in_place = consecutive && count == n_pad && Dv == dvp;
+  if (t.panel >= 0 && Dv == dvp) {
+    // The packed panel's rows past `count` weigh 0, which a NaN / Inf among them would turn NaN.
+    const int64_t vp = t.g * t.job->panels + t.panel;
+    vb = t.job->v_panels + (vp * kBlockN + t.panel_col) * Dv;
+    ldv = Dv;
+    v_in_place = t.job->v_panel_finite[vp] || (!masked && count == n_pad);
+  } else {
+    for (int j = 0; masked && v_in_place && j < count; ++j) v_in_place = all_finite(value_row(first + j), Dv);
+  }
+  if (!v_in_place) {
     float* vs = sc.v.get();
     for (int j = 0; j < n_pad; ++j) {
       float* dst = vs + j * dvp;
@@ -321,7 +353,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     static_assert(FourRows::kCols == Shape::kCols, "the same column padding");
     gemm_blocks<FourRows>(4, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
   } else {
-    gemm_blocks<Shape>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
+    gemm_rows<Shape, true>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true, row_extent);
   }
 }
 
@@ -343,7 +375,23 @@ LK_INLINE void select_head(TileTask& t, int i) {
 template <typename Shape, bool kFewQueries>
 LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   const AttentionParams& p = *t.job->p;
-  if (!masked && t.group < p.heads) {
+  // Consecutive keys inside one packed key tile (whole tiles, a causal diagonal's gathered keys, a
+  // segment's run) read their K^T from its panel: no transpose per query tile.
+  const int* keys = t.sc->keys;
+  const int tile = keys[0] / kBlockN, col = keys[0] % kBlockN;
+  t.panel = -1;
+  t.panel_col = 0;
+  if (!kFewQueries && col + round_up(count, Shape::kCols) <= kBlockN && keys[count - 1] == keys[0] + count - 1) {
+    bool consecutive = true;
+    for (int j = 1; j < count - 1 && consecutive; ++j) consecutive = keys[j] == keys[0] + j;
+    if (consecutive) {
+      t.panel = t.job->panel_of_tile[t.job->k_base[t.b] + tile];
+      t.panel_col = col;
+    }
+  }
+  // Packed panels are consecutive per head, which hardware prefetchers follow; rows read in place
+  // are not.
+  if (t.panel < 0 && !masked && t.group < p.heads) {
     // The next block's rows of the group's kv heads (consecutive within a key row; the rows are all
     // heads' width apart, which hardware prefetchers miss).
     const int Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim;
@@ -356,9 +404,8 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
       for (int d = g_lo * D; d < (g_hi + 1) * D; d += 16) __builtin_prefetch(krow + d);
       for (int d = g_lo * Dv; d < (g_hi + 1) * Dv; d += 16) __builtin_prefetch(vrow + d);
     }
-  } else {
-    block_allowed_keys(t, count);
   }
+  if (masked) block_allowed_keys(t, count);
   for (int i = 0; i < t.group; ++i) {
     select_head(t, i);
     attend_head_keys<Shape, kFewQueries>(t, count, masked);
@@ -395,7 +442,8 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
   const bool whole_tile = row_lo == 0 && row_hi == std::min(kBlockM, Lq - tile_row0);
   t.row0 = tile_row0 + row_lo;
   t.rows = row_hi - row_lo;
-  t.m_pad = round_up(t.rows, Shape::kRows);
+  // Few-query tiles read 4 padded rows (at least kRows); others pad to gemm_rows' even row count.
+  t.m_pad = kFewQueries ? round_up(t.rows, Shape::kRows) : round_up(t.rows, 2);
   t.align = Lk - Lq;  // bottom-right causal alignment
   t.dv_pad = round_up(p.value_dim, Shape::kCols);
   const TileSummary q_sum = whole_tile ? job.q_tiles[job.q_base[b] + q_tile]
@@ -406,7 +454,6 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
 
   // Scaled query rows per head; padding rows are zero and never written out.
   t.key_major = t.rows <= kFewRows;
-  t.panel = -1;
   for (int i = 0; i < group; ++i) {
     select_head(t, i);
     float* qs = t.q_rows;
@@ -447,9 +494,7 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
     if (cls == kTileSkip) continue;
     if (cls == kTileFull) {
       for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
-      t.panel = job.panel_of_tile[job.k_base[b] + kt];
       attend_keys<Shape, kFewQueries>(t, cols, false);
-      t.panel = -1;
       continue;
     }
     int8_t key_class[kBlockN];
@@ -525,6 +570,36 @@ LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int g
   for (int i = 0; i < ranges; ++i) attend_rows<Shape, kFewQueries>(job, w, h0, group, sc, cut[i], cut[i + 1]);
 }
 
+// One (kv head, key tile)'s panels: K^T [D][kBlockN] by 8 x 8 register transposes and V rows
+// [kBlockN][Dv], zero past the tile's `cols` keys (rows `k_stride` / `v_stride` floats apart).
+// Returns whether every V value of the panel is finite.
+LK_INLINE bool pack_panel(const float* k_rows, const float* v_rows, int64_t k_stride, int64_t v_stride, int D, int Dv, int cols,
+                          float* kt_panel, float* v_panel) {
+  for (int j0 = 0; j0 < kBlockN; j0 += 8) {
+    const float* krows[8];
+    for (int u = 0; u < 8; ++u) krows[u] = j0 + u < cols ? k_rows + (j0 + u) * k_stride : nullptr;
+    transpose_key_rows(krows, D, kt_panel + j0);
+  }
+  for (int j = 0; j < kBlockN; ++j) {
+    float* vrow = v_panel + (size_t)j * Dv;
+    if (j < cols) std::memcpy(vrow, v_rows + j * v_stride, sizeof(float) * Dv);
+    else std::fill(vrow, vrow + Dv, 0.0f);
+  }
+  return all_finite(v_panel, kBlockN * Dv);  // kBlockN * Dv is a multiple of 8
+}
+#define LK_PACK_ENTRY(name, attr)                                                                              \
+  attr bool name(const float* k, const float* v, int64_t ks, int64_t vs, int D, int Dv, int cols, float* kt, float* vp) { \
+    return pack_panel(k, v, ks, vs, D, Dv, cols, kt, vp);                                                     \
+  }
+#if LK_ISA_X86
+LK_PACK_ENTRY(pack_panel_avx512, LK_TARGET_AVX512)
+LK_PACK_ENTRY(pack_panel_avx2, LK_TARGET_AVX2)
+#endif
+LK_PACK_ENTRY(pack_panel_portable, )
+#undef LK_PACK_ENTRY
+using PackPanelFn = bool (*)(const float*, const float*, int64_t, int64_t, int, int, int, float*, float*);
+const IsaTable<PackPanelFn> kPackPanel = {{pack_panel_portable, nullptr, LK_IF_X86(pack_panel_avx2), LK_IF_X86(pack_panel_avx512), nullptr}};
+
 // One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries
 // have their own entries (dot-product Q K^T, 4-row P V), so the large tiles' code stays compact.
 #define LK_ATTEND_ENTRIES(name, attr, Shape)                                                          \
@@ -563,6 +638,36 @@ int group_heads(const AttentionParams& p, const std::vector<int32_t>& q_base, in
   const int64_t tiles = q_base[(size_t)p.batch];
   while (group > 1 && tiles * ((p.heads + group - 1) / group) < 4 * (int64_t)threads) group = (group + 1) / 2;
   return group;
+}
+
+// Panel storage kept between calls: a fresh multi-megabyte allocation is mapped anew by the C library
+// and each of its 4 KiB pages faults and is zeroed on first touch (~10% of a memory-token mask's
+// call on 8 x 1024 tokens). One spare of at most kMaxSpareFloats is kept (the largest given back),
+// so the memory retained is bounded.
+constexpr size_t kMaxSpareFloats = size_t{16} << 20;  // 64 MiB
+struct PanelStorage {
+  FloatBuffer data;
+  size_t floats = 0;
+};
+std::mutex spare_panels_mutex;
+PanelStorage spare_panels;
+
+PanelStorage take_panel_storage(size_t floats) {
+  {
+    std::lock_guard<std::mutex> lock(spare_panels_mutex);
+    if (spare_panels.data && spare_panels.floats >= floats) {
+      PanelStorage s{std::move(spare_panels.data), spare_panels.floats};
+      spare_panels.floats = 0;
+      return s;
+    }
+  }
+  return PanelStorage{alloc_floats(floats), floats};
+}
+
+void give_back_panel_storage(PanelStorage s) {
+  if (s.floats > kMaxSpareFloats) return;
+  std::lock_guard<std::mutex> lock(spare_panels_mutex);
+  if (!spare_panels.data || s.floats > spare_panels.floats) spare_panels = std::move(s);
 }
 
 }  // namespace
@@ -619,22 +724,25 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
       panel_tiles.emplace_back(b, t);
     }
   }
-  const int D = p.head_dim, Hkv = p.kv_heads;
-  const size_t panel_floats = (size_t)D * kBlockN;
-  FloatBuffer kt_panels = alloc_floats(panel_tiles.size() * Hkv * panel_floats);
-  pool.parallel_for((int64_t)panel_tiles.size() * Hkv, [&](int64_t i, int) {
-    const auto [b, t] = panel_tiles[(size_t)(i / Hkv)];
-    const int kv_head = (int)(i % Hkv);
+  const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
+  const int64_t panels = (int64_t)panel_tiles.size();
+  const size_t kt_floats = (size_t)D * kBlockN, v_floats = (size_t)kBlockN * Dv;
+  PanelStorage storage = take_panel_storage(panels * Hkv * (kt_floats + v_floats));
+  float* const kt_panels = storage.data.get();
+  float* const v_panels = kt_panels + panels * Hkv * kt_floats;
+  std::vector<uint8_t> v_panel_finite((size_t)(panels * Hkv));
+  const PackPanelFn pack = isa_pick(kPackPanel);
+  pool.parallel_for(panels * Hkv, [&](int64_t i, int) {  // i = kv head * panels + packed tile
+    const auto [b, t] = panel_tiles[(size_t)(i % panels)];
+    const int kv_head = (int)(i / panels);
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
-    float* panel = kt_panels.get() + (size_t)i * panel_floats;
-    for (int j = 0; j < kBlockN; ++j) {
-      const float* krow = k.data + ((key0 + j) * Hkv + kv_head) * D;
-      for (int d = 0; d < D; ++d) panel[(size_t)d * kBlockN + j] = j < cols ? krow[d] : 0.0f;
-    }
+    v_panel_finite[(size_t)i] = pack(k.data + (key0 * Hkv + kv_head) * D, v.data + (key0 * Hkv + kv_head) * Dv, (int64_t)Hkv * D,
+                                     (int64_t)Hkv * Dv, D, Dv, cols, kt_panels + (size_t)i * kt_floats,
+                                     v_panels + (size_t)i * v_floats);
   });
   const Job job{&p, q.data, k.data, v.data, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
-                kt_panels.get(), panel_of_tile.data(), g->runs.data()};
+                kt_panels, v_panels, v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data()};
 
   // Tasks = (work item, head group), heaviest work items first.
   const std::vector<PlanWork>& tasks = g->work;
@@ -652,6 +760,7 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     (rows <= 4 ? attend_few_tile : attend_tile)(job, w, h0, std::min(group, p.heads - h0), scratch[worker]);
   });
 
+  give_back_panel_storage(std::move(storage));
   if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);
 }
 
