@@ -30,6 +30,7 @@
 #include "backend.h"
 #include "common/compat.cuh"
 #include "common/host_check.cuh"
+#include "common/once_cache.h"
 #include "kernel_timing.h"
 #include "runtime.h"
 
@@ -457,20 +458,17 @@ class DeviceContext {
 
 // The current device's context, or null with *error set.
 DeviceContext* context(std::string* error) {
-  static std::mutex mutex;
-  static auto* all = new std::map<int, DeviceContext*>();  // never destroyed: threads may still use them at exit
+  static auto* all = new OnceCache<int, DeviceContext*>();  // never destroyed: threads may still use them at exit
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) {
     cudaGetLastError();
     device = 0;
   }
-  DeviceContext* c;
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    DeviceContext*& slot = (*all)[device];
-    if (!slot) slot = new DeviceContext(device);
-    c = slot;
-  }
+  DeviceContext* c = nullptr;
+  all->get(device, &c, [device](DeviceContext** made) {
+    *made = new DeviceContext(device);
+    return true;
+  });
   if (!c->init_error().empty()) {
     if (error) *error = "CUDA: " + c->init_error();
     return nullptr;

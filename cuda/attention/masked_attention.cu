@@ -46,30 +46,27 @@ void launch_combine(const AttentionParams& p, const CudaPlanGeometry& g, const S
   LK_LAUNCH(kernel, dim3((unsigned)g.combine_capacity, (unsigned)p.heads, 1), dim3(128), 0, stream())(p, g.combine, part);
 }
 
-int block_m(int cap) {
-  switch (cap) {
-    case 32: return AttentionTraits<32>::kBlockM;
-    case 64: return AttentionTraits<64>::kBlockM;
-    case 128: return AttentionTraits<128>::kBlockM;
-    default: return AttentionTraits<256>::kBlockM;
-  }
-}
-
-int block_n(int cap) {
-  switch (cap) {
-    case 32: return AttentionTraits<32>::kBlockN;
-    case 64: return AttentionTraits<64>::kBlockN;
-    case 128: return AttentionTraits<128>::kBlockN;
-    default: return AttentionTraits<256>::kBlockN;
-  }
+// The scalar kernel's tile sizes (AttentionTraits) for head capacity kCap.
+template <int kCap>
+void scalar_tiles(int* bm, int* bn) {
+  *bm = AttentionTraits<kCap>::kBlockM;
+  *bn = AttentionTraits<kCap>::kBlockN;
 }
 
 // The tile sizes of the kernel a call with these arguments runs.
 void tile_sizes(const AttentionParams& p, TcChoice* tc, int* bm, int* bn) {
   *tc = choose_tc_attention(p);
-  const int cap = head_capacity(p.head_dim, p.value_dim);
-  *bm = tc->use ? tc->block_m : block_m(cap);
-  *bn = tc->use ? tc->block_n : block_n(cap);
+  if (tc->use) {
+    *bm = tc->block_m;
+    *bn = tc->block_n;
+    return;
+  }
+  switch (head_capacity(p.head_dim, p.value_dim)) {
+    case 32: scalar_tiles<32>(bm, bn); break;
+    case 64: scalar_tiles<64>(bm, bn); break;
+    case 128: scalar_tiles<128>(bm, bn); break;
+    default: scalar_tiles<256>(bm, bn); break;
+  }
 }
 
 }  // namespace

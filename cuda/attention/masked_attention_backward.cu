@@ -95,13 +95,32 @@ struct TilesOnDevice {
   const TileRef* work_on(unsigned char* dev) const { return reinterpret_cast<const TileRef*>(dev + work_at); }
 };
 
-// Grids of both passes and of delta, checked against the CUDA limits.
-std::string backward_grids(const AttentionParams& f, size_t key_tiles, size_t query_tiles, unsigned* key_blocks, unsigned* query_blocks,
-                           unsigned* delta_blocks) {
-  std::string err = grid_x((int64_t)key_tiles, "maskedAttentionBackward", key_blocks);
-  if (err.empty()) err = grid_x((int64_t)query_tiles, "maskedAttentionBackward", query_blocks);
-  if (err.empty()) err = grid_x((f.tq * f.heads + 127) / 128, "maskedAttentionBackward", delta_blocks);
-  return err;
+// What both paths hold once their tiles are staged and the upload is committed: the grids of both
+// passes and of delta, the params pointed at the device copies of the layouts, and delta's room.
+struct CommittedBackward {
+  unsigned key_blocks = 0, query_blocks = 0, delta_blocks = 0;
+  unsigned char* dev = nullptr;  // the call's upload block
+  AttentionBackwardParams p{};
+  float* delta = nullptr;  // [tq, heads], written on the device
+};
+
+// Checks the grids (key_tiles / query_tiles work items, delta's blocks) against the CUDA limits,
+// adds delta's room, commits `up` and fills *out. "" or the error (then nothing was launched).
+std::string commit_backward(const AttentionBackwardParams& host, const LayoutOnDevice& lay, size_t key_tiles, size_t query_tiles,
+                            Upload* up, CommittedBackward* out) {
+  const AttentionParams& f = host.fwd;
+  std::string err = grid_x((int64_t)key_tiles, "maskedAttentionBackward", &out->key_blocks);
+  if (err.empty()) err = grid_x((int64_t)query_tiles, "maskedAttentionBackward", &out->query_blocks);
+  if (err.empty()) err = grid_x((f.tq * f.heads + 127) / 128, "maskedAttentionBackward", &out->delta_blocks);
+  if (!err.empty()) return err;
+  const size_t delta_at = up->room((size_t)f.tq * f.heads * sizeof(float));
+  err = up->commit("maskedAttentionBackward plan upload");
+  if (!err.empty()) return err;
+  out->dev = up->device();
+  out->p = host;
+  lay.apply(out->dev, &out->p.fwd);
+  out->delta = reinterpret_cast<float*>(out->dev + delta_at);
+  return std::string();
 }
 
 // The tensor-core passes run float16 / bfloat16 on sm_80 and newer (the emulator reports 9.0, so the
@@ -172,22 +191,16 @@ std::string backward_on_tensor_cores(const AttentionBackwardParams& host, int ca
   const LayoutOnDevice lay = upload_layouts(f, &up);
   const TilesOnDevice q32(f.q_layout, f.batch, Tr::kQueryTile, false, &up), q64(f.q_layout, f.batch, Tr::kRowBlock, true, &up);
   const TilesOnDevice k64(f.kv_layout, f.batch, Tr::kKeyTile, true, &up);
-  unsigned key_blocks = 0, query_blocks = 0, delta_blocks = 0;
-  std::string err = backward_grids(f, k64.work.size(), q64.work.size(), &key_blocks, &query_blocks, &delta_blocks);
+  CommittedBackward c;
+  const std::string err = commit_backward(host, lay, k64.work.size(), q64.work.size(), &up, &c);
   if (!err.empty()) return err;
-  const size_t delta_at = up.room((size_t)f.tq * f.heads * sizeof(float));  // written on the device
-  err = up.commit("maskedAttentionBackward plan upload");
-  if (!err.empty()) return err;
-  unsigned char* dev = up.device();
-  AttentionBackwardParams p = host;
-  lay.apply(dev, &p.fwd);
-  float* delta = reinterpret_cast<float*>(dev + delta_at);
+  unsigned char* dev = c.dev;
   const TcBackwardPlan plan{q32.sum_on(dev), q32.base_on(dev), q64.sum_on(dev), q64.base_on(dev), k64.sum_on(dev), k64.base_on(dev),
-                            q64.work_on(dev), k64.work_on(dev), delta};
+                            q64.work_on(dev), k64.work_on(dev), c.delta};
   KernelSpan span;
   span.begin();
-  if (f.dtype == kBFloat16) launch_tc_for<__nv_bfloat16>(cap, p, plan, key_blocks, query_blocks, delta_blocks, delta);
-  else launch_tc_for<__half>(cap, p, plan, key_blocks, query_blocks, delta_blocks, delta);
+  if (f.dtype == kBFloat16) launch_tc_for<__nv_bfloat16>(cap, c.p, plan, c.key_blocks, c.query_blocks, c.delta_blocks, c.delta);
+  else launch_tc_for<__half>(cap, c.p, plan, c.key_blocks, c.query_blocks, c.delta_blocks, c.delta);
   span.end();
   return finish("maskedAttentionBackward");
 }
@@ -204,24 +217,17 @@ std::string masked_attention_backward(const AttentionBackwardParams& host) {
   Upload up;
   const LayoutOnDevice lay = upload_layouts(f, &up);
   const TilesOnDevice qt(f.q_layout, f.batch, BackwardTraits::kBlockM, true, &up), kt(f.kv_layout, f.batch, BackwardTraits::kBlockN, true, &up);
-  unsigned key_blocks = 0, query_blocks = 0, delta_blocks = 0;
-  std::string err = backward_grids(f, kt.work.size(), qt.work.size(), &key_blocks, &query_blocks, &delta_blocks);
+  CommittedBackward c;
+  const std::string err = commit_backward(host, lay, kt.work.size(), qt.work.size(), &up, &c);
   if (!err.empty()) return err;
-  const size_t delta_at = up.room((size_t)f.tq * f.heads * sizeof(float));  // written on the device
-  err = up.commit("maskedAttentionBackward plan upload");
-  if (!err.empty()) return err;
-  unsigned char* dev = up.device();
-
-  AttentionBackwardParams p = host;
-  lay.apply(dev, &p.fwd);
-  float* delta = reinterpret_cast<float*>(dev + delta_at);
-  const BackwardPlan plan{qt.sum_on(dev), qt.base_on(dev), kt.sum_on(dev), kt.base_on(dev), qt.work_on(dev), kt.work_on(dev), delta};
+  unsigned char* dev = c.dev;
+  const BackwardPlan plan{qt.sum_on(dev), qt.base_on(dev), kt.sum_on(dev), kt.base_on(dev), qt.work_on(dev), kt.work_on(dev), c.delta};
   KernelSpan span;
   span.begin();
   switch (f.dtype) {
-    case kFloat16: launch_for<__half>(p, plan, key_blocks, query_blocks, delta_blocks, delta); break;
-    case kBFloat16: launch_for<__nv_bfloat16>(p, plan, key_blocks, query_blocks, delta_blocks, delta); break;
-    default: launch_for<float>(p, plan, key_blocks, query_blocks, delta_blocks, delta); break;
+    case kFloat16: launch_for<__half>(c.p, plan, c.key_blocks, c.query_blocks, c.delta_blocks, c.delta); break;
+    case kBFloat16: launch_for<__nv_bfloat16>(c.p, plan, c.key_blocks, c.query_blocks, c.delta_blocks, c.delta); break;
+    default: launch_for<float>(c.p, plan, c.key_blocks, c.query_blocks, c.delta_blocks, c.delta); break;
   }
   span.end();
   return finish("maskedAttentionBackward");  // the plan block goes back to the cache, stream-ordered

@@ -106,7 +106,6 @@ __device__ __forceinline__ bool tile_nonfinite(const uint16_t* tile, int rows_re
 template <typename T, int kCh, int kNTiles, int kKSteps>
 __device__ __forceinline__ void warp_mma_abt(float (&acc)[kNTiles][4], const uint16_t* a_tile, int a_row0, const uint16_t* b_tile,
                                              int k_steps, int n_real) {
-  using E = TcElement<T>;
   const int lane = threadIdx.x & 31;
   const int a_row = a_row0 + (lane & 7) + 8 * ((lane >> 3) & 1), a_chunk = lane >> 4;
   const int b_row = (lane & 7) + 8 * (lane >> 4), b_chunk = (lane >> 3) & 1;
@@ -120,11 +119,7 @@ __device__ __forceinline__ void warp_mma_abt(float (&acc)[kNTiles][4], const uin
 #pragma unroll
     for (int np = 0; np < kNTiles / 2; ++np) {
       if (16 * np >= n_real) continue;
-      uint32_t b4[4];
-      ldmatrix_x4(b4, b_tile + swizzled<kCh>(16 * np + b_row, 2 * kk + b_chunk));
-      const uint32_t b0[2] = {b4[0], b4[1]}, b1[2] = {b4[2], b4[3]};
-      E::mma(acc[2 * np], a, b0);
-      E::mma(acc[2 * np + 1], a, b1);
+      mma_n16<T, false>(acc[2 * np], acc[2 * np + 1], a, b_tile + swizzled<kCh>(16 * np + b_row, 2 * kk + b_chunk));
     }
   }
 }
@@ -146,11 +141,7 @@ __device__ __forceinline__ void warp_mma_wb(float (&acc)[kOTiles][4], const floa
 #pragma unroll
     for (int dp = 0; dp < kOTiles / 2; ++dp) {
       if (2 * dp + 1 < o_tiles) {
-        uint32_t b4[4];
-        ldmatrix_x4_trans(b4, b_tile + swizzled<kCh>(16 * kk + b_row, 2 * dp + b_chunk));
-        const uint32_t b0[2] = {b4[0], b4[1]}, b1[2] = {b4[2], b4[3]};
-        E::mma(acc[2 * dp], a, b0);
-        E::mma(acc[2 * dp + 1], a, b1);
+        mma_n16<T, true>(acc[2 * dp], acc[2 * dp + 1], a, b_tile + swizzled<kCh>(16 * kk + b_row, 2 * dp + b_chunk));
       } else if (2 * dp < o_tiles) {  // a row of 8
         uint32_t b2[2];
         ldmatrix_x2_trans(b2, b_tile + swizzled<kCh>(16 * kk + b_row, 2 * dp));
@@ -279,14 +270,7 @@ __global__ void __launch_bounds__(TcBackwardTraits<kCap>::kThreads, 1)
   cp_async_commit();
   // The two accumulator rows (keys) of this thread as the rule sees them.
   TcRow key_info[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int j = 16 * warp + gq + 8 * r;
-    const int64_t t = k_start + c0 + (j < nk ? j : nk - 1);
-    key_info[r].role = f.kv_layout.roles ? f.kv_layout.roles[t] : 0;
-    key_info[r].seg = f.kv_layout.segments ? f.kv_layout.segments[t] : 0;
-    key_info[r].pos = c0 + j;
-  }
+  tc_rows_of(f.kv_layout, k_start + c0, nk, 16 * warp + gq, c0, key_info);
   __syncthreads();  // rule
 
   // The walk: (query head h of the group, query tile qt) in order, skipped tiles never visited
@@ -421,14 +405,12 @@ __global__ void __launch_bounds__(TcBackwardTraits<kCap>::kThreads, 1)
   tc_copy_tile<kCh>(do_s, static_cast<const T*>(bp.d_out) + (row0 * H + h) * Dv, (int64_t)H * Dv, rows, BM, ch_v, Dv >> 3);
   cp_async_commit();
   TcRow row_info[2];
+  tc_rows_of(f.q_layout, row0, rows, 16 * warp + gq, r0 + align, row_info);
   float lse_row[2] = {0.0f, 0.0f}, delta_row[2] = {0.0f, 0.0f};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int rl = 16 * warp + gq + 8 * r;
     const int64_t t = row0 + (rl < rows ? rl : rows - 1);
-    row_info[r].role = f.q_layout.roles ? f.q_layout.roles[t] : 0;
-    row_info[r].seg = f.q_layout.segments ? f.q_layout.segments[t] : 0;
-    row_info[r].pos = r0 + rl + align;
     if (softmax) {
       lse_row[r] = f.lse[t * H + h];
       delta_row[r] = plan.delta[t * H + h];

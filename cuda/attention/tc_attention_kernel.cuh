@@ -113,14 +113,7 @@ __global__ void __launch_bounds__(TcAttentionTraits<kCap, kPack>::kThreads, 1)
 
   // The two accumulator rows of this thread (rows gq, gq + 8 of its warp) as the rule sees them.
   TcRow row_info[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int rl = 16 * warp + gq + 8 * r;
-    const int64_t t = q_start + row0 + (rl < rows ? rl : rows - 1);
-    row_info[r].role = p.q_layout.roles ? p.q_layout.roles[t] : 0;
-    row_info[r].seg = p.q_layout.segments ? p.q_layout.segments[t] : 0;
-    row_info[r].pos = row0 + rl + align;
-  }
+  tc_rows_of(p.q_layout, q_start + row0, rows, 16 * warp + gq, row0 + align, row_info);
   KeyTileCursor cursor;  // the item's listed key tiles, in order (the same in every thread)
   cursor.start(plan.runs, item);
   __syncthreads();  // rule
@@ -244,11 +237,7 @@ __global__ void __launch_bounds__(TcAttentionTraits<kCap, kPack>::kThreads, 1)
 #pragma unroll
           for (int np = 0; np < Tr::kSTiles / 2; ++np) {
             if (16 * np >= cols) continue;
-            uint32_t b4[4];
-            ldmatrix_x4(b4, kj + swizzled<kCh>(16 * np + kb_row, 2 * kk + kb_chunk));
-            const uint32_t b0[2] = {b4[0], b4[1]}, b1[2] = {b4[2], b4[3]};
-            E::mma(s[2 * np], a, b0);
-            E::mma(s[2 * np + 1], a, b1);
+            mma_n16<T, false>(s[2 * np], s[2 * np + 1], a, kj + swizzled<kCh>(16 * np + kb_row, 2 * kk + kb_chunk));
           }
         }
 
@@ -265,11 +254,7 @@ __global__ void __launch_bounds__(TcAttentionTraits<kCap, kPack>::kThreads, 1)
 #pragma unroll
             for (int dp = 0; dp < Tr::kOTiles / 2; ++dp) {
               if (2 * dp + 1 < o_tiles) {
-                uint32_t b4[4];
-                ldmatrix_x4_trans(b4, vj + swizzled<kCh>(16 * kk + vb_row, 2 * dp + vb_chunk));
-                const uint32_t b0[2] = {b4[0], b4[1]}, b1[2] = {b4[2], b4[3]};
-                E::mma(o[j][2 * dp], a, b0);
-                E::mma(o[j][2 * dp + 1], a, b1);
+                mma_n16<T, true>(o[j][2 * dp], o[j][2 * dp + 1], a, vj + swizzled<kCh>(16 * kk + vb_row, 2 * dp + vb_chunk));
               } else if (2 * dp < o_tiles) {  // Dv = 8
                 uint32_t b2[2];
                 ldmatrix_x2_trans(b2, vj + swizzled<kCh>(16 * kk + vb_row, 2 * dp));

@@ -61,6 +61,17 @@ struct TcElement<__nv_bfloat16> {
   __device__ __forceinline__ static float hi(uint32_t r) { return __uint_as_float(r & 0xffff0000u); }
 };
 
+// Two m16n8k16 products sharing the A fragment `a`: B's 16 columns loaded by one ldmatrix .x4
+// (transposed when kTranspose) from `b`, columns 0-7 accumulated into d0 and 8-15 into d1.
+template <typename T, bool kTranspose>
+__device__ __forceinline__ void mma_n16(float (&d0)[4], float (&d1)[4], const uint32_t (&a)[4], const uint16_t* b) {
+  uint32_t b4[4];
+  ldmatrix<4, kTranspose>(b4, b);
+  const uint32_t b0[2] = {b4[0], b4[1]}, b1[2] = {b4[2], b4[3]};
+  TcElement<T>::mma(d0, a, b0);
+  TcElement<T>::mma(d1, a, b1);
+}
+
 // True when one of the 8 16-bit values of a 16-byte chunk is Inf or NaN.
 template <typename T>
 __device__ __forceinline__ bool chunk_nonfinite(const TcChunk& c) {

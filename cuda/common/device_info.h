@@ -1,9 +1,8 @@
 // What the host asks of the current CUDA device before choosing a tensor-core kernel (the masked
 // attention's and the sparse path's), cached per device.
 #pragma once
-#include <mutex>
-
 #include "compat.cuh"
+#include "once_cache.h"
 
 namespace lk::cuda {
 
@@ -11,27 +10,25 @@ namespace lk::cuda {
 // asked of the runtime once per device. False when the runtime cannot say (then: no tensor cores).
 inline bool tc_device_info(int* sm, int* smem_optin) {
   struct Info {
-    bool known;
     int sm, optin;
   };
-  constexpr int kMaxDevices = 64;
-  static std::mutex mutex;
-  static Info cache[kMaxDevices] = {};
+  static auto* cache = new OnceCache<int, Info>();  // never destroyed: calls may still ask at exit
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0) {
     cudaGetLastError();
     return false;
   }
-  std::lock_guard<std::mutex> lock(mutex);
-  Info& info = cache[device];
-  if (!info.known) {
+  Info info;
+  const bool known = cache->get(device, &info, [device](Info* made) {
     cudaDeviceProp prop;
     if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
       cudaGetLastError();
       return false;
     }
-    info = Info{true, prop.major * 10 + prop.minor, (int)prop.sharedMemPerBlockOptin};
-  }
+    *made = Info{prop.major * 10 + prop.minor, (int)prop.sharedMemPerBlockOptin};
+    return true;
+  });
+  if (!known) return false;
   *sm = info.sm;
   *smem_optin = info.optin;
   return true;

@@ -36,16 +36,7 @@ struct PlanInputs {
 };
 
 // The plan inputs of one call's arguments (a call without a MaskPlan builds a plan of its own).
-inline PlanInputs plan_inputs_of(const AttentionParams& p) {
-  PlanInputs in;
-  in.batch = p.batch;
-  in.tq = p.tq;
-  in.tk = p.tk;
-  in.q = p.q_layout;
-  in.kv = p.kv_layout;
-  in.rule = p.rule;
-  return in;
-}
+inline PlanInputs plan_inputs_of(const AttentionParams& p) { return PlanInputs{p.batch, p.tq, p.tk, p.q_layout, p.kv_layout, p.rule}; }
 
 // One geometry's built plan; the CPU and CUDA builders derive their own (host vectors, device memory).
 struct PlanGeometry {

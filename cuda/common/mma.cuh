@@ -118,10 +118,6 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t 
 __device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
   ::lk_emu::mma_m16n8k16(d, a, b, c, ::lk_emu::MmaInput::kF16);
 }
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) { ::lk_emu::ldmatrix(r, 4, false, smem_row); }
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) { ::lk_emu::ldmatrix(r, 4, true, smem_row); }
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row) { ::lk_emu::ldmatrix(r, 2, false, smem_row); }
-__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* smem_row) { ::lk_emu::ldmatrix(r, 2, true, smem_row); }
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src) { ::lk_emu::cp_async_16(smem_dst, gmem_src); }
 __device__ __forceinline__ void cp_async_commit() { ::lk_emu::cp_async_commit(); }
 template <int N>
@@ -164,39 +160,6 @@ __device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const uint32_t (
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
-#ifdef __CUDA_ARCH__
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(mma_detail::shared_address(smem_row))
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
-#ifdef __CUDA_ARCH__
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(mma_detail::shared_address(smem_row))
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row) {
-#ifdef __CUDA_ARCH__
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1])
-               : "r"(mma_detail::shared_address(smem_row))
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* smem_row) {
-#ifdef __CUDA_ARCH__
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1])
-               : "r"(mma_detail::shared_address(smem_row))
-               : "memory");
-#endif
-}
-
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(mma_detail::shared_address(smem_dst)), "l"(gmem_src)
@@ -219,5 +182,30 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 #endif  // LK_CUDA_EMULATE
+
+// ldmatrix of kCount (2 or 4) 8x8 matrices of 16-bit elements, transposed when kTranspose; the
+// emulator's or the PTX instruction. (PTX takes the instruction as one literal, so each variant
+// spells its own text; the operands are the kCount registers and the shared address.)
+template <int kCount, bool kTranspose>
+__device__ __forceinline__ void ldmatrix(uint32_t (&r)[kCount], const void* smem_row) {
+  static_assert(kCount == 2 || kCount == 4, "ldmatrix loads 2 or 4 matrices here");
+#ifdef LK_CUDA_EMULATE
+  ::lk_emu::ldmatrix(r, kCount, kTranspose, smem_row);
+#elif defined(__CUDA_ARCH__)
+  const uint32_t at = mma_detail::shared_address(smem_row);
+  if constexpr (kCount == 4 && kTranspose)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at) : "memory");
+  else if constexpr (kCount == 4)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at) : "memory");
+  else if constexpr (kTranspose)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(at) : "memory");
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(at) : "memory");
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) { ldmatrix<4, false>(r, smem_row); }
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) { ldmatrix<4, true>(r, smem_row); }
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row) { ldmatrix<2, false>(r, smem_row); }
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* smem_row) { ldmatrix<2, true>(r, smem_row); }
 
 }  // namespace lk::cuda

@@ -5,10 +5,12 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <memory>
 #include <numeric>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include "../../cuda/common/mask_rules.h"
 #include "../../cuda/kernel_timing.h"
@@ -197,8 +199,9 @@ void finish_bench(BenchResult& b, const Timing& t) {
   }
 }
 
+// r after body(r) ran, timed (r.seconds); an exception fails it with its message.
 template <typename F>
-void timed_check(Context& ctx, CheckResult r, F body) {
+CheckResult run_timed(CheckResult r, F body) {
   const double t0 = host_ms();
   try {
     body(r);
@@ -207,13 +210,44 @@ void timed_check(Context& ctx, CheckResult r, F body) {
     r.detail = std::string("exception: ") + e.what();
   }
   r.seconds = (host_ms() - t0) / 1000.0;
-  ctx.record(r);
+  return r;
+}
+
+template <typename F>
+void timed_check(Context& ctx, CheckResult r, F body) {
+  ctx.record(run_timed(std::move(r), body));
 }
 
 void merge(CheckResult& r, const Agreement& a) {
   r.max_error = std::max(r.max_error, a.max_error);
   r.tol = std::max(r.tol, a.tol);
   if (!a.ok && r.ok) { r.ok = false; r.detail = a.detail; }
+}
+
+// One check of `kernel` per dtype x variant (variants[v] names variant v), numbered n = 1, 2, ... in
+// that order; each runs `reps` cases, case `rep` drawn from Rng(seed * seed_mul + n * n_mul + rep) so
+// every check keeps its own reproducible stream. run_case(res, rng, dtype, v) runs one case.
+template <typename RunCase>
+void check_per_dtype(Context& ctx, const char* kernel, std::initializer_list<const char*> variants, int reps, uint64_t seed_mul,
+                     uint64_t n_mul, RunCase run_case) {
+  int n = 0;
+  for (DType dtype : kDtypes) {
+    int v = 0;
+    for (const char* variant : variants) {
+      CheckResult r;
+      r.kernel = kernel;
+      r.name = variant;
+      r.dtype = dtype_name(dtype);
+      ++n;
+      timed_check(ctx, r, [&](CheckResult& res) {
+        for (int rep = 0; rep < reps; ++rep) {
+          Rng rng(ctx.opt.seed * seed_mul + (uint64_t)n * n_mul + (uint64_t)rep);
+          run_case(res, rng, dtype, v);
+        }
+      });
+      ++v;
+    }
+  }
 }
 
 // ---------------------------------------------------------------- masked attention
@@ -398,59 +432,48 @@ void bench_attention(Context& ctx) {
 // ---------------------------------------------------------------- gather_rows
 
 void check_gather(Context& ctx) {
-  int n = 0;
-  for (DType dtype : kDtypes)
-    for (bool blend : {false, true}) {
-      CheckResult r;
-      r.kernel = "gather_rows";
-      r.name = blend ? "blend" : "copy";
-      r.dtype = dtype_name(dtype);
-      ++n;
-      timed_check(ctx, r, [&](CheckResult& res) {
-        for (int rep = 0; rep < ctx.opt.size.repeat; ++rep) {
-          Rng rng(ctx.opt.seed * 31u + (uint64_t)n * 101u + (uint64_t)rep);
-          GatherParams p{};
-          p.dtype = dtype;
-          p.width = rng.pick(std::vector<int>{1, 7, 64, 300});
-          const int sources = rng.range(1, kMaxGatherSources);
-          std::vector<std::vector<unsigned char>> src((size_t)sources);
-          std::vector<DevBuf> dsrc;
-          for (int s = 0; s < sources; ++s) {
-            p.source_rows[s] = rng.range(1, 4 * ctx.opt.size.max_len);
-            src[(size_t)s] = encode(random_floats(rng, (size_t)(p.source_rows[s] * p.width)), dtype);
-            dsrc.emplace_back(src[(size_t)s].data(), src[(size_t)s].size());
-          }
-          p.rows = rng.range(1, 4 * ctx.opt.size.max_len);
-          p.dst_rows = p.rows + rng.range(0, 50);
-          std::vector<int32_t> perm((size_t)p.dst_rows);
-          std::iota(perm.begin(), perm.end(), 0);
-          for (size_t i = perm.size(); i > 1; --i) std::swap(perm[i - 1], perm[rng.next() % i]);  // distinct destinations
-          std::vector<uint8_t> sel((size_t)p.rows);
-          std::vector<int32_t> src_row((size_t)p.rows), dst_row(perm.begin(), perm.begin() + p.rows);
-          std::vector<float> alpha((size_t)p.rows);
-          for (int64_t i = 0; i < p.rows; ++i) {
-            sel[(size_t)i] = (uint8_t)rng.range(0, sources - 1);
-            src_row[(size_t)i] = rng.range(0, (int)p.source_rows[sel[(size_t)i]] - 1);
-            alpha[(size_t)i] = rng.chance(0.2) ? 1.0f : (float)(0.05 + 0.95 * rng.uniform());
-          }
-          p.src_sel = sel.data(); p.src_row = src_row.data(); p.dst_row = dst_row.data(); p.alpha = blend ? alpha.data() : nullptr;
-          const auto dst0 = encode(random_floats(rng, (size_t)(p.dst_rows * p.width)), dtype);
-          std::vector<unsigned char> dst_cpu = dst0;
-          GatherParams pc = p;
-          for (int s = 0; s < sources; ++s) pc.sources[s] = src[(size_t)s].data();
-          pc.dst = dst_cpu.data();
-          cpu::gather_rows(pc);
-          DevBuf ddst(dst0.data(), dst0.size());
-          GatherParams pg = p;
-          for (int s = 0; s < sources; ++s) pg.sources[s] = dsrc[(size_t)s].get();
-          pg.dst = ddst.get();
-          must(cuda::gather_rows(pg), "cuda::gather_rows");
-          const auto got = ddst.download();
-          const size_t count = (size_t)(p.dst_rows * p.width);
-          merge(res, agree(decode(got.data(), count, dtype), decode(dst_cpu.data(), count, dtype), tolerance(dtype), "dst"));
-        }
-      });
+  check_per_dtype(ctx, "gather_rows", {"copy", "blend"}, ctx.opt.size.repeat, 31u, 101u, [&](CheckResult& res, Rng& rng, DType dtype, int variant) {
+    const bool blend = variant == 1;
+    GatherParams p{};
+    p.dtype = dtype;
+    p.width = rng.pick(std::vector<int>{1, 7, 64, 300});
+    const int sources = rng.range(1, kMaxGatherSources);
+    std::vector<std::vector<unsigned char>> src((size_t)sources);
+    std::vector<DevBuf> dsrc;
+    for (int s = 0; s < sources; ++s) {
+      p.source_rows[s] = rng.range(1, 4 * ctx.opt.size.max_len);
+      src[(size_t)s] = encode(random_floats(rng, (size_t)(p.source_rows[s] * p.width)), dtype);
+      dsrc.emplace_back(src[(size_t)s].data(), src[(size_t)s].size());
     }
+    p.rows = rng.range(1, 4 * ctx.opt.size.max_len);
+    p.dst_rows = p.rows + rng.range(0, 50);
+    std::vector<int32_t> perm((size_t)p.dst_rows);
+    std::iota(perm.begin(), perm.end(), 0);
+    for (size_t i = perm.size(); i > 1; --i) std::swap(perm[i - 1], perm[rng.next() % i]);  // distinct destinations
+    std::vector<uint8_t> sel((size_t)p.rows);
+    std::vector<int32_t> src_row((size_t)p.rows), dst_row(perm.begin(), perm.begin() + p.rows);
+    std::vector<float> alpha((size_t)p.rows);
+    for (int64_t i = 0; i < p.rows; ++i) {
+      sel[(size_t)i] = (uint8_t)rng.range(0, sources - 1);
+      src_row[(size_t)i] = rng.range(0, (int)p.source_rows[sel[(size_t)i]] - 1);
+      alpha[(size_t)i] = rng.chance(0.2) ? 1.0f : (float)(0.05 + 0.95 * rng.uniform());
+    }
+    p.src_sel = sel.data(); p.src_row = src_row.data(); p.dst_row = dst_row.data(); p.alpha = blend ? alpha.data() : nullptr;
+    const auto dst0 = encode(random_floats(rng, (size_t)(p.dst_rows * p.width)), dtype);
+    std::vector<unsigned char> dst_cpu = dst0;
+    GatherParams pc = p;
+    for (int s = 0; s < sources; ++s) pc.sources[s] = src[(size_t)s].data();
+    pc.dst = dst_cpu.data();
+    cpu::gather_rows(pc);
+    DevBuf ddst(dst0.data(), dst0.size());
+    GatherParams pg = p;
+    for (int s = 0; s < sources; ++s) pg.sources[s] = dsrc[(size_t)s].get();
+    pg.dst = ddst.get();
+    must(cuda::gather_rows(pg), "cuda::gather_rows");
+    const auto got = ddst.download();
+    const size_t count = (size_t)(p.dst_rows * p.width);
+    merge(res, agree(decode(got.data(), count, dtype), decode(dst_cpu.data(), count, dtype), tolerance(dtype), "dst"));
+  });
 }
 
 // bench/memory-bank.ts: 4,096 users x 4 slots x 64 (one update call); plus 1M rows x 256 for bandwidth.
@@ -557,28 +580,17 @@ Agreement indexer_agree(const SparseInputs& s, const SparseDevice& d) {
 }
 
 void check_indexer(Context& ctx) {
-  int n = 0;
-  for (DType dtype : kDtypes) {
-    CheckResult r;
-    r.kernel = "indexer_scores";
-    r.name = "jagged";
-    r.dtype = dtype_name(dtype);
-    ++n;
-    timed_check(ctx, r, [&](CheckResult& res) {
-      for (int rep = 0; rep < 2 * ctx.opt.size.repeat; ++rep) {
-        Rng rng(ctx.opt.seed * 17u + (uint64_t)n * 1009u + (uint64_t)rep);
-        const int batch = rng.range(1, ctx.opt.size.max_batch);
-        std::vector<int> ql((size_t)batch), kl((size_t)batch);
-        for (int b = 0; b < batch; ++b) {
-          ql[(size_t)b] = rng.pick(std::vector<int>{0, 1, rng.range(2, 9)});
-          kl[(size_t)b] = rng.pick(std::vector<int>{0, 1, 5, 127, 128, 129, rng.range(1, 3 * ctx.opt.size.max_len)});
-        }
-        const SparseInputs s = sparse_inputs(rng, dtype, ql, kl, rng.pick(std::vector<int>{1, 2, 4, 8}), rng.pick(std::vector<int>{8, 20, 32, 64}), 1, 1, 8, 8);
-        const SparseDevice d(s);
-        merge(res, indexer_agree(s, d));
-      }
-    });
-  }
+  check_per_dtype(ctx, "indexer_scores", {"jagged"}, 2 * ctx.opt.size.repeat, 17u, 1009u, [&](CheckResult& res, Rng& rng, DType dtype, int) {
+    const int batch = rng.range(1, ctx.opt.size.max_batch);
+    std::vector<int> ql((size_t)batch), kl((size_t)batch);
+    for (int b = 0; b < batch; ++b) {
+      ql[(size_t)b] = rng.pick(std::vector<int>{0, 1, rng.range(2, 9)});
+      kl[(size_t)b] = rng.pick(std::vector<int>{0, 1, 5, 127, 128, 129, rng.range(1, 3 * ctx.opt.size.max_len)});
+    }
+    const SparseInputs s = sparse_inputs(rng, dtype, ql, kl, rng.pick(std::vector<int>{1, 2, 4, 8}), rng.pick(std::vector<int>{8, 20, 32, 64}), 1, 1, 8, 8);
+    const SparseDevice d(s);
+    merge(res, indexer_agree(s, d));
+  });
 }
 
 // ---------------------------------------------------------------- top_k
@@ -669,39 +681,29 @@ void cpu_sparse(const SparseInputs& s, const std::vector<int32_t>& idx, int top_
 }
 
 void check_sparse(Context& ctx) {
-  int n = 0;
-  for (DType dtype : kDtypes) {
-    CheckResult r;
-    r.kernel = "sparse_attention";
-    r.name = "GQA, Dv != D, duplicates and -1, lse";
-    r.dtype = dtype_name(dtype);
-    ++n;
-    timed_check(ctx, r, [&](CheckResult& res) {
-      for (int rep = 0; rep < 2 * ctx.opt.size.repeat; ++rep) {
-        Rng rng(ctx.opt.seed * 19u + (uint64_t)n * 211u + (uint64_t)rep);
-        const SparseInputs s = random_sparse(rng, dtype, ctx.opt.size, 3 * ctx.opt.size.max_len);
-        const int top_k = rng.pick(std::vector<int>{1, 16, 37, 300});
-        std::vector<int32_t> idx((size_t)s.nq * top_k);
-        for (int b = 0; b < s.batch; ++b) {
-          const int len = s.k_off[b + 1] - s.k_off[b];
-          for (int64_t i = s.q_off[b]; i < s.q_off[b + 1]; ++i)
-            for (int j = 0; j < top_k; ++j) idx[(size_t)(i * top_k + j)] = len == 0 || rng.chance(0.15) ? -1 : rng.range(0, len - 1);  // repeats happen
-        }
-        std::vector<unsigned char> out_cpu;
-        std::vector<float> lse_cpu;
-        cpu_sparse(s, idx, top_k, out_cpu, &lse_cpu);
-        const SparseDevice d(s);
-        DevBuf dout(out_cpu.size()), dlse(lse_cpu.size() * 4);
-        dout.poison();
-        dlse.poison();
-        must(cuda::sparse_attention(sparse_params(s, d.q.get(), d.k.get(), d.v.get(), dout.get(), static_cast<float*>(dlse.get()), idx.data(), top_k)),
-             "cuda::sparse_attention");
-        const size_t n_out = (size_t)s.nq * s.heads * s.value_dim;
-        merge(res, agree(decode(dout.download().data(), n_out, dtype), decode(out_cpu.data(), n_out, dtype), tolerance(dtype), "output"));
-        merge(res, agree(decode(dlse.download().data(), lse_cpu.size(), kFloat32), lse_cpu, tolerance(dtype), "lse"));
-      }
-    });
-  }
+  check_per_dtype(ctx, "sparse_attention", {"GQA, Dv != D, duplicates and -1, lse"}, 2 * ctx.opt.size.repeat, 19u, 211u,
+                  [&](CheckResult& res, Rng& rng, DType dtype, int) {
+    const SparseInputs s = random_sparse(rng, dtype, ctx.opt.size, 3 * ctx.opt.size.max_len);
+    const int top_k = rng.pick(std::vector<int>{1, 16, 37, 300});
+    std::vector<int32_t> idx((size_t)s.nq * top_k);
+    for (int b = 0; b < s.batch; ++b) {
+      const int len = s.k_off[b + 1] - s.k_off[b];
+      for (int64_t i = s.q_off[b]; i < s.q_off[b + 1]; ++i)
+        for (int j = 0; j < top_k; ++j) idx[(size_t)(i * top_k + j)] = len == 0 || rng.chance(0.15) ? -1 : rng.range(0, len - 1);  // repeats happen
+    }
+    std::vector<unsigned char> out_cpu;
+    std::vector<float> lse_cpu;
+    cpu_sparse(s, idx, top_k, out_cpu, &lse_cpu);
+    const SparseDevice d(s);
+    DevBuf dout(out_cpu.size()), dlse(lse_cpu.size() * 4);
+    dout.poison();
+    dlse.poison();
+    must(cuda::sparse_attention(sparse_params(s, d.q.get(), d.k.get(), d.v.get(), dout.get(), static_cast<float*>(dlse.get()), idx.data(), top_k)),
+         "cuda::sparse_attention");
+    const size_t n_out = (size_t)s.nq * s.heads * s.value_dim;
+    merge(res, agree(decode(dout.download().data(), n_out, dtype), decode(out_cpu.data(), n_out, dtype), tolerance(dtype), "output"));
+    merge(res, agree(decode(dlse.download().data(), lse_cpu.size(), kFloat32), lse_cpu, tolerance(dtype), "lse"));
+  });
 }
 
 // ---------------------------------------------------------------- indexed_cross_attention
@@ -785,23 +787,12 @@ void ica_agree(CheckResult& res, const SparseInputs& s, int top_k) {
 }
 
 void check_ica(Context& ctx) {
-  int n = 0;
-  for (DType dtype : kDtypes)
-    for (int variant = 0; variant < 2; ++variant) {
-      CheckResult r;
-      r.kernel = "indexed_cross_attention";
-      r.name = variant ? "unfused (topK > 512)" : "fused";
-      r.dtype = dtype_name(dtype);
-      ++n;
-      timed_check(ctx, r, [&](CheckResult& res) {
-        for (int rep = 0; rep < 2 * ctx.opt.size.repeat; ++rep) {
-          Rng rng(ctx.opt.seed * 23u + (uint64_t)n * 331u + (uint64_t)rep);
-          const SparseInputs s = random_sparse(rng, dtype, ctx.opt.size, 3 * ctx.opt.size.max_len);
-          const int top_k = variant ? rng.pick(std::vector<int>{513, 700}) : rng.pick(std::vector<int>{1, 16, 37, 256});
-          ica_agree(res, s, top_k);
-        }
-      });
-    }
+  check_per_dtype(ctx, "indexed_cross_attention", {"fused", "unfused (topK > 512)"}, 2 * ctx.opt.size.repeat, 23u, 331u,
+                  [&](CheckResult& res, Rng& rng, DType dtype, int variant) {
+    const SparseInputs s = random_sparse(rng, dtype, ctx.opt.size, 3 * ctx.opt.size.max_len);
+    const int top_k = variant ? rng.pick(std::vector<int>{513, 700}) : rng.pick(std::vector<int>{1, 16, 37, 256});
+    ica_agree(res, s, top_k);
+  });
   // Rows longer than the fused kernel's 16,384 keys: the unfused path (medium and large sizes).
   if (ctx.opt.size.max_len >= 300) {
     CheckResult r;
@@ -968,15 +959,7 @@ void run_faults(Context& ctx) {
     CheckResult r;
     r.kernel = "host";
     r.name = name;
-    const double t0 = host_ms();
-    try {
-      body(r);
-    } catch (const std::exception& e) {
-      r.ok = false;
-      r.detail = std::string("exception: ") + e.what();
-    }
-    r.seconds = (host_ms() - t0) / 1000.0;
-    ctx.record_fault(r);
+    ctx.record_fault(run_timed(std::move(r), body));
   };
   // A small op whose result is known: the next op after a failure must run clean.
   auto small_op = [](CheckResult& r) {
