@@ -1,6 +1,6 @@
-// Heads-major CPU maskedAttention: every head of a (sequence, row chunk) per key block, for the
-// shapes where the tiled per-head kernel (attention_cpu.cc) streams memory badly or leaves vector
-// lanes idle: few-query cross attention over long histories, and small heads (D = 8 / 16 / 32).
+// Heads-major CPU maskedAttention: every head of a (sequence, row chunk) per key block, whole K / V
+// rows (all heads) read once per block, for few-query cross attention (at most 8 queries per
+// sequence) over long histories; keys split over the pool when there are few users.
 #pragma once
 #include "../../cuda/common/attention_params.h"
 
