@@ -12,6 +12,7 @@
 #include "../../cuda/common/tile_plan.h"
 #include "../thread_pool.h"
 #include "convert.h"
+#include "attention_heads_cpu.h"
 #include "isa.h"
 #include "mask_bits.h"
 #include "mask_plan_cpu.h"
@@ -673,6 +674,10 @@ void give_back_panel_storage(PanelStorage s) {
 }  // namespace
 
 void masked_attention(const AttentionParams& p, PlanState* plan) {
+  if (heads_major_fits(p)) {  // few-query cross attention, small heads (attention_heads_cpu.h)
+    heads_major_attention(p);
+    return;
+  }
   const int64_t q_count = p.tq * p.heads * p.head_dim;
   const int64_t k_count = p.tk * p.kv_heads * p.head_dim;
   const int64_t v_count = p.tk * p.kv_heads * p.value_dim;
