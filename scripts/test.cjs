@@ -61,15 +61,15 @@ if (asan) {
   const gcc = (lib) => spawnSync('gcc', [`-print-file-name=${lib}`], { encoding: 'utf8' }).stdout.trim();
   const env = {
     LIFELONG_CUDA_EMULATE: '1',
-    LIFELONG_ADDON: path.join(root, 'build-asan', 'Debug', 'lifelong_kernels.node'),
+    LIFELONG_ADDON: path.join(root, 'build-asan', 'Release', 'lifelong_kernels.node'),
     LD_PRELOAD: [gcc('libasan.so'), gcc('libubsan.so')].join(':'),
     ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1:halt_on_error=1',
     UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
     LK_EMU_SEED: '3',  // a drawn order here too (index order runs in `npm test`)
   };
   ava('device suites, emulated CUDA under ASan + UBSan', DEVICE_SUITES, env);
-  must('emulator selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS });
-  must('emulator tensor-core selftest under ASan + UBSan', path.join(root, 'build-asan', 'Debug', 'lk_emu_selftest_mma'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS, ...SELFTEST_ENV.lk_emu_selftest_mma });
+  must('emulator selftest under ASan + UBSan', path.join(root, 'build-asan', 'Release', 'lk_emu_selftest'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS });
+  must('emulator tensor-core selftest under ASan + UBSan', path.join(root, 'build-asan', 'Release', 'lk_emu_selftest_mma'), [], { ASAN_OPTIONS: env.ASAN_OPTIONS, ...SELFTEST_ENV.lk_emu_selftest_mma });
   must('emulator verifier tests under ASan + UBSan', 'node', [path.join(__dirname, 'emu-verify.cjs'), '--asan']);
   finish();
 }
