@@ -5,10 +5,10 @@
 // empty and length-1 sequences, lse. Batches hold many query tiles so that groups are not shrunk
 // for lack of tasks on machines with a few cores.
 import test from 'ava';
-import { backends, maskedAttention, reference, DType } from '../lib/index';
-import type { MaskRule, PresetName } from '../lib/index';
+import { backends, DType } from '../lib/index';
+import type { PresetName } from '../lib/index';
 import { native } from '../lib/native';
-import { compare, makeInput, pack, randomLength, randomRule, randomSequence, Rng, Seq } from './helpers';
+import { checkCpuAttention, randomLength, randomRule, randomSequence, Rng, Seq } from './helpers';
 
 const PATHS = backends().cpu.isaPaths;
 const PRESETS: PresetName[] = ['causal', 'full', 'persrec', 'rec2pm-reference', 'rec2pm-update'];
@@ -24,24 +24,6 @@ function sequences(rng: Rng, kind: PresetName | 'mixed', batch: number, maxLen: 
   });
 }
 
-interface Case { rule: PresetName | MaskRule; qSeqs: Seq[]; kSeqs?: Seq[]; heads: number; kvHeads: number; D: number; Dv: number; silu: boolean }
-
-async function check(t: import('ava').ExecutionContext, c: Case, dtype: DType, rng: Rng, what: string) {
-  const ql = pack(c.qSeqs), kl = c.kSeqs ? pack(c.kSeqs) : ql;
-  const B = c.qSeqs.length, tq = ql.offsets[B], tk = kl.offsets[B];
-  const q = await makeInput(rng.floats(tq * c.heads * c.D, 2), [tq, c.heads, c.D], dtype, 'cpu');
-  const k = await makeInput(rng.floats(tk * c.kvHeads * c.D, 2), [tk, c.kvHeads, c.D], dtype, 'cpu');
-  const v = await makeInput(rng.floats(tk * c.kvHeads * c.Dv), [tk, c.kvHeads, c.Dv], dtype, 'cpu');
-  const lay = (l: typeof ql) => ({ offsets: l.offsets, segments: l.segments, roles: l.roles });
-  const options = { q: lay(ql), kv: c.kSeqs ? lay(kl) : undefined, rule: c.rule, normalize: c.silu ? ('silu' as const) : ('softmax' as const), returnLse: !c.silu };
-  const got = await maskedAttention(q.t, k.t, v.t, options);
-  const ref = reference.maskedAttention({ data: q.exact, shape: [tq, c.heads, c.D] }, { data: k.exact, shape: [tk, c.kvHeads, c.D] },
-    { data: v.exact, shape: [tk, c.kvHeads, c.Dv] }, options);
-  const shape = `${what}: B=${B} Tq=${tq} Tk=${tk} H=${c.heads}/${c.kvHeads} D=${c.D} Dv=${c.Dv}`;
-  t.is(compare(await got.output.float32(), ref.output.data, dtype, 'output'), '', shape);
-  if (!c.silu) t.is(compare(await got.lse!.float32(), ref.lse!.data, 'float32', 'lse'), '', shape);
-  for (const x of [q.t, k.t, v.t, got.output, got.lse]) x?.dispose();
-}
 
 for (const isa of PATHS) {
   for (const dtype of ['float32', 'bfloat16'] as DType[]) {
@@ -55,7 +37,7 @@ for (const isa of PATHS) {
         const qSeqs = sequences(rng, kind, batch, 90);
         const kSeqs = rng.bool(0.25) ? sequences(rng, kind, batch, 90) : undefined;
         const kvHeads = rng.pick([1, 2, 4]), heads = kvHeads * rng.pick([1, 2, 4]);
-        await check(t, { rule, qSeqs, kSeqs, heads: Math.max(2, heads), kvHeads: heads < 2 ? 1 : kvHeads,
+        await checkCpuAttention(t, { rule, qSeqs, kSeqs, heads: Math.max(2, heads), kvHeads: heads < 2 ? 1 : kvHeads,
           D: rng.pick([4, 8, 16, 32]), Dv: rng.pick([4, 8, 16, 24, 32]), silu: rng.bool(0.15) }, dtype, rng, `round ${round} on ${isa}`);
       }
     });
@@ -71,7 +53,7 @@ for (const isa of PATHS) {
         const kSeqs = sequences(rng, kind, batch, 400).map((s) => (rng.bool(0.5) ? s : randomSequence(rng, kind, 150)));
         const qSeqs = Array.from({ length: batch }, () => { const s = randomSequence(rng, kind, 3); const n = Math.min(s.roles.length, rng.int(0, 8)); return { segments: s.segments.slice(0, n), roles: s.roles.slice(0, n) }; });
         const kvHeads = rng.pick([1, 2, 4]), heads = kvHeads * rng.pick([1, 2, 3]);
-        await check(t, { rule, qSeqs, kSeqs, heads, kvHeads, D: rng.pick([8, 16, 64]), Dv: rng.pick([8, 64, 72]), silu: rng.bool(0.15) },
+        await checkCpuAttention(t, { rule, qSeqs, kSeqs, heads, kvHeads, D: rng.pick([8, 16, 64]), Dv: rng.pick([8, 64, 72]), silu: rng.bool(0.15) },
           dtype, rng, `round ${round} on ${isa}`);
       }
     });

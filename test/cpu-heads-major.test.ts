@@ -6,33 +6,15 @@
 // float32 / float16 / bfloat16, and batches of 1 or 2 users with long histories, whose keys are split
 // over the pool and combined by split softmax.
 import test from 'ava';
-import { backends, maskedAttention, reference, DType } from '../lib/index';
+import { backends, DType } from '../lib/index';
 import type { MaskRule, PresetName } from '../lib/index';
 import { native } from '../lib/native';
-import { compare, makeInput, pack, randomRule, randomSequence, Rng, Seq } from './helpers';
+import { checkCpuAttention, randomRule, randomSequence, Rng, Seq } from './helpers';
 
 const PATHS = backends().cpu.isaPaths;
 const PRESETS: PresetName[] = ['causal', 'full', 'persrec', 'rec2pm-reference', 'rec2pm-update'];
 const DTYPES: DType[] = ['float32', 'float16', 'bfloat16'];
 
-interface Case { rule: PresetName | MaskRule; qSeqs: Seq[]; kSeqs?: Seq[]; heads: number; kvHeads: number; D: number; Dv: number }
-
-async function check(t: import('ava').ExecutionContext, c: Case, dtype: DType, rng: Rng, what: string) {
-  const ql = pack(c.qSeqs), kl = c.kSeqs ? pack(c.kSeqs) : ql;
-  const B = c.qSeqs.length, tq = ql.offsets[B], tk = kl.offsets[B];
-  const q = await makeInput(rng.floats(tq * c.heads * c.D, 2), [tq, c.heads, c.D], dtype, 'cpu');
-  const k = await makeInput(rng.floats(tk * c.kvHeads * c.D, 2), [tk, c.kvHeads, c.D], dtype, 'cpu');
-  const v = await makeInput(rng.floats(tk * c.kvHeads * c.Dv), [tk, c.kvHeads, c.Dv], dtype, 'cpu');
-  const lay = (l: typeof ql) => ({ offsets: l.offsets, segments: l.segments, roles: l.roles });
-  const options = { q: lay(ql), kv: c.kSeqs ? lay(kl) : undefined, rule: c.rule, returnLse: true };
-  const got = await maskedAttention(q.t, k.t, v.t, options);
-  const ref = reference.maskedAttention({ data: q.exact, shape: [tq, c.heads, c.D] }, { data: k.exact, shape: [tk, c.kvHeads, c.D] },
-    { data: v.exact, shape: [tk, c.kvHeads, c.Dv] }, options);
-  const shape = `${what}: B=${B} Tq=${tq} Tk=${tk} H=${c.heads}/${c.kvHeads} D=${c.D} Dv=${c.Dv} rule=${JSON.stringify(c.rule)}`;
-  t.is(compare(await got.output.float32(), ref.output.data, dtype, 'output'), '', shape);
-  t.is(compare(await got.lse!.float32(), ref.lse!.data, 'float32', 'lse'), '', shape);
-  for (const x of [q.t, k.t, v.t, got.output, got.lse]) x?.dispose();
-}
 
 const kindOf = (rule: PresetName | MaskRule) => (typeof rule === 'string' && rule !== 'causal' && rule !== 'full' ? rule : 'mixed');
 // Query sequences of 0..maxQ tokens (a few empty, a few of length 1) cut from a layout of `kind`.
@@ -59,7 +41,7 @@ for (const isa of PATHS) {
       for (let round = 0; round < 8; round++) {
         const rule = round < PRESETS.length ? PRESETS[round] : randomRule(rng);
         const batch = rng.int(6, 14);
-        await check(t, { rule, qSeqs: fewQueries(rng, kindOf(rule), batch, rng.pick([4, 8])), kSeqs: histories(rng, kindOf(rule), batch, 60),
+        await checkCpuAttention(t, { rule, qSeqs: fewQueries(rng, kindOf(rule), batch, rng.pick([4, 8])), kSeqs: histories(rng, kindOf(rule), batch, 60),
           ...heads(rng, [1, 2, 4, 8, 16]), D: rng.pick([8, 16, 32, 64]), Dv: rng.pick([8, 24, 64, 72]) }, dtype, rng, `round ${round} on ${isa}`);
       }
     });
@@ -70,7 +52,7 @@ for (const isa of PATHS) {
       for (let round = 0; round < 6; round++) {
         const rule = round < PRESETS.length ? PRESETS[round] : randomRule(rng);
         const batch = rng.int(1, 2);
-        await check(t, { rule, qSeqs: fewQueries(rng, kindOf(rule), batch, 4).map((s) => (s.roles.length ? s : { segments: [0], roles: [0] })),
+        await checkCpuAttention(t, { rule, qSeqs: fewQueries(rng, kindOf(rule), batch, 4).map((s) => (s.roles.length ? s : { segments: [0], roles: [0] })),
           kSeqs: Array.from({ length: batch }, () => randomSequence(rng, kindOf(rule), rng.int(600, 1200))),
           ...heads(rng, [1, 4, 8]), D: rng.pick([16, 64]), Dv: rng.pick([8, 64]) }, dtype, rng, `round ${round} on ${isa}`);
       }
@@ -88,7 +70,7 @@ for (const isa of PATHS) {
           return { segments: s.segments.slice(0, n), roles: s.roles.slice(0, n) };
         });
         const D = rng.pick([8, 16, 32]);
-        await check(t, { rule, qSeqs, ...heads(rng, [8, 16]), D, Dv: rng.pick([8, 16, 32].filter((x) => x !== D || rng.bool())) },
+        await checkCpuAttention(t, { rule, qSeqs, ...heads(rng, [8, 16]), D, Dv: rng.pick([8, 16, 32].filter((x) => x !== D || rng.bool())) },
           dtype, rng, `round ${round} on ${isa}`);
       }
     });

@@ -1,6 +1,6 @@
 // Shared test machinery: a seeded PRNG, random jagged layouts shaped like the papers' sequences,
 // random mask rules, and the SPEC §7 comparison.
-import { backends, DType, Device, tensor, Tensor } from '../lib/index';
+import { backends, DType, Device, maskedAttention, reference, tensor, Tensor } from '../lib/index';
 import type { MaskRule, PresetName, RoleName, SegRelation } from '../lib/index';
 
 export class Rng {
@@ -141,4 +141,25 @@ export function cudaSkipReason(): string | undefined {
 export async function makeInput(values: Float32Array, shape: number[], dtype: DType, device: Device): Promise<{ t: Tensor; exact: Float32Array }> {
   const t = tensor(values, shape, { dtype, device });
   return { t, exact: await t.float32() };
+}
+
+// One CPU attention call on random inputs of `c`'s shape against the reference: output, and lse for
+// softmax. The CPU kernel suites that pick each ISA path themselves share it.
+export interface CpuAttentionCase { rule: PresetName | MaskRule; qSeqs: Seq[]; kSeqs?: Seq[]; heads: number; kvHeads: number; D: number; Dv: number; silu?: boolean }
+
+export async function checkCpuAttention(t: import('ava').ExecutionContext, c: CpuAttentionCase, dtype: DType, rng: Rng, what: string) {
+  const ql = pack(c.qSeqs), kl = c.kSeqs ? pack(c.kSeqs) : ql;
+  const B = c.qSeqs.length, tq = ql.offsets[B], tk = kl.offsets[B];
+  const q = await makeInput(rng.floats(tq * c.heads * c.D, 2), [tq, c.heads, c.D], dtype, 'cpu');
+  const k = await makeInput(rng.floats(tk * c.kvHeads * c.D, 2), [tk, c.kvHeads, c.D], dtype, 'cpu');
+  const v = await makeInput(rng.floats(tk * c.kvHeads * c.Dv), [tk, c.kvHeads, c.Dv], dtype, 'cpu');
+  const lay = (l: typeof ql) => ({ offsets: l.offsets, segments: l.segments, roles: l.roles });
+  const options = { q: lay(ql), kv: c.kSeqs ? lay(kl) : undefined, rule: c.rule, normalize: c.silu ? ('silu' as const) : ('softmax' as const), returnLse: !c.silu };
+  const got = await maskedAttention(q.t, k.t, v.t, options);
+  const ref = reference.maskedAttention({ data: q.exact, shape: [tq, c.heads, c.D] }, { data: k.exact, shape: [tk, c.kvHeads, c.D] },
+    { data: v.exact, shape: [tk, c.kvHeads, c.Dv] }, options);
+  const shape = `${what}: B=${B} Tq=${tq} Tk=${tk} H=${c.heads}/${c.kvHeads} D=${c.D} Dv=${c.Dv} rule=${JSON.stringify(c.rule)}`;
+  t.is(compare(await got.output.float32(), ref.output.data, dtype, 'output'), '', shape);
+  if (!c.silu) t.is(compare(await got.lse!.float32(), ref.lse!.data, 'float32', 'lse'), '', shape);
+  for (const x of [q.t, k.t, v.t, got.output, got.lse]) x?.dispose();
 }
