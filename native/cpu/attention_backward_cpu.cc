@@ -35,7 +35,6 @@ namespace {
 constexpr int kRows = 32;  // query rows per tile
 constexpr int kCols = 64;  // keys per tile
 
-int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 // Inputs as float32 copies, gradients narrowed into their dtype (parallel conversions, convert.h).
 std::vector<float> widen(const void* src, DType dtype, int64_t count) {

@@ -37,7 +37,6 @@ constexpr int kFewRows = 8;
 using GemmKeyMajor = GemmShape<v8f, 8, 1>;  // 8 keys x 8 query rows; 8 divides kBlockN
 static_assert(kBlockN % GemmKeyMajor::kRows == 0, "key blocks must split into key-major GEMM rows");
 
-int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 // Per-worker tiles, padded so the micro-kernels never need edge cases. Q, O and the softmax state
 // exist once per head of the group; the score, K and V blocks are reused head after head.
@@ -97,6 +96,7 @@ struct TileTask {
   // (per kv head), or panel -1 when they are not consecutive inside a packed tile.
   int64_t panel;
   int panel_col;
+  bool keys_consecutive;  // the block's keys are consecutive positions (set once per block by attend_keys)
   TileBounds qb;
   // The head being computed inside the group, and its slices of the scratch.
   int h, g;
@@ -179,8 +179,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   auto value_row = [&](int64_t j) { return t.job->v + (j * Hkv + t.g) * Dv; };
   // Rows of the block's keys: read in place when they are consecutive and all allowed, else gathered
   // (a masked block's V rows are copied so that their finiteness can be checked).
-  bool consecutive = true;
-  for (int j = 1; j < count && consecutive; ++j) consecutive = sc.keys[j] == sc.keys[0] + j;
+  const bool consecutive = t.keys_consecutive;
   const int64_t first = t.k_start + sc.keys[0];
   // Masked blocks compute each row block's scores and P V terms up to its rows' last allowed key only
   // (a causal diagonal's upper right is skipped); score columns past it hold garbage that the mask
@@ -188,24 +187,12 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   const int* row_extent = masked ? sc.extent : nullptr;
   if (kFewQueries && D % 8 == 0) {
     // At most 4 queries: dot products of whole key rows (read in place or through the gather list)
-    // with the 4 query rows, two keys at a time, eight sums reduced together. Every multiply is
-    // useful, where the key-major GEMM would spend half its columns on absent queries.
+    // with the 4 query rows, two keys at a time (dot_2keys_4rows).
     auto krow = [&](int j) { return key_row(t.k_start + sc.keys[j]); };
     const float* q = t.q_rows;  // rows past t.rows are zero (m_pad >= 4 for every shape)
     static_assert(Shape::kRows >= 4, "four query rows exist in the padded Q tile");
     for (int j = 0; j < count; j += 2) {
-      const float* k0 = krow(j);
-      const float* k1 = krow(std::min(j + 1, count - 1));
-      v8f acc[8] = {};
-      for (int d = 0; d < D; d += 8) {
-        const v8f a0 = load8(k0 + d), a1 = load8(k1 + d);
-        for (int r = 0; r < 4; ++r) {
-          const v8f qv = load8(q + r * D + d);
-          acc[r] += a0 * qv;
-          acc[4 + r] += a1 * qv;
-        }
-      }
-      const v8f dots = hsum8x8(acc);  // lane r: key j, query r; lane 4 + r: key j + 1
+      const v8f dots = dot_2keys_4rows(krow(j), krow(std::min(j + 1, count - 1)), q, D, D);  // lane r: key j, query r; 4 + r: key j + 1
       for (int r = 0; r < t.rows; ++r) {
         s[r * kBlockN + j] = dots[r];
         if (j + 1 < count) s[r * kBlockN + j + 1] = dots[4 + r];
@@ -382,13 +369,12 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   const int tile = keys[0] / kBlockN, col = keys[0] % kBlockN;
   t.panel = -1;
   t.panel_col = 0;
-  if (!kFewQueries && col + round_up(count, Shape::kCols) <= kBlockN && keys[count - 1] == keys[0] + count - 1) {
-    bool consecutive = true;
-    for (int j = 1; j < count - 1 && consecutive; ++j) consecutive = keys[j] == keys[0] + j;
-    if (consecutive) {
-      t.panel = t.job->panel_of_tile[t.job->k_base[t.b] + tile];
-      t.panel_col = col;
-    }
+  bool consecutive = keys[count - 1] == keys[0] + count - 1;
+  for (int j = 1; j < count - 1 && consecutive; ++j) consecutive = keys[j] == keys[0] + j;
+  t.keys_consecutive = consecutive;
+  if (!kFewQueries && consecutive && col + round_up(count, Shape::kCols) <= kBlockN) {
+    t.panel = t.job->panel_of_tile[t.job->k_base[t.b] + tile];
+    t.panel_col = col;
   }
   // Packed panels are consecutive per head, which hardware prefetchers follow; rows read in place
   // are not.

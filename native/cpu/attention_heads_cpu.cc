@@ -31,7 +31,6 @@ constexpr int kBlockBytes = 64 * 1024;  // K + V bytes of one key block (stays i
 constexpr int kMinSplitKeys = 256;  // a split-softmax part covers at least this many keys
 constexpr float kNegInf = -INFINITY;
 
-int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 struct Call {
   const AttentionParams* p;
@@ -140,16 +139,7 @@ LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, 
     for (int j = 0; j < nb; j += 2) {
       const float* k0 = c.k + (k_row0 + j) * key_floats + c.k_off[h];
       const float* k1 = j + 1 < nb ? k0 + key_floats : k0;
-      v8f acc[8] = {};
-      for (int d = 0; d < D; d += 8) {
-        const v8f a0 = load8(k0 + d), a1 = load8(k1 + d);
-        for (int r = 0; r < 4; ++r) {
-          const v8f qv = load8(q0 + r * q_stride + d);
-          acc[r] += a0 * qv;
-          acc[4 + r] += a1 * qv;
-        }
-      }
-      const v8f dots = hsum8x8(acc);  // lane r: key j, row r; lane 4 + r: key j + 1
+      const v8f dots = dot_2keys_4rows(k0, k1, q0, q_stride, D);  // lane r: key j, row r; 4 + r: key j + 1
       for (int r = 0; r < 4; ++r) {
         s[r * s_stride + (size_t)j * H + h] = dots[r];
         if (j + 1 < nb) s[r * s_stride + (size_t)(j + 1) * H + h] = dots[4 + r];

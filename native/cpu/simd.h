@@ -12,6 +12,9 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 
 #define LK_INLINE inline __attribute__((always_inline))
 
+// x rounded up to a multiple of m (tile padding).
+constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
 LK_INLINE v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
 LK_INLINE v8i splat_int(int32_t x) { return v8i{x, x, x, x, x, x, x, x}; }
 LK_INLINE v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
@@ -56,6 +59,22 @@ LK_INLINE v8f hsum8x8(const v8f a[8]) {
   const v8f lo = pairwise_add(pairwise_add(a[0], a[1]), pairwise_add(a[2], a[3]));
   const v8f hi = pairwise_add(pairwise_add(a[4], a[5]), pairwise_add(a[6], a[7]));
   return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// Dot products of two key rows k0, k1 with four query rows q + r * q_stride (r < 4) over D floats
+// (D a multiple of 8): lane r is k0 . q_r, lane 4 + r is k1 . q_r. Every multiply is useful for a
+// few query rows, where a GEMM tile would spend most of its columns on absent ones.
+LK_INLINE v8f dot_2keys_4rows(const float* k0, const float* k1, const float* q, size_t q_stride, int D) {
+  v8f acc[8] = {};
+  for (int d = 0; d < D; d += 8) {
+    const v8f a0 = load8(k0 + d), a1 = load8(k1 + d);
+    for (int r = 0; r < 4; ++r) {
+      const v8f qv = load8(q + r * q_stride + d);
+      acc[r] += a0 * qv;
+      acc[4 + r] += a1 * qv;
+    }
+  }
+  return hsum8x8(acc);
 }
 
 // In-place 8 x 8 transpose of the rows x[0..8): unpack pairs, then 64-bit pairs, then 128-bit halves.
