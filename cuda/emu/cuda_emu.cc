@@ -1815,61 +1815,47 @@ LK_TSAN_ACCESS(16)
 
 // Atomics: performed sequentially consistent (whatever order was asked); one OS thread runs a
 // block, so only other host threads could observe them, and they must see real atomics.
-#define LK_TSAN_ATOMIC(bits, T)                                                                              \
-  LK_TSAN T __tsan_atomic##bits##_load(const volatile T* a, int) {                                          \
-    race_check(a, sizeof(T), kRead | kAtomic);                                                                   \
-    return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                             \
-  }                                                                                                          \
-  LK_TSAN void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                                       \
-    race_check(a, sizeof(T), kWrite | kAtomic);                                                                    \
-    __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                                \
-  }                                                                                                          \
-  LK_TSAN T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                                       \
-    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
-    return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                      \
-  }                                                                                                          \
-  LK_TSAN T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                                      \
-    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
-    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                       \
-  }                                                                                                          \
-  LK_TSAN T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                                      \
-    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
-    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                       \
-  }                                                                                                          \
-  LK_TSAN T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                                      \
-    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
-    return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                       \
-  }                                                                                                          \
-  LK_TSAN T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                                       \
-    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
-    return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                        \
-  }                                                                                                          \
-  LK_TSAN T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                                      \
-    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
-    return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                       \
-  }                                                                                                          \
-  LK_TSAN T __tsan_atomic##bits##_fetch_nand(volatile T* a, T v, int) {                                     \
-    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
-    return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                                      \
-  }                                                                                                          \
-  LK_TSAN int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {           \
-    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
-    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                  \
-  }                                                                                                          \
-  LK_TSAN int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {             \
-    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
-    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                  \
-  }                                                                                                          \
-  LK_TSAN T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                 \
-    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                                                    \
-    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                        \
-    return c;                                                                                                \
+// One read-modify-write entry point: __tsan_atomicN_NAME(a, v) returns BUILTIN(a, v).
+#define LK_TSAN_RMW(bits, T, name, builtin)                                   \
+  LK_TSAN T __tsan_atomic##bits##_##name(volatile T* a, T v, int) {           \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                       \
+    return builtin(a, v, __ATOMIC_SEQ_CST);                                   \
+  }
+#define LK_TSAN_ATOMIC(bits, T)                                                                   \
+  LK_TSAN T __tsan_atomic##bits##_load(const volatile T* a, int) {                                \
+    race_check(a, sizeof(T), kRead | kAtomic);                                                    \
+    return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                  \
+  }                                                                                               \
+  LK_TSAN void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                             \
+    race_check(a, sizeof(T), kWrite | kAtomic);                                                   \
+    __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                     \
+  }                                                                                               \
+  LK_TSAN_RMW(bits, T, exchange, __atomic_exchange_n)                                             \
+  LK_TSAN_RMW(bits, T, fetch_add, __atomic_fetch_add)                                             \
+  LK_TSAN_RMW(bits, T, fetch_sub, __atomic_fetch_sub)                                             \
+  LK_TSAN_RMW(bits, T, fetch_and, __atomic_fetch_and)                                             \
+  LK_TSAN_RMW(bits, T, fetch_or, __atomic_fetch_or)                                               \
+  LK_TSAN_RMW(bits, T, fetch_xor, __atomic_fetch_xor)                                             \
+  LK_TSAN_RMW(bits, T, fetch_nand, __atomic_fetch_nand)                                           \
+  LK_TSAN int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) { \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                           \
+    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);       \
+  }                                                                                               \
+  LK_TSAN int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {   \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                           \
+    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);       \
+  }                                                                                               \
+  LK_TSAN T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {       \
+    race_check(a, sizeof(T), kRead | kWrite | kAtomic);                                           \
+    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);             \
+    return c;                                                                                     \
   }
 LK_TSAN_ATOMIC(8, unsigned char)
 LK_TSAN_ATOMIC(16, unsigned short)
 LK_TSAN_ATOMIC(32, unsigned int)
 LK_TSAN_ATOMIC(64, unsigned long long)
 #undef LK_TSAN_ATOMIC
+#undef LK_TSAN_RMW
 
 // 128-bit atomics under a lock (no libatomic dependency); kernels do not use them.
 namespace {
