@@ -59,6 +59,7 @@ struct Call {
 
 struct Scratch {
   FloatBuffer q, s, o;
+  FloatBuffer weights;  // values_rows4's weights of one head, [key][row] x 8 lanes
   // Running max and sum per row in the scores' lane layout (8 floats a vector); plain floats, as
   // std::vector does not align its elements to 32 bytes.
   float m[kChunkRows][kMaxHeads], l[kChunkRows][kMaxHeads];
@@ -69,6 +70,7 @@ struct Scratch {
     q = alloc_floats((size_t)kChunkRows * p.heads * p.head_dim);
     s = alloc_floats((size_t)kChunkRows * kMaskKeys * p.heads);
     o = alloc_floats((size_t)kChunkRows * p.heads * p.value_dim);
+    weights = alloc_floats((size_t)kMaskKeys * 4 * 8);
   }
 };
 
@@ -286,36 +288,47 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
 }
 
 // values_row for 4 rows that all see exactly the keys `bits` (rows past the chunk's have zero
-// weights): 2 output vectors x 4 rows accumulate in registers, each V vector loaded once.
+// weights), a head at a time: the head's weights are first spread to full vectors ([key][row] x 8
+// lanes in Scratch::weights), so that the inner loop is plain loads and FMAs (a broadcast per
+// (key, row, output vector) compiled to scalar inserts and took most of this loop's time); 2 output
+// vectors x 4 rows accumulate in registers, each V vector loaded once.
 LK_INLINE void values_rows4(const Call& c, Scratch& sc, int64_t k_row0, uint64_t bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, Dv = p.value_dim, Hkv = p.kv_heads;
   const size_t s_stride = (size_t)kMaskKeys * H, o_stride = (size_t)H * Dv;
   const float* s = sc.s.get();
   float* o = sc.o.get();
-  const int row_vecs = H * Dv / 8;
-  for (int i = 0; i < row_vecs; i += 2) {
-    pf.step();
-    const int h0 = c.slab_head[(size_t)i], h1 = c.slab_head[(size_t)i + 1];  // padded: i + 1 exists
-    const int v0 = c.slab_voff[(size_t)i], v1 = c.slab_voff[(size_t)i + 1];
-    v8f acc[4][2];
-    for (int r = 0; r < 4; ++r) {
-      acc[r][0] = load8(o + r * o_stride + 8 * i);
-      acc[r][1] = i + 1 < row_vecs ? load8(o + r * o_stride + 8 * i + 8) : splat(0.0f);
-    }
+  float* w = sc.weights.get();
+  const int head_vecs = Dv / 8;
+  for (int h = 0; h < H; ++h) {
     for (uint64_t b = bits; b; b &= b - 1) {
       const int j = __builtin_ctzll(b);
-      const float* vr = c.v + (k_row0 + j) * Hkv * Dv;
-      const v8f x0 = load8(vr + v0), x1 = load8(vr + v1);
-      for (int r = 0; r < 4; ++r) {
-        const float* pj = s + r * s_stride + (size_t)j * H;
-        acc[r][0] += splat(pj[h0]) * x0;
-        acc[r][1] += splat(pj[h1]) * x1;
-      }
+      for (int r = 0; r < 4; ++r) store8(w + (j * 4 + r) * 8, splat(s[r * s_stride + (size_t)j * H + h]));
     }
-    for (int r = 0; r < 4; ++r) {
-      store8(o + r * o_stride + 8 * i, acc[r][0]);
-      if (i + 1 < row_vecs) store8(o + r * o_stride + 8 * i + 8, acc[r][1]);
+    const float* vh = c.v + k_row0 * Hkv * Dv + (int64_t)(h / c.heads_per_kv) * Dv;  // head h's V columns
+    float* oh = o + (size_t)h * Dv;
+    for (int i = 0; i < head_vecs; i += 2) {
+      pf.step();
+      const bool pair = i + 1 < head_vecs;
+      v8f acc[4][2];
+      for (int r = 0; r < 4; ++r) {
+        acc[r][0] = load8(oh + r * o_stride + 8 * i);
+        acc[r][1] = pair ? load8(oh + r * o_stride + 8 * i + 8) : splat(0.0f);
+      }
+      for (uint64_t b = bits; b; b &= b - 1) {
+        const int j = __builtin_ctzll(b);
+        const float* vr = vh + (int64_t)j * Hkv * Dv + 8 * i;
+        const v8f x0 = load8(vr), x1 = pair ? load8(vr + 8) : x0;
+        for (int r = 0; r < 4; ++r) {
+          const v8f wr = load8(w + (j * 4 + r) * 8);
+          acc[r][0] += wr * x0;
+          acc[r][1] += wr * x1;
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        store8(oh + r * o_stride + 8 * i, acc[r][0]);
+        if (pair) store8(oh + r * o_stride + 8 * i + 8, acc[r][1]);
+      }
     }
   }
 }
@@ -375,7 +388,7 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
       const int ahead = std::min(c.block_keys, key_hi - (key0 + j0 + nb));
       if (ahead > 0)
         pf.start(c.k + (k_row0 + nb) * p.kv_heads * D, (int64_t)ahead * p.kv_heads * D, c.v + (k_row0 + nb) * p.kv_heads * Dv,
-                 (int64_t)ahead * p.kv_heads * Dv, H * ((nb + 1) / 2) + (H * Dv / 8 + 1) / 2);
+                 (int64_t)ahead * p.kv_heads * Dv, H * ((nb + 1) / 2) + H * ((Dv / 8 + 1) / 2));
       const uint64_t block_mask = nb == 64 ? ~uint64_t{0} : ((uint64_t{1} << nb) - 1);
       uint64_t bits[kChunkRows], any = 0;
       bool same = true;
