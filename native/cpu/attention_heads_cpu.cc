@@ -28,6 +28,7 @@ constexpr int kMaxHeadVecs = kMaxHeads / 8;
 constexpr int kMaxDim = 256;
 constexpr int kFewQueryRows = 8;    // query sequences this short are few-query cross attention
 constexpr int kBlockBytes = 64 * 1024;  // K + V bytes of one key block (stays in L2 for every row)
+constexpr int kPrefetchBlocks = 2;      // a block prefetches the block this many ahead
 constexpr int kMinSplitKeys = 256;  // a split-softmax part covers at least this many keys
 constexpr float kNegInf = -INFINITY;
 
@@ -360,6 +361,13 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
   }
   std::fill(sc.o.get(), sc.o.get() + (size_t)std::max(rows, 4) * H * Dv, 0.0f);
 
+  // The task's blocks before the first one that a block prefetches: one burst now.
+  {
+    const int64_t first = k_start + key_lo, keys = std::min<int64_t>((int64_t)kPrefetchBlocks * c.block_keys, key_hi - key_lo);
+    Prefetcher head;
+    if (keys > 0) head.start(c.k + first * p.kv_heads * D, keys * p.kv_heads * D, c.v + first * p.kv_heads * Dv, keys * p.kv_heads * Dv, 1);
+    head.rest();
+  }
   const int32_t* qseg = p.q_layout.segments;
   const uint8_t* qrole = p.q_layout.roles;
   const int32_t* kseg = p.kv_layout.segments;
@@ -382,13 +390,15 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
     for (int j0 = 0; j0 < count; j0 += c.block_keys) {
       const int nb = std::min(c.block_keys, count - j0);
       const int64_t k_row0 = k_start + key0 + j0;
-      // The next block's K / V rows (linearly across all heads: the value pass reads a block
-      // column-wise, which hardware prefetchers miss), spread over this block's loops.
+      // The K / V rows kPrefetchBlocks blocks ahead (linearly across all heads: the value pass reads
+      // a block column-wise, which hardware prefetchers miss), spread over this block's loops.
       Prefetcher pf;
-      const int ahead = std::min(c.block_keys, key_hi - (key0 + j0 + nb));
+      const int ahead_key = key0 + j0 + nb + (kPrefetchBlocks - 1) * c.block_keys;  // in the sequence
+      const int ahead = std::min(c.block_keys, key_hi - ahead_key);
       if (ahead > 0)
-        pf.start(c.k + (k_row0 + nb) * p.kv_heads * D, (int64_t)ahead * p.kv_heads * D, c.v + (k_row0 + nb) * p.kv_heads * Dv,
-                 (int64_t)ahead * p.kv_heads * Dv, H * ((nb + 1) / 2) + H * ((Dv / 8 + 1) / 2));
+        pf.start(c.k + (k_start + ahead_key) * p.kv_heads * D, (int64_t)ahead * p.kv_heads * D,
+                 c.v + (k_start + ahead_key) * p.kv_heads * Dv, (int64_t)ahead * p.kv_heads * Dv,
+                 H * ((nb + 1) / 2) + H * ((Dv / 8 + 1) / 2));
       const uint64_t block_mask = nb == 64 ? ~uint64_t{0} : ((uint64_t{1} << nb) - 1);
       uint64_t bits[kChunkRows], any = 0;
       bool same = true;
