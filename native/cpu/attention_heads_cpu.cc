@@ -27,7 +27,8 @@ constexpr int kMaxHeads = 64;
 constexpr int kMaxHeadVecs = kMaxHeads / 8;
 constexpr int kMaxDim = 256;
 constexpr int kFewQueryRows = 8;    // query sequences this short are few-query cross attention
-constexpr int kBlockBytes = 64 * 1024;  // K + V bytes of one key block (stays in L2 for every row)
+constexpr int kBlockBytes = 32 * 1024;  // K + V bytes of one key block: L1-sized (64 KB measured ~10% slower on cross 64 x 4 x 5,000)
+constexpr int kPrefetchBlocks = 2;      // a block prefetches the block this many ahead
 constexpr int kMinSplitKeys = 256;  // a split-softmax part covers at least this many keys
 constexpr float kNegInf = -INFINITY;
 
@@ -58,6 +59,7 @@ struct Call {
 
 struct Scratch {
   FloatBuffer q, s, o;
+  FloatBuffer weights;  // values_rows4's weights of one head, [key][row] x 8 lanes
   // Running max and sum per row in the scores' lane layout (8 floats a vector); plain floats, as
   // std::vector does not align its elements to 32 bytes.
   float m[kChunkRows][kMaxHeads], l[kChunkRows][kMaxHeads];
@@ -68,6 +70,7 @@ struct Scratch {
     q = alloc_floats((size_t)kChunkRows * p.heads * p.head_dim);
     s = alloc_floats((size_t)kChunkRows * kMaskKeys * p.heads);
     o = alloc_floats((size_t)kChunkRows * p.heads * p.value_dim);
+    weights = alloc_floats((size_t)kMaskKeys * 4 * 8);
   }
 };
 
@@ -79,6 +82,42 @@ LK_INLINE v8f fold_heads(v8f x, int H, Op op) {
   if (H <= 1) x = op(x, __builtin_shufflevector(x, x, 1, 2, 3, 4, 5, 6, 7, 0));
   return x;
 }
+
+// The next key block's K and V rows, a few cache lines at a time while this block computes. One
+// burst of a whole block's prefetches stalls the core until most of it has arrived (the miss
+// buffers fill), so compute and memory took turns; spread over the block's loops, the next block
+// streams in while this one computes (single thread 1.8x above a plain read of K / V before).
+struct Prefetcher {
+  const char *k = nullptr, *k_end = nullptr, *v = nullptr, *v_end = nullptr;
+  int quota = 0;  // lines per step()
+
+  // `steps`: how many step() calls the block's loops make; rest() issues what they left.
+  void start(const float* k_rows, int64_t k_floats, const float* v_rows, int64_t v_floats, int steps) {
+    k = reinterpret_cast<const char*>(k_rows);
+    k_end = k + k_floats * (int64_t)sizeof(float);
+    v = reinterpret_cast<const char*>(v_rows);
+    v_end = v + v_floats * (int64_t)sizeof(float);
+    const int64_t lines = (k_floats + v_floats) * (int64_t)sizeof(float) / 64 + 2;
+    quota = (int)((lines + steps - 1) / std::max(1, steps));
+  }
+  LK_INLINE void step() {
+    for (int i = 0; i < quota; ++i) {
+      if (k < k_end) {
+        __builtin_prefetch(k);
+        k += 64;
+      } else if (v < v_end) {
+        __builtin_prefetch(v);
+        v += 64;
+      } else {
+        return;
+      }
+    }
+  }
+  void rest() {
+    for (; k < k_end; k += 64) __builtin_prefetch(k);
+    for (; v < v_end; v += 64) __builtin_prefetch(v);
+  }
+};
 
 // One query row against `nb` keys [key0, key0 + nb) of its sequence whose allowed set is `bits`
 // (bit j: key key0 + j): scores, online-softmax update and P V, every head at once. kD: the head
@@ -127,7 +166,7 @@ LK_INLINE void scores_row(const Call& c, Scratch& sc, int r, int64_t k_row0, int
 // at a time, and the 8 (key, row) dot products reduced together. Rows past `rows` have zero Q.
 // Masked entries get -inf per row afterwards.
 template <int kD>
-LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, int rows, const uint64_t* bits) {
+LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, int rows, const uint64_t* bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, D = kD ? kD : p.head_dim;
   const int64_t key_floats = (int64_t)p.kv_heads * D;
@@ -137,6 +176,7 @@ LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, 
     const float* q0 = sc.q.get() + (size_t)h * D;
     const size_t q_stride = (size_t)H * D;
     for (int j = 0; j < nb; j += 2) {
+      pf.step();
       const float* k0 = c.k + (k_row0 + j) * key_floats + c.k_off[h];
       const float* k1 = j + 1 < nb ? k0 + key_floats : k0;
       const v8f dots = dot_2keys_4rows(k0, k1, q0, q_stride, D);  // lane r: key j, row r; 4 + r: key j + 1
@@ -239,35 +279,47 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
 }
 
 // values_row for 4 rows that all see exactly the keys `bits` (rows past the chunk's have zero
-// weights): 2 output vectors x 4 rows accumulate in registers, each V vector loaded once.
-LK_INLINE void values_rows4(const Call& c, Scratch& sc, int64_t k_row0, uint64_t bits) {
+// weights), a head at a time: the head's weights are first spread to full vectors ([key][row] x 8
+// lanes in Scratch::weights), so that the inner loop is plain loads and FMAs (a broadcast per
+// (key, row, output vector) compiled to scalar inserts and took most of this loop's time); 2 output
+// vectors x 4 rows accumulate in registers, each V vector loaded once.
+LK_INLINE void values_rows4(const Call& c, Scratch& sc, int64_t k_row0, uint64_t bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, Dv = p.value_dim, Hkv = p.kv_heads;
   const size_t s_stride = (size_t)kMaskKeys * H, o_stride = (size_t)H * Dv;
   const float* s = sc.s.get();
   float* o = sc.o.get();
-  const int row_vecs = H * Dv / 8;
-  for (int i = 0; i < row_vecs; i += 2) {
-    const int h0 = c.slab_head[(size_t)i], h1 = c.slab_head[(size_t)i + 1];  // padded: i + 1 exists
-    const int v0 = c.slab_voff[(size_t)i], v1 = c.slab_voff[(size_t)i + 1];
-    v8f acc[4][2];
-    for (int r = 0; r < 4; ++r) {
-      acc[r][0] = load8(o + r * o_stride + 8 * i);
-      acc[r][1] = i + 1 < row_vecs ? load8(o + r * o_stride + 8 * i + 8) : splat(0.0f);
-    }
+  float* w = sc.weights.get();
+  const int head_vecs = Dv / 8;
+  for (int h = 0; h < H; ++h) {
     for (uint64_t b = bits; b; b &= b - 1) {
       const int j = __builtin_ctzll(b);
-      const float* vr = c.v + (k_row0 + j) * Hkv * Dv;
-      const v8f x0 = load8(vr + v0), x1 = load8(vr + v1);
-      for (int r = 0; r < 4; ++r) {
-        const float* pj = s + r * s_stride + (size_t)j * H;
-        acc[r][0] += splat(pj[h0]) * x0;
-        acc[r][1] += splat(pj[h1]) * x1;
-      }
+      for (int r = 0; r < 4; ++r) store8(w + (j * 4 + r) * 8, splat(s[r * s_stride + (size_t)j * H + h]));
     }
-    for (int r = 0; r < 4; ++r) {
-      store8(o + r * o_stride + 8 * i, acc[r][0]);
-      if (i + 1 < row_vecs) store8(o + r * o_stride + 8 * i + 8, acc[r][1]);
+    const float* vh = c.v + k_row0 * Hkv * Dv + (int64_t)(h / c.heads_per_kv) * Dv;  // head h's V columns
+    float* oh = o + (size_t)h * Dv;
+    for (int i = 0; i < head_vecs; i += 2) {
+      pf.step();
+      const bool pair = i + 1 < head_vecs;
+      v8f acc[4][2];
+      for (int r = 0; r < 4; ++r) {
+        acc[r][0] = load8(oh + r * o_stride + 8 * i);
+        acc[r][1] = pair ? load8(oh + r * o_stride + 8 * i + 8) : splat(0.0f);
+      }
+      for (uint64_t b = bits; b; b &= b - 1) {
+        const int j = __builtin_ctzll(b);
+        const float* vr = vh + (int64_t)j * Hkv * Dv + 8 * i;
+        const v8f x0 = load8(vr), x1 = pair ? load8(vr + 8) : x0;
+        for (int r = 0; r < 4; ++r) {
+          const v8f wr = load8(w + (j * 4 + r) * 8);
+          acc[r][0] += wr * x0;
+          acc[r][1] += wr * x1;
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        store8(oh + r * o_stride + 8 * i, acc[r][0]);
+        if (pair) store8(oh + r * o_stride + 8 * i + 8, acc[r][1]);
+      }
     }
   }
 }
@@ -299,6 +351,13 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
   }
   std::fill(sc.o.get(), sc.o.get() + (size_t)std::max(rows, 4) * H * Dv, 0.0f);
 
+  // The task's blocks before the first one that a block prefetches: one burst now.
+  {
+    const int64_t first = k_start + key_lo, keys = std::min<int64_t>((int64_t)kPrefetchBlocks * c.block_keys, key_hi - key_lo);
+    Prefetcher head;
+    if (keys > 0) head.start(c.k + first * p.kv_heads * D, keys * p.kv_heads * D, c.v + first * p.kv_heads * Dv, keys * p.kv_heads * Dv, 1);
+    head.rest();
+  }
   const int32_t* qseg = p.q_layout.segments;
   const uint8_t* qrole = p.q_layout.roles;
   const int32_t* kseg = p.kv_layout.segments;
@@ -321,16 +380,15 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
     for (int j0 = 0; j0 < count; j0 += c.block_keys) {
       const int nb = std::min(c.block_keys, count - j0);
       const int64_t k_row0 = k_start + key0 + j0;
-      // The next block's K / V rows, linearly across all heads, while this block computes (the
-      // value pass reads a block column-wise, which hardware prefetchers miss).
-      const int ahead = std::min(c.block_keys, key_hi - (key0 + j0 + nb));
-      if (ahead > 0) {
-        const int64_t k_floats = (int64_t)ahead * p.kv_heads * D, v_floats = (int64_t)ahead * p.kv_heads * Dv;
-        const float* kn = c.k + (k_row0 + nb) * p.kv_heads * D;
-        const float* vn = c.v + (k_row0 + nb) * p.kv_heads * Dv;
-        for (int64_t i = 0; i < k_floats; i += 16) __builtin_prefetch(kn + i);
-        for (int64_t i = 0; i < v_floats; i += 16) __builtin_prefetch(vn + i);
-      }
+      // The K / V rows kPrefetchBlocks blocks ahead (linearly across all heads: the value pass reads
+      // a block column-wise, which hardware prefetchers miss), spread over this block's loops.
+      Prefetcher pf;
+      const int ahead_key = key0 + j0 + nb + (kPrefetchBlocks - 1) * c.block_keys;  // in the sequence
+      const int ahead = std::min(c.block_keys, key_hi - ahead_key);
+      if (ahead > 0)
+        pf.start(c.k + (k_start + ahead_key) * p.kv_heads * D, (int64_t)ahead * p.kv_heads * D,
+                 c.v + (k_start + ahead_key) * p.kv_heads * Dv, (int64_t)ahead * p.kv_heads * Dv,
+                 H * ((nb + 1) / 2) + H * ((Dv / 8 + 1) / 2));
       const uint64_t block_mask = nb == 64 ? ~uint64_t{0} : ((uint64_t{1} << nb) - 1);
       uint64_t bits[kChunkRows], any = 0;
       bool same = true;
@@ -339,22 +397,28 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
         any |= bits[r];
         same = same && bits[r] == bits[0];
       }
-      if (!any) continue;
+      if (!any) {
+        pf.rest();
+        continue;
+      }
       if (rows <= 4) {  // few queries: K / V rows loaded once for all rows
-        scores_rows4<kD>(c, sc, k_row0, nb, rows, bits);
+        scores_rows4<kD>(c, sc, k_row0, nb, rows, bits, pf);
         for (int r = 0; r < rows; ++r) {
           if (!bits[r]) continue;
           sc.seen[r] = true;
           softmax_row(c, sc, r, nb, bits[r]);
         }
         if (same) {
-          values_rows4(c, sc, k_row0, bits[0]);
+          values_rows4(c, sc, k_row0, bits[0], pf);
         } else {
+          pf.rest();
           for (int r = 0; r < rows; ++r)
             if (bits[r]) values_row(c, sc, r, k_row0, bits[r]);
         }
+        pf.rest();
         continue;
       }
+      pf.rest();
       for (int r = 0; r < rows; ++r) {
         if (!bits[r]) continue;
         sc.seen[r] = true;
