@@ -769,4 +769,26 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);
 }
 
+// exp8 over n floats on the active ISA's code generation, for its accuracy test (test/cpu-exp.test.ts):
+// the softmax's exp as the kernels compile it, not a copy.
+LK_INLINE void exp_lanes_impl(const float* in, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) store8(out + i, exp8(load8(in + i)));
+  if (i < n) {
+    float lanes[8] = {};
+    std::memcpy(lanes, in + i, sizeof(float) * (n - i));
+    store8(lanes, exp8(load8(lanes)));
+    std::memcpy(out + i, lanes, sizeof(float) * (n - i));
+  }
+}
+#if LK_ISA_X86
+LK_TARGET_AVX512 void exp_lanes_avx512(const float* in, float* out, int64_t n) { exp_lanes_impl(in, out, n); }
+LK_TARGET_AVX2 void exp_lanes_avx2(const float* in, float* out, int64_t n) { exp_lanes_impl(in, out, n); }
+#endif
+void exp_lanes_portable(const float* in, float* out, int64_t n) { exp_lanes_impl(in, out, n); }
+using ExpLanesFn = void (*)(const float*, float*, int64_t);
+const IsaTable<ExpLanesFn> kExpLanes = {{exp_lanes_portable, nullptr, LK_IF_X86(exp_lanes_avx2), LK_IF_X86(exp_lanes_avx512), nullptr}};
+
+void exp_lanes(const float* in, float* out, int64_t n) { isa_pick(kExpLanes)(in, out, n); }
+
 }  // namespace lk::cpu
