@@ -285,7 +285,9 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
         store8(srow + j, e);
         sum += e;
       }
-      const float alpha = std::exp(m_old - m_new);
+      // The weights' exp8 rather than a libm call, which costs a vzeroupper and spills of the live
+      // vectors per row and head; exp8 keeps alpha = 0 for m_old = -inf and exactly 1 when m holds.
+      const float alpha = exp8(splat(m_old - m_new))[0];
       t.l[r] = t.l[r] * alpha + hsum(sum);
       t.m[r] = m_new;
       if (alpha != 1.0f) {
