@@ -278,7 +278,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       for (int j = 0; j < n_pad; j += 8)
         store8(srow + j, any_allowed(j) ? exp8(load8(srow + j) - splat(m_new)) : splat(0.0f));
       // Summed in a pass of its own: exp8's constants fill the vector registers, and a sum carried
-      // through the exp loop was spilled, a store-to-load chain of ~8 cycles per 8 keys (perf, AVX2).
+      // through the exp loop was kept on the stack, a store-to-load chain per 8 keys (perf, AVX2).
       v8f sum = splat(0.0f);
       for (int j = 0; j < n_pad; j += 8) sum += load8(srow + j);
       // The weights' exp8 rather than a libm call, which costs a vzeroupper and spills of the live

@@ -41,7 +41,8 @@ LK_INLINE uint32_t lane_mask8(v8i lanes) {
 }
 
 // Whether all n floats (n a multiple of 8) are finite: x * 0 is NaN exactly for +-Inf and NaN.
-// Two accumulators halve the multiply-add latency chain (the check runs per packed V panel).
+// Two accumulators halve the multiply-add latency chain (it checks every packed V panel and the V
+// rows of masked blocks read in place).
 LK_INLINE bool all_finite(const float* p, int n) {
   v8f acc[2] = {splat(0.0f), splat(0.0f)};
   int i = 0;
