@@ -113,6 +113,8 @@ export interface NativeAddon {
   _failInPoolTask(tasks: number, failAt: number): Promise<void>;
   /** Test support: forces the CPU kernels' instruction set (one of backends().cpu.isaPaths). */
   _setCpuIsa(isa: string): void;
+  /** Test support: the CPU kernels' exp (native/cpu/simd.h exp8) on the active ISA path. */
+  _cpuExp(values: Float32Array): Float32Array;
   /** Test support, CUDA builds only (cuda/backend.h): the host path's counters since load. */
   _cudaHostPath?(): CudaHostPathStats;
   /** Test support: while held, the completion thread waits for no event (nothing executes on the emulator). */

@@ -1356,6 +1356,18 @@ Napi::Value FromFloat32(const Napi::CallbackInfo& info) {
   return dst;
 }
 
+// _cpuExp(Float32Array) -> Float32Array: test support, the CPU kernels' exp on the active ISA path
+// (its accuracy and NaN / Inf semantics are checked by test/cpu-exp.test.ts).
+Napi::Value CpuExp(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw Napi::TypeError::New(env, "values: expected a Float32Array");
+  Napi::Float32Array src = info[0].As<Napi::Float32Array>();
+  Napi::Float32Array dst = Napi::Float32Array::New(env, src.ElementLength());
+  cpu::exp_lanes(src.Data(), dst.Data(), (int64_t)src.ElementLength());
+  return dst;
+}
+
 // _setCpuIsa(name): test support, forces the CPU kernels' instruction set (native/cpu/isa.h) for
 // calls that start from now on. RangeError when unknown or not runnable here.
 Napi::Value SetCpuIsa(const Napi::CallbackInfo& info) {
@@ -1581,6 +1593,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("liveMemory", Napi::Function::New(env, LiveMemoryJs));
   exports.Set("_failInPoolTask", Napi::Function::New(env, FailInPoolTask));
   exports.Set("_setCpuIsa", Napi::Function::New(env, SetCpuIsa));
+  exports.Set("_cpuExp", Napi::Function::New(env, CpuExp));
 #ifdef LK_WITH_CUDA
   exports.Set("_cudaHostPath", Napi::Function::New(env, CudaHostPath));
   exports.Set("_cudaHoldCompletions", Napi::Function::New(env, CudaHoldCompletions));

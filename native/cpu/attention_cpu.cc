@@ -262,17 +262,15 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
         std::fill(srow, srow + n_pad, 0.0f);
         continue;
       }
+      for (int j = 0; j < n_pad; j += 8)
+        store8(srow + j, any_allowed(j) ? exp8(load8(srow + j) - splat(m_new)) : splat(0.0f));
+      // Summed in a pass of its own: exp8's constants fill the vector registers, and a sum carried
+      // through the exp loop was kept on the stack, a store-to-load chain per 8 keys (perf, AVX2).
       v8f sum = splat(0.0f);
-      for (int j = 0; j < n_pad; j += 8) {
-        if (!any_allowed(j)) {
-          store8(srow + j, splat(0.0f));
-          continue;
-        }
-        const v8f e = exp8(load8(srow + j) - splat(m_new));
-        store8(srow + j, e);
-        sum += e;
-      }
-      const float alpha = std::exp(m_old - m_new);
+      for (int j = 0; j < n_pad; j += 8) sum += load8(srow + j);
+      // The weights' exp8 rather than a libm call, which costs a vzeroupper and spills of the live
+      // vectors per row and head; exp8 keeps alpha = 0 for m_old = -inf and exactly 1 when m holds.
+      const float alpha = exp8(splat(m_old - m_new))[0];
       t.l[r] = t.l[r] * alpha + hsum(sum);
       t.m[r] = m_new;
       if (alpha != 1.0f) {
@@ -754,5 +752,27 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   give_back_panel_storage(std::move(storage));
   if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);
 }
+
+// exp8 over n floats on the active ISA's code generation, for its accuracy test (test/cpu-exp.test.ts):
+// the softmax's exp as the kernels compile it, not a copy.
+LK_INLINE void exp_lanes_impl(const float* in, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) store8(out + i, exp8(load8(in + i)));
+  if (i < n) {
+    float lanes[8] = {};
+    std::memcpy(lanes, in + i, sizeof(float) * (n - i));
+    store8(lanes, exp8(load8(lanes)));
+    std::memcpy(out + i, lanes, sizeof(float) * (n - i));
+  }
+}
+#if LK_ISA_X86
+LK_TARGET_AVX512 void exp_lanes_avx512(const float* in, float* out, int64_t n) { exp_lanes_impl(in, out, n); }
+LK_TARGET_AVX2 void exp_lanes_avx2(const float* in, float* out, int64_t n) { exp_lanes_impl(in, out, n); }
+#endif
+void exp_lanes_portable(const float* in, float* out, int64_t n) { exp_lanes_impl(in, out, n); }
+using ExpLanesFn = void (*)(const float*, float*, int64_t);
+const IsaTable<ExpLanesFn> kExpLanes = {{exp_lanes_portable, nullptr, LK_IF_X86(exp_lanes_avx2), LK_IF_X86(exp_lanes_avx512), nullptr}};
+
+void exp_lanes(const float* in, float* out, int64_t n) { isa_pick(kExpLanes)(in, out, n); }
 
 }  // namespace lk::cpu

@@ -10,4 +10,7 @@ namespace lk::cpu {
 // walked (built on first use, kept); without, one is built for the call (mask_plan_cpu.h).
 void masked_attention(const AttentionParams& p, PlanState* plan = nullptr);
 
+// The kernels' exp (simd.h's exp8) over n floats on the active ISA path: test support.
+void exp_lanes(const float* in, float* out, int64_t n);
+
 }  // namespace lk::cpu
