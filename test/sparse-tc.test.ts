@@ -41,6 +41,17 @@ async function referenceSelection(qI: Tensor, kI: Tensor, w: Tensor, k: number, 
   return { scores, top: reference.topK(scores, k) };
 }
 
+/** One indexedCrossAttention call, the emulator launches it took, and the reference's selection from the same indexer tensors. */
+async function indexedWithReference(q: Tensor, kk: Tensor, v: Tensor, indexer: { q: Tensor; k: Tensor; w: Tensor }, k: number,
+  layout: { qOffsets: Int32Array; kOffsets: Int32Array }) {
+  const launches0 = backends().cuda.emulator?.launches;
+  const got = await indexedCrossAttention(q, kk, v, { indexer, topK: k, ...layout });
+  const launches1 = backends().cuda.emulator?.launches;
+  const launches = launches0 !== undefined && launches1 !== undefined ? launches1 - launches0 : undefined;
+  const want = (await referenceSelection(indexer.q, indexer.k, indexer.w, k, layout)).top;
+  return { got, launches, want, gi: (await got.indices.data()) as Int32Array };
+}
+
 if (reason) {
   test.skip(`sparse path on tensor cores (skipped: ${reason}; set LIFELONG_CUDA_EMULATE=1 or use a GPU)`, () => {});
 } else {
@@ -426,12 +437,8 @@ if (reason) {
         // positive queries keep -Infinity keys' scores -Infinity (not NaN)
         const q = make(rng.floats(Nq * H * D).map((x) => Math.abs(x) + 0.01), [Nq, H, D]);
         const kk = make(kData, [Tk, kvHeads, D]), v = make(vData, [Tk, kvHeads, Dv]);
-        const launches0 = backends().cuda.emulator?.launches;
-        const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
-        const launches1 = backends().cuda.emulator?.launches;
+        const { got, launches, want, gi } = await indexedWithReference(q, kk, v, { q: qI, k: kI, w }, k, { qOffsets, kOffsets });
         const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
-        const want = (await referenceSelection(qI, kI, w, k, { qOffsets, kOffsets })).top;
-        const gi = (await got.indices.data()) as Int32Array;
         const what = `${overlap} qLens=${qLens} keyLens=${keyLens} H=${H} Hkv=${kvHeads} D=${D} Dv=${Dv} k=${k}`;
         // every indexer input is on a grid of 1/4: the scores are exact, the indices the reference's
         t.deepEqual(Array.from(gi), Array.from(want.indices.data), `indices (${what})`);
@@ -440,7 +447,7 @@ if (reason) {
         const out = await got.output.float32();
         t.is(compareScores(out, wantOut.output.data, dtype, 'output'), '', what);
         if (round % 4 === 3 && keyLens.some((l, b) => l === 1 && qLens[b] > 0)) t.true(out.some((x) => Number.isNaN(x)), `a row over -Infinity scores only is NaN (${what})`);
-        if (launches0 !== undefined && launches1 !== undefined) t.is(launches1 - launches0, 1, `one fused launch (${what})`);
+        if (launches !== undefined) t.is(launches, 1, `one fused launch (${what})`);
         for (const x of [qI, kI, w, q, kk, v, got.output, got.indices, got.values]) x.dispose();
       }
     });
@@ -518,19 +525,15 @@ if (reason) {
       const qI = make(qIData, [Nq, Hi, Di]), kI = make(kIData, [Tk, Di]), w = make(wData, [Nq, Hi]);
       const q = make(rng.floats(Nq * H * D), [Nq, H, D]), kk = make(rng.floats(Tk * D), [Tk, 1, D]), v = make(rng.floats(Tk * D), [Tk, 1, D]);
       for (const k of [300, 2048]) {
-        const launches0 = backends().cuda.emulator?.launches;
-        const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
-        const launches1 = backends().cuda.emulator?.launches;
+        const { got, launches, want, gi } = await indexedWithReference(q, kk, v, { q: qI, k: kI, w }, k, { qOffsets, kOffsets });
         const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
-        const want = (await referenceSelection(qI, kI, w, k, { qOffsets, kOffsets })).top;
-        const gi = (await got.indices.data()) as Int32Array;
         t.deepEqual(Array.from(gi), Array.from(want.indices.data), `indices, k ${k}`);
         t.deepEqual(Array.from((await got.values.data()) as Float32Array), Array.from(want.values.data, (x) => Math.fround(x)), `values, k ${k}`);
         const wantOut = reference.sparseAttention(await exact(q, [Nq, H, D]), await exact(kk, [Tk, 1, D]), await exact(v, [Tk, 1, D]),
           { data: gi, shape: [Nq, k] }, { qOffsets, kOffsets, returnLse: false });
         t.is(compareScores(await got.output.float32(), wantOut.output.data, dtype, 'output'), '', `output, k ${k}`);
         // indexer, top-k slices, top-k merge, sparse attention
-        if (launches0 !== undefined && launches1 !== undefined) t.is(launches1 - launches0, 4, `split top-k launches, k ${k}`);
+        if (launches !== undefined) t.is(launches, 4, `split top-k launches, k ${k}`);
         for (const x of [got.output, got.indices, got.values]) x.dispose();
       }
       for (const x of [qI, kI, w, q, kk, v]) x.dispose();
