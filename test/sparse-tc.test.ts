@@ -41,6 +41,17 @@ async function referenceSelection(qI: Tensor, kI: Tensor, w: Tensor, k: number, 
   return { scores, top: reference.topK(scores, k) };
 }
 
+/** One indexedCrossAttention call, the emulator launches it took, and the reference's selection from the same indexer tensors. */
+async function indexedWithReference(q: Tensor, kk: Tensor, v: Tensor, indexer: { q: Tensor; k: Tensor; w: Tensor }, k: number,
+  layout: { qOffsets: Int32Array; kOffsets: Int32Array }) {
+  const launches0 = backends().cuda.emulator?.launches;
+  const got = await indexedCrossAttention(q, kk, v, { indexer, topK: k, ...layout });
+  const launches1 = backends().cuda.emulator?.launches;
+  const launches = launches0 !== undefined && launches1 !== undefined ? launches1 - launches0 : undefined;
+  const want = (await referenceSelection(indexer.q, indexer.k, indexer.w, k, layout)).top;
+  return { got, launches, want, gi: (await got.indices.data()) as Int32Array };
+}
+
 if (reason) {
   test.skip(`sparse path on tensor cores (skipped: ${reason}; set LIFELONG_CUDA_EMULATE=1 or use a GPU)`, () => {});
 } else {
@@ -369,6 +380,129 @@ if (reason) {
     }
   });
 
+  // Shared gathers in the fused kernel: 16 / G queries of a tile are the rows of one m16 attention
+  // tile over the union of their selections, each row masked to its own query's keys. The overlap
+  // of the tile's selections is steered through the indexer: 'identical' (every query of a user has
+  // the same indexer row: one selection), 'partial' (a shared part plus a per-query part),
+  // 'disjoint' (query ql scores only keys j = ql mod 8, one-hot on a grid: exact scores, so the
+  // indices must equal the reference's). G = 1, 2, 8, 16 through H / Hkv; Dv != D; k past some rows;
+  // users without queries or keys, of 1 query and of more queries than a tile; non-finite K / V rows
+  // and a user whose every key scores -Infinity (NaN output, as the reference).
+  type Overlap = 'identical' | 'partial' | 'disjoint';
+  /** Indexer inputs whose selections overlap as `overlap` says, for Hi = 1 and Di = 8. */
+  function steeredIndexer(rng: Rng, overlap: Overlap, qLens: number[], keyLens: number[]) {
+    const Di = 8, Nq = qLens.reduce((a, b) => a + b, 0), Tk = keyLens.reduce((a, b) => a + b, 0);
+    const qI = new Float32Array(Nq * Di), kI = new Float32Array(Tk * Di), w = new Float32Array(Nq).fill(1);
+    let row = 0, key = 0;
+    for (let b = 0; b < qLens.length; b++) {
+      const shared = Float32Array.from({ length: Di }, () => rng.int(-4, 4) / 4);
+      for (let ql = 0; ql < qLens[b]; ql++, row++)
+        for (let d = 0; d < Di; d++) {
+          qI[row * Di + d] = overlap === 'identical' ? shared[d]
+            : overlap === 'partial' ? (d < 6 ? shared[d] : rng.int(-4, 4) / 4)
+            : d === ql % Di ? 1 : 0;
+        }
+      for (let j = 0; j < keyLens[b]; j++, key++)
+        for (let d = 0; d < Di; d++) kI[key * Di + d] = overlap === 'disjoint' ? (d === j % Di ? 1 + (j % 5) / 4 : 0) : rng.int(-4, 4) / 4;
+    }
+    return { qI, kI, w, Di };
+  }
+
+  for (const dtype of ['float16', 'bfloat16'] as DType[]) {
+    test.serial(`indexedCrossAttention cuda ${dtype}: queries of a tile share K / V gathers (identical, partial, disjoint selections; G 1 / 2 / 8 / 16) = reference`, async (t) => {
+      const rng = new Rng(dtype.length * 7919 + 13);
+      const overlaps: Overlap[] = ['identical', 'partial', 'disjoint'];
+      for (let round = 0; round < 12; round++) {
+        const overlap = overlaps[round % 3];
+        const B = rng.int(2, 4);
+        const keyLens = Array.from({ length: B }, () => rng.pick([0, 1, 9, 40, 65, rng.int(1, 400)]));
+        const qLens = Array.from({ length: B }, () => rng.pick([0, 1, 3, 8, rng.int(9, 20)]));
+        if (!qLens.some((x) => x > 0)) qLens[0] = 16;
+        keyLens[qLens.findIndex((x) => x > 0)] = rng.int(20, 300);  // one user with queries and keys at least
+        const qOffsets = offsetsOf(qLens), kOffsets = offsetsOf(keyLens);
+        const Nq = qOffsets[B], Tk = kOffsets[B];
+        const G = [1, 2, 8, 16][round % 4], kvHeads = rng.pick([1, 2]), H = G * kvHeads;
+        const D = rng.pick([16, 64]), Dv = rng.pick([8, 32, 128].filter((x) => x !== D));
+        const k = rng.pick([1, 5, 32, 100]);
+        const ind = steeredIndexer(rng, overlap, qLens, keyLens);
+        const kData = rng.floats(Tk * kvHeads * D), vData = rng.floats(Tk * kvHeads * Dv);
+        if (round % 4 === 3) {
+          // a key row of -Infinity, a NaN value, and a 1-key user whose only key scores -Infinity
+          if (Tk > 2) { kData.fill(-Infinity, 0, D); vData[Dv * kvHeads + 1] = Number.NaN; }
+          const one = keyLens.findIndex((l, b) => l === 1 && qLens[b] > 0);
+          if (one >= 0) kData.fill(-Infinity, kOffsets[one] * kvHeads * D, (kOffsets[one] + 1) * kvHeads * D);
+        }
+        const make = (data: Float32Array, shape: number[]) => tensor(data, shape, { dtype, device: 'cuda' });
+        const qI = make(ind.qI, [Nq, 1, ind.Di]), kI = make(ind.kI, [Tk, ind.Di]), w = make(ind.w, [Nq, 1]);
+        // positive queries keep -Infinity keys' scores -Infinity (not NaN)
+        const q = make(rng.floats(Nq * H * D).map((x) => Math.abs(x) + 0.01), [Nq, H, D]);
+        const kk = make(kData, [Tk, kvHeads, D]), v = make(vData, [Tk, kvHeads, Dv]);
+        const { got, launches, want, gi } = await indexedWithReference(q, kk, v, { q: qI, k: kI, w }, k, { qOffsets, kOffsets });
+        const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
+        const what = `${overlap} qLens=${qLens} keyLens=${keyLens} H=${H} Hkv=${kvHeads} D=${D} Dv=${Dv} k=${k}`;
+        // every indexer input is on a grid of 1/4: the scores are exact, the indices the reference's
+        t.deepEqual(Array.from(gi), Array.from(want.indices.data), `indices (${what})`);
+        const wantOut = reference.sparseAttention(await exact(q, [Nq, H, D]), await exact(kk, [Tk, kvHeads, D]), await exact(v, [Tk, kvHeads, Dv]),
+          { data: gi, shape: [Nq, k] }, { qOffsets, kOffsets, returnLse: false });
+        const out = await got.output.float32();
+        t.is(compareScores(out, wantOut.output.data, dtype, 'output'), '', what);
+        if (round % 4 === 3 && keyLens.some((l, b) => l === 1 && qLens[b] > 0)) t.true(out.some((x) => Number.isNaN(x)), `a row over -Infinity scores only is NaN (${what})`);
+        if (launches !== undefined) t.is(launches, 1, `one fused launch (${what})`);
+        for (const x of [qI, kI, w, q, kk, v, got.output, got.indices, got.values]) x.dispose();
+      }
+    });
+  }
+
+  // The sharing, counted: one user of 8 queries (Hi = 8: one tile), the same indexer inputs attended
+  // twice, with D = Dv = 128 and with D = Dv = 16. The indexer's copies are equal in both calls, so
+  // the difference of their cp.async counts is the attention's alone: per kv group, the Q rows (16 or
+  // 2 chunks each) and every key of each query group's union once (K and V rows, 32 or 4 chunks) —
+  // exactly, from the returned indices. Identical selections with G = 1 gather 1/8 of a gather per
+  // query; a bound that a kernel gathering per query fails.
+  (emulated ? test.serial : test.skip)(`indexedCrossAttention cuda bfloat16: a tile's queries gather each chosen K / V row once${emulated ? '' : ' (skipped: the cp.async count needs the emulator)'}`, async (t) => {
+    const rng = new Rng(1608);
+    for (const [overlap, G, kvHeads] of [['identical', 1, 1], ['identical', 2, 2], ['partial', 1, 1], ['partial', 8, 1], ['disjoint', 1, 2], ['identical', 16, 1]] as Array<[Overlap, number, number]>) {
+      const Nq = 8, len = 600, k = 64, H = G * kvHeads, Hi = 8;
+      const qOffsets = offsetsOf([0, Nq]), kOffsets = offsetsOf([0, len]);
+      const ind = steeredIndexer(rng, overlap, [0, Nq], [0, len]);
+      // Hi = 8 copies of the steered head: 64 / Hi = 8 queries per tile, the same selection as one head
+      const qIData = new Float32Array(Nq * Hi * ind.Di);
+      for (let n = 0; n < Nq; n++) for (let h = 0; h < Hi; h++) qIData.set(ind.qI.subarray(n * ind.Di, (n + 1) * ind.Di), (n * Hi + h) * ind.Di);
+      const make = (data: Float32Array, shape: number[]) => tensor(data, shape, { dtype: 'bfloat16', device: 'cuda' });
+      const qI = make(qIData, [Nq, Hi, ind.Di]), kI = make(ind.kI, [len, ind.Di]), w = make(new Float32Array(Nq * Hi).fill(1), [Nq, Hi]);
+      const copies: number[] = [];
+      let indices: Int32Array<ArrayBufferLike> = new Int32Array(0);
+      for (const D of [128, 16]) {
+        const q = make(rng.floats(Nq * H * D), [Nq, H, D]), kk = make(rng.floats(len * kvHeads * D), [len, kvHeads, D]);
+        const v = make(rng.floats(len * kvHeads * D), [len, kvHeads, D]);
+        const before = counters()!.cpAsync;
+        const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
+        copies.push(counters()!.cpAsync - before);
+        indices = (await got.indices.data()) as Int32Array;
+        const wantOut = reference.sparseAttention({ data: await q.float32(), shape: [Nq, H, D] }, { data: await kk.float32(), shape: [len, kvHeads, D] },
+          { data: await v.float32(), shape: [len, kvHeads, D] }, { data: indices, shape: [Nq, k] }, { qOffsets, kOffsets, returnLse: false });
+        t.is(compareScores(await got.output.float32(), wantOut.output.data, 'bfloat16', 'output'), '', `${overlap} G=${G} D=${D}`);
+        for (const x of [q, kk, v, got.output, got.indices, got.values]) x.dispose();
+      }
+      // the query groups of the m16 tile and their unions
+      const perTile = G <= 8 ? 16 / G : 1;
+      let unionRows = 0, ownRows = 0;
+      for (let first = 0; first < Nq; first += perTile) {
+        const keys = new Set<number>();
+        for (let n = first; n < Math.min(Nq, first + perTile); n++)
+          for (let i = 0; i < k; i++) if (indices[n * k + i] >= 0) { keys.add(indices[n * k + i]); ownRows++; }
+        unionRows += keys.size;
+      }
+      const chunks = (D: number) => kvHeads * (unionRows * 2 * (D / 8) + Nq * G * (D / 8));
+      const what = `${overlap}, G = ${G}, Hkv = ${kvHeads}: ${unionRows} union rows of ${ownRows} selected`;
+      t.is(copies[0] - copies[1], chunks(128) - chunks(16), `attention cp.async = Q rows + union K / V rows once (${what})`);
+      if (overlap === 'identical' && G === 1) t.true(unionRows * 8 === ownRows && unionRows > 0, `8 identical queries: each row gathered once (${what})`);
+      if (overlap === 'disjoint') t.is(unionRows, ownRows, `disjoint selections: nothing to share (${what})`);
+      if (overlap === 'partial') t.true(unionRows < ownRows, `partially overlapping selections share some rows (${what})`);
+      for (const x of [qI, kI, w]) x.dispose();
+    }
+  });
+
   // The unfused path past 131,072 keys: rows longer than the fused kernels' 16,384 go indexer ->
   // top-k (split into 65,536-key slices and a merge: one launch more than a one-block row) -> sparse
   // attention. Inputs on a grid of 1/4 keep every score exact, so the indices equal the reference's
@@ -391,19 +525,15 @@ if (reason) {
       const qI = make(qIData, [Nq, Hi, Di]), kI = make(kIData, [Tk, Di]), w = make(wData, [Nq, Hi]);
       const q = make(rng.floats(Nq * H * D), [Nq, H, D]), kk = make(rng.floats(Tk * D), [Tk, 1, D]), v = make(rng.floats(Tk * D), [Tk, 1, D]);
       for (const k of [300, 2048]) {
-        const launches0 = backends().cuda.emulator?.launches;
-        const got = await indexedCrossAttention(q, kk, v, { indexer: { q: qI, k: kI, w }, topK: k, qOffsets, kOffsets });
-        const launches1 = backends().cuda.emulator?.launches;
+        const { got, launches, want, gi } = await indexedWithReference(q, kk, v, { q: qI, k: kI, w }, k, { qOffsets, kOffsets });
         const exact = async (x: Tensor, shape: number[]) => ({ data: await x.float32(), shape });
-        const want = (await referenceSelection(qI, kI, w, k, { qOffsets, kOffsets })).top;
-        const gi = (await got.indices.data()) as Int32Array;
         t.deepEqual(Array.from(gi), Array.from(want.indices.data), `indices, k ${k}`);
         t.deepEqual(Array.from((await got.values.data()) as Float32Array), Array.from(want.values.data, (x) => Math.fround(x)), `values, k ${k}`);
         const wantOut = reference.sparseAttention(await exact(q, [Nq, H, D]), await exact(kk, [Tk, 1, D]), await exact(v, [Tk, 1, D]),
           { data: gi, shape: [Nq, k] }, { qOffsets, kOffsets, returnLse: false });
         t.is(compareScores(await got.output.float32(), wantOut.output.data, dtype, 'output'), '', `output, k ${k}`);
         // indexer, top-k slices, top-k merge, sparse attention
-        if (launches0 !== undefined && launches1 !== undefined) t.is(launches1 - launches0, 4, `split top-k launches, k ${k}`);
+        if (launches !== undefined) t.is(launches, 4, `split top-k launches, k ${k}`);
         for (const x of [got.output, got.indices, got.values]) x.dispose();
       }
       for (const x of [qI, kI, w, q, kk, v]) x.dispose();

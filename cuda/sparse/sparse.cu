@@ -8,7 +8,6 @@
 // it); every failure clears the thread's last error (common/host_check.cuh).
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <set>
 #include <string>
 #include <utility>
@@ -17,6 +16,7 @@
 #include "../backend.h"
 #include "../common/compat.cuh"
 #include "../common/host_check.cuh"
+#include "../common/once_cache.h"
 #include "../kernel_timing.h"
 #include "../multistream/staged_ops.h"
 #include "../runtime.h"
@@ -95,23 +95,22 @@ size_t fused_score_bytes(int max_len) { return (size_t)(max_len > 0 ? max_len : 
 // A fused kernel's dynamic shared-memory limit, raised once per (device, kernel) to the most any
 // call may ask (`most` bytes: workspace and score rows), or less where the device's opt-in shared
 // memory per block (64 KiB on sm_75, 99-227 KiB on later parts) leaves less beside the static part.
-// Returns that limit in bytes, or 0 when it could not be set (then another path runs). A mutex, not
+// Returns that limit in bytes, or 0 when it could not be set (then another path runs). OnceCache (one lock), not
 // a per-call cudaFuncSetAttribute: two calls can never see each other's smaller limit.
 size_t fused_dynamic_limit(const void* kernel, size_t static_bytes, size_t most) {
-  static std::mutex mutex;
-  static std::vector<std::pair<std::pair<int, const void*>, size_t>> done;  // ((device, kernel), limit set)
-  int device = 0, optin = 0;
+  static auto* limits = new OnceCache<std::pair<int, const void*>, size_t>();  // (device, kernel) -> limit set; never destroyed
+  int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) { cudaGetLastError(); return 0; }
-  std::lock_guard<std::mutex> lock(mutex);
-  for (const auto& d : done)
-    if (d.first.first == device && d.first.second == kernel) return d.second;
   size_t limit = 0;
-  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess && (size_t)optin > static_bytes) {
-    limit = std::min((size_t)optin - static_bytes, most);
-    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)limit) != cudaSuccess) limit = 0;
-  }
-  cudaGetLastError();  // a refused attribute or query is no error of any op: another path runs
-  done.emplace_back(std::make_pair(device, kernel), limit);
+  limits->get(std::make_pair(device, kernel), &limit, [&](size_t* set) {
+    int optin = 0;
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess && (size_t)optin > static_bytes) {
+      *set = std::min((size_t)optin - static_bytes, most);
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)*set) != cudaSuccess) *set = 0;
+    }
+    cudaGetLastError();  // a refused attribute or query is no error of any op: another path runs
+    return true;  // a refusal is kept too: the device will not change its mind
+  });
   return limit;
 }
 

@@ -127,6 +127,33 @@ std::string prepare(Upload* up, const std::vector<std::pair<const void*, size_t>
   return err;
 }
 
+// The grids of a backward op: ceil(total / kThreads) accumulation blocks and the three conversion
+// launches of counts[n] elements, each within grid.x's limit or an error naming `op`.
+std::string backward_grids(int64_t total, const int64_t counts[3], const char* op, unsigned* blocks) {
+  std::string err = grid_x((total + kThreads - 1) / kThreads, op, blocks);
+  for (int n = 0; n < 3 && err.empty(); ++n) {
+    unsigned narrow_blocks = 0;
+    err = grid_x((counts[n] + kThreads - 1) / kThreads, op, &narrow_blocks);
+  }
+  return err;
+}
+
+// The float32 accumulation (launch(T{}) for the tensors' element type, when it has blocks), then
+// its three workspaces narrowed into dst, timed as one op.
+template <typename Launch>
+std::string accumulate_and_narrow(DType dtype, unsigned blocks, float* const work[3], const int64_t counts[3], void* const dst[3],
+                                  const char* op, Launch launch) {
+  KernelSpan span;
+  span.begin();
+  const float* const src[3] = {work[0], work[1], work[2]};
+  by_dtype(dtype, [&](auto tag) {
+    if (blocks > 0) launch(tag);
+    narrow_all<decltype(tag)>(src, counts, dst);
+  });
+  span.end();
+  return finish(op);
+}
+
 }  // namespace
 
 std::string sparse_attention_backward(const SparseBackwardParams& host) {
@@ -136,11 +163,7 @@ std::string sparse_attention_backward(const SparseBackwardParams& host) {
   if (counts[0] + counts[1] + counts[2] == 0) return std::string();
   const int64_t total = f.nq * f.heads * f.top_k;
   unsigned blocks = 0;
-  std::string err = grid_x((total + kThreads - 1) / kThreads, "sparseAttentionBackward", &blocks);
-  for (int n = 0; n < 3 && err.empty(); ++n) {  // the conversion launches' grids
-    unsigned narrow_blocks = 0;
-    err = grid_x((counts[n] + kThreads - 1) / kThreads, "sparseAttentionBackward", &narrow_blocks);
-  }
+  std::string err = backward_grids(total, counts, "sparseAttentionBackward", &blocks);
   if (!err.empty()) return err;
   Upload block;
   std::vector<void*> dev;
@@ -152,20 +175,12 @@ std::string sparse_attention_backward(const SparseBackwardParams& host) {
   p.fwd.q_offsets = static_cast<const int32_t*>(dev[0]);
   p.fwd.k_offsets = static_cast<const int32_t*>(dev[1]);
   p.fwd.indices = static_cast<const int32_t*>(dev[2]);
-  KernelSpan span;
-  span.begin();
-  const float* const src[3] = {work[0], work[1], work[2]};
   void* const dst[3] = {p.dq, p.dk, p.dv};
-  by_dtype(f.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if (blocks > 0) {
-      auto* kernel = sparse_backward_kernel<T>;
-      LK_LAUNCH(kernel, dim3(blocks), dim3(kThreads), 0, stream())(p, total, work[0], work[1], work[2]);
-    }
-    narrow_all<T>(src, counts, dst);
+  // the block goes back to the cache, stream-ordered
+  return accumulate_and_narrow(f.dtype, blocks, work, counts, dst, "sparseAttentionBackward", [&](auto tag) {
+    auto* kernel = sparse_backward_kernel<decltype(tag)>;
+    LK_LAUNCH(kernel, dim3(blocks), dim3(kThreads), 0, stream())(p, total, work[0], work[1], work[2]);
   });
-  span.end();
-  return finish("sparseAttentionBackward");  // the block goes back to the cache, stream-ordered
 }
 
 std::string indexer_scores_backward(const IndexerBackwardParams& host) {
@@ -175,11 +190,7 @@ std::string indexer_scores_backward(const IndexerBackwardParams& host) {
   if (counts[0] + counts[1] + counts[2] == 0) return std::string();
   const int64_t total = f.nq * f.max_len;
   unsigned blocks = 0;
-  std::string err = grid_x((total + kThreads - 1) / kThreads, "indexerScoresBackward", &blocks);
-  for (int n = 0; n < 3 && err.empty(); ++n) {  // the conversion launches' grids
-    unsigned narrow_blocks = 0;
-    err = grid_x((counts[n] + kThreads - 1) / kThreads, "indexerScoresBackward", &narrow_blocks);
-  }
+  std::string err = backward_grids(total, counts, "indexerScoresBackward", &blocks);
   if (!err.empty()) return err;
   Upload block;
   std::vector<void*> dev;
@@ -189,20 +200,11 @@ std::string indexer_scores_backward(const IndexerBackwardParams& host) {
   IndexerBackwardParams p = host;
   p.fwd.q_offsets = static_cast<const int32_t*>(dev[0]);
   p.fwd.k_offsets = static_cast<const int32_t*>(dev[1]);
-  KernelSpan span;
-  span.begin();
-  const float* const src[3] = {work[0], work[1], work[2]};
   void* const dst[3] = {p.dq, p.dk, p.dw};
-  by_dtype(f.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if (blocks > 0) {
-      auto* kernel = indexer_backward_kernel<T>;
-      LK_LAUNCH(kernel, dim3(blocks), dim3(kThreads), 0, stream())(p, total, work[0], work[1], work[2]);
-    }
-    narrow_all<T>(src, counts, dst);
+  return accumulate_and_narrow(f.dtype, blocks, work, counts, dst, "indexerScoresBackward", [&](auto tag) {
+    auto* kernel = indexer_backward_kernel<decltype(tag)>;
+    LK_LAUNCH(kernel, dim3(blocks), dim3(kThreads), 0, stream())(p, total, work[0], work[1], work[2]);
   });
-  span.end();
-  return finish("indexerScoresBackward");
 }
 
 }  // namespace lk::cuda

@@ -10,8 +10,11 @@
 //      its query's shared score row;
 //   2. per query of the tile, top-k of its row in shared memory: block_select_topk (exact tie rule,
 //      NaN / -Infinity never selected); only the chosen indices and their scores reach global memory;
-//   3. per query, attention: tc_sparse_group (tc_sparse_attention.cuh) per kv group, each selected
-//      K / V row gathered once for the group's heads, QK and PV on tensor cores, online softmax.
+//   3. attention on tensor cores (tc_sparse_attention.cuh) per kv group: the m16 tile's rows are
+//      (query, head) pairs of 16 / G queries of the tile (tc_sparse_rows over the union of their
+//      selections, a score masked to -inf where the row's query did not choose the key), so a K / V
+//      row chosen by several of them is gathered once for all of their heads; with G = 16 (or a
+//      1-query tile) a query's heads fill the tile alone (tc_sparse_group, right after its select).
 // The host sizes the tile so the score rows fit (tc_fused_tile_queries); a row too long for even one
 // query takes the unfused path. Dynamic shared memory: the workspace of steps 1 and 3 (they never
 // overlap in time), then the tile's score rows (count x max_len floats).
@@ -55,8 +58,72 @@ struct TcFusedShared {
   uint32_t keys[kFusedMaxK];
   int idx[kFusedMaxK];
   int32_t chosen[kFusedMaxK];
+  int warp_count[kTcFusedThreads / 32];  // the union keys' compaction
   TcSparseShared<kAttCap> attend;
 };
+
+// The slots of a group of the tile's queries: their union of keys in ascending order, list[i], and
+// per key the bit set of the group's queries that selected it (member[key] >> first).
+struct TcUnionSlots {
+  const int32_t* list;
+  const uint16_t* member;
+  int first;
+  uint32_t group_mask;
+  __device__ __forceinline__ int key(int i) const { return list[i]; }
+  __device__ __forceinline__ uint32_t queries(int key) const { return ((uint32_t)member[key] >> first) & group_mask; }
+};
+
+// Step 3 with shared gathers, once every query of the tile has its selection in tp.indices: the
+// score rows' memory (count x max_len floats, count >= 2: at least 8 bytes per key) becomes
+// member[len] (uint16, bit ql: query ql selected the key) and a key list (int32, at most len); per
+// group of `per_tile` queries, the keys any of them selected, ascending, each gathered once per kv
+// group for all of their (query, head) rows.
+template <typename T, int kAttCap>
+__device__ __forceinline__ void tc_fused_shared_attention(const SparseParams& sp, const TopKParams& tp, int64_t row0, int count, int per_tile,
+                                                          int64_t k_start, int len, unsigned char* rows_s, uint16_t* smem,
+                                                          TcFusedShared<kAttCap>& sh) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  constexpr int kWarps = kTcFusedThreads / 32;
+  uint16_t* const member = reinterpret_cast<uint16_t*>(rows_s);
+  int32_t* const list = reinterpret_cast<int32_t*>(rows_s + ((2 * (size_t)len + 3) & ~(size_t)3));
+  for (int j = tid; j < len; j += kTcFusedThreads) member[j] = 0;
+  __syncthreads();
+  // One query at a time: a query's selection has no duplicate, so no two threads touch one key.
+  for (int ql = 0; ql < count; ++ql) {
+    const int32_t* chosen = tp.indices + (row0 + ql) * tp.k;  // written by this block before a barrier
+    for (int i = tid; i < tp.k; i += kTcFusedThreads) {
+      const int j = chosen[i];
+      if (j >= 0) member[j] |= (uint16_t)(1u << ql);
+    }
+    __syncthreads();
+  }
+  for (int first = 0; first < count; first += per_tile) {
+    const int queries = count - first < per_tile ? count - first : per_tile;
+    const uint32_t group_mask = (1u << queries) - 1u;
+    // Compact the group's keys in ascending order: per 128 keys, a ballot per warp and the warps'
+    // counts before it.
+    int total = 0;
+    for (int base = 0; base < len; base += kTcFusedThreads) {
+      const int j = base + tid;
+      const bool in = j < len && ((member[j] >> first) & group_mask) != 0;
+      const unsigned ballot = __ballot_sync(0xffffffffu, in);
+      if (lane == 0) sh.warp_count[warp] = __popc(ballot);
+      __syncthreads();
+      int before = total;
+      for (int w = 0; w < kWarps; ++w) {
+        if (w < warp) before += sh.warp_count[w];
+        total += sh.warp_count[w];
+      }
+      if (in) list[before + __popc(ballot & ((1u << lane) - 1u))] = j;
+      __syncthreads();  // warp_count is rewritten by the next 128 keys
+    }
+    const TcUnionSlots slots{list, member, first, group_mask};
+    for (int g = 0; g < sp.kv_heads; ++g) {
+      tc_sparse_rows<T, kAttCap>(sp, row0 + first, queries, g, k_start, slots, total, smem, sh.attend);
+      __syncthreads();  // the next group's Q and stages overwrite this group's partial outputs; the list is rebuilt
+    }
+  }
+}
 
 template <typename T, int kAttCap>
 __global__ void __launch_bounds__(kTcFusedThreads, 1)
@@ -81,6 +148,11 @@ __global__ void __launch_bounds__(kTcFusedThreads, 1)
                                            [scores_s, stride](int ql, int j, float s) { scores_s[ql * stride + j] = s; });
   __syncthreads();
 
+  // 16 / G queries share an m16 attention tile (their union of keys gathered once); with one query
+  // per tile (G = 16, or a 1-query tile) each query attends right after its selection, as before.
+  const int G = sp.heads / sp.kv_heads;
+  const int per_tile = G <= 8 ? 16 / G : 1;
+  const bool share = per_tile > 1 && tile.count > 1;
   for (int ql = 0; ql < tile.count; ++ql) {
     const int64_t row = row0 + ql;
     const float* scores = scores_s + (int64_t)ql * stride;
@@ -92,12 +164,13 @@ __global__ void __launch_bounds__(kTcFusedThreads, 1)
       tp.values[row * tp.k + i] = j >= 0 ? scores[j] : -INFINITY;
     }
     __syncthreads();  // the attention reuses the indexer's workspace and reads the chosen keys
-
+    if (share) continue;
     for (int g = 0; g < sp.kv_heads; ++g) {
       tc_sparse_group<T, kAttCap>(sp, row, g, k_start, sh.chosen, tp.k, smem, sh.attend);
       __syncthreads();  // the next group's (or query's) Q and stages overwrite this group's partial outputs
     }
   }
+  if (share) tc_fused_shared_attention<T, kAttCap>(sp, tp, row0, tile.count, per_tile, k_start, len, reinterpret_cast<unsigned char*>(scores_s), smem, sh);
 #endif
 }
 

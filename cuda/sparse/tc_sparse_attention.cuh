@@ -1,6 +1,8 @@
 // Sparse attention (SPEC §5) on tensor cores for float16 / bfloat16: one block per (query row, kv
 // group). The query's heads of the group (G = H / Hkv <= 16) are the rows of one m16 tile, so each
-// selected K / V row is gathered once for all of them (MQA / GQA, as FlashMLA).
+// selected K / V row is gathered once for all of them (MQA / GQA, as FlashMLA). The fused kernel
+// puts 16 / G queries of one user in the tile (tc_sparse_rows) so a key chosen by several of them
+// is gathered once too.
 //
 // 4 warps split the selected slots into tiles of 16 (warp w takes tiles w, w + 4, ...), each with
 // its own pipeline: the tile's K and V rows are gathered with 16-byte cp.async into one of the
@@ -41,52 +43,77 @@ struct TcSparseTraits {
   static_assert(kWarps * 16 * kCap * 4 <= 2 * kQOffset, "combine tile fits the stages");
 };
 
-// Shared memory of tc_sparse_group beside its dynamic `smem` (kSmemBytes, 16-byte aligned).
+// Shared memory of tc_sparse_rows beside its dynamic `smem` (kSmemBytes, 16-byte aligned).
 template <int kCap>
 struct TcSparseShared {
   int slot_key[TcSparseTraits<kCap>::kWarps][2][TcSparseTraits<kCap>::kTile];  // per warp and stage: the tile's key rows (-1: none)
+  uint32_t slot_bits[TcSparseTraits<kCap>::kWarps][2][TcSparseTraits<kCap>::kTile];  // and which of the tile's queries chose each
+  uint32_t seen_part[TcSparseTraits<kCap>::kWarps];  // per warp: the queries with a selected slot
   float m_part[TcSparseTraits<kCap>::kWarps][16], l_part[TcSparseTraits<kCap>::kWarps][16];
 };
 
-// Query `row`'s heads of kv group g over the `count` selected positions idx[0 ..] (global or shared
-// memory; -1 = none) of its sequence, whose keys start at row k_start: writes their outputs and lse.
-// Every thread of a block of Tr::kThreads calls it. Shared by the sparse attention kernel and the
-// fused kernel.
-template <typename T, int kCap>
-__device__ __forceinline__ void tc_sparse_group(const SparseParams& p, int64_t row, int g, int64_t k_start, const int32_t* idx, int count,
-                                                uint16_t* smem, TcSparseShared<kCap>& sh) {
+// The slots of one query: its own list idx[0 ..] (global or shared memory; -1 = none), every
+// listed key its own.
+struct TcOwnSlots {
+  const int32_t* idx;
+  __device__ __forceinline__ int key(int i) const { return idx[i]; }
+  __device__ __forceinline__ uint32_t queries(int) const { return 1u; }
+};
+
+// The rows of one m16 tile are (query, head) pairs: `queries` consecutive query rows from `row0`,
+// each with the G = H / Hkv heads of kv group g (queries * G <= 16). The `count` slots are keys of
+// their common sequence (from row k_start), given by `slots`: key(i) (-1 = none) and queries(key),
+// the bit set of the tile's queries (bit 0 = row0) that selected it; a score of a query for a key it
+// did not select is -inf, so each key is gathered once for every query and head of the tile that
+// chose it, and a row's softmax runs over exactly its own query's selection. Writes the tile's
+// outputs and lse. Every thread of a block of Tr::kThreads calls it. Shared by the sparse attention
+// kernel (one query, its own slots) and the fused kernel (the queries of a tile over their union).
+template <typename T, int kCap, typename Slots>
+__device__ __forceinline__ void tc_sparse_rows(const SparseParams& p, int64_t row0, int queries, int g, int64_t k_start, const Slots& slots,
+                                               int count, uint16_t* smem, TcSparseShared<kCap>& sh) {
   using Tr = TcSparseTraits<kCap>;
   using E = TcElement<T>;
   constexpr int kCh = Tr::kChunks, BN = Tr::kTile;
   auto& slot_key = sh.slot_key;
+  auto& slot_bits = sh.slot_bits;
   auto& m_part = sh.m_part;
   auto& l_part = sh.l_part;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gq = lane >> 2, tq = lane & 3;
   const int H = p.heads, Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim, G = H / Hkv;
-  const T* q = static_cast<const T*>(p.q) + (row * H + (int64_t)g * G) * D;  // the group's G rows
-  const T* k = static_cast<const T*>(p.k) + (int64_t)g * D;                  // key j: k + (k_start + j) * Hkv * D
+  const int rows = queries * G;  // tile rows in use: row r is query r / G, head r % G
+  const T* q = static_cast<const T*>(p.q) + (row0 * H + (int64_t)g * G) * D;  // row r: q + ((r / G) * H + r % G) * D
+  const T* k = static_cast<const T*>(p.k) + (int64_t)g * D;                    // key j: k + (k_start + j) * Hkv * D
   const T* v = static_cast<const T*>(p.v) + (int64_t)g * Dv;
   const int64_t k_stride = (int64_t)Hkv * D, v_stride = (int64_t)Hkv * Dv;
   const int k_steps = (D + 15) >> 4, qk_chunks = 2 * k_steps, d_chunks = D >> 3, v_chunks = Dv >> 3;
   const int o_tiles = Dv >> 3;
+  // The query of this thread's two accumulator rows (gq, gq + 8); 31 for padding rows (no bit).
+  const int row_query[2] = {gq < rows ? gq / G : 31, gq + 8 < rows ? (gq + 8) / G : 31};
 
-  // Whether anything is selected at all (0 and lse -inf otherwise).
-  bool any = false;
-  for (int i = tid; i < count; i += Tr::kThreads) any = any || idx[i] >= 0;
-  const bool seen = __syncthreads_or(any);
+  // Which queries have anything selected at all (0 and lse -inf for the others).
+  uint32_t any = 0;
+  for (int i = tid; i < count; i += Tr::kThreads) {
+    const int key = slots.key(i);
+    if (key >= 0) any |= slots.queries(key);
+  }
+  for (int off = 16; off > 0; off >>= 1) any |= __shfl_xor_sync(0xffffffffu, any, off);
+  if (lane == 0) sh.seen_part[warp] = any;
 
-  // Q rows into their region (rows past G and the pad chunk of D = 8 zero), then A fragments.
+  // Q rows into their region (rows past the tile's and the pad chunk of D = 8 zero), then A fragments.
   uint16_t* const q_s = smem + Tr::kQOffset;
   for (int c = tid; c < 16 * qk_chunks; c += Tr::kThreads) {
     const int r = c / qk_chunks, ch = c % qk_chunks;
     uint16_t* dst = q_s + swizzled<kCh>(r, ch);
-    if (r < G && ch < d_chunks) cp_async_16(dst, q + (int64_t)r * D + ch * 8);
+    if (r < rows && ch < d_chunks) cp_async_16(dst, q + ((int64_t)(r / G) * H + r % G) * D + ch * 8);
     else *reinterpret_cast<TcChunk*>(dst) = TcChunk{0u, 0u, 0u, 0u};
   }
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
+  uint32_t seen = 0;
+#pragma unroll
+  for (int w = 0; w < Tr::kWarps; ++w) seen |= sh.seen_part[w];
   uint32_t qa[Tr::kKSteps][4];
 #pragma unroll
   for (int ks = 0; ks < Tr::kKSteps; ++ks)
@@ -103,11 +130,13 @@ __device__ __forceinline__ void tc_sparse_group(const SparseParams& p, int64_t r
 
   const int n_tiles = (count + BN - 1) / BN;
   // Gathers slot tile t into stage s of this warp: 16 K rows and 16 V rows, each once for every
-  // head of the group.
+  // query and head of the tile.
   auto gather = [&](int t, int s) {
     if (lane < BN) {
       const int i = t * BN + lane;
-      slot_key[warp][s][lane] = i < count ? idx[i] : -1;
+      const int key = i < count ? slots.key(i) : -1;
+      slot_key[warp][s][lane] = key;
+      slot_bits[warp][s][lane] = key >= 0 ? slots.queries(key) : 0u;
     }
     __syncwarp();
     uint16_t* ks_ = ws + s * 2 * Tr::kTileElems;
@@ -156,13 +185,13 @@ __device__ __forceinline__ void tc_sparse_group(const SparseParams& p, int64_t r
         E::mma(s[0], qa[ks], b0);
         E::mma(s[1], qa[ks], b1);
       }
-    // Scale and mask (empty slots: -inf, weight 0), the tile's row maxima.
+    // Scale and mask (slots empty or not chosen by the row's query: -inf, weight 0), the row maxima.
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const bool live = slot_key[warp][stage][8 * n + 2 * tq + (e & 1)] >= 0;
+        const bool live = (slot_bits[warp][stage][8 * n + 2 * tq + (e & 1)] >> row_query[e >> 1]) & 1u;
         s[n][e] = live ? s[n][e] * p.scale : -INFINITY;
         tile_max[e >> 1] = max_keep_nan(tile_max[e >> 1], s[n][e]);
       }
@@ -226,9 +255,11 @@ __device__ __forceinline__ void tc_sparse_group(const SparseParams& p, int64_t r
 #pragma unroll
       for (int e = 0; e < 4; ++e) o_part[(warp * 16 + gq + 8 * (e >> 1)) * kCap + 8 * j + 2 * tq + (e & 1)] = o[j][e];
   __syncthreads();
-  T* out = static_cast<T*>(p.out) + (row * H + (int64_t)g * G) * Dv;
-  for (int e = tid; e < G * Dv; e += Tr::kThreads) {
+  T* out = static_cast<T*>(p.out) + (row0 * H + (int64_t)g * G) * Dv;
+  for (int e = tid; e < rows * Dv; e += Tr::kThreads) {
     const int r = e / Dv, c = e % Dv;
+    const int64_t head_row = (int64_t)(r / G) * H + r % G;  // from row0's first head of the group
+    const bool chosen = (seen >> (r / G)) & 1u;
     float m = -INFINITY;
     for (int w = 0; w < Tr::kWarps; ++w) m = max_keep_nan(m, m_part[w][r]);
     float l = 0.0f, acc = 0.0f;
@@ -238,9 +269,16 @@ __device__ __forceinline__ void tc_sparse_group(const SparseParams& p, int64_t r
       acc += o_part[(w * 16 + r) * kCap + c] * f;
     }
     // Nothing selected: 0, lse -inf. Scores all -inf: l 0, NaN. Else l >= 1 (the max's term) or NaN.
-    out[e] = from_float<T>(!seen ? 0.0f : l == 0.0f ? quiet_nan() : acc / l);
-    if (p.lse && c == 0) p.lse[row * H + (int64_t)g * G + r] = !seen ? -INFINITY : l == 0.0f ? quiet_nan() : m + logf(l);
+    out[head_row * Dv + c] = from_float<T>(!chosen ? 0.0f : l == 0.0f ? quiet_nan() : acc / l);
+    if (p.lse && c == 0) p.lse[row0 * H + (int64_t)g * G + head_row] = !chosen ? -INFINITY : l == 0.0f ? quiet_nan() : m + logf(l);
   }
+}
+
+// Query `row`'s heads of kv group g over its own `count` selected positions idx[0 ..] (-1 = none).
+template <typename T, int kCap>
+__device__ __forceinline__ void tc_sparse_group(const SparseParams& p, int64_t row, int g, int64_t k_start, const int32_t* idx, int count,
+                                                uint16_t* smem, TcSparseShared<kCap>& sh) {
+  tc_sparse_rows<T, kCap>(p, row, 1, g, k_start, TcOwnSlots{idx}, count, smem, sh);
 }
 
 template <typename T, int kCap>
