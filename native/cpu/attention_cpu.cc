@@ -296,14 +296,13 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   // key's 0 weight must not meet a NaN / Inf) finite, else copied into a padded block.
   const float* vb = value_row(first);
   int ldv = Hkv * Dv;
-  // P V sums over the block's `count` keys only (the weights past them are 0), so no padded V row is read.
-  bool v_in_place = consecutive && Dv == dvp;
+  bool v_in_place = consecutive && count == n_pad && Dv == dvp;
   if (t.panel >= 0 && Dv == dvp) {
     // The packed panel's rows past `count` weigh 0, which a NaN / Inf among them would turn NaN.
     const int64_t vp = t.g * t.job->panels + t.panel;
     vb = t.job->v_panels + (vp * kBlockN + t.panel_col) * Dv;
     ldv = Dv;
-    v_in_place = t.job->v_panel_finite[vp] || !masked;
+    v_in_place = t.job->v_panel_finite[vp] || (!masked && count == n_pad);
   } else {
     for (int j = 0; masked && v_in_place && j < count; ++j) v_in_place = all_finite(value_row(first + j), Dv);
   }
@@ -338,9 +337,9 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   if constexpr (kFewQueries) {  // 4-row blocks, no padding rows to multiply
     using FourRows = GemmShape<typename Shape::Vec, 4, Shape::kVecsPerRow>;
     static_assert(FourRows::kCols == Shape::kCols, "the same column padding");
-    gemm_blocks<FourRows>(4, dvp, count, s, kBlockN, vb, ldv, t.o, dvp, true);
+    gemm_blocks<FourRows>(4, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true);
   } else {
-    gemm_rows<Shape, true>(t.m_pad, dvp, count, s, kBlockN, vb, ldv, t.o, dvp, true, row_extent);
+    gemm_rows<Shape, true>(t.m_pad, dvp, n_pad, s, kBlockN, vb, ldv, t.o, dvp, true, row_extent);
   }
 }
 
@@ -371,10 +370,7 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   bool consecutive = keys[count - 1] == keys[0] + count - 1;
   for (int j = 1; j < count - 1 && consecutive; ++j) consecutive = keys[j] == keys[0] + j;
   t.keys_consecutive = consecutive;
-  // The GEMM's padding columns past a block that ends near the tile's end read past the panel's
-  // rows (into the next row, the next panel or the V panels that follow the last one): their scores
-  // are overwritten by -inf, and P V reads only the block's `count` rows.
-  if (!kFewQueries && consecutive && col + count <= kBlockN) {
+  if (!kFewQueries && consecutive && col + round_up(count, Shape::kCols) <= kBlockN) {
     t.panel = t.job->panel_of_tile[t.job->k_base[t.b] + tile];
     t.panel_col = col;
   }
@@ -693,10 +689,9 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   const std::vector<int32_t>& q_base = g->q_base;
   const std::vector<int32_t>& k_base = g->k_base;
   ThreadPool& pool = ThreadPool::shared();
-  // K^T panels for key tiles that several query tiles visit (one transpose per key tile and head
-  // instead of one per query tile); zero columns past a short tile's keys. Partial tiles count: under
-  // per-segment masks a tile that straddles a segment boundary is never seen whole, yet its keys of
-  // one segment are a consecutive run that every later query tile of that segment reads.
+  // K^T panels for key tiles that several query tiles visit and at least one sees whole (one
+  // transpose per key tile and head instead of one per query tile; partial tiles are gathered and
+  // never read a panel); zero columns past a short tile's keys.
   std::vector<int64_t> panel_of_tile((size_t)k_base[(size_t)p.batch], -1);
   std::vector<std::pair<int, int>> panel_tiles;  // (sequence, key tile)
   for (int b = 0; b < p.batch; ++b) {
@@ -707,14 +702,13 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     for (int t = 0; t < k_base[(size_t)b + 1] - k_base[(size_t)b]; ++t) {
       const int col0 = t * kBlockN;
       const TileBounds kb{g->k_tiles[(size_t)(k_base[(size_t)b] + t)], col0, std::min(Lk, col0 + kBlockN) - 1};
-      int visits = 0;
-      for (int qt = 0; qt < n_q && visits < 2; ++qt) {
+      bool full_somewhere = false;
+      for (int qt = 0; qt < n_q && !full_somewhere; ++qt) {
         const int row0 = qt * kBlockM, rows = std::min(kBlockM, Lq - row0);
         const TileBounds qb{g->q_tiles[(size_t)(q_base[(size_t)b] + qt)], row0 + Lk - Lq, row0 + rows - 1 + Lk - Lq};
-        const int cls = classify_tile(p.rule, qb, kb);
-        visits += cls == kTileFull ? 2 : cls == kTilePartial ? 1 : 0;
+        full_somewhere = classify_tile(p.rule, qb, kb) == kTileFull;
       }
-      if (visits < 2) continue;
+      if (!full_somewhere) continue;
       panel_of_tile[(size_t)(k_base[(size_t)b] + t)] = (int64_t)panel_tiles.size();
       panel_tiles.emplace_back(b, t);
     }
