@@ -144,19 +144,20 @@ LK_INLINE void transpose_key_rows(const float* const krows[8], int D, float* kt)
     for (int u = 0; u < 8; ++u) kt[d * kBlockN + u] = krows[u] ? krows[u][d] : 0.0f;
 }
 
-// One head's scores of a gathered block: -inf where sc.allow says masked.
-LK_INLINE void mask_scores(const TileTask& t, int count) {
-  Scratch& sc = *t.sc;
-  const int n8 = round_up(count, 8);
-  const v8i lane_bit{1, 2, 4, 8, 16, 32, 64, 128};
-  for (int r = 0; r < t.rows; ++r) {
-    float* srow = sc.s.get() + r * kBlockN;
-    const uint64_t bits = sc.allow[r];
-    for (int j = 0; j < n8; j += 8) {
-      const v8i ok = (splat_int((int32_t)((bits >> j) & 0xff)) & lane_bit) != 0;
-      store8(srow + j, ok != 0 ? load8(srow + j) : splat(kNegInf));
-    }
+// Lane masks of 8 keys' allowed bits (all ones where bit u of the byte is set), so that the softmax
+// selects allowed scores with one load per 8 keys instead of writing -inf into every head's scores.
+struct LaneMasks {
+  alignas(32) int32_t lanes[256][8];
+  constexpr LaneMasks() : lanes() {
+    for (int byte = 0; byte < 256; ++byte)
+      for (int u = 0; u < 8; ++u) lanes[byte][u] = (byte >> u) & 1 ? -1 : 0;
   }
+};
+constexpr LaneMasks kLaneMasks;
+LK_INLINE v8i allowed_lanes8(uint64_t bits, int j) {
+  v8i m;
+  std::memcpy(&m, kLaneMasks.lanes[(bits >> j) & 0xffu], sizeof m);
+  return m;
 }
 
 // Online-softmax update of the task's rows with `count` keys listed in sc.keys. `masked` asks for the
@@ -231,9 +232,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false, row_extent);
   }
 
-  for (int r = 0; r < t.rows; ++r)
-    for (int j = count; j < n_pad; ++j) s[r * kBlockN + j] = kNegInf;
-  if (masked) mask_scores(t, count);
+  // Masked and padding scores are never rewritten: the softmax and silu read each row's allowed bits.
   static_assert(kBlockN <= 64, "one 64-bit allowed-key mask per row");
   const uint64_t all_keys = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
   auto allowed_keys = [&](int r) { return masked ? sc.allow[r] : all_keys; };
@@ -251,29 +250,37 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       // weigh 0 without their exp: the softmax costs the row's allowed groups only.
       auto any_allowed = [&](int j) { return ((bits >> j) & 0xffu) != 0; };
       v8f mx = splat(kNegInf);
-      for (int j = 0; j < n_pad; j += 8)
-        if (any_allowed(j)) mx = max_keep_nan8(mx, load8(srow + j));
+      for (int j = 0; j < n_pad; j += 8) {
+        if (!any_allowed(j)) continue;
+        const v8f x = load8(srow + j);
+        mx = allowed_lanes8(bits, j) & ((mx < x) | (x != x)) ? x : mx;  // max_keep_nan8 over allowed lanes
+      }
       // m_old is -inf (and l 0) until the row met an allowed score above -inf. An allowed +inf or
-      // NaN turns the row NaN through exp(inf - inf) or the NaN max, as in the reference; masked
-      // entries (-inf) weigh exactly 0 whenever the row is not NaN anyway.
+      // NaN turns the row NaN through exp(inf - inf) or the NaN max, as in the reference; masked and
+      // padding entries are selected out (weight 0) and never enter the max.
       const float m_old = t.m[r];
       const float m_new = max_keep_nan(m_old, hmax_keep_nan(mx));
       if (m_new == kNegInf) {  // allowed scores all -inf so far: weight 0 for now (NaN at the end if it stays so)
         std::fill(srow, srow + n_pad, 0.0f);
         continue;
       }
-      for (int j = 0; j < n_pad; j += 8)
-        store8(srow + j, any_allowed(j) ? exp8(load8(srow + j) - splat(m_new)) : splat(0.0f));
+      for (int j = 0; j < n_pad; j += 8) {
+        const v8i weight = any_allowed(j) ? (v8i)exp8(load8(srow + j) - splat(m_new)) & allowed_lanes8(bits, j) : splat_int(0);
+        store8(srow + j, (v8f)weight);
+      }
       // Summed in a pass of its own: exp8's constants fill the vector registers, and a sum carried
       // through the exp loop was kept on the stack, a store-to-load chain per 8 keys (perf, AVX2).
       v8f sum = splat(0.0f);
       for (int j = 0; j < n_pad; j += 8) sum += load8(srow + j);
       // The weights' exp8 rather than a libm call, which costs a vzeroupper and spills of the live
-      // vectors per row and head; exp8 keeps alpha = 0 for m_old = -inf and exactly 1 when m holds.
-      const float alpha = exp8(splat(m_old - m_new))[0];
+      // vectors per row and head; exactly 1 when m holds. A row's first block with a finite max (the
+      // only block of short sequences) has nothing to rescale: l and O are 0 (or O already NaN) while
+      // m_old is -inf, so its exp and pass over O are skipped.
+      const bool first_block = m_old == kNegInf;
+      const float alpha = first_block ? 0.0f : exp8(splat(m_old - m_new))[0];
       t.l[r] = t.l[r] * alpha + hsum(sum);
       t.m[r] = m_new;
-      if (alpha != 1.0f) {
+      if (!first_block && alpha != 1.0f) {
         float* orow = t.o + r * dvp;
         for (int c = 0; c < dvp; ++c) orow[c] *= alpha;
       }
