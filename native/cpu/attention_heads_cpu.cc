@@ -162,18 +162,18 @@ LK_INLINE void scores_row(const Call& c, Scratch& sc, int r, int64_t k_row0, int
   }
 }
 
-// Up to 4 rows (few-query tiles) at once: each head's K rows are loaded once for all rows, two keys
-// at a time, and the 8 (key, row) dot products reduced together. Rows past `rows` have zero Q.
-// Masked entries get -inf per row afterwards.
+// The 4 rows [r0, r0 + 4) of a few-query chunk at once: each head's K rows are loaded once for the
+// 4 rows, two keys at a time, and the 8 (key, row) dot products reduced together. Rows past `rows`
+// have zero Q. Masked entries get -inf per row afterwards.
 template <int kD>
-LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, int rows, const uint64_t* bits, Prefetcher& pf) {
+LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int r0, int64_t k_row0, int nb, int rows, const uint64_t* bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, D = kD ? kD : p.head_dim;
   const int64_t key_floats = (int64_t)p.kv_heads * D;
   const size_t s_stride = (size_t)kMaskKeys * H;
-  float* s = sc.s.get();
+  float* s = sc.s.get() + r0 * s_stride;
   for (int h = 0; h < H; ++h) {
-    const float* q0 = sc.q.get() + (size_t)h * D;
+    const float* q0 = sc.q.get() + ((size_t)r0 * H + h) * D;
     const size_t q_stride = (size_t)H * D;
     for (int j = 0; j < nb; j += 2) {
       pf.step();
@@ -189,11 +189,11 @@ LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, 
   const int entries = round_up(nb, c.keys_per_vec) * H;
   v8i lane_key;
   std::memcpy(&lane_key, c.lane_key, sizeof lane_key);
-  for (int r = 0; r < rows; ++r) {
+  for (int r = 0; r < std::min(4, rows - r0); ++r) {
     float* srow = s + r * s_stride;
     for (int e0 = 0; e0 < entries; e0 += 8) {
       const int j0 = e0 / H;  // H is a power of two below 8, a multiple of 8 above
-      const v8i ok = ((splat_int((int32_t)(bits[r] >> j0)) >> lane_key) & 1) != 0;
+      const v8i ok = ((splat_int((int32_t)(bits[r0 + r] >> j0)) >> lane_key) & 1) != 0;
       store8(srow + e0, ok ? load8(srow + e0) : splat(kNegInf));
     }
   }
@@ -257,6 +257,7 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
   const float* srow = sc.s.get() + (size_t)r * kMaskKeys * H;
   float* orow = sc.o.get() + (size_t)r * H * Dv;
   const int row_floats = H * Dv;
+  const bool one_head = Dv % 64 == 0;  // every 64-column slab lies within one head
   for (int c0 = 0; c0 < row_floats; c0 += 64) {
     const int nv = std::min(8, (row_floats - c0) / 8);
     const int* head = c.slab_head.data() + c0 / 8;  // per output vector: its head, its V columns
@@ -267,7 +268,10 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
       const int j = __builtin_ctzll(b);
       const float* vr = c.v + (k_row0 + j) * Hkv * Dv;
       const float* pj = srow + j * H;
-      if (nv == 8) {  // the common case, unrolled without guards
+      if (one_head) {  // Dv a multiple of 64: the slab is one head's, one weight per key
+        const v8f w = splat(pj[head[0]]);
+        for (int u = 0; u < 8; ++u) acc[u] += w * load8(vr + voff[u]);
+      } else if (nv == 8) {  // unrolled without guards
         for (int u = 0; u < 8; ++u) acc[u] += splat(pj[head[u]]) * load8(vr + voff[u]);
       } else {
         for (int u = 0; u < 8; ++u)
@@ -278,17 +282,17 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
   }
 }
 
-// values_row for 4 rows that all see exactly the keys `bits` (rows past the chunk's have zero
-// weights), a head at a time: the head's weights are first spread to full vectors ([key][row] x 8
+// values_row for the 4 rows [r0, r0 + 4) that all see exactly the keys `bits` (rows past the
+// chunk's have zero weights), a head at a time: the head's weights are first spread to full vectors ([key][row] x 8
 // lanes in Scratch::weights), so that the inner loop is plain loads and FMAs (a broadcast per
 // (key, row, output vector) compiled to scalar inserts and took most of this loop's time); 2 output
 // vectors x 4 rows accumulate in registers, each V vector loaded once.
-LK_INLINE void values_rows4(const Call& c, Scratch& sc, int64_t k_row0, uint64_t bits, Prefetcher& pf) {
+LK_INLINE void values_rows4(const Call& c, Scratch& sc, int r0, int64_t k_row0, uint64_t bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, Dv = p.value_dim, Hkv = p.kv_heads;
   const size_t s_stride = (size_t)kMaskKeys * H, o_stride = (size_t)H * Dv;
-  const float* s = sc.s.get();
-  float* o = sc.o.get();
+  const float* s = sc.s.get() + r0 * s_stride;
+  float* o = sc.o.get() + r0 * o_stride;
   float* w = sc.weights.get();
   const int head_vecs = Dv / 8;
   for (int h = 0; h < H; ++h) {
@@ -345,11 +349,12 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
     std::fill(sc.l[r], sc.l[r] + 8 * HV, 0.0f);
     sc.seen[r] = false;
   }
-  if (rows <= 4) {  // the 4-row kernels' padding rows: zero Q, zero weights (their output is dropped)
-    std::fill(sc.q.get() + (size_t)rows * H * D, sc.q.get() + (size_t)4 * H * D, 0.0f);
-    std::fill(sc.s.get() + (size_t)rows * kMaskKeys * H, sc.s.get() + (size_t)4 * kMaskKeys * H, 0.0f);
-  }
-  std::fill(sc.o.get(), sc.o.get() + (size_t)std::max(rows, 4) * H * Dv, 0.0f);
+  // The 4-row kernels' padding rows up to a multiple of 4: zero Q, zero weights (their output is dropped).
+  const int padded_rows = round_up(rows, 4);
+  std::fill(sc.q.get() + (size_t)rows * H * D, sc.q.get() + (size_t)padded_rows * H * D, 0.0f);
+  std::fill(sc.s.get() + (size_t)rows * kMaskKeys * H, sc.s.get() + (size_t)padded_rows * kMaskKeys * H, 0.0f);
+  std::fill(sc.o.get(), sc.o.get() + (size_t)padded_rows * H * Dv, 0.0f);
+  const int groups4 = rows / 4 + (rows % 4 >= 2);  // row groups that take the 4-row kernels (a lone row does not)
 
   // The task's blocks before the first one that a block prefetches: one burst now.
   {
@@ -388,44 +393,52 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
       if (ahead > 0)
         pf.start(c.k + (k_start + ahead_key) * p.kv_heads * D, (int64_t)ahead * p.kv_heads * D,
                  c.v + (k_start + ahead_key) * p.kv_heads * Dv, (int64_t)ahead * p.kv_heads * Dv,
-                 H * ((nb + 1) / 2) + H * ((Dv / 8 + 1) / 2));
+                 std::max(1, groups4) * (H * ((nb + 1) / 2) + H * ((Dv / 8 + 1) / 2)));
       const uint64_t block_mask = nb == 64 ? ~uint64_t{0} : ((uint64_t{1} << nb) - 1);
       uint64_t bits[kChunkRows], any = 0;
-      bool same = true;
       for (int r = 0; r < rows; ++r) {
         bits[r] = (sc.allow[r] >> j0) & block_mask;
         any |= bits[r];
-        same = same && bits[r] == bits[0];
       }
       if (!any) {
         pf.rest();
         continue;
       }
-      if (rows <= 4) {  // few queries: K / V rows loaded once for all rows
-        scores_rows4<kD>(c, sc, k_row0, nb, rows, bits, pf);
-        for (int r = 0; r < rows; ++r) {
+      // 4 rows at a time (a chunk holds at most 8): K / V rows loaded once per 4 rows, the second
+      // group's from L1 (a block is L1-sized).
+      for (int r0 = 0; r0 < rows; r0 += 4) {
+        const int group_rows = std::min(4, rows - r0);
+        uint64_t group_any = 0;
+        bool same = true;
+        for (int r = r0; r < r0 + group_rows; ++r) {
+          group_any |= bits[r];
+          same = same && bits[r] == bits[r0];
+        }
+        if (!group_any) continue;
+        if (group_rows == 1) {  // a lone row (1 query, or the 5th of 5): 3 zero rows would cost more than
+                                // reading K / V once more from L1
+          pf.rest();
+          sc.seen[r0] = true;
+          scores_row<kD>(c, sc, r0, k_row0, nb, bits[r0]);
+          softmax_row(c, sc, r0, nb, bits[r0]);
+          values_row(c, sc, r0, k_row0, bits[r0]);
+          continue;
+        }
+        scores_rows4<kD>(c, sc, r0, k_row0, nb, rows, bits, pf);
+        for (int r = r0; r < r0 + group_rows; ++r) {
           if (!bits[r]) continue;
           sc.seen[r] = true;
           softmax_row(c, sc, r, nb, bits[r]);
         }
         if (same) {
-          values_rows4(c, sc, k_row0, bits[0], pf);
-        } else {
+          values_rows4(c, sc, r0, k_row0, bits[r0], pf);
+        } else {  // rows see different keys: each row's own (a masked key's V may be NaN / Inf)
           pf.rest();
-          for (int r = 0; r < rows; ++r)
+          for (int r = r0; r < r0 + group_rows; ++r)
             if (bits[r]) values_row(c, sc, r, k_row0, bits[r]);
         }
-        pf.rest();
-        continue;
       }
       pf.rest();
-      for (int r = 0; r < rows; ++r) {
-        if (!bits[r]) continue;
-        sc.seen[r] = true;
-        scores_row<kD>(c, sc, r, k_row0, nb, bits[r]);
-        softmax_row(c, sc, r, nb, bits[r]);
-        values_row(c, sc, r, k_row0, bits[r]);
-      }
     }
   }
 
