@@ -80,13 +80,6 @@ LK_INLINE v8f fold_heads(v8f x, int H, Op op) {
   return x;
 }
 
-// *p in all 8 lanes. simd.h's splat() of a loaded float compiled (GCC 12, SLP vectorizer) here into
-// vinsertps / vinsertf128 chains, 6 instructions per weight; a lane-0 shuffle is one vbroadcastss.
-LK_INLINE v8f broadcast8(const float* p) {
-  const v8f x = {*p};
-  return __builtin_shufflevector(x, x, 0, 0, 0, 0, 0, 0, 0, 0);
-}
-
 // The next key block's K and V rows, a few cache lines at a time while this block computes. One
 // burst of a whole block's prefetches stalls the core until most of it has arrived (the miss
 // buffers fill), so compute and memory took turns; spread over the block's loops, the next block
@@ -249,13 +242,13 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
       const float* vr = c.v + (k_row0 + j) * Hkv * Dv;
       const float* pj = srow + j * H;
       if (one_head) {  // Dv a multiple of 64: the slab is one head's, one weight per key
-        const v8f w = broadcast8(pj + head[0]);
+        const v8f w = splat(pj[head[0]]);
         for (int u = 0; u < 8; ++u) acc[u] += w * load8(vr + voff[u]);
       } else if (nv == 8) {  // unrolled without guards
-        for (int u = 0; u < 8; ++u) acc[u] += broadcast8(pj + head[u]) * load8(vr + voff[u]);
+        for (int u = 0; u < 8; ++u) acc[u] += splat(pj[head[u]]) * load8(vr + voff[u]);
       } else {
         for (int u = 0; u < 8; ++u)
-          if (u < nv) acc[u] += broadcast8(pj + head[u]) * load8(vr + voff[u]);
+          if (u < nv) acc[u] += splat(pj[head[u]]) * load8(vr + voff[u]);
       }
     }
     for (int u = 0; u < nv; ++u) store8(orow + c0 + 8 * u, acc[u]);
@@ -278,7 +271,7 @@ LK_INLINE void values_rows4(const Call& c, Scratch& sc, int r0, int64_t k_row0, 
   for (int h = 0; h < H; ++h) {
     for (uint64_t b = bits; b; b &= b - 1) {
       const int j = __builtin_ctzll(b);
-      for (int r = 0; r < 4; ++r) store8(w + (j * 4 + r) * 8, broadcast8(s + r * s_stride + (size_t)j * H + h));
+      for (int r = 0; r < 4; ++r) store8(w + (j * 4 + r) * 8, splat(s[r * s_stride + (size_t)j * H + h]));
     }
     const float* vh = c.v + k_row0 * Hkv * Dv + (int64_t)(h / c.heads_per_kv) * Dv;  // head h's V columns
     float* oh = o + (size_t)h * Dv;
