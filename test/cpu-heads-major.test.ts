@@ -1,6 +1,7 @@
 // The CPU's heads-major kernel (native/cpu/attention_heads_cpu.cc): few-query cross attention (at
-// most 8 queries per sequence: 4-row kernels up to 4, row at a time above), every head of a row per
-// key block. Forced onto every instruction-set
+// most 8 queries per sequence: 4-row kernels per group of 4 rows, a lone row (1 or 5 rows) at a
+// time; rows of a group whose allowed keys differ take their values a row at a time), every head of
+// a row per key block. Forced onto every instruction-set
 // path this CPU runs and compared with the reference on randomized jagged batches: every preset and
 // random custom rules, GQA, Dv != D, heads 1 / 2 / 4 / 8 / 16, empty and length-1 sequences, lse,
 // float32 / float16 / bfloat16, and batches of 1 or 2 users with long histories, whose keys are split
@@ -52,13 +53,13 @@ for (const isa of PATHS) {
       for (let round = 0; round < 6; round++) {
         const rule = round < PRESETS.length ? PRESETS[round] : randomRule(rng);
         const batch = rng.int(1, 2);
-        await checkCpuAttention(t, { rule, qSeqs: fewQueries(rng, kindOf(rule), batch, 4).map((s) => (s.roles.length ? s : { segments: [0], roles: [0] })),
+        await checkCpuAttention(t, { rule, qSeqs: fewQueries(rng, kindOf(rule), batch, rng.pick([4, 5, 8])).map((s) => (s.roles.length ? s : { segments: [0], roles: [0] })),
           kSeqs: Array.from({ length: batch }, () => randomSequence(rng, kindOf(rule), rng.int(600, 1200))),
           ...heads(rng, [1, 4, 8]), D: rng.pick([16, 64]), Dv: rng.pick([8, 64]) }, dtype, rng, `round ${round} on ${isa}`);
       }
     });
 
-    test.serial(`few queries (5..8 rows: a row at a time) of 8 or 16 small heads (D <= 32) on ${isa}, ${dtype} = reference`, async (t) => {
+    test.serial(`few queries (5..8 rows: 4-row groups and a lone 5th row) of 8 or 16 small heads (D <= 32) on ${isa}, ${dtype} = reference`, async (t) => {
       native()._setCpuIsa(isa);
       const rng = new Rng(isa.length * 4513 + dtype.length * 7);
       for (let round = 0; round < 7; round++) {

@@ -39,11 +39,8 @@ struct Call {
   int heads_per_kv;
   int head_vecs;     // score vectors per key group: H / 8, or 1 when H < 8
   int keys_per_vec;  // keys per score vector: 8 / H, or 1 when H >= 8
-  int lane_key[8], lane_head[8];     // lane u of a score vector: key offset, head offset
+  int lane_key[8];   // lane u of a score vector: its key's offset in the vector's key group
   int k_off[kMaxHeads];  // head h's K columns in a key row (GQA)
-  // Entry (vector hv, lane u) of a key group: its K offset from the group's first key row, its Q
-  // offset in the row's [H][D].
-  int lane_k_off[kMaxHeads], lane_q_off[kMaxHeads];
   // Output vector i of a row (columns [8i, 8i + 8) of [H][Dv]), padded to a multiple of 8 vectors
   // by repeating the last: its head, and its columns in a V row.
   std::vector<int> slab_head, slab_voff;
@@ -119,62 +116,38 @@ struct Prefetcher {
   }
 };
 
-// One query row against `nb` keys [key0, key0 + nb) of its sequence whose allowed set is `bits`
-// (bit j: key key0 + j): scores, online-softmax update and P V, every head at once. kD: the head
-// dim when known at compile time (the dot products unroll), else 0.
+// The 4 rows [r0, r0 + 4) of a few-query chunk at once: each head's K rows are loaded once for the
+// 4 rows, two keys at a time, and the 8 (key, row) dot products reduced together. Rows past `rows`
+// have zero Q. Masked entries get -inf per row afterwards.
 template <int kD>
-LK_INLINE void scores_row(const Call& c, Scratch& sc, int r, int64_t k_row0, int nb, uint64_t bits) {
-  const AttentionParams& p = *c.p;
-  const int H = p.heads, D = kD ? kD : p.head_dim, Hkv = p.kv_heads;
-  const int HV = c.head_vecs, kpv = c.keys_per_vec;
-  const uint32_t group_mask = (1u << kpv) - 1;
-  const float* qr = sc.q.get() + (size_t)r * H * D;
-  float* srow = sc.s.get() + (size_t)r * kMaskKeys * H;
-  v8i lane_key;
-  std::memcpy(&lane_key, c.lane_key, sizeof lane_key);
-  const int64_t key_floats = (int64_t)Hkv * D;
-
-  // S = Q K^T: eight entries' dot products reduced together. Entry vector (j0, hv) holds keys
-  // j0 + lane_key[u] and heads hv * 8 + lane_head[u].
-  for (int j0 = 0, e0 = 0; j0 < nb; j0 += kpv) {
-    const uint32_t kb = (uint32_t)(bits >> j0) & group_mask;
-    const float* krow = c.k + (k_row0 + j0) * key_floats;
-    const bool padded = j0 + kpv > nb;  // the last group of a short block: its padding lanes repeat a real key
-    for (int hv = 0; hv < HV; ++hv, e0 += 8) {
-      if (!kb) {
-        store8(srow + e0, splat(kNegInf));
-        continue;
-      }
-      const int* k_off = c.lane_k_off + hv * 8;
-      const int* q_off = c.lane_q_off + hv * 8;
-      v8f acc[8];
-      for (int u = 0; u < 8; ++u) {
-        const float* kr = padded ? c.k + (k_row0 + std::min(j0 + c.lane_key[u], nb - 1)) * key_floats + c.k_off[hv * 8 + c.lane_head[u]]
-                                 : krow + k_off[u];
-        const float* qh = qr + q_off[u];
-        v8f a = load8(qh) * load8(kr);
-        for (int d = 8; d < D; d += 8) a += load8(qh + d) * load8(kr + d);
-        acc[u] = a;
-      }
-      const v8i ok = ((splat_int((int32_t)kb) >> lane_key) & 1) != 0;
-      store8(srow + e0, ok ? hsum8x8(acc) : splat(kNegInf));
-    }
-  }
-}
-
-// Up to 4 rows (few-query tiles) at once: each head's K rows are loaded once for all rows, two keys
-// at a time, and the 8 (key, row) dot products reduced together. Rows past `rows` have zero Q.
-// Masked entries get -inf per row afterwards.
-template <int kD>
-LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, int rows, const uint64_t* bits, Prefetcher& pf) {
+LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int r0, int64_t k_row0, int nb, int rows, const uint64_t* bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, D = kD ? kD : p.head_dim;
   const int64_t key_floats = (int64_t)p.kv_heads * D;
   const size_t s_stride = (size_t)kMaskKeys * H;
-  float* s = sc.s.get();
-  for (int h = 0; h < H; ++h) {
-    const float* q0 = sc.q.get() + (size_t)h * D;
-    const size_t q_stride = (size_t)H * D;
+  float* s = sc.s.get() + r0 * s_stride;
+  const float* q = sc.q.get() + (size_t)r0 * H * D;
+  const size_t q_stride = (size_t)H * D;
+  // 8 heads of two keys at a time, their (key, row) dot products transposed to [row][key][head]
+  // vectors: whole-vector stores instead of 8 lane extracts and scalar stores per head.
+  for (int j = 0; j < nb && H % 8 == 0; j += 2) {
+    const float* k0 = c.k + (k_row0 + j) * key_floats;
+    const float* k1 = j + 1 < nb ? k0 + key_floats : k0;
+    for (int h0 = 0; h0 < H; h0 += 8) {
+      v8f dots[8];  // dots[u] lane r: key j, row r, head h0 + u; lane 4 + r: key j + 1
+      for (int u = 0; u < 8; ++u) {
+        pf.step();
+        dots[u] = dot_2keys_4rows(k0 + c.k_off[h0 + u], k1 + c.k_off[h0 + u], q + (size_t)(h0 + u) * D, q_stride, D);
+      }
+      transpose8x8(dots);  // dots[r] lane u: key j, row r, head h0 + u; dots[4 + r]: key j + 1
+      for (int r = 0; r < 4; ++r) {
+        store8(s + r * s_stride + (size_t)j * H + h0, dots[r]);
+        if (j + 1 < nb) store8(s + r * s_stride + (size_t)(j + 1) * H + h0, dots[4 + r]);
+      }
+    }
+  }
+  for (int h = 0; h < H && H % 8 != 0; ++h) {
+    const float* q0 = q + (size_t)h * D;
     for (int j = 0; j < nb; j += 2) {
       pf.step();
       const float* k0 = c.k + (k_row0 + j) * key_floats + c.k_off[h];
@@ -189,11 +162,11 @@ LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int64_t k_row0, int nb, 
   const int entries = round_up(nb, c.keys_per_vec) * H;
   v8i lane_key;
   std::memcpy(&lane_key, c.lane_key, sizeof lane_key);
-  for (int r = 0; r < rows; ++r) {
+  for (int r = 0; r < std::min(4, rows - r0); ++r) {
     float* srow = s + r * s_stride;
     for (int e0 = 0; e0 < entries; e0 += 8) {
       const int j0 = e0 / H;  // H is a power of two below 8, a multiple of 8 above
-      const v8i ok = ((splat_int((int32_t)(bits[r] >> j0)) >> lane_key) & 1) != 0;
+      const v8i ok = ((splat_int((int32_t)(bits[r0 + r] >> j0)) >> lane_key) & 1) != 0;
       store8(srow + e0, ok ? load8(srow + e0) : splat(kNegInf));
     }
   }
@@ -257,6 +230,7 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
   const float* srow = sc.s.get() + (size_t)r * kMaskKeys * H;
   float* orow = sc.o.get() + (size_t)r * H * Dv;
   const int row_floats = H * Dv;
+  const bool one_head = Dv % 64 == 0;  // every 64-column slab lies within one head
   for (int c0 = 0; c0 < row_floats; c0 += 64) {
     const int nv = std::min(8, (row_floats - c0) / 8);
     const int* head = c.slab_head.data() + c0 / 8;  // per output vector: its head, its V columns
@@ -267,7 +241,10 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
       const int j = __builtin_ctzll(b);
       const float* vr = c.v + (k_row0 + j) * Hkv * Dv;
       const float* pj = srow + j * H;
-      if (nv == 8) {  // the common case, unrolled without guards
+      if (one_head) {  // Dv a multiple of 64: the slab is one head's, one weight per key
+        const v8f w = splat(pj[head[0]]);
+        for (int u = 0; u < 8; ++u) acc[u] += w * load8(vr + voff[u]);
+      } else if (nv == 8) {  // unrolled without guards
         for (int u = 0; u < 8; ++u) acc[u] += splat(pj[head[u]]) * load8(vr + voff[u]);
       } else {
         for (int u = 0; u < 8; ++u)
@@ -278,17 +255,17 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
   }
 }
 
-// values_row for 4 rows that all see exactly the keys `bits` (rows past the chunk's have zero
-// weights), a head at a time: the head's weights are first spread to full vectors ([key][row] x 8
+// values_row for the 4 rows [r0, r0 + 4) that all see exactly the keys `bits` (rows past the
+// chunk's have zero weights), a head at a time: the head's weights are first spread to full vectors ([key][row] x 8
 // lanes in Scratch::weights), so that the inner loop is plain loads and FMAs (a broadcast per
 // (key, row, output vector) compiled to scalar inserts and took most of this loop's time); 2 output
 // vectors x 4 rows accumulate in registers, each V vector loaded once.
-LK_INLINE void values_rows4(const Call& c, Scratch& sc, int64_t k_row0, uint64_t bits, Prefetcher& pf) {
+LK_INLINE void values_rows4(const Call& c, Scratch& sc, int r0, int64_t k_row0, uint64_t bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, Dv = p.value_dim, Hkv = p.kv_heads;
   const size_t s_stride = (size_t)kMaskKeys * H, o_stride = (size_t)H * Dv;
-  const float* s = sc.s.get();
-  float* o = sc.o.get();
+  const float* s = sc.s.get() + r0 * s_stride;
+  float* o = sc.o.get() + r0 * o_stride;
   float* w = sc.weights.get();
   const int head_vecs = Dv / 8;
   for (int h = 0; h < H; ++h) {
@@ -345,11 +322,11 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
     std::fill(sc.l[r], sc.l[r] + 8 * HV, 0.0f);
     sc.seen[r] = false;
   }
-  if (rows <= 4) {  // the 4-row kernels' padding rows: zero Q, zero weights (their output is dropped)
-    std::fill(sc.q.get() + (size_t)rows * H * D, sc.q.get() + (size_t)4 * H * D, 0.0f);
-    std::fill(sc.s.get() + (size_t)rows * kMaskKeys * H, sc.s.get() + (size_t)4 * kMaskKeys * H, 0.0f);
-  }
-  std::fill(sc.o.get(), sc.o.get() + (size_t)std::max(rows, 4) * H * Dv, 0.0f);
+  // The 4-row kernels' padding rows up to a multiple of 4: zero Q, zero weights (their output is dropped).
+  const int padded_rows = round_up(rows, 4);
+  std::fill(sc.q.get() + (size_t)rows * H * D, sc.q.get() + (size_t)padded_rows * H * D, 0.0f);
+  std::fill(sc.s.get() + (size_t)rows * kMaskKeys * H, sc.s.get() + (size_t)padded_rows * kMaskKeys * H, 0.0f);
+  std::fill(sc.o.get(), sc.o.get() + (size_t)padded_rows * H * Dv, 0.0f);
 
   // The task's blocks before the first one that a block prefetches: one burst now.
   {
@@ -388,44 +365,43 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
       if (ahead > 0)
         pf.start(c.k + (k_start + ahead_key) * p.kv_heads * D, (int64_t)ahead * p.kv_heads * D,
                  c.v + (k_start + ahead_key) * p.kv_heads * Dv, (int64_t)ahead * p.kv_heads * Dv,
-                 H * ((nb + 1) / 2) + H * ((Dv / 8 + 1) / 2));
+                 padded_rows / 4 * (H * ((nb + 1) / 2) + H * ((Dv / 8 + 1) / 2)));
       const uint64_t block_mask = nb == 64 ? ~uint64_t{0} : ((uint64_t{1} << nb) - 1);
       uint64_t bits[kChunkRows], any = 0;
-      bool same = true;
       for (int r = 0; r < rows; ++r) {
         bits[r] = (sc.allow[r] >> j0) & block_mask;
         any |= bits[r];
-        same = same && bits[r] == bits[0];
       }
       if (!any) {
         pf.rest();
         continue;
       }
-      if (rows <= 4) {  // few queries: K / V rows loaded once for all rows
-        scores_rows4<kD>(c, sc, k_row0, nb, rows, bits, pf);
-        for (int r = 0; r < rows; ++r) {
+      // 4 rows at a time (a chunk holds at most 8): K / V rows loaded once per 4 rows, the second
+      // group's from L1 (a block is L1-sized).
+      for (int r0 = 0; r0 < rows; r0 += 4) {
+        const int group_rows = std::min(4, rows - r0);
+        uint64_t group_any = 0;
+        bool same = true;
+        for (int r = r0; r < r0 + group_rows; ++r) {
+          group_any |= bits[r];
+          same = same && bits[r] == bits[r0];
+        }
+        if (!group_any) continue;
+        scores_rows4<kD>(c, sc, r0, k_row0, nb, rows, bits, pf);
+        for (int r = r0; r < r0 + group_rows; ++r) {
           if (!bits[r]) continue;
           sc.seen[r] = true;
           softmax_row(c, sc, r, nb, bits[r]);
         }
         if (same) {
-          values_rows4(c, sc, k_row0, bits[0], pf);
-        } else {
+          values_rows4(c, sc, r0, k_row0, bits[r0], pf);
+        } else {  // rows see different keys: each row's own (a masked key's V may be NaN / Inf)
           pf.rest();
-          for (int r = 0; r < rows; ++r)
+          for (int r = r0; r < r0 + group_rows; ++r)
             if (bits[r]) values_row(c, sc, r, k_row0, bits[r]);
         }
-        pf.rest();
-        continue;
       }
       pf.rest();
-      for (int r = 0; r < rows; ++r) {
-        if (!bits[r]) continue;
-        sc.seen[r] = true;
-        scores_row<kD>(c, sc, r, k_row0, nb, bits[r]);
-        softmax_row(c, sc, r, nb, bits[r]);
-        values_row(c, sc, r, k_row0, bits[r]);
-      }
     }
   }
 
@@ -502,17 +478,8 @@ void heads_major_attention(const AttentionParams& p) {
   c.heads_per_kv = H / p.kv_heads;
   c.head_vecs = H >= 8 ? H / 8 : 1;
   c.keys_per_vec = H >= 8 ? 1 : 8 / H;
-  for (int u = 0; u < 8; ++u) {
-    c.lane_key[u] = H >= 8 ? 0 : u / H;
-    c.lane_head[u] = H >= 8 ? u : u % H;
-  }
+  for (int u = 0; u < 8; ++u) c.lane_key[u] = H >= 8 ? 0 : u / H;
   for (int h = 0; h < H; ++h) c.k_off[h] = h / c.heads_per_kv * D;
-  for (int hv = 0; hv < c.head_vecs; ++hv)
-    for (int u = 0; u < 8; ++u) {
-      const int h = hv * 8 + c.lane_head[u];
-      c.lane_k_off[hv * 8 + u] = c.lane_key[u] * p.kv_heads * D + c.k_off[h];
-      c.lane_q_off[hv * 8 + u] = h * D;
-    }
   const int row_vecs = H * Dv / 8;
   for (int i = 0; i < round_up(row_vecs, 8); ++i) {
     const int col = 8 * std::min(i, row_vecs - 1), h = col / Dv;
