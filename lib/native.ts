@@ -115,6 +115,8 @@ export interface NativeAddon {
   _setCpuIsa(isa: string): void;
   /** Test support: the CPU kernels' exp (native/cpu/simd.h exp8) on the active ISA path. */
   _cpuExp(values: Float32Array): Float32Array;
+  /** Test support: CPU sparse / indexed attention calls run as dense `full` attention since load. */
+  _cpuSparseDenseDispatches(): number;
   /** Test support, CUDA builds only (cuda/backend.h): the host path's counters since load. */
   _cudaHostPath?(): CudaHostPathStats;
   /** Test support: while held, the completion thread waits for no event (nothing executes on the emulator). */

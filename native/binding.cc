@@ -1380,6 +1380,12 @@ Napi::Value SetCpuIsa(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// _cpuSparseDenseDispatches() -> number: test support, how many CPU sparse / indexed attention calls
+// ran as dense attention because every query took all of its user's keys (native/cpu/sparse_cpu.h).
+Napi::Value CpuSparseDenseDispatches(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), (double)cpu::sparse_dense_dispatches());
+}
+
 Napi::Value Backends(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object result = Napi::Object::New(env);
@@ -1594,6 +1600,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("_failInPoolTask", Napi::Function::New(env, FailInPoolTask));
   exports.Set("_setCpuIsa", Napi::Function::New(env, SetCpuIsa));
   exports.Set("_cpuExp", Napi::Function::New(env, CpuExp));
+  exports.Set("_cpuSparseDenseDispatches", Napi::Function::New(env, CpuSparseDenseDispatches));
 #ifdef LK_WITH_CUDA
   exports.Set("_cudaHostPath", Napi::Function::New(env, CudaHostPath));
   exports.Set("_cudaHoldCompletions", Napi::Function::New(env, CudaHoldCompletions));

@@ -1,6 +1,7 @@
 #include "sparse_cpu.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -9,6 +10,7 @@
 #include "../../cuda/common/half_convert.h"
 #include "../../cuda/common/ieee.h"
 #include "../thread_pool.h"
+#include "attention_cpu.h"
 #include "isa.h"
 #include "simd.h"
 
@@ -428,7 +430,45 @@ std::vector<QueryRun> query_runs(const IndexerParams& p, bool score_rows) {
   return runs;
 }
 
+// Calls whose attention ran as dense `full` attention (test support: proves the dispatch).
+std::atomic<int64_t> dense_dispatches{0};
+
+// When every query attends to all of its user's keys, each exactly once, sparse attention is dense
+// attention under the `full` rule (SPEC §3: every role pair { seg: 'any', causal: false }) over the
+// same layouts: one masked_attention call, which skips nothing but runs the dense kernels' GEMMs
+// instead of gathering keys one by one. Users without keys give zeros and lse -inf either way.
+void attend_all_keys_densely(const SparseParams& p) {
+  AttentionParams a{};
+  a.q = p.q; a.k = p.k; a.v = p.v; a.out = p.out; a.lse = p.lse;
+  a.dtype = p.dtype;
+  a.batch = p.batch;
+  a.tq = p.nq; a.tk = p.tk;
+  a.heads = p.heads; a.kv_heads = p.kv_heads; a.head_dim = p.head_dim; a.value_dim = p.value_dim;
+  a.q_layout = LayoutView{p.q_offsets, nullptr, nullptr};
+  a.kv_layout = LayoutView{p.k_offsets, nullptr, nullptr};
+  for (int rq = 0; rq < kNumRoles; ++rq)
+    for (int rk = 0; rk < kNumRoles; ++rk) { a.rule.seg[rq][rk] = kSegAny; a.rule.causal[rq][rk] = 0; }
+  a.scale = p.scale;
+  a.normalize = kSoftmax;
+  a.silu_inv_divisor = 1.0f;  // unused by softmax
+  for (int b = 0; b < p.batch; ++b) {
+    a.max_q_len = std::max(a.max_q_len, p.q_offsets[b + 1] - p.q_offsets[b]);
+    a.max_k_len = std::max(a.max_k_len, p.k_offsets[b + 1] - p.k_offsets[b]);
+  }
+  masked_attention(a);
+  dense_dispatches.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Whether k slots per query can hold all of every user's keys (users without queries aside).
+bool top_k_covers_every_row(const SparseParams& p) {
+  for (int b = 0; b < p.batch; ++b)
+    if (p.q_offsets[b + 1] > p.q_offsets[b] && p.k_offsets[b + 1] - p.k_offsets[b] > p.top_k) return false;
+  return true;
+}
+
 }  // namespace
+
+int64_t sparse_dense_dispatches() { return dense_dispatches.load(std::memory_order_relaxed); }
 
 void indexer_scores(const IndexerParams& p) {
   const ScoreEntryFn score_entry = isa_pick(kScoreEntry);  // one path for the whole call
@@ -453,7 +493,36 @@ void top_k(const TopKParams& p) {
   });
 }
 
+// Whether the caller's indices give every query each of its user's keys exactly once (any order,
+// -1 anywhere): then the sparse attention is the dense one. A duplicate counts twice in sparse
+// attention, so it never qualifies.
+bool indices_cover_all_keys_once(const SparseParams& p) {
+  if (!top_k_covers_every_row(p)) return false;
+  std::vector<int64_t> seen;  // seen[j] == row + 1: key j already taken by that row
+  for (int b = 0; b < p.batch; ++b) {
+    const int len = p.k_offsets[b + 1] - p.k_offsets[b];
+    seen.assign((size_t)len, 0);
+    for (int64_t i = p.q_offsets[b]; i < p.q_offsets[b + 1]; ++i) {
+      const int32_t* row = p.indices + i * p.top_k;
+      int taken = 0;
+      for (int s = 0; s < p.top_k; ++s) {
+        const int j = row[s];
+        if (j < 0) continue;
+        if (seen[(size_t)j] == i + 1) return false;
+        seen[(size_t)j] = i + 1;
+        ++taken;
+      }
+      if (taken != len) return false;
+    }
+  }
+  return true;
+}
+
 void sparse_attention(const SparseParams& p) {
+  if (indices_cover_all_keys_once(p)) {
+    attend_all_keys_densely(p);
+    return;
+  }
   const AttendGroupFn attend_group = isa_pick(kAttendGroup);
   // Tasks: runs of up to kMaxGroup queries of one batch entry.
   struct Task { int b; int64_t q0; int nq; };
@@ -481,18 +550,40 @@ void indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, cons
   // One run of a batch entry's queries per task: its score rows live only in this worker's buffer,
   // which query_runs bounds (never queries x keys of a whole user).
   const std::vector<QueryRun> runs = query_runs(ip, true);
-  ThreadPool::shared().parallel_for((int64_t)runs.size(), [&](int64_t r, int worker) {
-    Scratch& s = scratch[worker];
-    const int b = runs[(size_t)r].b;
-    const int64_t q0 = runs[(size_t)r].q0, q1 = runs[(size_t)r].q1;
-    const int len = ip.k_offsets[b + 1] - ip.k_offsets[b];
-    s.rows.resize((size_t)std::max<int64_t>(1, (q1 - q0) * len));
-    score_entry(ip, q0, q1, ip.k_offsets[b], len, s.rows.data(), len, s.score_work);
-    for (int64_t i = q0; i < q1; ++i)
-      select_row(s.rows.data() + (i - q0) * len, len, tp.k, tp.indices + i * tp.k, tp.values + i * tp.k, s.select);
-    for (int64_t i = q0; i < q1; i += kMaxGroup)
-      attend_group(sp, i, (int)std::min<int64_t>(kMaxGroup, q1 - i), sp.k_offsets[b], len, tp.indices + i * tp.k, s.attend);
-  });
+  auto select_run = [&](const QueryRun& run, Scratch& s) {
+    const int len = ip.k_offsets[run.b + 1] - ip.k_offsets[run.b];
+    s.rows.resize((size_t)std::max<int64_t>(1, (run.q1 - run.q0) * len));
+    score_entry(ip, run.q0, run.q1, ip.k_offsets[run.b], len, s.rows.data(), len, s.score_work);
+    for (int64_t i = run.q0; i < run.q1; ++i)
+      select_row(s.rows.data() + (i - run.q0) * len, len, tp.k, tp.indices + i * tp.k, tp.values + i * tp.k, s.select);
+  };
+  auto attend_run = [&](const QueryRun& run, Scratch& s) {
+    const int len = sp.k_offsets[run.b + 1] - sp.k_offsets[run.b];
+    for (int64_t i = run.q0; i < run.q1; i += kMaxGroup)
+      attend_group(sp, i, (int)std::min<int64_t>(kMaxGroup, run.q1 - i), sp.k_offsets[run.b], len, tp.indices + i * tp.k, s.attend);
+  };
+  if (!top_k_covers_every_row(sp)) {  // some query must skip keys: select and attend while the run is hot
+    ThreadPool::shared().parallel_for((int64_t)runs.size(), [&](int64_t r, int worker) {
+      select_run(runs[(size_t)r], scratch[worker]);
+      attend_run(runs[(size_t)r], scratch[worker]);
+    });
+    return;
+  }
+  // k may cover whole rows: select everywhere first, then attend densely when every query took all
+  // of its user's keys (top-k picks distinct keys, so slot len - 1 is filled exactly when none was
+  // NaN / -inf), else sparsely run by run.
+  ThreadPool::shared().parallel_for((int64_t)runs.size(), [&](int64_t r, int worker) { select_run(runs[(size_t)r], scratch[worker]); });
+  bool all_keys = true;
+  for (int b = 0; b < sp.batch && all_keys; ++b) {
+    const int len = sp.k_offsets[b + 1] - sp.k_offsets[b];
+    for (int64_t i = sp.q_offsets[b]; i < sp.q_offsets[b + 1] && all_keys && len > 0; ++i)
+      all_keys = tp.indices[i * tp.k + len - 1] >= 0;
+  }
+  if (all_keys) {
+    attend_all_keys_densely(sp);
+    return;
+  }
+  ThreadPool::shared().parallel_for((int64_t)runs.size(), [&](int64_t r, int worker) { attend_run(runs[(size_t)r], scratch[worker]); });
 }
 
 }  // namespace lk::cpu
