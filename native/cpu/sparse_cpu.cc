@@ -118,9 +118,47 @@ const IsaTable<ScoreEntryFn> kScoreEntry = {{score_entry_portable, LK_IF_NEON(sc
 struct SelectScratch {
   std::vector<uint64_t> chosen;  // (key << 32) | ~index: one descending sort gives the output order
   std::vector<uint64_t> pool;   // candidates on the threshold digit, index order
+  std::vector<uint64_t> spare;  // sort_chosen's second buffer
 };
 
 LK_INLINE uint64_t pack_candidate(uint32_t key, int index) { return (uint64_t)key << 32 | (uint32_t)~(uint32_t)index; }
+
+// Sorts n packed candidates of a row of len keys descending (value desc, index asc). Many chosen (k
+// close to the row length, where a comparison sort of ~1,000 costs more than scoring the row) take
+// an LSD radix sort of ~candidate = (~key << 32 | index) ascending, 8-bit digits, all histograms in
+// one read, digits that every candidate shares skipped. Candidates already in index order need only
+// the key's digits (each pass is stable); others sort the index's digits first. Same order as the
+// comparison sort (indices differ, so the order is total).
+void sort_chosen(uint64_t* c, int n, int len, bool index_order, std::vector<uint64_t>& spare) {
+  constexpr int kRadixFrom = 128;
+  if (n < kRadixFrom) {
+    std::sort(c, c + n, [](uint64_t a, uint64_t b) { return a > b; });
+    return;
+  }
+  int shifts[8], passes = 0;  // bit offset of each 8-bit digit, least significant first
+  if (!index_order)
+    for (int shift = 0; shift < 32 && (int64_t{1} << shift) < len; shift += 8) shifts[passes++] = shift;
+  for (int shift = 32; shift < 64; shift += 8) shifts[passes++] = shift;
+  int hist[8][256];
+  std::fill(&hist[0][0], &hist[0][0] + passes * 256, 0);
+  spare.resize((size_t)n);
+  for (int i = 0; i < n; ++i) {
+    const uint64_t u = c[i] = ~c[i];
+    for (int p = 0; p < passes; ++p) ++hist[p][(u >> shifts[p]) & 0xff];
+  }
+  uint64_t* from = c;
+  uint64_t* to = spare.data();
+  for (int p = 0; p < passes; ++p) {
+    int* h = hist[p];
+    const int shift = shifts[p];
+    if (h[(from[0] >> shift) & 0xff] == n) continue;  // one digit for all: already in order
+    int start = 0;
+    for (int d = 0; d < 256; ++d) { const int count = h[d]; h[d] = start; start += count; }
+    for (int i = 0; i < n; ++i) to[h[(from[i] >> shift) & 0xff]++] = from[i];
+    std::swap(from, to);
+  }
+  for (int i = 0; i < n; ++i) c[i] = ~from[i];
+}
 
 // Top-k of one row by radix selection over the order-preserving keys (NaN / -inf -> 0, never
 // chosen): the first pass histograms the top 11 bits while computing the keys; keys above the
@@ -150,7 +188,14 @@ void select_row(const float* row, int len, int k, int32_t* indices, float* value
   hist[0] -= excluded;
   int remaining = std::min(k, len - excluded);  // still to take among keys matching the prefix
   int chosen = 0;
-  if (remaining > 0) {
+  if (remaining > 0 && remaining == len - excluded) {  // k covers every candidate: no threshold to find
+    for (j = 0; j < len; ++j) {
+      const uint32_t key = topk_key(row[j]);
+      s.chosen[chosen] = pack_candidate(key, j);
+      chosen += key != 0;
+    }
+    sort_chosen(s.chosen.data(), chosen, len, true, s.spare);
+  } else if (remaining > 0) {
     int digit = 2047;
     while (hist[digit] < remaining) remaining -= hist[digit--];
     // Branch-free partition: whether a key lands above or on the threshold is unpredictable.
@@ -183,7 +228,7 @@ void select_row(const float* row, int len, int k, int32_t* indices, float* value
     }
     // The pool now holds only keys equal to the threshold, in index order.
     for (int i = 0; i < remaining; ++i) s.chosen[chosen++] = s.pool[i];
-    std::sort(s.chosen.begin(), s.chosen.begin() + chosen, [](uint64_t a, uint64_t b) { return a > b; });
+    sort_chosen(s.chosen.data(), chosen, len, false, s.spare);
   }
   for (int i = 0; i < k; ++i) {
     if (i < chosen) {
