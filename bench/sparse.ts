@@ -23,7 +23,11 @@ async function main() {
   const peer = await createDenseMaskedAttention({ heads: H, headDim: D, threads });
   const rows: Record<string, unknown>[] = [];
   console.log('keys    top-k  fused ms  GF/s  GB/s  steps ms  dense(ours) ms  GF/s  dense(ORT) ms  GF/s  speed-up vs ORT  vs ours');
-  for (const keys of [1000, 5000, 20000]) {
+  // `-- --keys 1000,5000` runs those key counts only (default 1,000, 5,000 and 20,000).
+  const keysArg = process.argv.indexOf('--keys');
+  const keyCounts = keysArg >= 0 ? process.argv[keysArg + 1].split(',').map(Number) : [1000, 5000, 20000];
+  if (keyCounts.some((n) => !Number.isInteger(n) || n < 1)) throw new RangeError('--keys: expected positive integers separated by commas');
+  for (const keys of keyCounts) {
     const nq = USERS * QUERIES, tk = USERS * keys;
     const qOffsets = new Int32Array(USERS + 1).map((_, i) => i * QUERIES);
     const kOffsets = new Int32Array(USERS + 1).map((_, i) => i * keys);
