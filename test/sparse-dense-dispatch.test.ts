@@ -79,6 +79,13 @@ for (const isa of PATHS) {
           const exp = Array.from(want.indices.data.subarray(r * k, (r + 1) * k)).filter((j) => j >= 0).sort((a, b) => a - b);
           t.deepEqual(got, exp, `row ${r} key set, ${what}`);
         }
+        // the op's own order: values descending, equal values by lower index (radix-sorted rows)
+        const fv = (await fused.values.data()) as Float32Array;
+        let disorder = '';
+        for (let r = 0; r < Nq && !disorder; r++)
+          for (let i = r * k; i + 1 < (r + 1) * k && fi[i + 1] >= 0; i++)
+            if (fv[i] < fv[i + 1] || (fv[i] === fv[i + 1] && fi[i] >= fi[i + 1])) { disorder = `row ${r} slot ${i - r * k}: (${fv[i]}, ${fi[i]}) before (${fv[i + 1]}, ${fi[i + 1]})`; break; }
+        t.is(disorder, '', what);
         t.is(compare(await fused.output.float32(), want.output.data, dtype, 'fused output'), '', what);
         const refWithLse = reference.sparseAttention(ref(q), ref(kk), ref(v), { data: want.indices.data, shape: [Nq, k] }, { ...layout, returnLse: true });
         t.is(compare(await fused.lse!.float32(), refWithLse.lse!.data, dtype, 'fused lse'), '', what);
