@@ -504,8 +504,12 @@ void attend_all_keys_densely(const SparseParams& p) {
   dense_dispatches.fetch_add(1, std::memory_order_relaxed);
 }
 
-// Whether k slots per query can hold all of every user's keys (users without queries aside).
-bool top_k_covers_every_row(const SparseParams& p) {
+// Whether the dense dispatch may apply: float32 only (the dense kernels convert float16 / bfloat16
+// K and V whole before attending: 1,000 keys x 64 users, top-k 1,024 measured 209 ms dense against
+// 134 ms (float16) and 47 ms (bfloat16) sparse), and k slots per query must hold all of every
+// user's keys (users without queries aside).
+bool dense_dispatch_possible(const SparseParams& p) {
+  if (p.dtype != kFloat32) return false;
   for (int b = 0; b < p.batch; ++b)
     if (p.q_offsets[b + 1] > p.q_offsets[b] && p.k_offsets[b + 1] - p.k_offsets[b] > p.top_k) return false;
   return true;
@@ -542,7 +546,7 @@ void top_k(const TopKParams& p) {
 // -1 anywhere): then the sparse attention is the dense one. A duplicate counts twice in sparse
 // attention, so it never qualifies.
 bool indices_cover_all_keys_once(const SparseParams& p) {
-  if (!top_k_covers_every_row(p)) return false;
+  if (!dense_dispatch_possible(p)) return false;
   std::vector<int64_t> seen;  // seen[j] == row + 1: key j already taken by that row
   for (int b = 0; b < p.batch; ++b) {
     const int len = p.k_offsets[b + 1] - p.k_offsets[b];
@@ -607,7 +611,7 @@ void indexed_cross_attention(const IndexerParams& ip, const TopKParams& tp, cons
     for (int64_t i = run.q0; i < run.q1; i += kMaxGroup)
       attend_group(sp, i, (int)std::min<int64_t>(kMaxGroup, run.q1 - i), sp.k_offsets[run.b], len, tp.indices + i * tp.k, s.attend);
   };
-  if (!top_k_covers_every_row(sp)) {  // some query must skip keys: select and attend while the run is hot
+  if (!dense_dispatch_possible(sp)) {  // select and attend while the run is hot
     ThreadPool::shared().parallel_for((int64_t)runs.size(), [&](int64_t r, int worker) {
       select_run(runs[(size_t)r], scratch[worker]);
       attend_run(runs[(size_t)r], scratch[worker]);
