@@ -210,7 +210,8 @@ for (const kind of ['single', 'cluster'] as const) {
       let out = '', err = '';
       p.stdout!.on('data', (d) => { out += d; });
       p.stderr!.on('data', (d) => { err += d; });
-      p.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`writer exited with ${code}: ${err}`))));
+      // 'close', not 'exit': 'exit' can come before the last stdout chunk has been read.
+      p.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`writer exited with ${code}: ${err}`))));
     }));
     // Both connect, then start together, so their read-compute-write rounds interleave.
     await new Promise((resolve) => setTimeout(resolve, 1500));
