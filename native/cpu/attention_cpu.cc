@@ -265,7 +265,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
         for (int j = 0; j < n_pad; j += 8) {
           if (((bits >> j) & 0xffu) == 0) continue;
           const v8f x = load8(srow + j);
-          row_max[i] = allowed_lanes8(bits, j) & ((row_max[i] < x) | (x != x)) ? x : row_max[i];  // max_keep_nan8 over allowed lanes
+          row_max[i] = allowed_lanes8(bits, j) != 0 ? max_keep_nan8(row_max[i], x) : row_max[i];  // allowed lanes only
         }
       }
       float block_max[8];
