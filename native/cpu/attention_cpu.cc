@@ -16,6 +16,7 @@
 #include "isa.h"
 #include "mask_bits.h"
 #include "mask_plan_cpu.h"
+#include "phase_profile.h"
 #include "simd.h"
 
 namespace lk::cpu {
@@ -107,6 +108,7 @@ struct TileTask {
 // (sc.allow), computed once for every head of the group. Key roles / segments / positions are read
 // once per block; each row then costs ~10 vector operations per 8 keys, not a rule lookup per pair.
 LK_INLINE void block_allowed_keys(const TileTask& t, int count) {
+  LK_PROF_SCOPE(kMaskBits);
   const AttentionParams& p = *t.job->p;
   Scratch& sc = *t.sc;
   const int32_t* qseg = p.q_layout.segments;
@@ -196,6 +198,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   // (a causal diagonal's upper right is skipped); score columns past it hold garbage that the mask
   // and the softmax never read as allowed.
   const int* row_extent = masked ? sc.extent : nullptr;
+  LK_PROF_STMT(::lk::cpu::prof::Scope s_scope(::lk::cpu::prof::kSGemm));
   if (kFewQueries && D % 8 == 0) {
     // At most 4 queries: dot products of whole key rows (read in place or through the gather list)
     // with the 4 query rows, two keys at a time (dot_2keys_4rows).
@@ -214,6 +217,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     const float* a = key_row(first);
     int lda = Hkv * D;
     if (!consecutive || n8 != count) {
+      LK_PROF_SCOPE(kKGather);
       float* rows = sc.kt.get();  // [n8][D]
       for (int j = 0; j < n8; ++j) {
         if (j < count) std::memcpy(rows + (size_t)j * D, key_row(t.k_start + sc.keys[j]), sizeof(float) * D);
@@ -234,10 +238,13 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   } else {
     // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes.
     float* kt = sc.kt.get();
-    for (int j0 = 0; j0 < n_pad; j0 += 8) {
-      const float* krows[8];
-      for (int u = 0; u < 8; ++u) krows[u] = j0 + u < count ? key_row(t.k_start + sc.keys[j0 + u]) : nullptr;
-      transpose_key_rows(krows, D, kt + j0);
+    {
+      LK_PROF_SCOPE(kKGather);
+      for (int j0 = 0; j0 < n_pad; j0 += 8) {
+        const float* krows[8];
+        for (int u = 0; u < 8; ++u) krows[u] = j0 + u < count ? key_row(t.k_start + sc.keys[j0 + u]) : nullptr;
+        transpose_key_rows(krows, D, kt + j0);
+      }
     }
     gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, kt, kBlockN, s, kBlockN, false, row_extent);
   }
@@ -247,6 +254,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   const uint64_t all_keys = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
   auto allowed_keys = [&](int r) { return masked ? sc.allow[r] : all_keys; };
 
+  LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kSoftmax));
   if (p.normalize == kSoftmax) {
     // Rows in batches of 8: their maxima and sums are reduced together (one transpose-like tree for 8
     // rows instead of two horizontal reductions per row and head, several % of the samples at D = 8).
@@ -332,6 +340,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   }
   for (int r = t.rows; r < t.m_pad; ++r) std::fill(s + r * kBlockN, s + r * kBlockN + n_pad, 0.0f);
 
+  LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kVCopy));
   // V rows as the GEMM's B: in place when consecutive, unpadded and (in masked blocks, where a masked
   // key's 0 weight must not meet a NaN / Inf) finite, else copied into a padded block.
   const float* vb = value_row(first);
@@ -374,6 +383,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       return;
     }
   }
+  LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kPVGemm));
   if constexpr (kFewQueries) {  // 4-row blocks, no padding rows to multiply
     using FourRows = GemmShape<typename Shape::Vec, 4, Shape::kVecsPerRow>;
     static_assert(FourRows::kCols == Shape::kCols, "the same column padding");
@@ -431,8 +441,10 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
     }
   }
   if (masked) block_allowed_keys(t, count);
+  LK_PROF_STMT(::lk::cpu::prof::totals.blocks.fetch_add(1, std::memory_order_relaxed));
   for (int i = 0; i < t.group; ++i) {
     select_head(t, i);
+    LK_PROF_SCOPE(kSGemm);
     attend_head_keys<Shape, kFewQueries>(t, count, masked);
   }
 }
@@ -451,6 +463,7 @@ LK_INLINE void run_gathered(TileTask& t, const int* keys, int count, bool masked
 // allowed pairs even for masks as sparse as PerSRec's.
 template <typename Shape, bool kFewQueries>
 LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group, Scratch& sc, int row_lo, int row_hi) {
+  LK_PROF_SCOPE(kClassify);
   const int b = w.seq, q_tile = w.tile;
   const AttentionParams& p = *job.p;
   TileTask t;
@@ -476,6 +489,7 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
                                                           t.q_start + t.row0 + t.rows);
   t.qb = TileBounds{q_sum, t.row0 + t.align, t.row0 + t.rows - 1 + t.align};
   const int D = p.head_dim, H = p.heads;
+  LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kQSetup));
 
   // Scaled query rows per head; padding rows are zero and never written out.
   t.key_major = t.rows <= kFewRows;
@@ -499,6 +513,7 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
     }
   }
   std::fill(sc.seen, sc.seen + t.m_pad, false);
+  LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kClassify));
 
   // Keys of partial tiles are classified one by one against the rows: those every row may see are
   // gathered into unmasked blocks (no rule check, read in place when consecutive), the others into
@@ -553,6 +568,7 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
   if (n_masked > 0) run_gathered<Shape, kFewQueries>(t, masked_keys, n_masked, true);
 
   const int Dv = p.value_dim;
+  LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kOutput));
   for (int i = 0; i < group; ++i) {
     select_head(t, i);
     for (int r = 0; r < t.rows; ++r) {
@@ -761,7 +777,9 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   float* const v_panels = kt_panels + panels * Hkv * kt_floats;
   std::vector<uint8_t> v_panel_finite((size_t)(panels * Hkv));
   const PackPanelFn pack = isa_pick(kPackPanel);
+  LK_PROF_STMT(::lk::cpu::prof::totals.calls.fetch_add(1); std::atomic<uint64_t> prof_busy{0}; uint64_t prof_t0 = __rdtsc());
   pool.parallel_for(panels * Hkv, [&](int64_t i, int) {  // i = kv head * panels + packed tile
+    LK_PROF_STMT(const uint64_t task_t0 = __rdtsc(); ::lk::cpu::prof::switch_to(::lk::cpu::prof::kPack));
     const auto [b, t] = panel_tiles[(size_t)(i % panels)];
     const int kv_head = (int)(i / panels);
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
@@ -769,6 +787,7 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     v_panel_finite[(size_t)i] = pack(k.data + (key0 * Hkv + kv_head) * D, v.data + (key0 * Hkv + kv_head) * Dv, (int64_t)Hkv * D,
                                      (int64_t)Hkv * Dv, D, Dv, cols, kt_panels + (size_t)i * kt_floats,
                                      v_panels + (size_t)i * v_floats);
+    LK_PROF_STMT(::lk::cpu::prof::stop(); prof_busy.fetch_add(__rdtsc() - task_t0));
   });
   const Job job{&p, q.data, k.data, v.data, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
                 kt_panels, v_panels, v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data()};
@@ -783,11 +802,15 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   const AttendTileFn attend_tile = isa_pick(kAttendTile);  // one path for the whole call
   const AttendTileFn attend_few_tile = isa_pick(kAttendFewTile);
   pool.parallel_for((int64_t)tasks.size() * n_groups, [&](int64_t i, int worker) {
+    LK_PROF_STMT(const uint64_t task_t0 = __rdtsc());
     const PlanWork& w = tasks[(size_t)(i / n_groups)];
     const int h0 = (int)(i % n_groups) * group;
     const int rows = p.q_layout.offsets[w.seq + 1] - p.q_layout.offsets[w.seq] - w.tile * kBlockM;
     (rows <= 4 ? attend_few_tile : attend_tile)(job, w, h0, std::min(group, p.heads - h0), scratch[worker]);
+    LK_PROF_STMT(::lk::cpu::prof::stop(); prof_busy.fetch_add(__rdtsc() - task_t0));
   });
+  // Idle: the threads' time inside the two parallel_fors (and the scratch set-up between them) that no task used.
+  LK_PROF_STMT(::lk::cpu::prof::totals.cycles[::lk::cpu::prof::kIdle].fetch_add((__rdtsc() - prof_t0) * pool.size() - prof_busy.load()));
 
   give_back_panel_storage(std::move(storage));
   if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);

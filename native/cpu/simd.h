@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "phase_profile.h"
+
 namespace lk::cpu {
 
 typedef float v8f __attribute__((vector_size(32)));
@@ -152,6 +154,7 @@ LK_INLINE void gemm_blocks(int m, int n, int k, const float* a, int lda, const f
                            int ldc, bool accumulate) {
   using V = typename Shape::Vec;
   constexpr int R = Shape::kRows, NV = Shape::kVecsPerRow, W = Shape::kWidth;
+  LK_PROF_MACS((int64_t)m * n * k);
   for (int i0 = 0; i0 < m; i0 += R) {
     for (int j0 = 0; j0 < n; j0 += Shape::kCols) {
       V acc[R][NV];
