@@ -42,6 +42,23 @@ for (const isa of PATHS) {
       }
     });
 
+    test.serial(`heads of D 40-128 grouped up to 256 columns per task on ${isa}, ${dtype} = reference (every preset, custom rules, GQA, Dv != D)`, async (t) => {
+      // Sequences over several query and key tiles (packed panels, partial tiles, per-segment row
+      // ranges), so that a task's heads share every kind of key block.
+      native()._setCpuIsa(isa);
+      const rng = new Rng(isa.length * 6151 + dtype.length * 29);
+      for (let round = 0; round < 7; round++) {
+        const rule = round < PRESETS.length ? PRESETS[round] : randomRule(rng);
+        const kind = typeof rule === 'string' && rule !== 'causal' && rule !== 'full' ? rule : 'mixed';
+        const batch = rng.int(6, 12);
+        const qSeqs = sequences(rng, kind, batch, 200).map((s) => (rng.bool(0.5) ? s : randomSequence(rng, kind, 60)));
+        const kSeqs = rng.bool(0.25) ? qSeqs.map((s) => (rng.bool(0.7) ? s : randomSequence(rng, kind, 60))) : undefined;
+        const kvHeads = rng.pick([1, 2]), heads = kvHeads * rng.pick([1, 2, 4]);
+        await checkCpuAttention(t, { rule, qSeqs, kSeqs, heads: Math.max(2, heads), kvHeads: heads < 2 ? 1 : kvHeads,
+          D: rng.pick([40, 64, 128]), Dv: rng.pick([48, 64, 72, 128]), silu: rng.bool(0.15) }, dtype, rng, `round ${round} on ${isa}`);
+      }
+    });
+
     test.serial(`few-query tiles (<= 8 queries) with all heads per task on ${isa}, ${dtype} = reference (long keys, every preset, custom rules)`, async (t) => {
       native()._setCpuIsa(isa);
       const rng = new Rng(isa.length * 104729 + dtype.length * 3);

@@ -667,14 +667,18 @@ const IsaTable<AttendTileFn> kAttendTile = {{attend_tile_portable, LK_IF_NEON(at
 const IsaTable<AttendTileFn> kAttendFewTile = {{attend_tile_portable_few, LK_IF_NEON(attend_tile_neon_few),
                                                 LK_IF_X86(attend_tile_avx2_few), LK_IF_X86(attend_tile_avx512_few), nullptr}};
 
-// Heads per task. Small heads are grouped up to 64 columns of Q K^T work, so the group shares one
-// classification, gather and mask per key block; when every query tile is a few-query tile (cross
-// attention of a few candidates over a long history), all heads are grouped so that whole K / V rows
-// stream once per key block. Groups shrink while there would be too few tasks to balance the pool.
+// Heads per task: up to kGroupColumns columns of Q K^T work, so that the group shares one
+// classification, mask bit set and row-range split per key block, and reads its Q and writes its O
+// rows as whole H * D runs. At D = 64 one head per task redid them for every head: with memory-token
+// masks (~100 keys per row) they took ~15% of the kernel (phase profile, README #14). When every
+// query tile is a few-query tile (cross attention of a few candidates over a long history), all heads
+// are grouped so that whole K / V rows stream once per key block. Groups shrink while there would be
+// too few tasks to balance the pool.
+constexpr int kGroupColumns = 256;
 int group_heads(const AttentionParams& p, const std::vector<int32_t>& q_base, int threads) {
   int max_rows = 0;
   for (int b = 0; b < p.batch; ++b) max_rows = std::max(max_rows, p.q_layout.offsets[b + 1] - p.q_layout.offsets[b]);
-  int group = max_rows <= kFewRows ? p.heads : std::max(1, 64 / std::max(p.head_dim, p.value_dim));
+  int group = max_rows <= kFewRows ? p.heads : std::max(1, kGroupColumns / std::max(p.head_dim, p.value_dim));
   group = std::min({group, p.heads, kMaxGroupHeads});
   const int64_t tiles = q_base[(size_t)p.batch];
   while (group > 1 && tiles * ((p.heads + group - 1) / group) < 4 * (int64_t)threads) group = (group + 1) / 2;
