@@ -11,6 +11,7 @@
 #include "../../cuda/common/ieee.h"
 #include "../thread_pool.h"
 #include "attention_cpu.h"
+#include "convert.h"
 #include "isa.h"
 #include "simd.h"
 
@@ -18,15 +19,15 @@ namespace lk::cpu {
 namespace {
 
 // Float32 rows of a row-major [rows, width] input: float32 rows are read in place (no copy of
-// K / V, which can be hundreds of MB); float16 / bfloat16 rows are converted into `scratch`.
+// K / V, which can be hundreds of MB); float16 / bfloat16 rows are widened into `scratch` (F16C on
+// AVX2 and later, convert.h).
 struct RowSource {
   const void* base;
   DType dtype;
   int64_t width;
   const float* row(int64_t r, float* scratch) const {
     if (dtype == kFloat32) return static_cast<const float*>(base) + r * width;
-    const uint16_t* bits = static_cast<const uint16_t*>(base) + r * width;
-    for (int64_t i = 0; i < width; ++i) scratch[i] = dtype == kFloat16 ? half_to_float(bits[i]) : bfloat16_to_float(bits[i]);
+    widen_row(static_cast<const uint16_t*>(base) + r * width, dtype, scratch, width);
     return scratch;
   }
 };
@@ -250,11 +251,8 @@ LK_INLINE void prefetch_row(const void* row, size_t bytes) {
 }
 
 void store_output(DType dtype, const float* src, void* dst, int64_t offset, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) {
-    if (dtype == kFloat32) static_cast<float*>(dst)[offset + i] = src[i];
-    else if (dtype == kFloat16) static_cast<uint16_t*>(dst)[offset + i] = float_to_half(src[i]);
-    else static_cast<uint16_t*>(dst)[offset + i] = float_to_bfloat16(src[i]);
-  }
+  if (dtype == kFloat32) std::memcpy(static_cast<float*>(dst) + offset, src, sizeof(float) * count);
+  else narrow_row(src, dtype, static_cast<uint16_t*>(dst) + offset, count);
 }
 
 // Queries of one batch entry attended together: a key selected by several of them is gathered once.
