@@ -7,7 +7,6 @@
 #include <mutex>
 #include <vector>
 
-#include "../../cuda/common/half_convert.h"
 #include "../../cuda/common/ieee.h"
 #include "../../cuda/common/tile_plan.h"
 #include "../thread_pool.h"

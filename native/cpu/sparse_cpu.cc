@@ -7,7 +7,6 @@
 #include <memory>
 #include <vector>
 
-#include "../../cuda/common/half_convert.h"
 #include "../../cuda/common/ieee.h"
 #include "../thread_pool.h"
 #include "attention_cpu.h"
