@@ -80,6 +80,7 @@ async function oneRun(threads: number, crossKeys: number, groups: Set<string>): 
   if (groups.has('cross')) {
     await crossTarget(threads, crossKeys, 4, peak, out);
     await crossTarget(threads, crossKeys, 8, peak, out);  // 5-8 query rows: two 4-row groups per chunk
+    await crossHalfTarget(crossKeys, out);
   }
   return out;
 }
@@ -152,6 +153,27 @@ async function crossTarget(threads: number, crossKeys: number, Lq: number, peak:
   out.push({ name: `cross ${B}x${Lq}x${Lk} H8 D64 speed-up vs onnxruntime (first run: ours ${ours.toFixed(0)} ms, ${crossGflops.toFixed(1)} GF/s, ${(crossGflops / peak).toFixed(2)} of sgemm; onnxruntime ${ort.toFixed(0)} ms)`,
     value: ort / ours, cpuValue: ortTime.cpuMs / oursTime.cpuMs, goal: '>= 1.2', met: ort / ours >= 1.2,
     times: { oursMs: ours, onnxruntimeMs: ort, oursCpuMs: oursTime.cpuMs, onnxruntimeCpuMs: ortTime.cpuMs } });
+}
+
+async function crossHalfTarget(crossKeys: number, out: Target[]): Promise<void> {
+  // 7 (informational): the 4-query cross shape in bfloat16 / float16 against float32, same values. The
+  // kernel is memory-bound there, so half types (half the bytes, widened per key block) should take
+  // well under the float32 time.
+  const B = 64, Lq = 4, Lk = crossKeys, H = 8, D = 64;
+  const layout = { q: { offsets: Int32Array.from({ length: B + 1 }, (_, i) => i * Lq) }, kv: { offsets: Int32Array.from({ length: B + 1 }, (_, i) => i * Lk) }, rule: 'full' as const };
+  const values = [randomFloats(B * Lq * H * D, 11), randomFloats(B * Lk * H * D, 12), randomFloats(B * Lk * H * D, 13)];
+  const time: Record<string, CallTime> = {};
+  for (const dtype of ['float32', 'bfloat16', 'float16'] as DType[]) {
+    const [q, k, v] = values.map((x, i) => tensor(x, [i === 0 ? B * Lq : B * Lk, H, D], { dtype }));
+    time[dtype] = await timeCalls(async () => { const r = await maskedAttention(q, k, v, layout); r.output.dispose(); });
+    for (const x of [q, k, v]) x.dispose();
+  }
+  for (const dtype of ['bfloat16', 'float16']) {
+    const ratio = time[dtype].wallMs / time.float32.wallMs;
+    out.push({ name: `${dtype} / float32 time (cross ${B}x${Lq}x${Lk} H8 D64)`, value: ratio, cpuValue: time[dtype].cpuMs / time.float32.cpuMs,
+      goal: '<= 0.7', met: ratio <= 0.7,
+      times: { [`${dtype}WallMs`]: time[dtype].wallMs, [`${dtype}CpuMs`]: time[dtype].cpuMs, float32WallMs: time.float32.wallMs, float32CpuMs: time.float32.cpuMs } });
+  }
 }
 
 function median(xs: number[]): number {

@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { backends, indexedCrossAttention, indexerScores, maskedAttention, sparseAttention, tensor, topK, Tensor } from '../lib/index';
+import { backends, indexedCrossAttention, indexerScores, maskedAttention, sparseAttention, tensor, topK, DType, Tensor } from '../lib/index';
 import { createDenseMaskedAttention, measureSgemmPeak, randomFloats, timeIt } from './ort-peer';
 
 const USERS = 64, QUERIES = 4, H = 8, D = 64, HI = 2, DI = 64;
@@ -16,7 +16,12 @@ const USERS = 64, QUERIES = 4, H = 8, D = 64, HI = 2, DI = 64;
 async function main() {
   const threads = os.cpus().length;
   const info = backends();
-  console.log(`lifelong-kernels bench: indexer-selected sparse cross attention, ${USERS} users x ${QUERIES} queries, H=${H}, D=${D}, indexer ${HI}x${DI}, float32, ${threads} threads`);
+  // `-- --dtype float16` (or bfloat16) runs our paths on that dtype (onnxruntime stays float32).
+  const dtypeArg = process.argv.indexOf('--dtype');
+  const dtype = (dtypeArg >= 0 ? process.argv[dtypeArg + 1] : 'float32') as DType;
+  if (!['float32', 'float16', 'bfloat16'].includes(dtype)) throw new RangeError(`--dtype: expected float32, float16 or bfloat16, got '${dtype}'`);
+  const elemBytes = dtype === 'float32' ? 4 : 2;
+  console.log(`lifelong-kernels bench: indexer-selected sparse cross attention, ${USERS} users x ${QUERIES} queries, H=${H}, D=${D}, indexer ${HI}x${DI}, ${dtype}, ${threads} threads`);
   console.log(`CUDA: ${info.cuda.available ? info.cuda.devices.map((d) => d.name).join(', ') : 'unavailable (' + info.cuda.reason + ')'}\n`);
   const peakGflops = await measureSgemmPeak(threads);
   console.log(`dense sgemm anchor (onnxruntime MatMul 1024^3): ${peakGflops.toFixed(1)} GFLOP/s\n`);
@@ -31,12 +36,12 @@ async function main() {
     const nq = USERS * QUERIES, tk = USERS * keys;
     const qOffsets = new Int32Array(USERS + 1).map((_, i) => i * QUERIES);
     const kOffsets = new Int32Array(USERS + 1).map((_, i) => i * keys);
-    const q = tensor(randomFloats(nq * H * D, 1), [nq, H, D]);
-    const k = tensor(randomFloats(tk * H * D, 2), [tk, H, D]);
-    const v = tensor(randomFloats(tk * H * D, 3), [tk, H, D]);
-    const qI = tensor(randomFloats(nq * HI * DI, 4), [nq, HI, DI]);
-    const kI = tensor(randomFloats(tk * DI, 5), [tk, DI]);
-    const w = tensor(randomFloats(nq * HI, 6), [nq, HI]);
+    const q = tensor(randomFloats(nq * H * D, 1), [nq, H, D], { dtype });
+    const k = tensor(randomFloats(tk * H * D, 2), [tk, H, D], { dtype });
+    const v = tensor(randomFloats(tk * H * D, 3), [tk, H, D], { dtype });
+    const qI = tensor(randomFloats(nq * HI * DI, 4), [nq, HI, DI], { dtype });
+    const kI = tensor(randomFloats(tk * DI, 5), [tk, DI], { dtype });
+    const w = tensor(randomFloats(nq * HI, 6), [nq, HI], { dtype });
     const layout = { qOffsets, kOffsets };
     // Dense baselines: every query attends to all keys of its user.
     const denseOurs = await timeIt(async () => {
@@ -65,7 +70,7 @@ async function main() {
       const sparseFlops = nq * (2 * HI * DI * keys + 2 * H * (D + D) * selected);
       const denseFlops = nq * 2 * H * (D + D) * keys;
       // Bytes the sparse path must read: every indexer key once, each query's selected K and V rows.
-      const sparseBytes = 4 * (tk * DI + nq * selected * H * (D + D));
+      const sparseBytes = elemBytes * (tk * DI + nq * selected * H * (D + D));
       const gflops = (flops: number, ms: number) => flops / (ms * 1e6);
       const row = { keys, topK: topk, fusedMs: fused.medianMs, stepsMs: steps.medianMs, denseOursMs: denseOurs.medianMs, denseOrtMs: ortMs,
         fusedGflops: gflops(sparseFlops, fused.medianMs), fusedGBps: sparseBytes / (fused.medianMs * 1e6),
@@ -82,7 +87,7 @@ async function main() {
   const dir = path.join(__dirname, '..', '..', 'bench', 'results');
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `sparse-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  fs.writeFileSync(file, JSON.stringify({ bench: 'indexedCrossAttention', date: new Date().toISOString(), users: USERS, queries: QUERIES, heads: H, headDim: D, indexerHeads: HI, indexerDim: DI, threads, sgemmPeakGflops: peakGflops,
+  fs.writeFileSync(file, JSON.stringify({ bench: 'indexedCrossAttention', date: new Date().toISOString(), dtype, users: USERS, queries: QUERIES, heads: H, headDim: D, indexerHeads: HI, indexerDim: DI, threads, sgemmPeakGflops: peakGflops,
     peer: 'onnxruntime-node dense cross attention over every key (MatMul, Add mask, Softmax, MatMul)', rows }, null, 2));
   console.log(`\nwrote ${path.relative(process.cwd(), file)}`);
 }

@@ -7,7 +7,6 @@
 #include <mutex>
 #include <vector>
 
-#include "../../cuda/common/half_convert.h"
 #include "../../cuda/common/ieee.h"
 #include "../../cuda/common/tile_plan.h"
 #include "../thread_pool.h"
@@ -44,6 +43,7 @@ static_assert(kBlockN % GemmKeyMajor::kRows == 0, "key blocks must split into ke
 struct Scratch {
   FloatBuffer q, kt, s, v, o;
   FloatBuffer q_cols, s_keys;  // key-major path: Q^T [D][kFewRows] per head, S^T [kBlockN][kFewRows]
+  FloatBuffer k_block, v_block;  // half types: the block's K / V rows of the group's kv heads, widened
   size_t o_stride = 0;         // floats of one head's O tile
   float m[kMaxGroupHeads][kMaxRows], l[kMaxGroupHeads][kMaxRows];
   uint64_t allow[kMaxRows];  // masked blocks: bit j of row r set when the row may see key j
@@ -51,7 +51,7 @@ struct Scratch {
   bool seen[kMaxRows];       // the row has met an allowed key (the mask is the same for every head)
   int keys[kBlockN];  // key positions (inside the sequence) of the block being computed
   int32_t key_role[kBlockN], key_seg[kBlockN], key_pos[kBlockN];  // masked blocks: the keys' attributes
-  void init(int head_dim, int value_dim, int group_heads) {
+  void init(int head_dim, int value_dim, int group_heads, int group_kv_heads, DType dtype) {
     o_stride = (size_t)kMaxRows * round_up(value_dim, kWidestCols);
     q = alloc_floats((size_t)group_heads * kMaxRows * head_dim);
     kt = alloc_floats((size_t)head_dim * kBlockN);
@@ -60,15 +60,21 @@ struct Scratch {
     o = alloc_floats((size_t)group_heads * o_stride);
     q_cols = alloc_floats((size_t)group_heads * head_dim * kFewRows);
     s_keys = alloc_floats((size_t)kBlockN * kFewRows);
+    if (dtype != kFloat32) {
+      k_block = alloc_floats((size_t)kBlockN * group_kv_heads * head_dim);
+      v_block = alloc_floats((size_t)kBlockN * group_kv_heads * value_dim);
+    }
   }
 };
 
 struct Job {
   const AttentionParams* p;
+  // float32 tensors, or null for float16 / bfloat16 ones: those are widened as they are loaded (Q
+  // rows, panels, a block's K / V rows) and the output narrowed as it is written, never whole.
   const float* q;
   const float* k;
   const float* v;
-  float* out;  // float32 [tq, heads, value_dim]
+  float* out;  // [tq, heads, value_dim]
   const TileSummary* q_tiles;  // every real query tile: sequence b's are [q_base[b], q_base[b + 1])
   const TileSummary* k_tiles;  // every real key tile, likewise by k_base
   const int32_t* q_base;
@@ -98,6 +104,10 @@ struct TileTask {
   int64_t panel;
   int panel_col;
   bool keys_consecutive;  // the block's keys are consecutive positions (set once per block by attend_keys)
+  // Half types: the block's K / V rows of kv heads [block_g0, block_g0 + block_heads), widened by
+  // attend_keys into Scratch::k_block / v_block (key j of the block is row j there).
+  bool block_widened;
+  int block_g0, block_heads;
   TileBounds qb;
   // The head being computed inside the group, and its slices of the scratch.
   int h, g;
@@ -187,13 +197,20 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   const int dvp = t.dv_pad;
 
   float* s = sc.s.get();
-  // This head's K / V row of key `j` of the packed batch (rows of all heads are Hkv * D apart).
-  auto key_row = [&](int64_t j) { return t.job->k + (j * Hkv + t.g) * D; };
-  auto value_row = [&](int64_t j) { return t.job->v + (j * Hkv + t.g) * Dv; };
+  // This head's K / V row of key `j` of the block: in the tensors (rows of all heads are Hkv * D
+  // apart), or in the block's widened rows (half types), which are consecutive whatever the keys.
+  const bool widened = t.block_widened;
+  const int64_t k_stride = widened ? (int64_t)t.block_heads * D : (int64_t)Hkv * D;
+  const int64_t v_stride = widened ? (int64_t)t.block_heads * Dv : (int64_t)Hkv * Dv;
+  auto key_row = [&](int j) {
+    return widened ? sc.k_block.get() + j * k_stride + (t.g - t.block_g0) * D : t.job->k + ((t.k_start + sc.keys[j]) * Hkv + t.g) * D;
+  };
+  auto value_row = [&](int j) {
+    return widened ? sc.v_block.get() + j * v_stride + (t.g - t.block_g0) * Dv : t.job->v + ((t.k_start + sc.keys[j]) * Hkv + t.g) * Dv;
+  };
   // Rows of the block's keys: read in place when they are consecutive and all allowed, else gathered
   // (a masked block's V rows are copied so that their finiteness can be checked).
-  const bool consecutive = t.keys_consecutive;
-  const int64_t first = t.k_start + sc.keys[0];
+  const bool consecutive = t.keys_consecutive || widened;
   // Masked blocks compute each row block's scores and P V terms up to its rows' last allowed key only
   // (a causal diagonal's upper right is skipped); score columns past it hold garbage that the mask
   // and the softmax never read as allowed.
@@ -202,7 +219,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   if (kFewQueries && D % 8 == 0) {
     // At most 4 queries: dot products of whole key rows (read in place or through the gather list)
     // with the 4 query rows, two keys at a time (dot_2keys_4rows).
-    auto krow = [&](int j) { return key_row(t.k_start + sc.keys[j]); };
+    auto krow = key_row;
     const float* q = t.q_rows;  // rows past t.rows are zero (m_pad >= 4 for every shape)
     static_assert(Shape::kRows >= 4, "four query rows exist in the padded Q tile");
     for (int j = 0; j < count; j += 2) {
@@ -214,13 +231,13 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     }
   } else if (t.key_major) {
     const int n8 = round_up(count, GemmKeyMajor::kRows);
-    const float* a = key_row(first);
-    int lda = Hkv * D;
+    const float* a = key_row(0);
+    int lda = (int)k_stride;
     if (!consecutive || n8 != count) {
       LK_PROF_SCOPE(kKGather);
       float* rows = sc.kt.get();  // [n8][D]
       for (int j = 0; j < n8; ++j) {
-        if (j < count) std::memcpy(rows + (size_t)j * D, key_row(t.k_start + sc.keys[j]), sizeof(float) * D);
+        if (j < count) std::memcpy(rows + (size_t)j * D, key_row(j), sizeof(float) * D);
         else std::fill(rows + (size_t)j * D, rows + (size_t)(j + 1) * D, 0.0f);
       }
       a = rows;
@@ -242,7 +259,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       LK_PROF_SCOPE(kKGather);
       for (int j0 = 0; j0 < n_pad; j0 += 8) {
         const float* krows[8];
-        for (int u = 0; u < 8; ++u) krows[u] = j0 + u < count ? key_row(t.k_start + sc.keys[j0 + u]) : nullptr;
+        for (int u = 0; u < 8; ++u) krows[u] = j0 + u < count ? key_row(j0 + u) : nullptr;
         transpose_key_rows(krows, D, kt + j0);
       }
     }
@@ -343,8 +360,8 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kVCopy));
   // V rows as the GEMM's B: in place when consecutive, unpadded and (in masked blocks, where a masked
   // key's 0 weight must not meet a NaN / Inf) finite, else copied into a padded block.
-  const float* vb = value_row(first);
-  int ldv = Hkv * Dv;
+  const float* vb = value_row(0);
+  int ldv = (int)v_stride;
   bool v_in_place = consecutive && count == n_pad && Dv == dvp;
   if (t.panel >= 0 && Dv == dvp) {
     // The packed panel's rows past `count` weigh 0, which a NaN / Inf among them would turn NaN.
@@ -353,14 +370,14 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     ldv = Dv;
     v_in_place = t.job->v_panel_finite[vp] || (!masked && count == n_pad);
   } else {
-    for (int j = 0; masked && v_in_place && j < count; ++j) v_in_place = all_finite(value_row(first + j), Dv);
+    for (int j = 0; masked && v_in_place && j < count; ++j) v_in_place = all_finite(value_row(j), Dv);
   }
   if (!v_in_place) {
     float* vs = sc.v.get();
     for (int j = 0; j < n_pad; ++j) {
       float* dst = vs + j * dvp;
       if (j < count) {
-        std::memcpy(dst, value_row(t.k_start + sc.keys[j]), sizeof(float) * Dv);
+        std::memcpy(dst, value_row(j), sizeof(float) * Dv);
         std::fill(dst + Dv, dst + dvp, 0.0f);
       } else {
         std::fill(dst, dst + dvp, 0.0f);
@@ -433,12 +450,31 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
     const int g_lo = t.h0 / (p.heads / Hkv), g_hi = (t.h0 + t.group - 1) / (p.heads / Hkv);
     const int64_t next = t.k_start + t.sc->keys[0] + kBlockN;
     const int ahead = (int)std::max<int64_t>(0, std::min<int64_t>(kBlockN, p.tk - next));
+    const int elem = p.dtype == kFloat32 ? 4 : 2;
+    const char* k_bytes = static_cast<const char*>(p.k);
+    const char* v_bytes = static_cast<const char*>(p.v);
     for (int j = 0; j < ahead; ++j) {
-      const float* krow = t.job->k + (next + j) * Hkv * D;
-      const float* vrow = t.job->v + (next + j) * Hkv * Dv;
-      for (int d = g_lo * D; d < (g_hi + 1) * D; d += 16) __builtin_prefetch(krow + d);
-      for (int d = g_lo * Dv; d < (g_hi + 1) * Dv; d += 16) __builtin_prefetch(vrow + d);
+      const char* krow = k_bytes + (next + j) * Hkv * D * elem;
+      const char* vrow = v_bytes + (next + j) * Hkv * Dv * elem;
+      for (int d = g_lo * D * elem; d < (g_hi + 1) * D * elem; d += 64) __builtin_prefetch(krow + d);
+      for (int d = g_lo * Dv * elem; d < (g_hi + 1) * Dv * elem; d += 64) __builtin_prefetch(vrow + d);
     }
+  }
+  // Half types: the block's rows of the group's kv heads widened once for all its heads, unless every
+  // head reads packed panels only (K^T, and V when its rows need no padding).
+  t.block_widened = false;
+  if (p.dtype != kFloat32 && !(t.panel >= 0 && !t.key_major && p.value_dim == t.dv_pad)) {
+    const int Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim;
+    t.block_g0 = t.h0 / (p.heads / Hkv);
+    t.block_heads = (t.h0 + t.group - 1) / (p.heads / Hkv) - t.block_g0 + 1;
+    const uint16_t* k_half = static_cast<const uint16_t*>(p.k);
+    const uint16_t* v_half = static_cast<const uint16_t*>(p.v);
+    for (int j = 0; j < count; ++j) {
+      const int64_t key = t.k_start + keys[j];
+      widen_row(k_half + (key * Hkv + t.block_g0) * D, p.dtype, t.sc->k_block.get() + (int64_t)j * t.block_heads * D, (int64_t)t.block_heads * D);
+      widen_row(v_half + (key * Hkv + t.block_g0) * Dv, p.dtype, t.sc->v_block.get() + (int64_t)j * t.block_heads * Dv, (int64_t)t.block_heads * Dv);
+    }
+    t.block_widened = true;
   }
   if (masked) block_allowed_keys(t, count);
   LK_PROF_STMT(::lk::cpu::prof::totals.blocks.fetch_add(1, std::memory_order_relaxed));
@@ -498,9 +534,15 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
     float* qs = t.q_rows;
     const float scale = p.scale;
     for (int r = 0; r < t.m_pad; ++r) {
-      const float* src = job.q + ((t.q_start + t.row0 + r) * H + t.h) * D;
-      if (r < t.rows) for (int d = 0; d < D; ++d) qs[r * D + d] = src[d] * scale;
-      else std::fill(qs + r * D, qs + (r + 1) * D, 0.0f);
+      const int64_t offset = ((t.q_start + t.row0 + r) * H + t.h) * D;
+      if (r >= t.rows) {
+        std::fill(qs + r * D, qs + (r + 1) * D, 0.0f);
+      } else if (job.q) {
+        for (int d = 0; d < D; ++d) qs[r * D + d] = job.q[offset + d] * scale;
+      } else {
+        widen_row(static_cast<const uint16_t*>(p.q) + offset, p.dtype, qs + r * D, D);
+        for (int d = 0; d < D; ++d) qs[r * D + d] *= scale;
+      }
     }
     if (t.key_major) {  // Q^T, scaled, zero columns past the tile's rows
       for (int d = 0; d < D; ++d)
@@ -573,15 +615,20 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
     select_head(t, i);
     for (int r = 0; r < t.rows; ++r) {
       const int64_t qi = t.q_start + t.row0 + r;
-      float* dst = job.out + (qi * H + t.h) * Dv;
-      const float* orow = t.o + r * t.dv_pad;
+      float* orow = t.o + r * t.dv_pad;
       // No allowed key: 0 and lse -inf. Allowed keys whose scores are all -inf: l is 0, the row NaN
       // (the reference's exp(-inf + inf)). Else l >= 1 (the max's own term) or NaN.
       const float l = t.l[r];
       const bool seen = sc.seen[r];
       float norm = 1.0f;
       if (p.normalize == kSoftmax) norm = !seen ? 0.0f : l == 0.0f ? quiet_nan() : 1.0f / l;
-      for (int c = 0; c < Dv; ++c) dst[c] = orow[c] * norm;
+      if (job.out) {
+        float* dst = job.out + (qi * H + t.h) * Dv;
+        for (int c = 0; c < Dv; ++c) dst[c] = orow[c] * norm;
+      } else {  // half types: narrowed as it is written (the O tile is not read again)
+        for (int c = 0; c < Dv; ++c) orow[c] *= norm;
+        narrow_row(orow, p.dtype, static_cast<uint16_t*>(p.out) + (qi * H + t.h) * Dv, Dv);
+      }
       if (p.lse) p.lse[qi * H + t.h] = !seen ? kNegInf : l == 0.0f ? quiet_nan() : t.m[r] + std::log(l);
     }
   }
@@ -612,25 +659,33 @@ LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int g
 }
 
 // One (kv head, key tile)'s panels: K^T [D][kBlockN] by 8 x 8 register transposes and V rows
-// [kBlockN][Dv], zero past the tile's `cols` keys (rows `k_stride` / `v_stride` floats apart).
-// Returns whether every V value of the panel is finite.
-LK_INLINE bool pack_panel(const float* k_rows, const float* v_rows, int64_t k_stride, int64_t v_stride, int D, int Dv, int cols,
-                          float* kt_panel, float* v_panel) {
+// [kBlockN][Dv], zero past the tile's `cols` keys (rows `k_stride` / `v_stride` elements apart, of
+// `dtype`: half types are widened as they are packed, 8 K rows at a time through `k_widened`,
+// 8 x D floats). Returns whether every V value of the panel is finite.
+LK_INLINE bool pack_panel(const void* k_rows, const void* v_rows, DType dtype, int64_t k_stride, int64_t v_stride, int D, int Dv,
+                          int cols, float* k_widened, float* kt_panel, float* v_panel) {
+  const bool f32 = dtype == kFloat32;
   for (int j0 = 0; j0 < kBlockN; j0 += 8) {
     const float* krows[8];
-    for (int u = 0; u < 8; ++u) krows[u] = j0 + u < cols ? k_rows + (j0 + u) * k_stride : nullptr;
+    for (int u = 0; u < 8; ++u) {
+      const int64_t offset = (j0 + u) * k_stride;
+      krows[u] = j0 + u >= cols ? nullptr : f32 ? static_cast<const float*>(k_rows) + offset : k_widened + u * D;
+      if (!f32 && krows[u]) widen_row(static_cast<const uint16_t*>(k_rows) + offset, dtype, k_widened + u * D, D);
+    }
     transpose_key_rows(krows, D, kt_panel + j0);
   }
   for (int j = 0; j < kBlockN; ++j) {
     float* vrow = v_panel + (size_t)j * Dv;
-    if (j < cols) std::memcpy(vrow, v_rows + j * v_stride, sizeof(float) * Dv);
-    else std::fill(vrow, vrow + Dv, 0.0f);
+    if (j >= cols) std::fill(vrow, vrow + Dv, 0.0f);
+    else if (f32) std::memcpy(vrow, static_cast<const float*>(v_rows) + j * v_stride, sizeof(float) * Dv);
+    else widen_row(static_cast<const uint16_t*>(v_rows) + j * v_stride, dtype, vrow, Dv);
   }
   return all_finite(v_panel, kBlockN * Dv);  // kBlockN * Dv is a multiple of 8
 }
 #define LK_PACK_ENTRY(name, attr)                                                                              \
-  attr bool name(const float* k, const float* v, int64_t ks, int64_t vs, int D, int Dv, int cols, float* kt, float* vp) { \
-    return pack_panel(k, v, ks, vs, D, Dv, cols, kt, vp);                                                     \
+  attr bool name(const void* k, const void* v, DType dtype, int64_t ks, int64_t vs, int D, int Dv, int cols, float* kw, float* kt, \
+                 float* vp) {                                                                                   \
+    return pack_panel(k, v, dtype, ks, vs, D, Dv, cols, kw, kt, vp);                                           \
   }
 #if LK_ISA_X86
 LK_PACK_ENTRY(pack_panel_avx512, LK_TARGET_AVX512)
@@ -638,7 +693,7 @@ LK_PACK_ENTRY(pack_panel_avx2, LK_TARGET_AVX2)
 #endif
 LK_PACK_ENTRY(pack_panel_portable, )
 #undef LK_PACK_ENTRY
-using PackPanelFn = bool (*)(const float*, const float*, int64_t, int64_t, int, int, int, float*, float*);
+using PackPanelFn = bool (*)(const void*, const void*, DType, int64_t, int64_t, int, int, int, float*, float*, float*);
 const IsaTable<PackPanelFn> kPackPanel = {{pack_panel_portable, nullptr, LK_IF_X86(pack_panel_avx2), LK_IF_X86(pack_panel_avx512), nullptr}};
 
 // One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries
@@ -722,19 +777,13 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     heads_major_attention(p);
     return;
   }
-  const int64_t q_count = p.tq * p.heads * p.head_dim;
-  const int64_t k_count = p.tk * p.kv_heads * p.head_dim;
-  const int64_t v_count = p.tk * p.kv_heads * p.value_dim;
-  const int64_t out_count = p.tq * p.heads * p.value_dim;
-  Float32View q = as_float32(p.q, p.dtype, q_count);
-  Float32View k = as_float32(p.k, p.dtype, k_count);
-  Float32View v = as_float32(p.v, p.dtype, v_count);
-  FloatBuffer out_f32;
-  float* out = static_cast<float*>(p.out);
-  if (p.dtype != kFloat32) {
-    out_f32 = alloc_floats((size_t)out_count);
-    out = out_f32.get();
-  }
+  // float32 tensors are read and written in place; half types are widened and narrowed as the
+  // kernel loads and stores them (Job).
+  const bool f32 = p.dtype == kFloat32;
+  const float* q = f32 ? static_cast<const float*>(p.q) : nullptr;
+  const float* k = f32 ? static_cast<const float*>(p.k) : nullptr;
+  const float* v = f32 ? static_cast<const float*>(p.v) : nullptr;
+  float* out = f32 ? static_cast<float*>(p.out) : nullptr;
 
   // The plan: the MaskPlan's (built once, kept) or one for this call. Only real tiles exist: an
   // empty sequence costs a prefix-sum entry, whatever the longest one is.
@@ -781,19 +830,24 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   float* const v_panels = kt_panels + panels * Hkv * kt_floats;
   std::vector<uint8_t> v_panel_finite((size_t)(panels * Hkv));
   const PackPanelFn pack = isa_pick(kPackPanel);
+  const size_t elem = f32 ? 4 : 2;
+  std::vector<FloatBuffer> k_widened(pool.size());  // per worker: 8 widened K rows of half types
+  if (!f32)
+    for (auto& rows : k_widened) rows = alloc_floats((size_t)8 * D);
   LK_PROF_STMT(::lk::cpu::prof::totals.calls.fetch_add(1); std::atomic<uint64_t> prof_busy{0}; uint64_t prof_t0 = __rdtsc());
-  pool.parallel_for(panels * Hkv, [&](int64_t i, int) {  // i = kv head * panels + packed tile
+  pool.parallel_for(panels * Hkv, [&](int64_t i, int worker) {  // i = kv head * panels + packed tile
     LK_PROF_STMT(const uint64_t task_t0 = __rdtsc(); ::lk::cpu::prof::switch_to(::lk::cpu::prof::kPack));
     const auto [b, t] = panel_tiles[(size_t)(i % panels)];
     const int kv_head = (int)(i / panels);
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
-    v_panel_finite[(size_t)i] = pack(k.data + (key0 * Hkv + kv_head) * D, v.data + (key0 * Hkv + kv_head) * Dv, (int64_t)Hkv * D,
-                                     (int64_t)Hkv * Dv, D, Dv, cols, kt_panels + (size_t)i * kt_floats,
+    v_panel_finite[(size_t)i] = pack(static_cast<const char*>(p.k) + (key0 * Hkv + kv_head) * D * elem,
+                                     static_cast<const char*>(p.v) + (key0 * Hkv + kv_head) * Dv * elem, p.dtype, (int64_t)Hkv * D,
+                                     (int64_t)Hkv * Dv, D, Dv, cols, k_widened[(size_t)worker].get(), kt_panels + (size_t)i * kt_floats,
                                      v_panels + (size_t)i * v_floats);
     LK_PROF_STMT(::lk::cpu::prof::stop(); prof_busy.fetch_add(__rdtsc() - task_t0));
   });
-  const Job job{&p, q.data, k.data, v.data, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
+  const Job job{&p, q, k, v, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
                 kt_panels, v_panels, v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data()};
 
   // Tasks = (work item, head group), heaviest work items first.
@@ -802,7 +856,9 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   const int group = group_heads(p, q_base, pool.size());
   const int n_groups = (p.heads + group - 1) / group;
   std::vector<Scratch> scratch(pool.size());
-  for (auto& sc : scratch) sc.init(p.head_dim, p.value_dim, group);
+  // The kv heads of a group's heads (GQA): group consecutive heads span at most this many.
+  const int group_kv_heads = std::min(p.kv_heads, (group - 1) / (p.heads / p.kv_heads) + 2);
+  for (auto& sc : scratch) sc.init(p.head_dim, p.value_dim, group, group_kv_heads, p.dtype);
   const AttendTileFn attend_tile = isa_pick(kAttendTile);  // one path for the whole call
   const AttendTileFn attend_few_tile = isa_pick(kAttendFewTile);
   pool.parallel_for((int64_t)tasks.size() * n_groups, [&](int64_t i, int worker) {
@@ -817,7 +873,6 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   LK_PROF_STMT(::lk::cpu::prof::totals.cycles[::lk::cpu::prof::kIdle].fetch_add((__rdtsc() - prof_t0) * pool.size() - prof_busy.load()));
 
   give_back_panel_storage(std::move(storage));
-  if (p.dtype != kFloat32) narrow_from_float32(out, p.dtype, static_cast<uint16_t*>(p.out), out_count);
 }
 
 // exp8 over n floats on the active ISA's code generation, for its accuracy test (test/cpu-exp.test.ts):

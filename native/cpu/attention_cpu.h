@@ -5,8 +5,9 @@
 
 namespace lk::cpu {
 
-// Host pointers throughout. Inputs of dtype float16/bfloat16 are converted to float32 first;
-// out has q's dtype. With a plan (a MaskPlan of the same layouts and rule) its CPU geometry is
+// Host pointers throughout. Inputs of dtype float16/bfloat16 are widened to float32 as the kernel
+// loads them (Q rows, K^T / V panels, a block's K / V rows; never whole tensors) and out, of q's
+// dtype, is narrowed as it is written. With a plan (a MaskPlan of the same layouts and rule) its CPU geometry is
 // walked (built on first use, kept); without, one is built for the call (mask_plan_cpu.h).
 void masked_attention(const AttentionParams& p, PlanState* plan = nullptr);
 

@@ -35,7 +35,12 @@ constexpr float kNegInf = -INFINITY;
 
 struct Call {
   const AttentionParams* p;
-  const float *q, *k, *v;
+  // Q / K / V as given: float32, or float16 / bfloat16 bits widened a row (Q) or a key block (K / V)
+  // at a time into Scratch as they are streamed, never as whole tensors (half types read half the
+  // bytes of this memory-bound kernel).
+  const void *q, *k, *v;
+  DType dtype;
+  int elem_bytes;  // of Q / K / V / out
   int heads_per_kv;
   int head_vecs;     // score vectors per key group: H / 8, or 1 when H < 8
   int keys_per_vec;  // keys per score vector: 8 / H, or 1 when H >= 8
@@ -56,6 +61,7 @@ struct Call {
 
 struct Scratch {
   FloatBuffer q, s, o;
+  FloatBuffer k_block, v_block;  // half types: one key block's K / V rows widened (L1-sized)
   FloatBuffer weights;  // values_rows4's weights of one head, [key][row] x 8 lanes
   // Running max and sum per row in the scores' lane layout (8 floats a vector); plain floats, as
   // std::vector does not align its elements to 32 bytes.
@@ -63,11 +69,15 @@ struct Scratch {
   int32_t key_role[kMaskKeys], key_seg[kMaskKeys], key_pos[kMaskKeys];
   uint64_t allow[kChunkRows];
   bool seen[kChunkRows];
-  void init(const AttentionParams& p) {
+  void init(const AttentionParams& p, int block_keys) {
     q = alloc_floats((size_t)kChunkRows * p.heads * p.head_dim);
     s = alloc_floats((size_t)kChunkRows * kMaskKeys * p.heads);
     o = alloc_floats((size_t)kChunkRows * p.heads * p.value_dim);
     weights = alloc_floats((size_t)kMaskKeys * 4 * 8);
+    if (p.dtype != kFloat32) {
+      k_block = alloc_floats((size_t)block_keys * p.kv_heads * p.head_dim);
+      v_block = alloc_floats((size_t)block_keys * p.kv_heads * p.value_dim);
+    }
   }
 };
 
@@ -80,6 +90,11 @@ LK_INLINE v8f fold_heads(v8f x, int H, Op op) {
   return x;
 }
 
+// Element `i` of a K / V array of the call's dtype, as a byte address (for prefetches).
+LK_INLINE const char* element_address(const Call& c, const void* base, int64_t i) {
+  return static_cast<const char*>(base) + i * c.elem_bytes;
+}
+
 // The next key block's K and V rows, a few cache lines at a time while this block computes. One
 // burst of a whole block's prefetches stalls the core until most of it has arrived (the miss
 // buffers fill), so compute and memory took turns; spread over the block's loops, the next block
@@ -89,12 +104,12 @@ struct Prefetcher {
   int quota = 0;  // lines per step()
 
   // `steps`: how many step() calls the block's loops make; rest() issues what they left.
-  void start(const float* k_rows, int64_t k_floats, const float* v_rows, int64_t v_floats, int steps) {
-    k = reinterpret_cast<const char*>(k_rows);
-    k_end = k + k_floats * (int64_t)sizeof(float);
-    v = reinterpret_cast<const char*>(v_rows);
-    v_end = v + v_floats * (int64_t)sizeof(float);
-    const int64_t lines = (k_floats + v_floats) * (int64_t)sizeof(float) / 64 + 2;
+  void start(const void* k_rows, int64_t k_bytes, const void* v_rows, int64_t v_bytes, int steps) {
+    k = static_cast<const char*>(k_rows);
+    k_end = k + k_bytes;
+    v = static_cast<const char*>(v_rows);
+    v_end = v + v_bytes;
+    const int64_t lines = (k_bytes + v_bytes) / 64 + 2;
     quota = (int)((lines + steps - 1) / std::max(1, steps));
   }
   LK_INLINE void step() {
@@ -120,7 +135,7 @@ struct Prefetcher {
 // 4 rows, two keys at a time, and the 8 (key, row) dot products reduced together. Rows past `rows`
 // have zero Q. Masked entries get -inf per row afterwards.
 template <int kD>
-LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int r0, int64_t k_row0, int nb, int rows, const uint64_t* bits, Prefetcher& pf) {
+LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int r0, const float* kb, int nb, int rows, const uint64_t* bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, D = kD ? kD : p.head_dim;
   const int64_t key_floats = (int64_t)p.kv_heads * D;
@@ -131,7 +146,7 @@ LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int r0, int64_t k_row0, 
   // 8 heads of two keys at a time, their (key, row) dot products transposed to [row][key][head]
   // vectors: whole-vector stores instead of 8 lane extracts and scalar stores per head.
   for (int j = 0; j < nb && H % 8 == 0; j += 2) {
-    const float* k0 = c.k + (k_row0 + j) * key_floats;
+    const float* k0 = kb + j * key_floats;
     const float* k1 = j + 1 < nb ? k0 + key_floats : k0;
     for (int h0 = 0; h0 < H; h0 += 8) {
       v8f dots[8];  // dots[u] lane r: key j, row r, head h0 + u; lane 4 + r: key j + 1
@@ -150,7 +165,7 @@ LK_INLINE void scores_rows4(const Call& c, Scratch& sc, int r0, int64_t k_row0, 
     const float* q0 = q + (size_t)h * D;
     for (int j = 0; j < nb; j += 2) {
       pf.step();
-      const float* k0 = c.k + (k_row0 + j) * key_floats + c.k_off[h];
+      const float* k0 = kb + j * key_floats + c.k_off[h];
       const float* k1 = j + 1 < nb ? k0 + key_floats : k0;
       const v8f dots = dot_2keys_4rows(k0, k1, q0, q_stride, D);  // lane r: key j, row r; 4 + r: key j + 1
       for (int r = 0; r < 4; ++r) {
@@ -224,7 +239,7 @@ LK_INLINE void softmax_row(const Call& c, Scratch& sc, int r, int nb, uint64_t b
 
 // O += P V over the row's allowed keys only (a masked key's NaN / Inf value never meets a 0
 // weight), 8 output vectors at a time: several small heads, or 64 columns of a large one.
-LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uint64_t bits) {
+LK_INLINE void values_row(const Call& c, Scratch& sc, int r, const float* vb, uint64_t bits) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, Dv = p.value_dim, Hkv = p.kv_heads;
   const float* srow = sc.s.get() + (size_t)r * kMaskKeys * H;
@@ -239,7 +254,7 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
     for (int u = 0; u < 8; ++u) acc[u] = u < nv ? load8(orow + c0 + 8 * u) : splat(0.0f);
     for (uint64_t b = bits; b; b &= b - 1) {
       const int j = __builtin_ctzll(b);
-      const float* vr = c.v + (k_row0 + j) * Hkv * Dv;
+      const float* vr = vb + (int64_t)j * Hkv * Dv;
       const float* pj = srow + j * H;
       if (one_head) {  // Dv a multiple of 64: the slab is one head's, one weight per key
         const v8f w = splat(pj[head[0]]);
@@ -260,7 +275,7 @@ LK_INLINE void values_row(const Call& c, Scratch& sc, int r, int64_t k_row0, uin
 // lanes in Scratch::weights), so that the inner loop is plain loads and FMAs (a broadcast per
 // (key, row, output vector) compiled to scalar inserts and took most of this loop's time); 2 output
 // vectors x 4 rows accumulate in registers, each V vector loaded once.
-LK_INLINE void values_rows4(const Call& c, Scratch& sc, int r0, int64_t k_row0, uint64_t bits, Prefetcher& pf) {
+LK_INLINE void values_rows4(const Call& c, Scratch& sc, int r0, const float* vb, uint64_t bits, Prefetcher& pf) {
   const AttentionParams& p = *c.p;
   const int H = p.heads, Dv = p.value_dim, Hkv = p.kv_heads;
   const size_t s_stride = (size_t)kMaskKeys * H, o_stride = (size_t)H * Dv;
@@ -273,7 +288,7 @@ LK_INLINE void values_rows4(const Call& c, Scratch& sc, int r0, int64_t k_row0, 
       const int j = __builtin_ctzll(b);
       for (int r = 0; r < 4; ++r) store8(w + (j * 4 + r) * 8, splat(s[r * s_stride + (size_t)j * H + h]));
     }
-    const float* vh = c.v + k_row0 * Hkv * Dv + (int64_t)(h / c.heads_per_kv) * Dv;  // head h's V columns
+    const float* vh = vb + (int64_t)(h / c.heads_per_kv) * Dv;  // head h's V columns
     float* oh = o + (size_t)h * Dv;
     for (int i = 0; i < head_vecs; i += 2) {
       pf.step();
@@ -315,9 +330,15 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
   const int key_lo = std::min(Lk, split * c.split_keys), key_hi = std::min(Lk, key_lo + c.split_keys);
 
   for (int r = 0; r < rows; ++r) {
-    const float* src = c.q + (q_start + row0 + r) * H * D;
     float* dst = sc.q.get() + (size_t)r * H * D;
-    for (int i = 0; i < H * D; ++i) dst[i] = src[i] * p.scale;
+    const int64_t q_offset = (q_start + row0 + r) * H * D;
+    if (c.dtype == kFloat32) {
+      const float* src = static_cast<const float*>(c.q) + q_offset;
+      for (int i = 0; i < H * D; ++i) dst[i] = src[i] * p.scale;
+    } else {
+      widen_row(static_cast<const uint16_t*>(c.q) + q_offset, c.dtype, dst, (int64_t)H * D);
+      for (int i = 0; i < H * D; ++i) dst[i] *= p.scale;
+    }
     std::fill(sc.m[r], sc.m[r] + 8 * HV, kNegInf);
     std::fill(sc.l[r], sc.l[r] + 8 * HV, 0.0f);
     sc.seen[r] = false;
@@ -332,7 +353,8 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
   {
     const int64_t first = k_start + key_lo, keys = std::min<int64_t>((int64_t)kPrefetchBlocks * c.block_keys, key_hi - key_lo);
     Prefetcher head;
-    if (keys > 0) head.start(c.k + first * p.kv_heads * D, keys * p.kv_heads * D, c.v + first * p.kv_heads * Dv, keys * p.kv_heads * Dv, 1);
+    if (keys > 0) head.start(element_address(c, c.k, first * p.kv_heads * D), keys * p.kv_heads * D * c.elem_bytes, element_address(c, c.v, first * p.kv_heads * Dv),
+                             keys * p.kv_heads * Dv * c.elem_bytes, 1);
     head.rest();
   }
   const int32_t* qseg = p.q_layout.segments;
@@ -363,8 +385,8 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
       const int ahead_key = key0 + j0 + nb + (kPrefetchBlocks - 1) * c.block_keys;  // in the sequence
       const int ahead = std::min(c.block_keys, key_hi - ahead_key);
       if (ahead > 0)
-        pf.start(c.k + (k_start + ahead_key) * p.kv_heads * D, (int64_t)ahead * p.kv_heads * D,
-                 c.v + (k_start + ahead_key) * p.kv_heads * Dv, (int64_t)ahead * p.kv_heads * Dv,
+        pf.start(element_address(c, c.k, (k_start + ahead_key) * p.kv_heads * D), (int64_t)ahead * p.kv_heads * D * c.elem_bytes,
+                 element_address(c, c.v, (k_start + ahead_key) * p.kv_heads * Dv), (int64_t)ahead * p.kv_heads * Dv * c.elem_bytes,
                  padded_rows / 4 * (H * ((nb + 1) / 2) + H * ((Dv / 8 + 1) / 2)));
       const uint64_t block_mask = nb == 64 ? ~uint64_t{0} : ((uint64_t{1} << nb) - 1);
       uint64_t bits[kChunkRows], any = 0;
@@ -375,6 +397,15 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
       if (!any) {
         pf.rest();
         continue;
+      }
+      // The block's K / V rows as float32: in place, or widened once for both row groups.
+      const float* kb = static_cast<const float*>(c.k) + k_row0 * p.kv_heads * D;
+      const float* vb = static_cast<const float*>(c.v) + k_row0 * p.kv_heads * Dv;
+      if (c.dtype != kFloat32) {
+        widen_row(static_cast<const uint16_t*>(c.k) + k_row0 * p.kv_heads * D, c.dtype, sc.k_block.get(), (int64_t)nb * p.kv_heads * D);
+        widen_row(static_cast<const uint16_t*>(c.v) + k_row0 * p.kv_heads * Dv, c.dtype, sc.v_block.get(), (int64_t)nb * p.kv_heads * Dv);
+        kb = sc.k_block.get();
+        vb = sc.v_block.get();
       }
       // 4 rows at a time (a chunk holds at most 8): K / V rows loaded once per 4 rows, the second
       // group's from L1 (a block is L1-sized).
@@ -387,18 +418,18 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
           same = same && bits[r] == bits[r0];
         }
         if (!group_any) continue;
-        scores_rows4<kD>(c, sc, r0, k_row0, nb, rows, bits, pf);
+        scores_rows4<kD>(c, sc, r0, kb, nb, rows, bits, pf);
         for (int r = r0; r < r0 + group_rows; ++r) {
           if (!bits[r]) continue;
           sc.seen[r] = true;
           softmax_row(c, sc, r, nb, bits[r]);
         }
         if (same) {
-          values_rows4(c, sc, r0, k_row0, bits[r0], pf);
+          values_rows4(c, sc, r0, vb, bits[r0], pf);
         } else {  // rows see different keys: each row's own (a masked key's V may be NaN / Inf)
           pf.rest();
           for (int r = r0; r < r0 + group_rows; ++r)
-            if (bits[r]) values_row(c, sc, r, k_row0, bits[r]);
+            if (bits[r]) values_row(c, sc, r, vb, bits[r]);
         }
       }
       pf.rest();
@@ -464,17 +495,15 @@ bool heads_major_fits(const AttentionParams& p) {
 
 void heads_major_attention(const AttentionParams& p) {
   const int H = p.heads, D = p.head_dim, Dv = p.value_dim;
-  Float32View q = as_float32(p.q, p.dtype, p.tq * H * D);
-  Float32View k = as_float32(p.k, p.dtype, p.tk * p.kv_heads * D);
-  Float32View v = as_float32(p.v, p.dtype, p.tk * p.kv_heads * Dv);
-  Float32Output out = float32_output(p.out, p.dtype, p.tq * H * Dv);
   ThreadPool& pool = ThreadPool::shared();
 
   Call c;
   c.p = &p;
-  c.q = q.data;
-  c.k = k.data;
-  c.v = v.data;
+  c.q = p.q;
+  c.k = p.k;
+  c.v = p.v;
+  c.dtype = p.dtype;
+  c.elem_bytes = p.dtype == kFloat32 ? 4 : 2;
   c.heads_per_kv = H / p.kv_heads;
   c.head_vecs = H >= 8 ? H / 8 : 1;
   c.keys_per_vec = H >= 8 ? 1 : 8 / H;
@@ -506,16 +535,20 @@ void heads_major_attention(const AttentionParams& p) {
   c.seen.reset(new uint8_t[(size_t)p.tq * c.splits]());
 
   std::vector<Scratch> scratch(pool.size());
-  for (auto& sc : scratch) sc.init(p);
+  for (auto& sc : scratch) sc.init(p, c.block_keys);
   const HeadsTaskFn task = isa_pick(kHeadsTask);  // one path for the whole call
   pool.parallel_for(chunks * c.splits, [&](int64_t i, int worker) { task(c, i, scratch[(size_t)worker]); });
 
   // Split softmax: every split's state rescaled to the row's overall max. No allowed key: 0 and lse
   // -inf; allowed keys whose scores are all -inf: NaN (the reference's exp(-inf + inf)).
   const int stride = c.partial_stride();
-  pool.parallel_for(p.tq, [&](int64_t qi, int) {
+  std::vector<FloatBuffer> out_rows(pool.size());  // half types: a row's output before narrowing
+  if (p.dtype != kFloat32)
+    for (auto& row : out_rows) row = alloc_floats((size_t)H * Dv);
+  pool.parallel_for(p.tq, [&](int64_t qi, int worker) {
+    float* out_row = p.dtype == kFloat32 ? static_cast<float*>(p.out) + qi * H * Dv : out_rows[(size_t)worker].get();
     for (int h = 0; h < H; ++h) {
-      float* dst = out.data + (qi * H + h) * Dv;
+      float* dst = out_row + (size_t)h * Dv;
       bool seen = false;
       float m = kNegInf;
       for (int s = 0; s < c.splits; ++s) {
@@ -536,8 +569,8 @@ void heads_major_attention(const AttentionParams& p) {
       for (int d = 0; d < Dv; ++d) dst[d] *= norm;
       if (p.lse) p.lse[qi * H + h] = !seen ? kNegInf : l == 0.0f ? quiet_nan() : m + std::log(l);
     }
+    if (p.dtype != kFloat32) narrow_row(out_row, p.dtype, static_cast<uint16_t*>(p.out) + qi * H * Dv, (int64_t)H * Dv);
   });
-  out.finish();
 }
 
 }  // namespace lk::cpu

@@ -61,14 +61,18 @@ void widen_to_float32(const uint16_t* src, DType dtype, float* dst, int64_t coun
   });
 }
 
-void narrow_from_float32(const float* src, DType dtype, uint16_t* dst, int64_t count) {
+void narrow_row(const float* src, DType dtype, uint16_t* dst, int64_t count) {
   // Rounding stays the shared scalar code (cuda/common/half_convert.h): one definition of it.
+  if (dtype == kFloat16)
+    for (int64_t i = 0; i < count; ++i) dst[i] = float_to_half(src[i]);
+  else
+    for (int64_t i = 0; i < count; ++i) dst[i] = float_to_bfloat16(src[i]);
+}
+
+void narrow_from_float32(const float* src, DType dtype, uint16_t* dst, int64_t count) {
   ThreadPool::shared().parallel_for((count + kChunk - 1) / kChunk, [&](int64_t c, int) {
-    const int64_t end = std::min(count, (c + 1) * kChunk);
-    if (dtype == kFloat16)
-      for (int64_t i = c * kChunk; i < end; ++i) dst[i] = float_to_half(src[i]);
-    else
-      for (int64_t i = c * kChunk; i < end; ++i) dst[i] = float_to_bfloat16(src[i]);
+    const int64_t begin = c * kChunk;
+    narrow_row(src + begin, dtype, dst + begin, std::min(kChunk, count - begin));
   });
 }
 

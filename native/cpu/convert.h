@@ -17,6 +17,8 @@ void widen_to_float32(const uint16_t* src, DType dtype, float* dst, int64_t coun
 void narrow_from_float32(const float* src, DType dtype, uint16_t* dst, int64_t count);
 // One row's worth, on the calling thread (for conversions fused into a kernel's tile loads).
 void widen_row(const uint16_t* src, DType dtype, float* dst, int64_t count);
+// narrow_from_float32 for one row's worth, on the calling thread (outputs narrowed as they are written).
+void narrow_row(const float* src, DType dtype, uint16_t* dst, int64_t count);
 
 struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
