@@ -79,6 +79,13 @@ LK_INLINE void row_scores(const float* q, const float* kt, int head_dim, int n, 
   }
 }
 
+// Lane u of the result is lane (u + width) % 8 of x (width 4, 2 or 1).
+LK_INLINE v8f rotate_lanes(v8f x, int width) {
+  if (width == 4) return __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3);
+  if (width == 2) return __builtin_shufflevector(x, x, 2, 3, 4, 5, 6, 7, 0, 1);
+  return __builtin_shufflevector(x, x, 1, 2, 3, 4, 5, 6, 7, 0);
+}
+
 // Lanes of key vector t (first key t * G, block keys from key0) whose key the row may see.
 LK_INLINE v8i lanes_allowed(uint64_t bits, int first_key_in_block, v8i lane_key) {
   return ((splat_int((int32_t)(uint32_t)(bits >> first_key_in_block)) >> lane_key) & 1) != 0;
@@ -86,14 +93,14 @@ LK_INLINE v8i lanes_allowed(uint64_t bits, int first_key_in_block, v8i lane_key)
 
 // Task = (sequence, row chunk). kCheckV: the sequence's V holds a non-finite value, so P V leaves out
 // masked lanes explicitly (a 0 weight times Inf / NaN would be NaN).
-template <int kD, bool kCheckV>
+template <int kD, int kDv, bool kCheckV>
 LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
   const AttentionParams& p = *c.p;
   const int b = c.chunk_seq[(size_t)task], row0 = c.chunk_row[(size_t)task];
   const int64_t q_start = p.q_layout.offsets[b], k_start = p.kv_layout.offsets[b];
   const int Lq = p.q_layout.offsets[b + 1] - (int)q_start, Lk = p.kv_layout.offsets[b + 1] - (int)k_start;
   const int rows = std::min(kChunkRows, Lq - row0);
-  const int H = p.heads, D = kD ? kD : p.head_dim, Dv = p.value_dim, G = c.G, Hp = c.Hp;
+  const int H = p.heads, D = kD ? kD : p.head_dim, Dv = kDv ? kDv : p.value_dim, G = c.G, Hp = c.Hp;
   v8i lane_key;
   std::memcpy(&lane_key, c.lane_key, sizeof lane_key);
 
@@ -153,42 +160,47 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
       }
       l = l * alpha + sum;
       for (int d = 0; d < Dv; ++d) o[d] *= alpha;
+      // P V, 8 output vectors at a time held in registers across the key vectors.
       const float* v0 = vt + (size_t)t0 * Dv * 8;
-      for (int i = 0; i < n; ++i) {
-        const v8f w = load8(s + i * 8);
-        const float* vr = v0 + (size_t)i * Dv * 8;
-        if (kCheckV) {
-          const v8i ok = lanes_allowed(bits, (t0 + i) * G - key0, lane_key);
-          for (int d = 0; d < Dv; ++d) o[d] += ok ? w * load8(vr + d * 8) : splat(0.0f);
-        } else {
-          for (int d = 0; d < Dv; ++d) o[d] += w * load8(vr + d * 8);
+      for (int d0 = 0; d0 < Dv; d0 += 8) {
+        const int nd = std::min(8, Dv - d0);
+        v8f acc[8];
+        for (int u = 0; u < 8; ++u) acc[u] = u < nd ? o[d0 + u] : splat(0.0f);
+        for (int i = 0; i < n; ++i) {
+          const v8f w = load8(s + i * 8);
+          const float* vr = v0 + ((size_t)i * Dv + d0) * 8;
+          if (kCheckV) {
+            const v8i ok = lanes_allowed(bits, (t0 + i) * G - key0, lane_key);
+            for (int u = 0; u < 8; ++u)
+              if (u < nd) acc[u] += ok ? w * load8(vr + u * 8) : splat(0.0f);
+          } else {
+            for (int u = 0; u < 8; ++u)
+              if (u < nd) acc[u] += w * load8(vr + u * 8);
+          }
         }
+        for (int u = 0; u < nd; ++u) o[d0 + u] = acc[u];
       }
     }
-    // The G lanes of each head combined (split softmax). No allowed key: 0 and lse -inf; allowed keys
-    // whose scores are all -inf: NaN (the reference's exp(-inf + inf)).
+    // The G lanes of each head combined (split softmax) by folding the vector onto its first Hp lanes.
+    // No allowed key: 0 and lse -inf; allowed keys whose scores are all -inf: NaN (the reference's
+    // exp(-inf + inf)).
+    for (int width = 4; width >= Hp; width /= 2) {
+      const v8f m_other = rotate_lanes(m, width);
+      const v8f m_both = max_keep_nan8(m, m_other);
+      const v8f m_use = m_both == splat(kNegInf) ? splat(0.0f) : m_both;
+      const v8f w = exp8(m - m_use), w_other = rotate_lanes(w, width);
+      l = l * w + rotate_lanes(l, width) * w_other;
+      for (int d = 0; d < Dv; ++d) o[d] = o[d] * w + rotate_lanes(o[d], width) * w_other;
+      m = m_both;
+    }
+    const v8f zero = splat(0.0f);
+    const v8f norm = l == zero ? splat(quiet_nan()) : splat(1.0f) / l;
+    float od[kMaxLaneDim][8];
+    for (int d = 0; d < Dv; ++d) store8(od[d], seen ? o[d] * norm : zero);
     for (int h = 0; h < H; ++h) {
       float* dst = c.out + (qi * H + h) * Dv;
-      if (!seen) {
-        std::fill(dst, dst + Dv, 0.0f);
-        if (p.lse) p.lse[qi * H + h] = kNegInf;
-        continue;
-      }
-      float mh = kNegInf;
-      for (int g = 0; g < G; ++g) mh = max_keep_nan(mh, m[g * Hp + h]);
-      const float m_use = mh == kNegInf ? 0.0f : mh;
-      float w[8], lh = 0.0f;
-      for (int g = 0; g < G; ++g) {
-        w[g] = G == 1 ? 1.0f : std::exp(m[g * Hp + h] - m_use);
-        lh += l[g * Hp + h] * w[g];
-      }
-      const float norm = lh == 0.0f ? quiet_nan() : 1.0f / lh;
-      for (int d = 0; d < Dv; ++d) {
-        float x = 0.0f;
-        for (int g = 0; g < G; ++g) x += o[d][g * Hp + h] * w[g];
-        dst[d] = x * norm;
-      }
-      if (p.lse) p.lse[qi * H + h] = lh == 0.0f ? quiet_nan() : mh + std::log(lh);
+      for (int d = 0; d < Dv; ++d) dst[d] = od[d][h];
+      if (p.lse) p.lse[qi * H + h] = !seen ? kNegInf : l[h] == 0.0f ? quiet_nan() : m[h] + std::log(l[h]);
     }
   }
 }
@@ -217,22 +229,21 @@ LK_INLINE bool transpose_sequence(const Call& c, int64_t task, Scratch& sc) {
   return all_finite(vt, vecs * Dv * 8);
 }
 
-template <int kD>
-LK_INLINE void run_task_dim(const Call& c, int64_t task, Scratch& sc) {
+template <int kD, int kDv>
+LK_INLINE void run_task_dims(const Call& c, int64_t task, Scratch& sc) {
   if (transpose_sequence(c, task, sc))
-    run_task<kD, false>(c, task, sc);
+    run_task<kD, kDv, false>(c, task, sc);
   else
-    run_task<kD, true>(c, task, sc);
+    run_task<kD, kDv, true>(c, task, sc);
 }
 
 // One entry per instruction set (native/cpu/isa.h).
 #define LK_LANES_ENTRY(name, attr)                             \
   attr void name(const Call& c, int64_t task, Scratch& sc) { \
-    switch (c.p->head_dim) {                                   \
-      case 8: return run_task_dim<8>(c, task, sc);             \
-      case 16: return run_task_dim<16>(c, task, sc);           \
-      default: return run_task_dim<0>(c, task, sc);            \
-    }                                                          \
+    const int d = c.p->head_dim, dv = c.p->value_dim;          \
+    if (d == 8 && dv == 8) return run_task_dims<8, 8>(c, task, sc);    \
+    if (d == 16 && dv == 16) return run_task_dims<16, 16>(c, task, sc); \
+    return run_task_dims<0, 0>(c, task, sc);                   \
   }
 #if LK_ISA_X86
 LK_LANES_ENTRY(lanes_task_avx512, LK_TARGET_AVX512)
