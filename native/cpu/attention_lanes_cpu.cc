@@ -40,6 +40,8 @@ struct Call {
   float* out;
   int Hp, G;  // heads rounded up to a power of two; keys per vector (8 / Hp)
   int lane_head[8], lane_kv[8], lane_key[8];  // per lane: head (clamped to H - 1), its kv head, key offset
+  uint32_t pattern_mask;      // (1 << G) - 1
+  int32_t lane_masks[16][8];  // per pattern of G allowed keys: -1 in the lanes of allowed keys
   std::vector<int32_t> chunk_seq, chunk_row;  // task i: rows [chunk_row, + kChunkRows) of chunk_seq
 };
 
@@ -86,9 +88,13 @@ LK_INLINE v8f rotate_lanes(v8f x, int width) {
   return __builtin_shufflevector(x, x, 1, 2, 3, 4, 5, 6, 7, 0);
 }
 
-// Lanes of key vector t (first key t * G, block keys from key0) whose key the row may see.
-LK_INLINE v8i lanes_allowed(uint64_t bits, int first_key_in_block, v8i lane_key) {
-  return ((splat_int((int32_t)(uint32_t)(bits >> first_key_in_block)) >> lane_key) & 1) != 0;
+// Lanes of the key vector whose first key is bit `first_key_in_block` of the row's allowed set and
+// that the row may see: Call::lane_masks holds the lane mask of every pattern of G allowed bits (a
+// load instead of building the vector from the bits, which compiled to lane inserts).
+LK_INLINE v8i lanes_allowed(const Call& c, uint64_t bits, int first_key_in_block) {
+  v8i ok;
+  std::memcpy(&ok, c.lane_masks[(bits >> first_key_in_block) & c.pattern_mask], sizeof ok);
+  return ok;
 }
 
 // Task = (sequence, row chunk). kCheckV: the sequence's V holds a non-finite value, so P V leaves out
@@ -101,8 +107,6 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
   const int Lq = p.q_layout.offsets[b + 1] - (int)q_start, Lk = p.kv_layout.offsets[b + 1] - (int)k_start;
   const int rows = std::min(kChunkRows, Lq - row0);
   const int H = p.heads, D = kD ? kD : p.head_dim, Dv = kDv ? kDv : p.value_dim, G = c.G, Hp = c.Hp;
-  v8i lane_key;
-  std::memcpy(&lane_key, c.lane_key, sizeof lane_key);
 
   // Key attributes for the rule, padded to a multiple of 8 with role -1 (never allowed).
   const int32_t* kseg = p.kv_layout.segments;
@@ -141,7 +145,7 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
       row_scores<kD>(q, kt + (size_t)t0 * D * 8, D, n, s);
       v8f mx = splat(kNegInf);
       for (int i = 0; i < n; ++i) {
-        const v8i ok = lanes_allowed(bits, (t0 + i) * G - key0, lane_key);
+        const v8i ok = lanes_allowed(c, bits, (t0 + i) * G - key0);
         const v8f x = ok ? load8(s + i * 8) : splat(kNegInf);
         store8(s + i * 8, x);
         mx = max_keep_nan8(mx, x);
@@ -170,7 +174,7 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
           const v8f w = load8(s + i * 8);
           const float* vr = v0 + ((size_t)i * Dv + d0) * 8;
           if (kCheckV) {
-            const v8i ok = lanes_allowed(bits, (t0 + i) * G - key0, lane_key);
+            const v8i ok = lanes_allowed(c, bits, (t0 + i) * G - key0);
             for (int u = 0; u < 8; ++u)
               if (u < nd) acc[u] += ok ? w * load8(vr + u * 8) : splat(0.0f);
           } else {
@@ -295,6 +299,9 @@ void heads_lanes_attention(const AttentionParams& p) {
     c.lane_kv[u] = c.lane_head[u] / (H / p.kv_heads);
     c.lane_key[u] = u / c.Hp;
   }
+  c.pattern_mask = (1u << c.G) - 1;
+  for (int pattern = 0; pattern < 16; ++pattern)
+    for (int u = 0; u < 8; ++u) c.lane_masks[pattern][u] = (pattern >> c.lane_key[u]) & 1 ? -1 : 0;
   for (int b = 0; b < p.batch; ++b)
     for (int r = 0; r < p.q_layout.offsets[b + 1] - p.q_layout.offsets[b]; r += kChunkRows) {
       c.chunk_seq.push_back(b);
