@@ -18,7 +18,7 @@ const DTYPES: DType[] = ['float32', 'float16', 'bfloat16'];
 const calls = () => native()._cpuHeadsLanesCalls();
 const kindOf = (rule: PresetName | MaskRule) => (typeof rule === 'string' && rule !== 'causal' && rule !== 'full' ? rule : 'mixed');
 
-// Jagged sequences of up to maxLen tokens: some empty, some of length 1, and one longer than 8 rows
+// Jagged sequences of up to maxLen tokens (at least 12): some empty, some of length 1, and one longer than 8 rows
 // (few-query batches go to the heads-major kernel first).
 function sequences(rng: Rng, kind: PresetName | 'mixed', batch: number, maxLen: number): Seq[] {
   const seqs = Array.from({ length: batch }, () => {
@@ -46,12 +46,15 @@ for (const isa of PATHS) {
       for (let round = 0; round < 10; round++) {
         const rule = round < PRESETS.length ? PRESETS[round] : randomRule(rng);
         const batch = rng.int(3, 9);
-        const qSeqs = sequences(rng, kindOf(rule), batch, rng.pick([20, 70, 150]));
+        const h = heads(rng);
+        // Up to 120 keys (the most 8 heads x D 16 + Dv 16 take); fewer than 4 heads: one 64-key block.
+        const maxKeys = h.heads >= 4 ? 120 : 64;
         const cross = rng.bool(0.35);
-        const kSeqs = cross ? sequences(rng, kindOf(rule), batch, rng.pick([30, 130])) : undefined;
+        const qSeqs = sequences(rng, kindOf(rule), batch, cross ? rng.pick([20, 150]) : rng.pick([20, maxKeys]));
+        const kSeqs = cross ? sequences(rng, kindOf(rule), batch, rng.pick([30, maxKeys])) : undefined;
         const D = rng.pick([4, 8, 12, 16]);
         const before = calls();
-        await checkCpuAttention(t, { rule, qSeqs, kSeqs, ...heads(rng), D, Dv: rng.pick([4, 8, 12, 16].filter((x) => x !== D || rng.bool())) },
+        await checkCpuAttention(t, { rule, qSeqs, kSeqs, ...h, D, Dv: rng.pick([4, 8, 12, 16].filter((x) => x !== D || rng.bool())) },
           dtype, rng, `round ${round} on ${isa}`);
         t.is(calls(), before + 1, `round ${round} on ${isa}: ran on the heads-in-lanes kernel`);
       }
@@ -63,7 +66,7 @@ for (const isa of PATHS) {
     const rng = new Rng(isa.length * 71 + 5);
     for (const H of [2, 3, 4, 8]) {
       const D = 8, Dv = 12;
-      const lengths = [0, 1, 13, 40, 70];
+      const lengths = [0, 1, 13, 40, 64];
       const layout = pack(lengths.map((n) => ({ segments: Array(n).fill(0), roles: Array(n).fill(1) })));
       const tq = layout.offsets[lengths.length];
       const q = rng.floats(tq * H * D, 2), k = rng.floats(tq * H * D, 2), v = rng.floats(tq * H * Dv, 1);
@@ -101,6 +104,13 @@ test.serial('heads in lanes: shapes it does not take go elsewhere', async (t) =>
     const before = calls();
     await checkCpuAttention(t, { rule: 'causal', qSeqs, ...c }, 'float32', rng, JSON.stringify(c));
     t.is(calls(), before, `${JSON.stringify(c)}: not the heads-in-lanes kernel`);
+  }
+  // Longer sequences than it takes: 2 heads past one 64-key block, 8 x (16 + 16) past 128 KiB.
+  for (const [c, n] of [[{ heads: 2, kvHeads: 1, D: 16, Dv: 16 }, 65], [{ heads: 8, kvHeads: 4, D: 16, Dv: 16 }, 129]] as const) {
+    const seqs = [{ segments: Array(n).fill(0), roles: Array(n).fill(0) }, ...qSeqs];
+    const before = calls();
+    await checkCpuAttention(t, { rule: 'causal', qSeqs: seqs, ...c }, 'float32', rng, `${JSON.stringify(c)} over ${n} keys`);
+    t.is(calls(), before, `${JSON.stringify(c)} over ${n} keys: not the heads-in-lanes kernel`);
   }
   const before = calls();
   await checkCpuAttention(t, { rule: 'causal', qSeqs, heads: 4, kvHeads: 4, D: 8, Dv: 8, silu: true }, 'float32', rng, 'silu');

@@ -28,7 +28,15 @@ constexpr int kMaxLaneDim = 16;    // largest D and Dv taken (Q row, and O, stay
 constexpr int kMaxLaneHeads = 8;
 constexpr int kMaskKeys = 64;      // keys per rule evaluation: one 64-bit allowed set per row
 constexpr int kChunkRows = 64;     // query rows per task (a 58-token sequence is one task)
-constexpr int kMaxKeys = 1024;     // longest key sequence taken: its transposed K / V stay in L2
+// Largest transposed K + V of one sequence taken: every query row re-reads it, so it must stay near
+// L1. Measured (process CPU time per call, causal, against the tiled kernel's head groups): 256 keys
+// x 4 heads x D 8 (64 KiB) 10.6 vs 12.2 ms and 6 x 8 (128 KiB) 16.6 vs 18.9 ms faster; 8 x 16
+// (256 KiB) even; 1,024 keys slower (2 x 16: 31.8 vs 19.3 ms, 8 x 16: 119 vs 76 ms).
+constexpr int kMaxSequenceBytes = 128 * 1024;
+// With fewer than 4 heads (4 keys of 2 heads, or 2 keys of 3 heads and a padding lane, per vector)
+// it measured even at 58 keys and slower at 256 (2 x 16: 9.1 vs 7.5 ms; 3 x 16: 15.2 vs 11.1 ms), so
+// those shapes are taken only within one mask block.
+constexpr int kFewHeadsMaxKeys = 64;
 constexpr int kScoreUnroll = 4;    // key vectors whose scores are computed together
 constexpr float kNegInf = -INFINITY;
 
@@ -274,7 +282,10 @@ int longest(const LayoutView& l, int batch) {
 bool heads_lanes_fits(const AttentionParams& p) {
   if (p.normalize != kSoftmax || p.heads < 2 || p.heads > kMaxLaneHeads) return false;
   if (p.head_dim > kMaxLaneDim || p.value_dim > kMaxLaneDim) return false;
-  return longest(p.kv_layout, p.batch) <= kMaxKeys;
+  const int64_t max_k = longest(p.kv_layout, p.batch);
+  if (p.heads < 4) return max_k <= kFewHeadsMaxKeys;
+  const int keys_per_vec = p.heads <= 4 ? 2 : 1;
+  return (max_k + keys_per_vec - 1) / keys_per_vec * (p.head_dim + p.value_dim) * 8 * (int64_t)sizeof(float) <= kMaxSequenceBytes;
 }
 
 void heads_lanes_attention(const AttentionParams& p) {
