@@ -1,5 +1,6 @@
 // The CPU's heads-in-lanes kernel (native/cpu/attention_lanes_cpu.cc): several small heads (2..8,
-// D and Dv <= 16) over sequences of at most 1,024 keys, 8 (key, head) scores per vector. Forced onto
+// D and Dv <= 16) over short sequences (a transposed K + V of at most 128 KiB; fewer than 4 heads:
+// at most 64 keys), 8 (key, head) scores per vector. Forced onto
 // every instruction-set path this CPU runs and compared with the reference on randomized jagged
 // batches: every preset and random custom rules, self and cross attention, GQA, Dv != D, D in
 // {4, 8, 12, 16}, heads 2..8 (padding lanes for 3, 5, 6, 7), empty and length-1 sequences, keys
