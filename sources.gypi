@@ -7,6 +7,7 @@
       "native/op_queue.cc",
       "native/cpu/attention_cpu.cc",
       "native/cpu/attention_heads_cpu.cc",
+      "native/cpu/attention_lanes_cpu.cc",
       "native/cpu/mask_plan_cpu.cc",
       "native/cpu/gather_rows_cpu.cc",
       "native/cpu/sparse_cpu.cc",

@@ -117,6 +117,7 @@ export interface NativeAddon {
   _cpuExp(values: Float32Array): Float32Array;
   /** Test support: CPU sparse / indexed attention calls run as dense `full` attention since load. */
   _cpuSparseDenseDispatches(): number;
+  _cpuHeadsLanesCalls(): number;
   /** Test support, CUDA builds only (cuda/backend.h): the host path's counters since load. */
   _cudaHostPath?(): CudaHostPathStats;
   /** Test support: while held, the completion thread waits for no event (nothing executes on the emulator). */

@@ -21,6 +21,7 @@
 #include "../cuda/common/half_convert.h"
 #include "cpu/attention_backward_cpu.h"
 #include "cpu/attention_cpu.h"
+#include "cpu/attention_lanes_cpu.h"
 #include "cpu/mask_plan_cpu.h"
 #include "cpu/gather_rows_cpu.h"
 #include "cpu/isa.h"
@@ -1386,6 +1387,12 @@ Napi::Value CpuSparseDenseDispatches(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), (double)cpu::sparse_dense_dispatches());
 }
 
+// _cpuHeadsLanesCalls() -> number: test support, how many CPU maskedAttention calls ran on the
+// heads-in-lanes kernel (native/cpu/attention_lanes_cpu.h).
+Napi::Value CpuHeadsLanesCalls(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), (double)cpu::heads_lanes_calls());
+}
+
 Napi::Value Backends(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object result = Napi::Object::New(env);
@@ -1601,6 +1608,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("_setCpuIsa", Napi::Function::New(env, SetCpuIsa));
   exports.Set("_cpuExp", Napi::Function::New(env, CpuExp));
   exports.Set("_cpuSparseDenseDispatches", Napi::Function::New(env, CpuSparseDenseDispatches));
+  exports.Set("_cpuHeadsLanesCalls", Napi::Function::New(env, CpuHeadsLanesCalls));
 #ifdef LK_WITH_CUDA
   exports.Set("_cudaHostPath", Napi::Function::New(env, CudaHostPath));
   exports.Set("_cudaHoldCompletions", Napi::Function::New(env, CudaHoldCompletions));

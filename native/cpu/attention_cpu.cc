@@ -12,6 +12,7 @@
 #include "../thread_pool.h"
 #include "convert.h"
 #include "attention_heads_cpu.h"
+#include "attention_lanes_cpu.h"
 #include "isa.h"
 #include "mask_bits.h"
 #include "mask_plan_cpu.h"
@@ -775,6 +776,10 @@ void give_back_panel_storage(PanelStorage s) {
 void masked_attention(const AttentionParams& p, PlanState* plan) {
   if (heads_major_fits(p)) {  // few-query cross attention, small heads (attention_heads_cpu.h)
     heads_major_attention(p);
+    return;
+  }
+  if (heads_lanes_fits(p)) {  // several small heads over short sequences (attention_lanes_cpu.h)
+    heads_lanes_attention(p);
     return;
   }
   // float32 tensors are read and written in place; half types are widened and narrowed as the

@@ -110,12 +110,13 @@ struct Layout {
   std::vector<int32_t> offsets, segments;
   std::vector<uint8_t> roles;
 };
-Layout random_layout(Rng& rng, int batch) {
+Layout random_layout(Rng& rng, int batch, int max_len = 1 << 30) {
   Layout l;
   l.offsets.push_back(0);
   const int lengths[] = {0, 1, 5, 31, 32, 33, 63, 64, 65, 100, 130, 200};
   for (int b = 0; b < batch; ++b) {
-    const int n = rng.pick(lengths);
+    int n = rng.pick(lengths);
+    while (n > max_len) n = rng.pick(lengths);
     const int segs = rng.range(1, 4);
     for (int i = 0; i < n; ++i) {
       l.segments.push_back(i * segs / std::max(1, n));
@@ -137,15 +138,18 @@ MaskRule random_rule(Rng& rng) {
   return r;
 }
 
-void attention_case(Rng& rng, DType dtype, int index) {
+// small_heads: 2..8 heads of D, Dv <= 16 over at most 64 keys, the shapes the heads-in-lanes kernel
+// takes (native/cpu/attention_lanes_cpu.h).
+void attention_case(Rng& rng, DType dtype, int index, bool small_heads = false) {
   const int batch = rng.range(1, 5);
-  const Layout ql = random_layout(rng, batch);
+  const int max_len = small_heads ? 64 : 1 << 30;
+  const Layout ql = random_layout(rng, batch, max_len);
   const bool cross = rng.next() < 0.3;
-  const Layout kl = cross ? random_layout(rng, batch) : ql;
-  const int kv_heads = rng.range(1, 2), heads = kv_heads * rng.range(1, 3);
-  const int dims[] = {8, 16, 32, 64, 72, 128};
-  const int D = rng.pick(dims), Dv = rng.pick(dims);
-  const bool silu = rng.next() < 0.2;
+  const Layout kl = cross ? random_layout(rng, batch, max_len) : ql;
+  const int kv_heads = rng.range(1, 2), heads = kv_heads * (small_heads ? rng.range(2, 4) : rng.range(1, 3));
+  const int dims[] = {8, 16, 32, 64, 72, 128}, small_dims[] = {4, 8, 12, 16};
+  const int D = small_heads ? rng.pick(small_dims) : rng.pick(dims), Dv = small_heads ? rng.pick(small_dims) : rng.pick(dims);
+  const bool silu = !small_heads && rng.next() < 0.2;
   const MaskRule rule = random_rule(rng);
   const int64_t tq = ql.offsets.back(), tk = kl.offsets.back();
   const Input q = make_input(rng, (size_t)tq * heads * D, dtype, 2), k = make_input(rng, (size_t)tk * kv_heads * D, dtype, 2),
@@ -337,6 +341,7 @@ int main(int argc, char** argv) {
     for (int c = 0; c < 24; ++c) attention_case(rng, (DType)(c % 3), c);
     for (int c = 0; c < 12; ++c) sparse_case(rng, (DType)(c % 3), c);
     for (int c = 0; c < 6; ++c) top_k_case(rng, c);
+    for (int c = 0; c < 6; ++c) attention_case(rng, (DType)(c % 3), 24 + c, true);
   }
   std::printf("cpu_parity: %d ISA paths (", paths);
   for (int i = 0; i < cpu::kIsaCount; ++i)
