@@ -261,12 +261,15 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
         const uint64_t bits = allowed_keys(r0 + i);
         const float* srow = s + (r0 + i) * kBlockN;
         // Groups of 8 keys the row sees none of (a causal block's upper part, masked memory columns)
-        // weigh 0 without their exp: the softmax costs the row's allowed groups only.
+        // weigh 0 without their exp: the softmax costs the row's allowed groups only. The running
+        // max in a local: row_max[i] (indexed at run time) was loaded and stored per 8 keys.
+        v8f running = row_max[i];
         for (int j = 0; j < n_pad; j += 8) {
           if (((bits >> j) & 0xffu) == 0) continue;
           const v8f x = load8(srow + j);
-          row_max[i] = allowed_lanes8(bits, j) != 0 ? max_keep_nan8(row_max[i], x) : row_max[i];  // allowed lanes only
+          running = allowed_lanes8(bits, j) != 0 ? max_keep_nan8(running, x) : running;  // allowed lanes only
         }
+        row_max[i] = running;
       }
       float block_max[8];
       store8(block_max, hmax8x8_keep_nan(row_max));
