@@ -287,12 +287,15 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
         const uint64_t bits = allowed_keys(r0 + i);
         const float* srow = s + (r0 + i) * kBlockN;
         // Groups of 8 keys the row sees none of (a causal block's upper part, masked memory columns)
-        // weigh 0 without their exp: the softmax costs the row's allowed groups only.
+        // weigh 0 without their exp: the softmax costs the row's allowed groups only. The running
+        // max in a local: row_max[i] (indexed at run time) was loaded and stored per 8 keys.
+        v8f running = row_max[i];
         for (int j = 0; j < n_pad; j += 8) {
           if (((bits >> j) & 0xffu) == 0) continue;
           const v8f x = load8(srow + j);
-          row_max[i] = allowed_lanes8(bits, j) != 0 ? max_keep_nan8(row_max[i], x) : row_max[i];  // allowed lanes only
+          running = allowed_lanes8(bits, j) != 0 ? max_keep_nan8(running, x) : running;  // allowed lanes only
         }
+        row_max[i] = running;
       }
       float block_max[8];
       store8(block_max, hmax8x8_keep_nan(row_max));
@@ -771,6 +774,36 @@ void give_back_panel_storage(PanelStorage s) {
   if (!spare_panels.data || s.floats > spare_panels.floats) spare_panels = std::move(s);
 }
 
+// The order in which the pool hands out (work item, head group) tasks: per sequence and head group,
+// the plan's work items heaviest first, and the (sequence, head group)s in the order of their
+// heaviest item. Consecutive tasks then walk the same packed K^T / V panels (512 KB for 1,024 keys
+// at D = 64) while they are still in the core's L2; one query tile's heads one after another (the
+// plan's order with the heads innermost) fetched every block's panels from L3 (a 16-tile walk took
+// ~9.0 instead of ~5.8 us per block in a microbenchmark, AVX2).
+struct TaskRef {
+  int32_t work, head_group;
+};
+std::vector<TaskRef> task_order(const std::vector<PlanWork>& work, int batch, int n_groups) {
+  std::vector<int32_t> rank((size_t)batch, -1), seq_of_rank;  // sequences by their heaviest item
+  std::vector<int32_t> items((size_t)batch + 1, 0);           // work items per sequence, then prefix sums
+  for (const PlanWork& w : work) {
+    if (rank[(size_t)w.seq] < 0) {
+      rank[(size_t)w.seq] = (int32_t)seq_of_rank.size();
+      seq_of_rank.push_back(w.seq);
+    }
+    ++items[(size_t)w.seq + 1];
+  }
+  for (int b = 0; b < batch; ++b) items[(size_t)b + 1] += items[(size_t)b];
+  std::vector<int32_t> by_seq(work.size()), fill(items.begin(), items.end() - 1);
+  for (size_t i = 0; i < work.size(); ++i) by_seq[(size_t)fill[(size_t)work[i].seq]++] = (int32_t)i;  // stable
+  std::vector<TaskRef> order;
+  order.reserve(work.size() * (size_t)n_groups);
+  for (const int32_t b : seq_of_rank)
+    for (int hg = 0; hg < n_groups; ++hg)
+      for (int32_t i = items[(size_t)b]; i < items[(size_t)b + 1]; ++i) order.push_back(TaskRef{by_seq[(size_t)i], hg});
+  return order;
+}
+
 }  // namespace
 
 void masked_attention(const AttentionParams& p, PlanState* plan) {
@@ -866,10 +899,11 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   for (auto& sc : scratch) sc.init(p.head_dim, p.value_dim, group, group_kv_heads, p.dtype);
   const AttendTileFn attend_tile = isa_pick(kAttendTile);  // one path for the whole call
   const AttendTileFn attend_few_tile = isa_pick(kAttendFewTile);
-  pool.parallel_for((int64_t)tasks.size() * n_groups, [&](int64_t i, int worker) {
+  const std::vector<TaskRef> order = task_order(tasks, p.batch, n_groups);
+  pool.parallel_for((int64_t)order.size(), [&](int64_t i, int worker) {
     LK_PROF_STMT(const uint64_t task_t0 = __rdtsc());
-    const PlanWork& w = tasks[(size_t)(i / n_groups)];
-    const int h0 = (int)(i % n_groups) * group;
+    const PlanWork& w = tasks[(size_t)order[(size_t)i].work];
+    const int h0 = order[(size_t)i].head_group * group;
     const int rows = p.q_layout.offsets[w.seq + 1] - p.q_layout.offsets[w.seq] - w.tile * kBlockM;
     (rows <= 4 ? attend_few_tile : attend_tile)(job, w, h0, std::min(group, p.heads - h0), scratch[worker]);
     LK_PROF_STMT(::lk::cpu::prof::stop(); prof_busy.fetch_add(__rdtsc() - task_t0));

@@ -17,8 +17,19 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 // x rounded up to a multiple of m (tile padding).
 constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-LK_INLINE v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
-LK_INLINE v8i splat_int(int32_t x) { return v8i{x, x, x, x, x, x, x, x}; }
+// A broadcast written as a shuffle of lane 0: inlined into the kernels' target-attributed entries,
+// GCC compiles the 8-element initializer {x, x, ...} into vinsertps / vinsertf128 chains (also for
+// constants), but this into one vbroadcastss on AVX2 / AVX-512.
+LK_INLINE v8f splat(float x) {
+  v8f v = {};
+  v[0] = x;
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+LK_INLINE v8i splat_int(int32_t x) {
+  v8i v = {};
+  v[0] = x;
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
+}
 LK_INLINE v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
 LK_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 
@@ -149,6 +160,21 @@ struct GemmShape {
   static constexpr int kVecsPerRow = kVecs;
 };
 
+// Unaligned whole-vector load / store of any vector type V. Through a may_alias, 4-byte-aligned
+// typedef rather than memcpy: GCC merges the memcpys of a row's accumulators into one block copy,
+// which puts the accumulators on the stack and copies them in 16-byte pieces (a failed store-to-load
+// forwarding per vector when the GEMM reads its C block back).
+template <typename V>
+LK_INLINE V load_vec(const float* p) {
+  typedef V Unaligned __attribute__((aligned(4), may_alias));
+  return *reinterpret_cast<const Unaligned*>(p);
+}
+template <typename V>
+LK_INLINE void store_vec(float* p, V v) {
+  typedef V Unaligned __attribute__((aligned(4), may_alias));
+  *reinterpret_cast<Unaligned*>(p) = v;
+}
+
 template <typename Shape>
 LK_INLINE void gemm_blocks(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c,
                            int ldc, bool accumulate) {
@@ -160,19 +186,19 @@ LK_INLINE void gemm_blocks(int m, int n, int k, const float* a, int lda, const f
       V acc[R][NV];
       for (int r = 0; r < R; ++r)
         for (int v = 0; v < NV; ++v) {
-          if (accumulate) std::memcpy(&acc[r][v], c + (int64_t)(i0 + r) * ldc + j0 + v * W, sizeof(V));
+          if (accumulate) acc[r][v] = load_vec<V>(c + (int64_t)(i0 + r) * ldc + j0 + v * W);
           else acc[r][v] = V{};
         }
       for (int kk = 0; kk < k; ++kk) {
         V bv[NV];
-        for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + (int64_t)kk * ldb + j0 + v * W, sizeof(V));
+        for (int v = 0; v < NV; ++v) bv[v] = load_vec<V>(b + (int64_t)kk * ldb + j0 + v * W);
         for (int r = 0; r < R; ++r) {
           const V av = a[(int64_t)(i0 + r) * lda + kk] - V{};  // broadcast
           for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
         }
       }
       for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) std::memcpy(c + (int64_t)(i0 + r) * ldc + j0 + v * W, &acc[r][v], sizeof(V));
+        for (int v = 0; v < NV; ++v) store_vec<V>(c + (int64_t)(i0 + r) * ldc + j0 + v * W, acc[r][v]);
     }
   }
 }
