@@ -62,6 +62,32 @@ for (const isa of PATHS) {
     });
   }
 
+  // Half types are widened per sequence / row as the kernel loads them and narrowed per output row:
+  // fixed shapes so that GQA, Dv != D, empty and length-1 sequences (self and cross, a query sequence
+  // with no keys) are covered on every path whatever the random rounds above draw.
+  for (const dtype of ['float16', 'bfloat16'] as DType[]) {
+    test.serial(`heads in lanes on ${isa}, ${dtype}: GQA, Dv != D, empty and length-1 sequences = reference`, async (t) => {
+      native()._setCpuIsa(isa);
+      const rng = new Rng(isa.length * 313 + dtype.length);
+      const seq = (n: number): Seq => ({ segments: Array.from({ length: n }, (_, i) => Math.floor(i / 29)),
+        roles: Array.from({ length: n }, (_, i) => (i < 4 || i >= n - 4 ? 1 : 0)) });
+      const shapes = [{ heads: 8, kvHeads: 2, D: 8, Dv: 12 }, { heads: 4, kvHeads: 1, D: 16, Dv: 4 }, { heads: 6, kvHeads: 3, D: 12, Dv: 16 },
+        { heads: 3, kvHeads: 1, D: 4, Dv: 8 }];
+      for (const shape of shapes) {
+        for (const rule of ['rec2pm-update', 'causal'] as PresetName[]) {
+          const selfSeqs = [0, 1, 58, 1, 0, 13, 40].map(seq);
+          const before = calls();
+          await checkCpuAttention(t, { rule, qSeqs: selfSeqs, ...shape }, dtype, rng, `self, ${rule} on ${isa}`);
+          t.is(calls(), before + 1, `self ${JSON.stringify(shape)} ${rule} on ${isa}: ran on the heads-in-lanes kernel`);
+        }
+        const before = calls();
+        await checkCpuAttention(t, { rule: 'full', qSeqs: [3, 0, 1, 20, 5].map(seq), kSeqs: [0, 1, 1, 58, 9].map(seq), ...shape }, dtype, rng,
+          `cross on ${isa}`);
+        t.is(calls(), before + 1, `cross ${JSON.stringify(shape)} on ${isa}: ran on the heads-in-lanes kernel`);
+      }
+    });
+  }
+
   test.serial(`heads in lanes on ${isa}: Inf in V on keys a row may not see leaves the row finite`, async (t) => {
     native()._setCpuIsa(isa);
     const rng = new Rng(isa.length * 71 + 5);

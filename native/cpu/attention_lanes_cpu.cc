@@ -44,8 +44,9 @@ std::atomic<int64_t> lanes_calls{0};
 
 struct Call {
   const AttentionParams* p;
-  const float *q, *k, *v;
-  float* out;
+  const void *q, *k, *v;  // p.dtype: float32 read in place, half types widened as they are loaded
+  void* out;
+  bool f32;
   int Hp, G;  // heads rounded up to a power of two; keys per vector (8 / Hp)
   int lane_head[8], lane_kv[8], lane_key[8];  // per lane: head (clamped to H - 1), its kv head, key offset
   uint32_t pattern_mask;      // (1 << G) - 1
@@ -55,6 +56,7 @@ struct Call {
 
 struct Scratch {
   FloatBuffer kt, vt, q, s;
+  FloatBuffer k_wide, v_wide, q_wide, out_row;  // half types: one sequence's K / V, one Q / O row as float32
   std::vector<int32_t> key_role, key_seg, key_pos;
   void init(const AttentionParams& p, int max_k, int G) {
     const size_t vecs = (size_t)(max_k + G - 1) / G + kScoreUnroll;  // + the score loop's overrun
@@ -68,6 +70,12 @@ struct Scratch {
     key_role.resize(keys);
     key_seg.resize(keys);
     key_pos.resize(keys);
+    if (p.dtype != kFloat32) {
+      k_wide = alloc_floats((size_t)std::max(max_k, 1) * p.kv_heads * p.head_dim);
+      v_wide = alloc_floats((size_t)std::max(max_k, 1) * p.kv_heads * p.value_dim);
+      q_wide = alloc_floats((size_t)p.heads * p.head_dim);
+      out_row = alloc_floats((size_t)p.heads * p.value_dim);
+    }
   }
 };
 
@@ -126,7 +134,6 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
     sc.key_pos[(size_t)j] = j;
   }
 
-  const float* qs = c.q;
   float* q = sc.q.get();
   float* s = sc.s.get();
   const float* kt = sc.kt.get();
@@ -135,8 +142,13 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
   const uint8_t* qrole = p.q_layout.roles;
   for (int r = 0; r < rows; ++r) {
     const int64_t qi = q_start + row0 + r;
+    const float* qs = static_cast<const float*>(c.q) + qi * H * D;
+    if (!c.f32) {
+      widen_row(static_cast<const uint16_t*>(c.q) + qi * H * D, p.dtype, sc.q_wide.get(), (int64_t)H * D);
+      qs = sc.q_wide.get();
+    }
     for (int d = 0; d < D; ++d)
-      for (int u = 0; u < 8; ++u) q[d * 8 + u] = qs[(qi * H + c.lane_head[u]) * D + d] * p.scale;
+      for (int u = 0; u < 8; ++u) q[d * 8 + u] = qs[c.lane_head[u] * D + d] * p.scale;
     const int rq = qrole ? qrole[qi] : 0, sq = qseg ? qseg[qi] : 0, pq = row0 + r + Lk - Lq;
     v8f m = splat(kNegInf), l = splat(0.0f);
     v8f o[kMaxLaneDim];
@@ -209,16 +221,18 @@ LK_INLINE void run_task(const Call& c, int64_t task, Scratch& sc) {
     const v8f norm = l == zero ? splat(quiet_nan()) : splat(1.0f) / l;
     float od[kMaxLaneDim][8];
     for (int d = 0; d < Dv; ++d) store8(od[d], seen ? o[d] * norm : zero);
+    float* out_row = c.f32 ? static_cast<float*>(c.out) + qi * H * Dv : sc.out_row.get();
     for (int h = 0; h < H; ++h) {
-      float* dst = c.out + (qi * H + h) * Dv;
-      for (int d = 0; d < Dv; ++d) dst[d] = od[d][h];
+      for (int d = 0; d < Dv; ++d) out_row[h * Dv + d] = od[d][h];
       if (p.lse) p.lse[qi * H + h] = !seen ? kNegInf : l[h] == 0.0f ? quiet_nan() : m[h] + std::log(l[h]);
     }
+    if (!c.f32) narrow_row(out_row, p.dtype, static_cast<uint16_t*>(c.out) + qi * H * Dv, (int64_t)H * Dv);
   }
 }
 
 // The task's sequence K / V transposed into [key vector][d][lane] (zero past the last key); returns
-// whether every V value is finite.
+// whether every V value is finite. Half types: the sequence's rows (contiguous, all kv heads) are
+// widened first into a per-worker buffer, one vectorized pass, then transposed as float32.
 LK_INLINE bool transpose_sequence(const Call& c, int64_t task, Scratch& sc) {
   const AttentionParams& p = *c.p;
   const int b = c.chunk_seq[(size_t)task];
@@ -228,11 +242,19 @@ LK_INLINE bool transpose_sequence(const Call& c, int64_t task, Scratch& sc) {
   const int vecs = (Lk + G - 1) / G;
   float* kt = sc.kt.get();
   float* vt = sc.vt.get();
+  const float* ks = static_cast<const float*>(c.k) + k_start * Hkv * D;
+  const float* vs = static_cast<const float*>(c.v) + k_start * Hkv * Dv;
+  if (!c.f32) {
+    widen_row(static_cast<const uint16_t*>(c.k) + k_start * Hkv * D, p.dtype, sc.k_wide.get(), (int64_t)Lk * Hkv * D);
+    widen_row(static_cast<const uint16_t*>(c.v) + k_start * Hkv * Dv, p.dtype, sc.v_wide.get(), (int64_t)Lk * Hkv * Dv);
+    ks = sc.k_wide.get();
+    vs = sc.v_wide.get();
+  }
   for (int t = 0; t < vecs; ++t) {
     for (int u = 0; u < 8; ++u) {
       const int key = t * G + c.lane_key[u];
-      const float* kr = c.k + ((k_start + key) * Hkv + c.lane_kv[u]) * D;
-      const float* vr = c.v + ((k_start + key) * Hkv + c.lane_kv[u]) * Dv;
+      const float* kr = ks + ((int64_t)key * Hkv + c.lane_kv[u]) * D;
+      const float* vr = vs + ((int64_t)key * Hkv + c.lane_kv[u]) * Dv;
       const bool real = key < Lk;
       for (int d = 0; d < D; ++d) kt[((size_t)t * D + d) * 8 + u] = real ? kr[d] : 0.0f;
       for (int d = 0; d < Dv; ++d) vt[((size_t)t * Dv + d) * 8 + u] = real ? vr[d] : 0.0f;
@@ -290,19 +312,16 @@ bool heads_lanes_fits(const AttentionParams& p) {
 
 void heads_lanes_attention(const AttentionParams& p) {
   lanes_calls.fetch_add(1, std::memory_order_relaxed);
-  const int H = p.heads, D = p.head_dim, Dv = p.value_dim;
-  Float32View q = as_float32(p.q, p.dtype, p.tq * H * D);
-  Float32View k = as_float32(p.k, p.dtype, p.tk * p.kv_heads * D);
-  Float32View v = as_float32(p.v, p.dtype, p.tk * p.kv_heads * Dv);
-  Float32Output out = float32_output(p.out, p.dtype, p.tq * H * Dv);
+  const int H = p.heads;
   ThreadPool& pool = ThreadPool::shared();
 
   Call c;
   c.p = &p;
-  c.q = q.data;
-  c.k = k.data;
-  c.v = v.data;
-  c.out = out.data;
+  c.q = p.q;
+  c.k = p.k;
+  c.v = p.v;
+  c.out = p.out;
+  c.f32 = p.dtype == kFloat32;
   c.Hp = H <= 2 ? 2 : H <= 4 ? 4 : 8;
   c.G = 8 / c.Hp;
   for (int u = 0; u < 8; ++u) {
@@ -323,7 +342,6 @@ void heads_lanes_attention(const AttentionParams& p) {
   for (auto& sc : scratch) sc.init(p, max_k, c.G);
   const LanesTaskFn task = isa_pick(kLanesTask);  // one path for the whole call
   pool.parallel_for((int64_t)c.chunk_seq.size(), [&](int64_t i, int worker) { task(c, i, scratch[(size_t)worker]); });
-  out.finish();
 }
 
 int64_t heads_lanes_calls() { return lanes_calls.load(std::memory_order_relaxed); }
