@@ -465,9 +465,16 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
     }
   }
   // Half types: the block's rows of the group's kv heads widened once for all its heads, unless every
-  // head reads packed panels only (K^T, and V when its rows need no padding).
+  // head reads packed panels only (K^T, and V when its rows need no padding and, in masked or
+  // padded blocks, its panel is all finite: else attend_head_keys copies V rows from the block).
   t.block_widened = false;
-  if (p.dtype != kFloat32 && !(t.panel >= 0 && !t.key_major && p.value_dim == t.dv_pad)) {
+  bool panels_only = t.panel >= 0 && !t.key_major && p.value_dim == t.dv_pad;
+  if (p.dtype != kFloat32 && panels_only && (masked || count != round_up(count, Shape::kCols))) {
+    const int per_kv = p.heads / p.kv_heads;
+    for (int g = t.h0 / per_kv; g <= (t.h0 + t.group - 1) / per_kv && panels_only; ++g)
+      panels_only = t.job->v_panel_finite[g * t.job->panels + t.panel];
+  }
+  if (p.dtype != kFloat32 && !panels_only) {
     const int Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim;
     t.block_g0 = t.h0 / (p.heads / Hkv);
     t.block_heads = (t.h0 + t.group - 1) / (p.heads / Hkv) - t.block_g0 + 1;
