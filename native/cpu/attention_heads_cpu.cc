@@ -10,6 +10,7 @@
 #include "../thread_pool.h"
 #include "convert.h"
 #include "isa.h"
+#include "layout_cpu.h"
 #include "mask_bits.h"
 #include "simd.h"
 
@@ -474,19 +475,13 @@ using HeadsTaskFn = void (*)(const Call&, int64_t, Scratch&);
 const IsaTable<HeadsTaskFn> kHeadsTask = {{heads_task_portable, LK_IF_NEON(heads_task_neon), LK_IF_X86(heads_task_avx2),
                                            LK_IF_X86(heads_task_avx512), nullptr}};
 
-int longest(const LayoutView& l, int batch) {
-  int n = 0;
-  for (int b = 0; b < batch; ++b) n = std::max(n, l.offsets[b + 1] - l.offsets[b]);
-  return n;
-}
-
 }  // namespace
 
 bool heads_major_fits(const AttentionParams& p) {
   const int H = p.heads, D = p.head_dim, Dv = p.value_dim;
   if (p.normalize != kSoftmax || D % 8 != 0 || Dv % 8 != 0 || D > kMaxDim || Dv > kMaxDim) return false;
   if (!(H == 1 || H == 2 || H == 4 || (H % 8 == 0 && H <= kMaxHeads))) return false;
-  const int max_q = longest(p.q_layout, p.batch);
+  const int max_q = longest_sequence(p.q_layout, p.batch);
   // Small heads over longer sequences stay with the tiled kernel's head groups: this kernel's
   // row-at-a-time dot products measured slower there (8 x 8 heads, 58-token sequences: 18.5 vs
   // 13.5 ms), its per-(key, head) exp being no cheaper.
@@ -526,7 +521,7 @@ void heads_major_attention(const AttentionParams& p) {
   const int64_t chunks = (int64_t)c.chunk_seq.size();
   // Fewer row chunks than the pool can balance (a few users with long histories): each chunk's keys
   // are split into ranges whose partial softmax states are combined below.
-  const int max_k = longest(p.kv_layout, p.batch);
+  const int max_k = longest_sequence(p.kv_layout, p.batch);
   c.splits = 1;
   if (chunks > 0 && chunks < 4 * (int64_t)pool.size())
     c.splits = (int)std::max<int64_t>(1, std::min<int64_t>((4 * pool.size() + chunks - 1) / chunks, max_k / kMinSplitKeys));

@@ -10,6 +10,7 @@
 #include "../thread_pool.h"
 #include "convert.h"
 #include "isa.h"
+#include "layout_cpu.h"
 #include "mask_bits.h"
 #include "simd.h"
 
@@ -293,18 +294,12 @@ using LanesTaskFn = void (*)(const Call&, int64_t, Scratch&);
 const IsaTable<LanesTaskFn> kLanesTask = {{lanes_task_portable, LK_IF_NEON(lanes_task_neon), LK_IF_X86(lanes_task_avx2),
                                            LK_IF_X86(lanes_task_avx512), nullptr}};
 
-int longest(const LayoutView& l, int batch) {
-  int n = 0;
-  for (int b = 0; b < batch; ++b) n = std::max(n, l.offsets[b + 1] - l.offsets[b]);
-  return n;
-}
-
 }  // namespace
 
 bool heads_lanes_fits(const AttentionParams& p) {
   if (p.normalize != kSoftmax || p.heads < 2 || p.heads > kMaxLaneHeads) return false;
   if (p.head_dim > kMaxLaneDim || p.value_dim > kMaxLaneDim) return false;
-  const int64_t max_k = longest(p.kv_layout, p.batch);
+  const int64_t max_k = longest_sequence(p.kv_layout, p.batch);
   if (p.heads < 4) return max_k <= kFewHeadsMaxKeys;
   const int keys_per_vec = p.heads <= 4 ? 2 : 1;
   return (max_k + keys_per_vec - 1) / keys_per_vec * (p.head_dim + p.value_dim) * 8 * (int64_t)sizeof(float) <= kMaxSequenceBytes;
@@ -337,7 +332,7 @@ void heads_lanes_attention(const AttentionParams& p) {
       c.chunk_seq.push_back(b);
       c.chunk_row.push_back(r);
     }
-  const int max_k = longest(p.kv_layout, p.batch);
+  const int max_k = longest_sequence(p.kv_layout, p.batch);
   std::vector<Scratch> scratch(pool.size());
   for (auto& sc : scratch) sc.init(p, max_k, c.G);
   const LanesTaskFn task = isa_pick(kLanesTask);  // one path for the whole call
