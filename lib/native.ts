@@ -115,6 +115,8 @@ export interface NativeAddon {
   _setCpuIsa(isa: string): void;
   /** Test support: the CPU kernels' exp (native/cpu/simd.h exp8) on the active ISA path. */
   _cpuExp(values: Float32Array): Float32Array;
+  /** Test support: the CPU kernels' float32 -> float16 / bfloat16 narrowing (native/cpu/convert.h narrow_row) on the active ISA path. */
+  _cpuNarrowRow(values: Float32Array, dtype: number): Uint16Array;
   /** Test support: CPU sparse / indexed attention calls run as dense `full` attention since load. */
   _cpuSparseDenseDispatches(): number;
   _cpuHeadsLanesCalls(): number;

@@ -22,6 +22,7 @@
 #include "cpu/attention_backward_cpu.h"
 #include "cpu/attention_cpu.h"
 #include "cpu/attention_lanes_cpu.h"
+#include "cpu/convert.h"
 #include "cpu/mask_plan_cpu.h"
 #include "cpu/gather_rows_cpu.h"
 #include "cpu/isa.h"
@@ -1369,6 +1370,22 @@ Napi::Value CpuExp(const Napi::CallbackInfo& info) {
   return dst;
 }
 
+// _cpuNarrowRow(Float32Array, dtype) -> Uint16Array: test support, the CPU kernels' float32 ->
+// float16 / bfloat16 narrowing (native/cpu/convert.h narrow_row) on the active ISA path, which
+// test/cpu-narrow.test.ts holds bit-identical to fromFloat32's scalar rounding.
+Napi::Value CpuNarrowRow(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw Napi::TypeError::New(env, "values: expected a Float32Array");
+  if (info.Length() < 2 || !info[1].IsNumber()) throw Napi::TypeError::New(env, "dtype: expected a number");
+  const int dtype = info[1].As<Napi::Number>().Int32Value();
+  if (dtype != kFloat16 && dtype != kBFloat16) throw Napi::RangeError::New(env, "dtype: expected float16 or bfloat16");
+  Napi::Float32Array src = info[0].As<Napi::Float32Array>();
+  Napi::Uint16Array dst = Napi::Uint16Array::New(env, src.ElementLength());
+  cpu::narrow_row(src.Data(), (DType)dtype, dst.Data(), (int64_t)src.ElementLength());
+  return dst;
+}
+
 // _setCpuIsa(name): test support, forces the CPU kernels' instruction set (native/cpu/isa.h) for
 // calls that start from now on. RangeError when unknown or not runnable here.
 Napi::Value SetCpuIsa(const Napi::CallbackInfo& info) {
@@ -1607,6 +1624,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("_failInPoolTask", Napi::Function::New(env, FailInPoolTask));
   exports.Set("_setCpuIsa", Napi::Function::New(env, SetCpuIsa));
   exports.Set("_cpuExp", Napi::Function::New(env, CpuExp));
+  exports.Set("_cpuNarrowRow", Napi::Function::New(env, CpuNarrowRow));
   exports.Set("_cpuSparseDenseDispatches", Napi::Function::New(env, CpuSparseDenseDispatches));
   exports.Set("_cpuHeadsLanesCalls", Napi::Function::New(env, CpuHeadsLanesCalls));
 #ifdef LK_WITH_CUDA

@@ -44,6 +44,39 @@ LK_TARGET_AVX512 void widen_avx512(const uint16_t* src, DType dtype, float* dst,
 #pragma GCC diagnostic pop
 #endif
 
+// Rounding stays the shared scalar code (cuda/common/half_convert.h): the one definition that the
+// vector paths must match bit for bit (test/cpu-narrow.test.ts).
+void narrow_portable(const float* src, DType dtype, uint16_t* dst, int64_t n) {
+  if (dtype == kFloat16)
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_half(src[i]);
+  else
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bfloat16(src[i]);
+}
+
+#if LK_ISA_X86
+// vcvtps2ph rounds to nearest even as float_to_half does (ties, subnormals, overflow to inf alike),
+// but keeps a NaN's sign and top payload bits where float_to_half returns the canonical quiet NaN:
+// NaN lanes become sign | 0x7fc00000 first, which converts to exactly sign | 0x7e00.
+LK_TARGET_AVX2 void narrow_avx2(const float* src, DType dtype, uint16_t* dst, int64_t n) {
+  if (dtype != kFloat16) return narrow_portable(src, dtype, dst, n);
+  const __m256 sign_bit = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+  const __m256 quiet_nan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(src + i);
+    const __m256 canonical = _mm256_or_ps(_mm256_and_ps(x, sign_bit), quiet_nan);
+    const __m256 y = _mm256_blendv_ps(x, canonical, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) dst[i] = float_to_half(src[i]);
+}
+#endif
+
+// No AVX-512 entry: it would be 16 lanes of the same instruction, and this bandwidth-bound loop gains
+// little from it; AVX-512 CPUs take the AVX2 entry through the table's fallback.
+using NarrowFn = void (*)(const float*, DType, uint16_t*, int64_t);
+const IsaTable<NarrowFn> kNarrow = {{narrow_portable, nullptr, LK_IF_X86(narrow_avx2), nullptr, nullptr}};
+
 using WidenFn = void (*)(const uint16_t*, DType, float*, int64_t);
 const IsaTable<WidenFn> kWiden = {{widen_portable, nullptr, LK_IF_X86(widen_avx2), LK_IF_X86(widen_avx512), nullptr}};
 
@@ -61,13 +94,7 @@ void widen_to_float32(const uint16_t* src, DType dtype, float* dst, int64_t coun
   });
 }
 
-void narrow_row(const float* src, DType dtype, uint16_t* dst, int64_t count) {
-  // Rounding stays the shared scalar code (cuda/common/half_convert.h): one definition of it.
-  if (dtype == kFloat16)
-    for (int64_t i = 0; i < count; ++i) dst[i] = float_to_half(src[i]);
-  else
-    for (int64_t i = 0; i < count; ++i) dst[i] = float_to_bfloat16(src[i]);
-}
+void narrow_row(const float* src, DType dtype, uint16_t* dst, int64_t count) { isa_pick(kNarrow)(src, dtype, dst, count); }
 
 void narrow_from_float32(const float* src, DType dtype, uint16_t* dst, int64_t count) {
   ThreadPool::shared().parallel_for((count + kChunk - 1) / kChunk, [&](int64_t c, int) {
