@@ -122,6 +122,9 @@ export interface NativeAddon {
   _cpuHeadsLanesCalls(): number;
   /** Test support, CUDA builds only (cuda/backend.h): the host path's counters since load. */
   _cudaHostPath?(): CudaHostPathStats;
+  /** The host caching allocator (native/storage.cc): cached blocks of 2 MiB and more. */
+  _hostCache(): { hits: number; misses: number; blocks: number; cachedBytes: number; limit: number };
+  _hostCacheSetLimit(bytes: number): void;
   /** Test support: while held, the completion thread waits for no event (nothing executes on the emulator). */
   _cudaHoldCompletions?(hold: boolean): void;
   /** Test support: the caching allocator's bound. */

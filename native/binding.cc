@@ -1554,6 +1554,26 @@ Napi::Value FailInPoolTask(const Napi::CallbackInfo& info) {
   });
 }
 
+// _hostCache() -> the host caching allocator's counters (storage.h HostCacheStats).
+Napi::Value HostCache(const Napi::CallbackInfo& info) {
+  const HostCacheStats s = host_cache_stats();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("hits", (double)s.hits);
+  o.Set("misses", (double)s.misses);
+  o.Set("blocks", (double)s.blocks);
+  o.Set("cachedBytes", (double)s.cached_bytes);
+  o.Set("limit", (double)s.limit);
+  return o;
+}
+
+// _hostCacheSetLimit(bytes): test support (set_host_cache_limit); 0 empties the cache.
+Napi::Value HostCacheSetLimit(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsNumber() || !(info[0].As<Napi::Number>().DoubleValue() >= 0))
+    throw Napi::TypeError::New(info.Env(), "bytes: expected a non-negative number");
+  set_host_cache_limit((size_t)info[0].As<Napi::Number>().DoubleValue());
+  return info.Env().Undefined();
+}
+
 #ifdef LK_WITH_CUDA
 // _cudaHostPath() -> what the CUDA host path has done since load (cuda::HostPathStats): ops
 // submitted / completed / in flight, waits for the device by issuing threads (none in the addon's
@@ -1627,6 +1647,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("_cpuNarrowRow", Napi::Function::New(env, CpuNarrowRow));
   exports.Set("_cpuSparseDenseDispatches", Napi::Function::New(env, CpuSparseDenseDispatches));
   exports.Set("_cpuHeadsLanesCalls", Napi::Function::New(env, CpuHeadsLanesCalls));
+  exports.Set("_hostCache", Napi::Function::New(env, HostCache));
+  exports.Set("_hostCacheSetLimit", Napi::Function::New(env, HostCacheSetLimit));
 #ifdef LK_WITH_CUDA
   exports.Set("_cudaHostPath", Napi::Function::New(env, CudaHostPath));
   exports.Set("_cudaHoldCompletions", Napi::Function::New(env, CudaHoldCompletions));

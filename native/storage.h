@@ -55,6 +55,15 @@ BufferRef wrap_external(void* ptr, size_t bytes, std::shared_ptr<ExternalOwner> 
 struct LiveMemory { int64_t buffers; int64_t bytes; };
 LiveMemory live_memory();
 
+// The host caching allocator (storage.cc): freed blocks of 2 MiB and more are kept, up to a limit
+// (LIFELONG_CPU_CACHE_BYTES, default 256 MiB), for the next request of the same size.
+struct HostCacheStats {
+  uint64_t hits, misses, blocks, cached_bytes, limit;
+};
+HostCacheStats host_cache_stats();
+// Sets the cache's bound in bytes and frees the oldest cached blocks past it (0: cache nothing).
+void set_host_cache_limit(size_t bytes);
+
 // Allocates `bytes` on `device`; on failure returns null and sets *error.
 BufferRef allocate(Device device, size_t bytes, std::string* error);
 // Host memory only (device kCpu); device memory is zeroed and copied on the device's stream by the
