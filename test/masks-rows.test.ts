@@ -48,8 +48,9 @@ for (const isa of PATHS) for (const dtype of DTYPES) {
       });
       const layout = pack(seqs);
       const T = layout.offsets[batch];
-      const kvHeads = rng.int(1, 4), heads = kvHeads * rng.pick([1, 2]);
-      const D = rng.pick([8, 16, 32, 64]), Dv = rng.pick([8, 24, 64, 72]);
+      const kvHeads = rng.pick([1, 2, 3, 4, 4]), heads = kvHeads * rng.pick([1, 2]);
+      // Dv a multiple of the micro-kernels' 16 columns: masked blocks may read a finite panel's V rows in place.
+      const D = rng.pick([8, 16, 32, 64]), Dv = rng.pick([16, 24, 48, 64, 64, 72]);
       const qData = rng.floats(T * heads * D, 2);
       // Keys whose scores grow along the sequence: a row's running max moves in each later block.
       const kData = rng.floats(T * kvHeads * D, 2);
@@ -57,9 +58,9 @@ for (const isa of PATHS) for (const dtype of DTYPES) {
       const vData = rng.floats(T * kvHeads * Dv);
       // Inf / NaN in one kv head's rows only: its panels are flagged non-finite, the other heads' not.
       const special = round % 3 === 1 ? NaN : round % 3 === 2 ? Infinity : 0;
-      const specialHead = rng.int(0, kvHeads - 1);
+      const specialHead = kvHeads - 1;  // past head 0: each head's flag must be its own
       if (special !== 0 && T > 0) {
-        for (let n = 0; n < 2; n++) vData[(rng.int(0, T - 1) * kvHeads + specialHead) * Dv + rng.int(0, Dv - 1)] = special;
+        for (let n = 0; n < 6; n++) vData[(rng.int(0, T - 1) * kvHeads + specialHead) * Dv + rng.int(0, Dv - 1)] = special;
         if (rng.bool(0.5)) kData[(rng.int(0, T - 1) * kvHeads + specialHead) * D + rng.int(0, D - 1)] = -special;
       }
       const q = await makeInput(qData, [T, heads, D], dtype, 'cpu');
