@@ -12,23 +12,11 @@ import test from 'ava';
 import { backends, maskedAttention, reference } from '../lib/index';
 import type { DType, MaskRule, PresetName } from '../lib/index';
 import { native } from '../lib/native';
-import { compare, makeInput, pack, randomRule, randomSequence, Rng } from './helpers';
+import { compare, makeInput, nonFiniteMismatch, pack, randomRule, randomSequence, Rng } from './helpers';
 
 const PATHS = backends().cpu.isaPaths;
 const PRESETS: PresetName[] = ['persrec', 'rec2pm-update', 'rec2pm-reference', 'causal', 'full'];
 const DTYPES: DType[] = ['float32', 'float16', 'bfloat16'];
-
-/** Non-finite outputs must be exactly the reference's (NaN for NaN); those positions are then zeroed
- * in both so that the finite rest is compared within SPEC §7 tolerance. */
-function nonFiniteMismatch(out: Float32Array, ref: Float64Array): string {
-  for (let i = 0; i < ref.length; i++) {
-    if (Number.isFinite(ref[i]) && Number.isFinite(out[i])) continue;
-    if (!Object.is(ref[i], out[i]) && !(Number.isNaN(ref[i]) && Number.isNaN(out[i]))) return `[${i}]: got ${out[i]}, reference ${ref[i]}`;
-    out[i] = 0;
-    ref[i] = 0;
-  }
-  return '';
-}
 
 for (const isa of PATHS) for (const dtype of DTYPES) {
   test.serial(`maskedAttention cpu on ${isa}, ${dtype}: panels of all kv heads per tile, row-wise Q, batched rescale = reference`, async (t) => {
