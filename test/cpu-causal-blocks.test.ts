@@ -13,7 +13,7 @@ import test from 'ava';
 import { backends, maskedAttention, reference } from '../lib/index';
 import type { DType, MaskRule, PresetName } from '../lib/index';
 import { native } from '../lib/native';
-import { checkCpuAttention, compare, makeInput, pack, randomRule, randomSequence, Rng } from './helpers';
+import { checkCpuAttention, compare, makeInput, nonFiniteMismatch, pack, randomRule, randomSequence, Rng } from './helpers';
 
 const PATHS = backends().cpu.isaPaths;
 const PRESETS: PresetName[] = ['causal', 'full', 'persrec', 'rec2pm-reference', 'rec2pm-update'];
@@ -30,18 +30,6 @@ function sequence(rng: Rng, len: number) {
     roles.push(rng.bool(0.8) ? 0 : rng.pick([1, 2]));
   }
   return { segments, roles };
-}
-
-/** Non-finite outputs (NaN, +-Inf from Inf in V) must be exactly the reference's; the finite rest
- * is then compared within SPEC §7 tolerance (the non-finite positions are zeroed in both). */
-function nonFiniteMismatch(out: Float32Array, ref: Float64Array): string {
-  for (let i = 0; i < ref.length; i++) {
-    if (Number.isFinite(ref[i]) && Number.isFinite(out[i])) continue;
-    if (!Object.is(ref[i], out[i]) && !(Number.isNaN(ref[i]) && Number.isNaN(out[i]))) return `[${i}]: got ${out[i]}, reference ${ref[i]}`;
-    out[i] = 0;
-    ref[i] = 0;
-  }
-  return '';
 }
 
 const DTYPES: DType[] = ['float32', 'float16', 'bfloat16'];

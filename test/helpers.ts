@@ -163,3 +163,15 @@ export async function checkCpuAttention(t: import('ava').ExecutionContext, c: Cp
   if (!c.silu) t.is(compare(await got.lse!.float32(), ref.lse!.data, 'float32', 'lse'), '', shape);
   for (const x of [q.t, k.t, v.t, got.output, got.lse]) x?.dispose();
 }
+
+/** Non-finite outputs (NaN, +-Inf from Inf in V) must be exactly the reference's; the finite rest
+ * is then compared within SPEC §7 tolerance (the non-finite positions are zeroed in both). */
+export function nonFiniteMismatch(out: Float32Array, ref: Float64Array): string {
+  for (let i = 0; i < ref.length; i++) {
+    if (Number.isFinite(ref[i]) && Number.isFinite(out[i])) continue;
+    if (!Object.is(ref[i], out[i]) && !(Number.isNaN(ref[i]) && Number.isNaN(out[i]))) return `[${i}]: got ${out[i]}, reference ${ref[i]}`;
+    out[i] = 0;
+    ref[i] = 0;
+  }
+  return '';
+}

@@ -329,16 +329,22 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
       }
       float block_sum[8];
       store8(block_sum, hsum8x8(row_sum));
+      // The batch's rescale factors exp(m_old - m_new) in one exp8 rather than a libm call per row
+      // (a vzeroupper and spills of the live vectors per row and head) or an exp8 per row; exactly 1
+      // when m holds.
+      float alpha_arg[8] = {};
+      for (int i = 0; i < batch; ++i)
+        if (summed[i]) alpha_arg[i] = t.m[r0 + i] - m_new[i];
+      float alphas[8];
+      store8(alphas, exp8(load8(alpha_arg)));
       for (int i = 0; i < batch; ++i) {
         if (!summed[i]) continue;
         const int r = r0 + i;
         const float m_old = t.m[r];
-        // The rescale factor from exp8 rather than a libm call, which costs a vzeroupper and spills of
-        // the live vectors per row and head; exactly 1 when m holds. A row's first block with a finite
-        // max (the only block of short sequences) has nothing to rescale: l and O are 0 (or O already
-        // NaN) while m_old is -inf, so its exp and pass over O are skipped.
+        // A row's first block with a finite max (the only block of short sequences) has nothing to
+        // rescale: l and O are 0 (or O already NaN) while m_old is -inf, so its pass over O is skipped.
         const bool first_block = m_old == kNegInf;
-        const float alpha = first_block ? 0.0f : exp8(splat(m_old - m_new[i]))[0];
+        const float alpha = first_block ? 0.0f : alphas[i];
         t.l[r] = t.l[r] * alpha + block_sum[i];
         t.m[r] = m_new[i];
         if (!first_block && alpha != 1.0f) {
@@ -540,21 +546,25 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
 
   // Scaled query rows per head; padding rows are zero and never written out.
   t.key_major = t.rows <= kFewRows;
-  for (int i = 0; i < group; ++i) {
-    select_head(t, i);
-    float* qs = t.q_rows;
-    const float scale = p.scale;
-    for (int r = 0; r < t.m_pad; ++r) {
-      const int64_t offset = ((t.q_start + t.row0 + r) * H + t.h) * D;
+  // Row by row over the group's heads: a row's heads are one run of group * D inputs, read in order.
+  const float scale = p.scale;
+  for (int r = 0; r < t.m_pad; ++r) {
+    const int64_t offset = ((t.q_start + t.row0 + r) * H + h0) * D;
+    for (int i = 0; i < group; ++i) {
+      float* qs = sc.q.get() + ((size_t)i * kMaxRows + r) * D;
       if (r >= t.rows) {
-        std::fill(qs + r * D, qs + (r + 1) * D, 0.0f);
+        std::fill(qs, qs + D, 0.0f);
       } else if (job.q) {
-        for (int d = 0; d < D; ++d) qs[r * D + d] = job.q[offset + d] * scale;
+        for (int d = 0; d < D; ++d) qs[d] = job.q[offset + i * D + d] * scale;
       } else {
-        widen_row(static_cast<const uint16_t*>(p.q) + offset, p.dtype, qs + r * D, D);
-        for (int d = 0; d < D; ++d) qs[r * D + d] *= scale;
+        widen_row(static_cast<const uint16_t*>(p.q) + offset + i * D, p.dtype, qs, D);
+        for (int d = 0; d < D; ++d) qs[d] *= scale;
       }
     }
+  }
+  for (int i = 0; i < group; ++i) {
+    select_head(t, i);
+    const float* qs = t.q_rows;
     if (t.key_major) {  // Q^T, scaled, zero columns past the tile's rows
       for (int d = 0; d < D; ++d)
         for (int r = 0; r < kFewRows; ++r) t.q_cols[d * kFewRows + r] = r < t.rows ? qs[r * D + d] : 0.0f;
@@ -669,43 +679,52 @@ LK_INLINE void attend_tile_impl(const Job& job, const PlanWork& w, int h0, int g
   for (int i = 0; i < ranges; ++i) attend_rows<Shape, kFewQueries>(job, w, h0, group, sc, cut[i], cut[i + 1]);
 }
 
-// One (kv head, key tile)'s panels: K^T [D][kBlockN] by 8 x 8 register transposes and V rows
-// [kBlockN][Dv], zero past the tile's `cols` keys (rows `k_stride` / `v_stride` elements apart, of
-// `dtype`: half types are widened as they are packed, 8 K rows at a time through `k_widened`,
-// 8 x D floats). Returns whether every V value of the panel is finite.
-LK_INLINE bool pack_panel(const void* k_rows, const void* v_rows, DType dtype, int64_t k_stride, int64_t v_stride, int D, int Dv,
-                          int cols, float* k_widened, float* kt_panel, float* v_panel) {
+// One key tile's panels for every kv head: K^T [D][kBlockN] by 8 x 8 register transposes and V rows
+// [kBlockN][Dv], zero past the tile's `cols` keys, head g's at kt_panels + g * kt_head_stride and
+// v_panels + g * v_head_stride (tensor rows hold `heads` heads, of `dtype`: half types are widened as
+// they are packed, 8 K rows at a time through `k_widened`, 8 x D floats). The tile's rows are read
+// whole and in order, one stream per tensor that hardware prefetchers follow (a task per head read
+// 256-byte slices 1 KB apart, fetched late). finite[g * finite_stride]: every V value of head g's
+// panel is finite.
+LK_INLINE void pack_panels(const void* k_rows, const void* v_rows, DType dtype, int heads, int D, int Dv, int cols, float* k_widened,
+                           float* kt_panels, float* v_panels, int64_t kt_head_stride, int64_t v_head_stride, uint8_t* finite,
+                           int64_t finite_stride) {
   const bool f32 = dtype == kFloat32;
-  for (int j0 = 0; j0 < kBlockN; j0 += 8) {
-    const float* krows[8];
-    for (int u = 0; u < 8; ++u) {
-      const int64_t offset = (j0 + u) * k_stride;
-      krows[u] = j0 + u >= cols ? nullptr : f32 ? static_cast<const float*>(k_rows) + offset : k_widened + u * D;
-      if (!f32 && krows[u]) widen_row(static_cast<const uint16_t*>(k_rows) + offset, dtype, k_widened + u * D, D);
+  const int64_t k_stride = (int64_t)heads * D, v_stride = (int64_t)heads * Dv;
+  for (int j0 = 0; j0 < kBlockN; j0 += 8)
+    for (int g = 0; g < heads; ++g) {
+      const float* krows[8];
+      for (int u = 0; u < 8; ++u) {
+        const int64_t offset = (j0 + u) * k_stride + (int64_t)g * D;
+        krows[u] = j0 + u >= cols ? nullptr : f32 ? static_cast<const float*>(k_rows) + offset : k_widened + u * D;
+        if (!f32 && krows[u]) widen_row(static_cast<const uint16_t*>(k_rows) + offset, dtype, k_widened + u * D, D);
+      }
+      transpose_key_rows(krows, D, kt_panels + g * kt_head_stride + j0);
     }
-    transpose_key_rows(krows, D, kt_panel + j0);
-  }
-  for (int j = 0; j < kBlockN; ++j) {
-    float* vrow = v_panel + (size_t)j * Dv;
-    if (j >= cols) std::fill(vrow, vrow + Dv, 0.0f);
-    else if (f32) std::memcpy(vrow, static_cast<const float*>(v_rows) + j * v_stride, sizeof(float) * Dv);
-    else widen_row(static_cast<const uint16_t*>(v_rows) + j * v_stride, dtype, vrow, Dv);
-  }
-  return all_finite(v_panel, kBlockN * Dv);  // kBlockN * Dv is a multiple of 8
+  for (int j = 0; j < kBlockN; ++j)
+    for (int g = 0; g < heads; ++g) {
+      float* vrow = v_panels + g * v_head_stride + (int64_t)j * Dv;
+      const int64_t offset = j * v_stride + (int64_t)g * Dv;
+      if (j >= cols) std::fill(vrow, vrow + Dv, 0.0f);
+      else if (f32) std::memcpy(vrow, static_cast<const float*>(v_rows) + offset, sizeof(float) * Dv);
+      else widen_row(static_cast<const uint16_t*>(v_rows) + offset, dtype, vrow, Dv);
+    }
+  for (int g = 0; g < heads; ++g) finite[g * finite_stride] = all_finite(v_panels + g * v_head_stride, kBlockN * Dv);  // kBlockN * Dv: a multiple of 8
 }
-#define LK_PACK_ENTRY(name, attr)                                                                              \
-  attr bool name(const void* k, const void* v, DType dtype, int64_t ks, int64_t vs, int D, int Dv, int cols, float* kw, float* kt, \
-                 float* vp) {                                                                                   \
-    return pack_panel(k, v, dtype, ks, vs, D, Dv, cols, kw, kt, vp);                                           \
+#define LK_PACK_ENTRY(name, attr)                                                                                     \
+  attr void name(const void* k, const void* v, DType dtype, int heads, int D, int Dv, int cols, float* kw, float* kt, float* vp, \
+                 int64_t kt_stride, int64_t v_stride, uint8_t* finite, int64_t finite_stride) {                                \
+    pack_panels(k, v, dtype, heads, D, Dv, cols, kw, kt, vp, kt_stride, v_stride, finite, finite_stride);                      \
   }
 #if LK_ISA_X86
-LK_PACK_ENTRY(pack_panel_avx512, LK_TARGET_AVX512)
-LK_PACK_ENTRY(pack_panel_avx2, LK_TARGET_AVX2)
+LK_PACK_ENTRY(pack_panels_avx512, LK_TARGET_AVX512)
+LK_PACK_ENTRY(pack_panels_avx2, LK_TARGET_AVX2)
 #endif
-LK_PACK_ENTRY(pack_panel_portable, )
+LK_PACK_ENTRY(pack_panels_portable, )
 #undef LK_PACK_ENTRY
-using PackPanelFn = bool (*)(const void*, const void*, DType, int64_t, int64_t, int, int, int, float*, float*, float*);
-const IsaTable<PackPanelFn> kPackPanel = {{pack_panel_portable, nullptr, LK_IF_X86(pack_panel_avx2), LK_IF_X86(pack_panel_avx512), nullptr}};
+using PackPanelFn = void (*)(const void*, const void*, DType, int, int, int, int, float*, float*, float*, int64_t, int64_t, uint8_t*,
+                             int64_t);
+const IsaTable<PackPanelFn> kPackPanel = {{pack_panels_portable, nullptr, LK_IF_X86(pack_panels_avx2), LK_IF_X86(pack_panels_avx512), nullptr}};
 
 // One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries
 // have their own entries (dot-product Q K^T, 4-row P V), so the large tiles' code stays compact.
@@ -880,16 +899,14 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   if (!f32)
     for (auto& rows : k_widened) rows = alloc_floats((size_t)8 * D);
   LK_PROF_STMT(::lk::cpu::prof::totals.calls.fetch_add(1); std::atomic<uint64_t> prof_busy{0}; uint64_t prof_t0 = __rdtsc());
-  pool.parallel_for(panels * Hkv, [&](int64_t i, int worker) {  // i = kv head * panels + packed tile
+  pool.parallel_for(panels, [&](int64_t i, int worker) {  // i = packed tile, all kv heads
     LK_PROF_STMT(const uint64_t task_t0 = __rdtsc(); ::lk::cpu::prof::switch_to(::lk::cpu::prof::kPack));
-    const auto [b, t] = panel_tiles[(size_t)(i % panels)];
-    const int kv_head = (int)(i / panels);
+    const auto [b, t] = panel_tiles[(size_t)i];
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
-    v_panel_finite[(size_t)i] = pack(static_cast<const char*>(p.k) + (key0 * Hkv + kv_head) * D * elem,
-                                     static_cast<const char*>(p.v) + (key0 * Hkv + kv_head) * Dv * elem, p.dtype, (int64_t)Hkv * D,
-                                     (int64_t)Hkv * Dv, D, Dv, cols, k_widened[(size_t)worker].get(), kt_panels + (size_t)i * kt_floats,
-                                     v_panels + (size_t)i * v_floats);
+    pack(static_cast<const char*>(p.k) + key0 * Hkv * D * elem, static_cast<const char*>(p.v) + key0 * Hkv * Dv * elem, p.dtype, Hkv, D,
+         Dv, cols, k_widened[(size_t)worker].get(), kt_panels + (size_t)i * kt_floats, v_panels + (size_t)i * v_floats,
+         panels * (int64_t)kt_floats, panels * (int64_t)v_floats, v_panel_finite.data() + i, panels);
     LK_PROF_STMT(::lk::cpu::prof::stop(); prof_busy.fetch_add(__rdtsc() - task_t0));
   });
   const Job job{&p, q, k, v, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
