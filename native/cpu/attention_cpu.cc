@@ -53,11 +53,6 @@ struct Scratch {
   bool seen[kMaxRows];       // the row has met an allowed key (the mask is the same for every head)
   int keys[kBlockN];  // key positions (inside the sequence) of the block being computed
   int32_t key_role[kBlockN], key_seg[kBlockN], key_pos[kBlockN];  // masked blocks: the keys' attributes
-  // The block's shared gathered blocks (SharedBlocks), per kv head g0 + i of the group: entry and
-  // state (shared_g0 -1: the block takes none).
-  int shared_g0;
-  int64_t shared_entry[kMaxGroupHeads];
-  uint8_t shared_state[kMaxGroupHeads];
   void init(int head_dim, int value_dim, int group_heads, int group_kv_heads, DType dtype) {
     o_stride = (size_t)kMaxRows * round_up(value_dim, kWidestCols);
     q = alloc_floats((size_t)group_heads * kMaxRows * head_dim);
@@ -74,64 +69,14 @@ struct Scratch {
   }
 };
 
-// Gathered key blocks (keys read from no packed panel) built once per call and shared: under
-// per-segment rules every query tile of a segment gathers the same keys (earlier segments' memory
-// tokens, the segment's first partial key tile), and each transposed its K and copied its V again.
-// An entry is one (sequence, kv head, key list)'s K^T [D][kBlockN] and V [kBlockN][dv_cols], padded
-// with zeros to the block's padded key count; the first task that gathers the list fills it and
-// publishes it, later ones (other query tiles, the group's other heads of a GQA kv head) read it.
-// Open addressing over a fixed table: a list that finds no slot within kSharedProbes, or one being
-// filled by the other worker, is gathered locally as before, so the table bounds memory, not results.
-enum SharedState : uint8_t { kSharedNone, kSharedFill, kSharedHit };
-constexpr int kSharedIdInts = 3 + kBlockN;  // sequence, kv head, key count, then the keys
-constexpr int kSharedProbes = 8;
-struct SharedBlocks {
-  int64_t capacity = 0;  // entries, a power of two; 0: no sharing
-  size_t kt_floats = 0, entry_floats = 0;
-  float* data = nullptr;  // entry e: K^T at data + e * entry_floats, V kt_floats further
-  std::unique_ptr<std::atomic<uint8_t>[]> state;  // 0 empty, 1 being filled, 2 ready
-  std::unique_ptr<int32_t[]> ids;                 // kSharedIdInts per entry, written before `ready`
-  std::unique_ptr<uint8_t[]> v_finite;            // every V value of the entry is finite
-  float* kt(int64_t e) const { return data + (size_t)e * entry_floats; }
-  float* v(int64_t e) const { return data + (size_t)e * entry_floats + kt_floats; }
-};
-enum : uint8_t { kEntryEmpty, kEntryFilling, kEntryReady };
+// (K rows, V rows, dtype, K / V row strides, D, Dv, keys, 8 widened K rows, K^T panel, V panel): pack_panel.
+using PackPanelFn = bool (*)(const void*, const void*, DType, int64_t, int64_t, int, int, int, float*, float*, float*);
+// Packs panel i = kv head * panels + packed tile of (sequence b, key tile `tile`); returns whether its V is finite.
+bool pack_tile_panel(const AttentionParams& p, PackPanelFn pack, int64_t i, int64_t panels, int b, int tile, float* k_widened,
+                     float* kt_panels, float* v_panels);
+// Panel states (Job::panel_state).
+enum : uint8_t { kPanelEmpty, kPanelPacking, kPanelReady };
 
-// The entry holding (b, g, keys[0, count)): *fill is set when the caller claimed an empty one and
-// must fill it (then publish_shared_block). -1: none (table crowded, or the list is being filled).
-LK_INLINE int64_t find_shared_block(SharedBlocks& c, int b, int g, const int* keys, int count, bool* fill) {
-  uint64_t h = ((uint64_t)b * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)g << 32) ^ (uint64_t)count;
-  for (int j = 0; j < count; ++j) h = (h ^ (uint64_t)keys[j]) * 0x100000001B3ull;
-  h ^= h >> 29;
-  for (int i = 0; i < kSharedProbes; ++i) {
-    const int64_t e = (int64_t)((h + (uint64_t)i) & (uint64_t)(c.capacity - 1));
-    int32_t* id = c.ids.get() + e * kSharedIdInts;
-    uint8_t s = c.state[e].load(std::memory_order_acquire);
-    if (s == kEntryEmpty && c.state[e].compare_exchange_strong(s, kEntryFilling, std::memory_order_acq_rel)) {
-      id[0] = b;
-      id[1] = g;
-      id[2] = count;
-      std::memcpy(id + 3, keys, sizeof(int) * count);
-      *fill = true;
-      return e;
-    }
-    // (s now holds the entry's state if the claim lost to the other worker)
-    if (s == kEntryReady && id[0] == b && id[1] == g && id[2] == count && std::memcmp(id + 3, keys, sizeof(int) * count) == 0) {
-      *fill = false;
-      return e;
-    }
-  }
-  return -1;
-}
-
-#ifdef LK_SHARED_STATS
-struct SharedStats {
-  std::atomic<uint64_t> n[3] = {}, masked[2] = {}, km[2] = {}, tr[6] = {}, trk[6] = {}, small{0};
-  ~SharedStats() { fprintf(stderr, "GATHER keymajor %llu keys %llu small %llu\n", (unsigned long long)km[0].load(), (unsigned long long)km[1].load(), (unsigned long long)small.load());
-    for (int i = 0; i < 6; ++i) fprintf(stderr, "TRANSPOSE state %d masked %d blocks %llu keys %llu\n", i % 3, i / 3, (unsigned long long)tr[i].load(), (unsigned long long)trk[i].load()); fprintf(stderr, "SHARED none %llu fill %llu hit %llu unmasked %llu masked %llu\n", (unsigned long long)n[0].load(), (unsigned long long)n[1].load(), (unsigned long long)n[2].load(), (unsigned long long)masked[0].load(), (unsigned long long)masked[1].load()); }
-};
-inline SharedStats shared_stats;
-#endif
 struct Job {
   const AttentionParams* p;
   // float32 tensors, or null for float16 / bfloat16 ones: those are widened as they are loaded (Q
@@ -147,13 +92,17 @@ struct Job {
   // K^T panels [D][kBlockN] and V panels [kBlockN][Dv] per (kv head, packed key tile), packed once
   // and shared by every query tile of the sequence; panel_of_tile[key tile] numbers the packed tiles
   // (-1: not packed). Head-major, so the panels a task walks are consecutive in memory.
-  const float* kt_panels;
-  const float* v_panels;
-  const uint8_t* v_panel_finite;  // per (kv head, packed tile): every V value of the panel is finite
+  float* kt_panels;
+  float* v_panels;
+  uint8_t* v_panel_finite;  // per (kv head, packed tile): every V value of the panel is finite
+  // Per (kv head, packed tile): kPanelReady once packed. Tiles that some query tile sees whole are
+  // packed before the tasks run; tiles partial for every query tile that visits them (those that
+  // straddle a segment boundary) by the first task that reads a run of their keys.
+  std::atomic<uint8_t>* panel_state;
+  PackPanelFn pack;
   const int64_t* panel_of_tile;
   int64_t panels;  // packed key tiles
   const KeyRun* runs;  // the plan's key runs (mask_plan.h)
-  SharedBlocks* shared;
 };
 
 // Everything one (sequence, query tile, head group) task needs while it walks its keys.
@@ -179,6 +128,24 @@ struct TileTask {
   int h, g;
   float *q_rows, *q_cols, *o, *m, *l;
 };
+
+// Whether the task's panel is packed for every kv head of its group, packing those it claims
+// (false: the other worker is packing one, and the block is gathered instead of waiting).
+LK_INLINE bool group_panels_ready(const TileTask& t, int tile) {
+  const Job& job = *t.job;
+  const AttentionParams& p = *job.p;
+  const int per_kv = p.heads / p.kv_heads;
+  for (int g = t.h0 / per_kv; g <= (t.h0 + t.group - 1) / per_kv; ++g) {
+    const int64_t i = g * job.panels + t.panel;
+    uint8_t s = job.panel_state[i].load(std::memory_order_acquire);
+    if (s == kPanelReady) continue;
+    if (s != kPanelEmpty || !job.panel_state[i].compare_exchange_strong(s, kPanelPacking, std::memory_order_acq_rel)) return false;
+    LK_PROF_SCOPE(kPack);
+    job.v_panel_finite[i] = pack_tile_panel(p, job.pack, i, job.panels, t.b, tile, t.sc->k_block.get(), job.kt_panels, job.v_panels);
+    job.panel_state[i].store(kPanelReady, std::memory_order_release);
+  }
+  return true;
+}
 
 // The rule over a gathered block (keys sc.keys[0, count)): each row's allowed keys become a bit set
 // (sc.allow), computed once for every head of the group. Key roles / segments / positions are read
@@ -263,10 +230,6 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   const int dvp = t.dv_pad;
 
   float* s = sc.s.get();
-  static_assert(kWidestCols % Shape::kCols == 0, "shared blocks' V rows are padded to kWidestCols");
-  const int shared_slot = sc.shared_g0 < 0 ? -1 : t.g - sc.shared_g0;
-  const uint8_t shared_state = shared_slot < 0 ? (uint8_t)kSharedNone : sc.shared_state[shared_slot];
-  const int64_t shared_entry = shared_slot < 0 ? -1 : sc.shared_entry[shared_slot];
   // This head's K / V row of key `j` of the block: in the tensors (rows of all heads are Hkv * D
   // apart), or in the block's widened rows (half types), which are consecutive whatever the keys.
   const bool widened = t.block_widened;
@@ -305,9 +268,6 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     int lda = (int)k_stride;
     if (!consecutive || n8 != count) {
       LK_PROF_SCOPE(kKGather);
-#ifdef LK_SHARED_STATS
-      shared_stats.km[0].fetch_add(1); shared_stats.km[1].fetch_add(count);
-#endif
       float* rows = sc.kt.get();  // [n8][D]
       for (int j = 0; j < n8; ++j) {
         if (j < count) std::memcpy(rows + (size_t)j * D, key_row(j), sizeof(float) * D);
@@ -326,15 +286,10 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     const float* panel = t.job->kt_panels + (t.g * t.job->panels + t.panel) * (int64_t)D * kBlockN + t.panel_col;
     gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false, row_extent);
   } else {
-    // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes, into the
-    // shared entry when this task fills it, none when another task did.
+    // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes.
     float* kt = sc.kt.get();
-    if (shared_state != kSharedNone) kt = t.job->shared->kt(shared_entry);
-    if (shared_state != kSharedHit) {
+    {
       LK_PROF_SCOPE(kKGather);
-#ifdef LK_SHARED_STATS
-      shared_stats.tr[shared_state + 3 * masked].fetch_add(1); shared_stats.trk[shared_state + 3 * masked].fetch_add(count); if (t.rows < 16) shared_stats.small.fetch_add(1);
-#endif
       for (int j0 = 0; j0 < n_pad; j0 += 8) {
         const float* krows[8];
         for (int u = 0; u < 8; ++u) krows[u] = j0 + u < count ? key_row(j0 + u) : nullptr;
@@ -443,10 +398,8 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   // key's 0 weight must not meet a NaN / Inf) finite, else copied into a padded block.
   const float* vb = value_row(0);
   int ldv = (int)v_stride;
-  bool v_in_place = consecutive && count == n_pad && Dv == dvp && shared_state == kSharedNone;
-  if (shared_state != kSharedNone) {
-    // the shared entry's V rows (below)
-  } else if (t.panel >= 0 && Dv == dvp) {
+  bool v_in_place = consecutive && count == n_pad && Dv == dvp;
+  if (t.panel >= 0 && Dv == dvp) {
     // The packed panel's rows past `count` weigh 0, which a NaN / Inf among them would turn NaN.
     const int64_t vp = t.g * t.job->panels + t.panel;
     vb = t.job->v_panels + (vp * kBlockN + t.panel_col) * Dv;
@@ -456,28 +409,19 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
     for (int j = 0; masked && v_in_place && j < count; ++j) v_in_place = all_finite(value_row(j), Dv);
   }
   if (!v_in_place) {
-    float* vs = shared_state == kSharedNone ? sc.v.get() : t.job->shared->v(shared_entry);
-    if (shared_state != kSharedHit) {
-      for (int j = 0; j < n_pad; ++j) {
-        float* dst = vs + j * dvp;
-        if (j < count) {
-          std::memcpy(dst, value_row(j), sizeof(float) * Dv);
-          std::fill(dst + Dv, dst + dvp, 0.0f);
-        } else {
-          std::fill(dst, dst + dvp, 0.0f);
-        }
+    float* vs = sc.v.get();
+    for (int j = 0; j < n_pad; ++j) {
+      float* dst = vs + j * dvp;
+      if (j < count) {
+        std::memcpy(dst, value_row(j), sizeof(float) * Dv);
+        std::fill(dst + Dv, dst + dvp, 0.0f);
+      } else {
+        std::fill(dst, dst + dvp, 0.0f);
       }
-    }
-    if (shared_state == kSharedFill) {  // publish: the group's later heads of this kv head and other tasks read it
-      SharedBlocks& shared = *t.job->shared;
-      shared.v_finite[shared_entry] = all_finite(vs, n_pad * dvp);
-      shared.state[shared_entry].store(kEntryReady, std::memory_order_release);
-      sc.shared_state[shared_slot] = kSharedHit;
     }
     vb = vs;
     ldv = dvp;
-    const bool finite = shared_state == kSharedNone ? !masked || all_finite(vs, n_pad * dvp) : t.job->shared->v_finite[shared_entry];
-    if (masked && !finite) {
+    if (masked && !all_finite(vs, n_pad * dvp)) {
       // Exact path: each row adds only its allowed keys' values (a masked NaN / Inf stays out).
       for (int r = 0; r < t.rows; ++r) {
         float* orow = t.o + r * dvp;
@@ -516,10 +460,9 @@ LK_INLINE void select_head(TileTask& t, int i) {
 }
 
 // One block of `count` keys (sc.keys) for every head of the group: the rule's bit sets are computed
-// once, then each head runs its online-softmax step. `shareable`: other query tiles may gather the
-// same keys (SharedBlocks).
+// once, then each head runs its online-softmax step.
 template <typename Shape, bool kFewQueries>
-LK_INLINE void attend_keys(TileTask& t, int count, bool masked, bool shareable) {
+LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   const AttentionParams& p = *t.job->p;
   // Consecutive keys inside one packed key tile (whole tiles, a causal diagonal's gathered keys, a
   // segment's run) read their K^T from its panel: no transpose per query tile.
@@ -533,6 +476,7 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked, bool shareable) 
   if (!kFewQueries && consecutive && col + round_up(count, Shape::kCols) <= kBlockN) {
     t.panel = t.job->panel_of_tile[t.job->k_base[t.b] + tile];
     t.panel_col = col;
+    if (t.panel >= 0 && !group_panels_ready(t, tile)) t.panel = -1;
   }
   // Packed panels are consecutive per head, which hardware prefetchers follow; rows read in place
   // are not.
@@ -553,30 +497,8 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked, bool shareable) 
       for (int d = g_lo * Dv * elem; d < (g_hi + 1) * Dv * elem; d += 64) __builtin_prefetch(vrow + d);
     }
   }
-  // Gathered blocks: their shared entries, per kv head of the group (SharedBlocks). Key-major and
-  // few-query tiles read key rows, not K^T blocks, and take none.
-  Scratch& sc = *t.sc;
-  sc.shared_g0 = -1;
-  bool all_shared = false;  // every kv head's entry is ready: nothing to gather or widen
-  if (!kFewQueries && shareable && t.panel < 0 && !t.key_major && t.job->shared->capacity > 0) {
-    const int per_kv = p.heads / p.kv_heads;
-    const int g0 = t.h0 / per_kv, g1 = (t.h0 + t.group - 1) / per_kv;
-    sc.shared_g0 = g0;
-    all_shared = true;
-    for (int g = g0; g <= g1; ++g) {
-      bool fill = false;
-      const int64_t e = find_shared_block(*t.job->shared, t.b, g, keys, count, &fill);
-      sc.shared_entry[g - g0] = e;
-      sc.shared_state[g - g0] = e < 0 ? kSharedNone : fill ? kSharedFill : kSharedHit;
-#ifdef LK_SHARED_STATS
-      shared_stats.n[sc.shared_state[g - g0]].fetch_add(1, std::memory_order_relaxed);
-      shared_stats.masked[masked].fetch_add(1, std::memory_order_relaxed);
-#endif
-      all_shared = all_shared && e >= 0 && !fill;
-    }
-  }
   // Half types: the block's rows of the group's kv heads widened once for all its heads, unless every
-  // head reads packed panels or shared entries only (K^T, and V when its rows need no padding and, in masked or
+  // head reads packed panels only (K^T, and V when its rows need no padding and, in masked or
   // padded blocks, its panel is all finite: else attend_head_keys copies V rows from the block).
   t.block_widened = false;
   bool panels_only = t.panel >= 0 && !t.key_major && p.value_dim == t.dv_pad;
@@ -585,7 +507,7 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked, bool shareable) 
     for (int g = t.h0 / per_kv; g <= (t.h0 + t.group - 1) / per_kv && panels_only; ++g)
       panels_only = t.job->v_panel_finite[g * t.job->panels + t.panel];
   }
-  if (p.dtype != kFloat32 && !panels_only && !all_shared) {
+  if (p.dtype != kFloat32 && !panels_only) {
     const int Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim;
     t.block_g0 = t.h0 / (p.heads / Hkv);
     t.block_heads = (t.h0 + t.group - 1) / (p.heads / Hkv) - t.block_g0 + 1;
@@ -610,9 +532,9 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked, bool shareable) 
 // A gathered key list as one block. (A function, not a lambda: a lambda would not carry the
 // entry's target attribute, and the kernel inlined into it would compile for the baseline ISA.)
 template <typename Shape, bool kFewQueries>
-LK_INLINE void run_gathered(TileTask& t, const int* keys, int count, bool masked, bool shareable) {
+LK_INLINE void run_gathered(TileTask& t, const int* keys, int count, bool masked) {
   std::memcpy(t.sc->keys, keys, sizeof(int) * count);
-  attend_keys<Shape, kFewQueries>(t, count, masked, shareable);
+  attend_keys<Shape, kFewQueries>(t, count, masked);
 }
 
 // The plan's work item w (one query tile of one sequence) for one head group. Only the key tiles of
@@ -684,13 +606,8 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
   // masked blocks; each list runs as soon as it holds a whole block.
   const int32_t* kseg = p.kv_layout.segments;
   const uint8_t* krole = p.kv_layout.roles;
-  // Lists per side: keys of tiles clear of the rows' positions (side 0: whatever the row, a key there
-  // is before or after it, so the keys gathered are the same for every query tile of a segment and
-  // their blocks are shared, SharedBlocks) and of tiles overlapping them (side 1: a causal diagonal,
-  // different for each query tile, consecutive in a packed panel when the tile is packed).
-  int masked_keys[2][kBlockN], full_keys[2][kBlockN];
-  int n_masked[2] = {0, 0}, n_full[2] = {0, 0};
-  const int pos_lo = t.row0 + t.align, pos_hi = t.row0 + t.rows - 1 + t.align;
+  int masked_keys[kBlockN], full_keys[kBlockN];
+  int n_masked = 0, n_full = 0;
   KeyTileCursor cursor;
   cursor.start(job.runs, w);
   int kt = 0, cls = kTileSkip;
@@ -703,45 +620,38 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
     if (cls == kTileSkip) continue;
     if (cls == kTileFull) {
       for (int j = 0; j < cols; ++j) sc.keys[j] = col0 + j;
-      attend_keys<Shape, kFewQueries>(t, cols, false, false);
+      attend_keys<Shape, kFewQueries>(t, cols, false);
       continue;
     }
     int8_t key_class[kBlockN];
     classify_partial_entries(p.rule, t.qb, kb, SplitSide::kKeys, kseg, krole, t.k_start + col0, col0, cols, key_class);
-    const int side = col0 <= pos_hi && col0 + cols - 1 >= pos_lo;
-    int* full = full_keys[side];
-    int* masked = masked_keys[side];
     for (int j = 0; j < cols; ++j) {
       if (key_class[j] == kTileFull) {
-        full[n_full[side]++] = col0 + j;
-        if (n_full[side] == kBlockN) {
-          run_gathered<Shape, kFewQueries>(t, full, n_full[side], false, side == 0);
-          n_full[side] = 0;
+        full_keys[n_full++] = col0 + j;
+        if (n_full == kBlockN) {
+          run_gathered<Shape, kFewQueries>(t, full_keys, n_full, false);
+          n_full = 0;
         }
       } else if (key_class[j] == kTilePartial) {
-        masked[n_masked[side]++] = col0 + j;
-        if (n_masked[side] == kBlockN) {
-          run_gathered<Shape, kFewQueries>(t, masked, n_masked[side], true, side == 0);
-          n_masked[side] = 0;
+        masked_keys[n_masked++] = col0 + j;
+        if (n_masked == kBlockN) {
+          run_gathered<Shape, kFewQueries>(t, masked_keys, n_masked, true);
+          n_masked = 0;
         }
       }
     }
   }
-  for (int side = 0; side < 2; ++side) {
-    // Leftovers that fit one block run as one masked block (a causal diagonal's seen and unseen keys):
-    // one padded GEMM instead of two.
-    int* full = full_keys[side];
-    int* masked = masked_keys[side];
-    if (n_full[side] > 0 && n_masked[side] > 0 && n_full[side] + n_masked[side] <= kBlockN) {
-      int merged[kBlockN];  // in key order, as the plain gather had them
-      std::merge(full, full + n_full[side], masked, masked + n_masked[side], merged);
-      n_masked[side] += n_full[side];
-      n_full[side] = 0;
-      std::memcpy(masked, merged, sizeof(int) * n_masked[side]);
-    }
-    if (n_full[side] > 0) run_gathered<Shape, kFewQueries>(t, full, n_full[side], false, side == 0);
-    if (n_masked[side] > 0) run_gathered<Shape, kFewQueries>(t, masked, n_masked[side], true, side == 0);
+  // Leftovers that fit one block run as one masked block (a causal diagonal's seen and unseen keys):
+  // one padded GEMM instead of two.
+  if (n_full > 0 && n_masked > 0 && n_full + n_masked <= kBlockN) {
+    int merged[kBlockN];  // in key order, as the plain gather had them
+    std::merge(full_keys, full_keys + n_full, masked_keys, masked_keys + n_masked, merged);
+    n_masked += n_full;
+    n_full = 0;
+    std::memcpy(masked_keys, merged, sizeof(int) * n_masked);
   }
+  if (n_full > 0) run_gathered<Shape, kFewQueries>(t, full_keys, n_full, false);
+  if (n_masked > 0) run_gathered<Shape, kFewQueries>(t, masked_keys, n_masked, true);
 
   const int Dv = p.value_dim;
   LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kOutput));
@@ -827,8 +737,19 @@ LK_PACK_ENTRY(pack_panel_avx2, LK_TARGET_AVX2)
 #endif
 LK_PACK_ENTRY(pack_panel_portable, )
 #undef LK_PACK_ENTRY
-using PackPanelFn = bool (*)(const void*, const void*, DType, int64_t, int64_t, int, int, int, float*, float*, float*);
 const IsaTable<PackPanelFn> kPackPanel = {{pack_panel_portable, nullptr, LK_IF_X86(pack_panel_avx2), LK_IF_X86(pack_panel_avx512), nullptr}};
+
+bool pack_tile_panel(const AttentionParams& p, PackPanelFn pack, int64_t i, int64_t panels, int b, int tile, float* k_widened,
+                     float* kt_panels, float* v_panels) {
+  const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
+  const int kv_head = (int)(i / panels);
+  const size_t elem = p.dtype == kFloat32 ? 4 : 2;
+  const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)tile * kBlockN;
+  const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
+  return pack(static_cast<const char*>(p.k) + (key0 * Hkv + kv_head) * D * elem, static_cast<const char*>(p.v) + (key0 * Hkv + kv_head) * Dv * elem,
+              p.dtype, (int64_t)Hkv * D, (int64_t)Hkv * Dv, D, Dv, cols, k_widened, kt_panels + (size_t)i * D * kBlockN,
+              v_panels + (size_t)i * kBlockN * Dv);
+}
 
 // One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries
 // have their own entries (dot-product Q K^T, 4-row P V), so the large tiles' code stays compact.
@@ -872,29 +793,6 @@ int group_heads(const AttentionParams& p, const std::vector<int32_t>& q_base, in
   const int64_t tiles = q_base[(size_t)p.batch];
   while (group > 1 && tiles * ((p.heads + group - 1) / group) < 4 * (int64_t)threads) group = (group + 1) / 2;
   return group;
-}
-
-// The shared gathered blocks' table (SharedBlocks, storage not yet attached): two entries per (kv
-// head, key tile) of the sequences with several query tiles (only those gather the same keys twice),
-// at most kMaxSharedFloats.
-constexpr size_t kMaxSharedFloats = size_t{4} << 20;  // 16 MiB
-SharedBlocks size_shared_blocks(const AttentionParams& p, const std::vector<int32_t>& q_base, const std::vector<int32_t>& k_base) {
-  SharedBlocks c;
-  c.kt_floats = (size_t)p.head_dim * kBlockN;
-  c.entry_floats = c.kt_floats + (size_t)kBlockN * round_up(p.value_dim, kWidestCols);
-  int64_t wanted = 0;
-  for (int b = 0; b < p.batch; ++b)
-    if (q_base[(size_t)b + 1] - q_base[(size_t)b] >= 2) wanted += 2 * (int64_t)p.kv_heads * (k_base[(size_t)b + 1] - k_base[(size_t)b]);
-  const int64_t fits = (int64_t)(kMaxSharedFloats / c.entry_floats);
-  int64_t capacity = 1;
-  while (capacity * 2 <= std::min(wanted, fits)) capacity *= 2;
-  if (capacity < wanted && capacity * 2 <= fits) capacity *= 2;  // round up while it fits
-  if (capacity < 16) return c;
-  c.capacity = capacity;
-  c.state = std::make_unique<std::atomic<uint8_t>[]>((size_t)capacity);
-  c.ids = std::make_unique<int32_t[]>((size_t)capacity * kSharedIdInts);
-  c.v_finite = std::make_unique<uint8_t[]>((size_t)capacity);
-  return c;
 }
 
 // Panel storage kept between calls: a fresh multi-megabyte allocation is mapped anew by the C library
@@ -994,6 +892,7 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   // never read a panel); zero columns past a short tile's keys.
   std::vector<int64_t> panel_of_tile((size_t)k_base[(size_t)p.batch], -1);
   std::vector<std::pair<int, int>> panel_tiles;  // (sequence, key tile)
+  std::vector<uint8_t> lazy_panel;               // per packed tile: packed on first use (group_panels_ready)
   for (int b = 0; b < p.batch; ++b) {
     const int n_q = q_base[(size_t)b + 1] - q_base[(size_t)b];
     if (n_q < 2) continue;
@@ -1002,12 +901,13 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     for (int t = 0; t < k_base[(size_t)b + 1] - k_base[(size_t)b]; ++t) {
       const int col0 = t * kBlockN;
       const TileBounds kb{g->k_tiles[(size_t)(k_base[(size_t)b] + t)], col0, std::min(Lk, col0 + kBlockN) - 1};
-      // Also partial tiles that several query tiles visit: their runs of consecutive keys (a
-      // causal diagonal in a tile that straddles a segment boundary, a segment's memory tokens and
-      // first items) then read the panel instead of a transpose per query tile.
+      // Partial tiles that several query tiles visit get a panel packed on first use: runs of their
+      // keys (a causal diagonal in a tile that straddles a segment boundary, a segment's first items
+      // after the previous one's memory tokens) then read it instead of a transpose and V copy per
+      // query tile, and a tile only ever gathered from (memory tokens) costs nothing.
       bool full_somewhere = false;
       int visits = 0;
-      for (int qt = 0; qt < n_q && !full_somewhere && visits < 2; ++qt) {
+      for (int qt = 0; qt < n_q && !full_somewhere; ++qt) {
         const int row0 = qt * kBlockM, rows = std::min(kBlockM, Lq - row0);
         const TileBounds qb{g->q_tiles[(size_t)(q_base[(size_t)b] + qt)], row0 + Lk - Lq, row0 + rows - 1 + Lk - Lq};
         const int cls = classify_tile(p.rule, qb, kb);
@@ -1017,38 +917,32 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
       if (!full_somewhere && visits < 2) continue;
       panel_of_tile[(size_t)(k_base[(size_t)b] + t)] = (int64_t)panel_tiles.size();
       panel_tiles.emplace_back(b, t);
+      lazy_panel.push_back(!full_somewhere);
     }
   }
   const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
   const int64_t panels = (int64_t)panel_tiles.size();
   const size_t kt_floats = (size_t)D * kBlockN, v_floats = (size_t)kBlockN * Dv;
-  SharedBlocks shared = size_shared_blocks(p, q_base, k_base);
-  const size_t panel_floats = panels * Hkv * (kt_floats + v_floats);
-  PanelStorage storage = take_panel_storage(panel_floats + (size_t)shared.capacity * shared.entry_floats);
+  PanelStorage storage = take_panel_storage(panels * Hkv * (kt_floats + v_floats));
   float* const kt_panels = storage.data.get();
   float* const v_panels = kt_panels + panels * Hkv * kt_floats;
-  shared.data = kt_panels + panel_floats;
   std::vector<uint8_t> v_panel_finite((size_t)(panels * Hkv));
+  const auto panel_state = std::make_unique<std::atomic<uint8_t>[]>((size_t)(panels * Hkv));  // kPanelEmpty
   const PackPanelFn pack = isa_pick(kPackPanel);
-  const size_t elem = f32 ? 4 : 2;
   std::vector<FloatBuffer> k_widened(pool.size());  // per worker: 8 widened K rows of half types
   if (!f32)
     for (auto& rows : k_widened) rows = alloc_floats((size_t)8 * D);
   LK_PROF_STMT(::lk::cpu::prof::totals.calls.fetch_add(1); std::atomic<uint64_t> prof_busy{0}; uint64_t prof_t0 = __rdtsc());
   pool.parallel_for(panels * Hkv, [&](int64_t i, int worker) {  // i = kv head * panels + packed tile
+    if (lazy_panel[(size_t)(i % panels)]) return;
     LK_PROF_STMT(const uint64_t task_t0 = __rdtsc(); ::lk::cpu::prof::switch_to(::lk::cpu::prof::kPack));
     const auto [b, t] = panel_tiles[(size_t)(i % panels)];
-    const int kv_head = (int)(i / panels);
-    const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
-    const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
-    v_panel_finite[(size_t)i] = pack(static_cast<const char*>(p.k) + (key0 * Hkv + kv_head) * D * elem,
-                                     static_cast<const char*>(p.v) + (key0 * Hkv + kv_head) * Dv * elem, p.dtype, (int64_t)Hkv * D,
-                                     (int64_t)Hkv * Dv, D, Dv, cols, k_widened[(size_t)worker].get(), kt_panels + (size_t)i * kt_floats,
-                                     v_panels + (size_t)i * v_floats);
+    v_panel_finite[(size_t)i] = pack_tile_panel(p, pack, i, panels, b, t, k_widened[(size_t)worker].get(), kt_panels, v_panels);
+    panel_state[(size_t)i].store(kPanelReady, std::memory_order_relaxed);  // the tasks start after this loop's join
     LK_PROF_STMT(::lk::cpu::prof::stop(); prof_busy.fetch_add(__rdtsc() - task_t0));
   });
   const Job job{&p, q, k, v, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
-                kt_panels, v_panels, v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data(), &shared};
+                kt_panels, v_panels, v_panel_finite.data(), panel_state.get(), pack, panel_of_tile.data(), panels, g->runs.data()};
 
   // Tasks = (work item, head group), heaviest work items first.
   const std::vector<PlanWork>& tasks = g->work;
