@@ -1,11 +1,11 @@
-// The CPU kernel's shared gathered blocks (native/cpu/attention_cpu.cc, SharedBlocks): the K^T / V
-// of a key list gathered from partial key tiles is built by the first query tile (or GQA head) that
-// gathers it and read by every later one. Segments of up to several query tiles each, so that the
-// query tiles of one segment gather the same memory keys and boundary tiles; GQA so that a group's
-// heads share one kv head's entry; every ISA path this CPU runs, float32 and the half types (widened
-// when gathered); NaN / Inf in the keys and values of some tokens must reach exactly the outputs the
-// reference makes non-finite (a masked key's NaN never leaks, SPEC §3). Repeated calls must agree bit
-// for bit: which worker fills an entry must not matter.
+// The CPU kernel's gathered blocks of partial key tiles (native/cpu/attention_cpu.cc, attend_rows /
+// attend_keys / attend_head_keys): long segments (several 32-row query tiles each), so that every
+// query tile of a segment gathers earlier segments' memory keys and its boundary tile's keys, some
+// as consecutive runs of a packed panel and some transposed / copied per tile; GQA so that one kv
+// head serves several heads of a group; every ISA path this CPU runs, float32 and the half types
+// (widened when gathered); NaN / Inf in the K or V rows of some tokens must reach exactly the
+// outputs and lse the reference makes non-finite (a masked key's NaN / Inf never leaks, SPEC §3).
+// Repeated calls must agree bit for bit (the two workers' task split must not change a result).
 import test from 'ava';
 import { backends, maskedAttention, reference } from '../lib/index';
 import type { DType, MaskRule, PresetName } from '../lib/index';
@@ -40,7 +40,7 @@ const HEADS: [number, number][] = [[1, 1], [2, 1], [4, 1], [4, 2], [4, 4], [6, 2
 
 for (const isa of PATHS) {
   for (const dtype of ['float32', 'float16', 'bfloat16'] as DType[]) {
-    test.serial(`maskedAttention cpu on ${isa}, ${dtype}: shared gathered blocks over long segments = reference`, async (t) => {
+    test.serial(`maskedAttention cpu on ${isa}, ${dtype}: gathered blocks over long segments = reference`, async (t) => {
       native()._setCpuIsa(isa);
       const rng = new Rng(4099 + 31 * isa.length + dtype.length);
       const presets: PresetName[] = ['persrec', 'rec2pm-update', 'persrec', 'rec2pm-update', 'rec2pm-reference', 'causal'];

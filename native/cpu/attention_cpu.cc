@@ -1,7 +1,6 @@
 #include "attention_cpu.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
@@ -69,14 +68,6 @@ struct Scratch {
   }
 };
 
-// (K rows, V rows, dtype, K / V row strides, D, Dv, keys, 8 widened K rows, K^T panel, V panel): pack_panel.
-using PackPanelFn = bool (*)(const void*, const void*, DType, int64_t, int64_t, int, int, int, float*, float*, float*);
-// Packs panel i = kv head * panels + packed tile of (sequence b, key tile `tile`); returns whether its V is finite.
-bool pack_tile_panel(const AttentionParams& p, PackPanelFn pack, int64_t i, int64_t panels, int b, int tile, float* k_widened,
-                     float* kt_panels, float* v_panels);
-// Panel states (Job::panel_state).
-enum : uint8_t { kPanelEmpty, kPanelPacking, kPanelReady };
-
 struct Job {
   const AttentionParams* p;
   // float32 tensors, or null for float16 / bfloat16 ones: those are widened as they are loaded (Q
@@ -92,14 +83,9 @@ struct Job {
   // K^T panels [D][kBlockN] and V panels [kBlockN][Dv] per (kv head, packed key tile), packed once
   // and shared by every query tile of the sequence; panel_of_tile[key tile] numbers the packed tiles
   // (-1: not packed). Head-major, so the panels a task walks are consecutive in memory.
-  float* kt_panels;
-  float* v_panels;
-  uint8_t* v_panel_finite;  // per (kv head, packed tile): every V value of the panel is finite
-  // Per (kv head, packed tile): kPanelReady once packed. Tiles that some query tile sees whole are
-  // packed before the tasks run; tiles partial for every query tile that visits them (those that
-  // straddle a segment boundary) by the first task that reads a run of their keys.
-  std::atomic<uint8_t>* panel_state;
-  PackPanelFn pack;
+  const float* kt_panels;
+  const float* v_panels;
+  const uint8_t* v_panel_finite;  // per (kv head, packed tile): every V value of the panel is finite
   const int64_t* panel_of_tile;
   int64_t panels;  // packed key tiles
   const KeyRun* runs;  // the plan's key runs (mask_plan.h)
@@ -128,24 +114,6 @@ struct TileTask {
   int h, g;
   float *q_rows, *q_cols, *o, *m, *l;
 };
-
-// Whether the task's panel is packed for every kv head of its group, packing those it claims
-// (false: the other worker is packing one, and the block is gathered instead of waiting).
-LK_INLINE bool group_panels_ready(const TileTask& t, int tile) {
-  const Job& job = *t.job;
-  const AttentionParams& p = *job.p;
-  const int per_kv = p.heads / p.kv_heads;
-  for (int g = t.h0 / per_kv; g <= (t.h0 + t.group - 1) / per_kv; ++g) {
-    const int64_t i = g * job.panels + t.panel;
-    uint8_t s = job.panel_state[i].load(std::memory_order_acquire);
-    if (s == kPanelReady) continue;
-    if (s != kPanelEmpty || !job.panel_state[i].compare_exchange_strong(s, kPanelPacking, std::memory_order_acq_rel)) return false;
-    LK_PROF_SCOPE(kPack);
-    job.v_panel_finite[i] = pack_tile_panel(p, job.pack, i, job.panels, t.b, tile, t.sc->k_block.get(), job.kt_panels, job.v_panels);
-    job.panel_state[i].store(kPanelReady, std::memory_order_release);
-  }
-  return true;
-}
 
 // The rule over a gathered block (keys sc.keys[0, count)): each row's allowed keys become a bit set
 // (sc.allow), computed once for every head of the group. Key roles / segments / positions are read
@@ -476,7 +444,6 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   if (!kFewQueries && consecutive && col + round_up(count, Shape::kCols) <= kBlockN) {
     t.panel = t.job->panel_of_tile[t.job->k_base[t.b] + tile];
     t.panel_col = col;
-    if (t.panel >= 0 && !group_panels_ready(t, tile)) t.panel = -1;
   }
   // Packed panels are consecutive per head, which hardware prefetchers follow; rows read in place
   // are not.
@@ -737,19 +704,8 @@ LK_PACK_ENTRY(pack_panel_avx2, LK_TARGET_AVX2)
 #endif
 LK_PACK_ENTRY(pack_panel_portable, )
 #undef LK_PACK_ENTRY
+using PackPanelFn = bool (*)(const void*, const void*, DType, int64_t, int64_t, int, int, int, float*, float*, float*);
 const IsaTable<PackPanelFn> kPackPanel = {{pack_panel_portable, nullptr, LK_IF_X86(pack_panel_avx2), LK_IF_X86(pack_panel_avx512), nullptr}};
-
-bool pack_tile_panel(const AttentionParams& p, PackPanelFn pack, int64_t i, int64_t panels, int b, int tile, float* k_widened,
-                     float* kt_panels, float* v_panels) {
-  const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
-  const int kv_head = (int)(i / panels);
-  const size_t elem = p.dtype == kFloat32 ? 4 : 2;
-  const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)tile * kBlockN;
-  const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
-  return pack(static_cast<const char*>(p.k) + (key0 * Hkv + kv_head) * D * elem, static_cast<const char*>(p.v) + (key0 * Hkv + kv_head) * Dv * elem,
-              p.dtype, (int64_t)Hkv * D, (int64_t)Hkv * Dv, D, Dv, cols, k_widened, kt_panels + (size_t)i * D * kBlockN,
-              v_panels + (size_t)i * kBlockN * Dv);
-}
 
 // One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries
 // have their own entries (dot-product Q K^T, 4-row P V), so the large tiles' code stays compact.
@@ -892,7 +848,6 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   // never read a panel); zero columns past a short tile's keys.
   std::vector<int64_t> panel_of_tile((size_t)k_base[(size_t)p.batch], -1);
   std::vector<std::pair<int, int>> panel_tiles;  // (sequence, key tile)
-  std::vector<uint8_t> lazy_panel;               // per packed tile: packed on first use (group_panels_ready)
   for (int b = 0; b < p.batch; ++b) {
     const int n_q = q_base[(size_t)b + 1] - q_base[(size_t)b];
     if (n_q < 2) continue;
@@ -901,23 +856,15 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     for (int t = 0; t < k_base[(size_t)b + 1] - k_base[(size_t)b]; ++t) {
       const int col0 = t * kBlockN;
       const TileBounds kb{g->k_tiles[(size_t)(k_base[(size_t)b] + t)], col0, std::min(Lk, col0 + kBlockN) - 1};
-      // Partial tiles that several query tiles visit get a panel packed on first use: runs of their
-      // keys (a causal diagonal in a tile that straddles a segment boundary, a segment's first items
-      // after the previous one's memory tokens) then read it instead of a transpose and V copy per
-      // query tile, and a tile only ever gathered from (memory tokens) costs nothing.
       bool full_somewhere = false;
-      int visits = 0;
       for (int qt = 0; qt < n_q && !full_somewhere; ++qt) {
         const int row0 = qt * kBlockM, rows = std::min(kBlockM, Lq - row0);
         const TileBounds qb{g->q_tiles[(size_t)(q_base[(size_t)b] + qt)], row0 + Lk - Lq, row0 + rows - 1 + Lk - Lq};
-        const int cls = classify_tile(p.rule, qb, kb);
-        full_somewhere = cls == kTileFull;
-        visits += cls != kTileSkip;
+        full_somewhere = classify_tile(p.rule, qb, kb) == kTileFull;
       }
-      if (!full_somewhere && visits < 2) continue;
+      if (!full_somewhere) continue;
       panel_of_tile[(size_t)(k_base[(size_t)b] + t)] = (int64_t)panel_tiles.size();
       panel_tiles.emplace_back(b, t);
-      lazy_panel.push_back(!full_somewhere);
     }
   }
   const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
@@ -927,22 +874,26 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   float* const kt_panels = storage.data.get();
   float* const v_panels = kt_panels + panels * Hkv * kt_floats;
   std::vector<uint8_t> v_panel_finite((size_t)(panels * Hkv));
-  const auto panel_state = std::make_unique<std::atomic<uint8_t>[]>((size_t)(panels * Hkv));  // kPanelEmpty
   const PackPanelFn pack = isa_pick(kPackPanel);
+  const size_t elem = f32 ? 4 : 2;
   std::vector<FloatBuffer> k_widened(pool.size());  // per worker: 8 widened K rows of half types
   if (!f32)
     for (auto& rows : k_widened) rows = alloc_floats((size_t)8 * D);
   LK_PROF_STMT(::lk::cpu::prof::totals.calls.fetch_add(1); std::atomic<uint64_t> prof_busy{0}; uint64_t prof_t0 = __rdtsc());
   pool.parallel_for(panels * Hkv, [&](int64_t i, int worker) {  // i = kv head * panels + packed tile
-    if (lazy_panel[(size_t)(i % panels)]) return;
     LK_PROF_STMT(const uint64_t task_t0 = __rdtsc(); ::lk::cpu::prof::switch_to(::lk::cpu::prof::kPack));
     const auto [b, t] = panel_tiles[(size_t)(i % panels)];
-    v_panel_finite[(size_t)i] = pack_tile_panel(p, pack, i, panels, b, t, k_widened[(size_t)worker].get(), kt_panels, v_panels);
-    panel_state[(size_t)i].store(kPanelReady, std::memory_order_relaxed);  // the tasks start after this loop's join
+    const int kv_head = (int)(i / panels);
+    const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
+    const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
+    v_panel_finite[(size_t)i] = pack(static_cast<const char*>(p.k) + (key0 * Hkv + kv_head) * D * elem,
+                                     static_cast<const char*>(p.v) + (key0 * Hkv + kv_head) * Dv * elem, p.dtype, (int64_t)Hkv * D,
+                                     (int64_t)Hkv * Dv, D, Dv, cols, k_widened[(size_t)worker].get(), kt_panels + (size_t)i * kt_floats,
+                                     v_panels + (size_t)i * v_floats);
     LK_PROF_STMT(::lk::cpu::prof::stop(); prof_busy.fetch_add(__rdtsc() - task_t0));
   });
   const Job job{&p, q, k, v, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
-                kt_panels, v_panels, v_panel_finite.data(), panel_state.get(), pack, panel_of_tile.data(), panels, g->runs.data()};
+                kt_panels, v_panels, v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data()};
 
   // Tasks = (work item, head group), heaviest work items first.
   const std::vector<PlanWork>& tasks = g->work;
