@@ -12,9 +12,9 @@ import { maskedAttention, presets, reference, tensor, DType, Tensor } from '../l
 import type { PresetName } from '../lib/index';
 import { createDenseMaskedAttention, measureSgemmPeak, timeIt } from './ort-peer';
 
-interface Layout { offsets: Int32Array; segments: Int32Array; roles: Uint8Array }
+export interface Layout { offsets: Int32Array; segments: Int32Array; roles: Uint8Array }
 
-function randomFloats(n: number, seed: number): Float32Array {
+export function randomFloats(n: number, seed: number): Float32Array {
   const a = new Float32Array(n);
   let s = seed >>> 0 || 1;
   for (let i = 0; i < n; i++) { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; a[i] = s / 2147483648 - 1; }
@@ -22,7 +22,7 @@ function randomFloats(n: number, seed: number): Float32Array {
 }
 
 /** Per user, `blocks` of (role, count) repeated until `tokens`; one segment per repetition. */
-function layoutOf(users: number, tokens: number, blocks: [number, number][]): Layout {
+export function layoutOf(users: number, tokens: number, blocks: [number, number][]): Layout {
   const segments: number[] = [], roles: number[] = [];
   for (let u = 0; u < users; u++) {
     let n = 0;

@@ -7,24 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { maskedAttention, tensor, DType } from '../lib/index';
-
-function randomFloats(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; a[i] = s / 2147483648 - 1; }
-  return a;
-}
-
-/** Per user, `blocks` of (role, count) repeated until `tokens`; one segment per repetition (as bench/cpu-targets.ts). */
-function layoutOf(users: number, tokens: number, blocks: [number, number][]) {
-  const segments: number[] = [], roles: number[] = [];
-  for (let u = 0; u < users; u++) {
-    let n = 0;
-    for (let seg = 0; n < tokens; seg++)
-      for (const [role, count] of blocks) for (let i = 0; i < count && n < tokens; i++, n++) { segments.push(seg); roles.push(role); }
-  }
-  return { offsets: Int32Array.from({ length: users + 1 }, (_, i) => i * tokens), segments: Int32Array.from(segments), roles: Uint8Array.from(roles) };
-}
+import { layoutOf, randomFloats } from './cpu-targets';  // the #14 shapes' layouts, as the targets bench builds them
 
 const LAYOUTS = {
   causal: layoutOf(8, 1024, [[0, 1024]]),
