@@ -74,7 +74,7 @@ class HostBlockCache {
         cached_ += bytes;
         p = nullptr;
       }
-      trim_locked(&evicted);
+      trim_locked(limit_, &evicted);
     }
     if (p) std::free(p);
     for (void* e : evicted) std::free(e);
@@ -83,10 +83,7 @@ class HostBlockCache {
     std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      const size_t limit = limit_;
-      limit_ = 0;
-      trim_locked(&evicted);
-      limit_ = limit;
+      trim_locked(0, &evicted);
     }
     for (void* e : evicted) std::free(e);
   }
@@ -95,7 +92,7 @@ class HostBlockCache {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       limit_ = limit;
-      trim_locked(&evicted);
+      trim_locked(limit_, &evicted);
     }
     for (void* e : evicted) std::free(e);
   }
@@ -109,9 +106,10 @@ class HostBlockCache {
     void* ptr;
     size_t bytes;
   };
-  void trim_locked(std::vector<void*>* evicted) {
+  // Frees (into *evicted, to be freed outside the lock) the oldest blocks until at most `bound` bytes stay.
+  void trim_locked(size_t bound, std::vector<void*>* evicted) {
     size_t drop = 0;
-    while (cached_ > limit_) {  // oldest first
+    while (cached_ > bound) {  // oldest first
       cached_ -= blocks_[drop].bytes;
       LK_UNPOISON(blocks_[drop].ptr, blocks_[drop].bytes);
       evicted->push_back(blocks_[drop++].ptr);
