@@ -24,7 +24,8 @@ const kindOf = (rule: PresetName | MaskRule) => (typeof rule === 'string' && rul
 function sequences(rng: Rng, kind: PresetName | 'mixed', batch: number, maxLen: number): Seq[] {
   const seqs = Array.from({ length: batch }, () => {
     if (rng.bool(0.3)) {
-      const n = rng.pick([0, 1, randomLength(rng, maxLen)]);
+      // randomLength also draws tile edges (up to 65) past maxLen: clamped, so the batch stays in this kernel's limits.
+      const n = rng.pick([0, 1, Math.min(maxLen, randomLength(rng, maxLen))]);
       return { segments: Array.from({ length: n }, (_, i) => Math.floor((i * 3) / Math.max(1, n))), roles: Array.from({ length: n }, () => rng.pick([0, 0, 1, 2])) };
     }
     const s = randomSequence(rng, kind, Math.max(1, Math.floor(maxLen / 3)));
