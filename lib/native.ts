@@ -120,6 +120,8 @@ export interface NativeAddon {
   /** Test support: CPU sparse / indexed attention calls run as dense `full` attention since load. */
   _cpuSparseDenseDispatches(): number;
   _cpuHeadsLanesCalls(): number;
+  /** Test support: key blocks (per head group) of CPU attention whose GEMMs ran natively on bfloat16 (AVX512-BF16) since load. */
+  _cpuBf16NativeBlocks(): number;
   /** Test support, CUDA builds only (cuda/backend.h): the host path's counters since load. */
   _cudaHostPath?(): CudaHostPathStats;
   /** The host caching allocator (native/storage.cc): cached blocks of 2 MiB and more. */

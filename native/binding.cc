@@ -1410,6 +1410,12 @@ Napi::Value CpuHeadsLanesCalls(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), (double)cpu::heads_lanes_calls());
 }
 
+// _cpuBf16NativeBlocks() -> number: test support, key blocks (per head group) of CPU attention whose
+// GEMMs ran natively on bfloat16 (native/cpu/attention_cpu.h).
+Napi::Value CpuBf16NativeBlocks(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), (double)cpu::bf16_native_block_count());
+}
+
 Napi::Value Backends(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object result = Napi::Object::New(env);
@@ -1647,6 +1653,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("_cpuNarrowRow", Napi::Function::New(env, CpuNarrowRow));
   exports.Set("_cpuSparseDenseDispatches", Napi::Function::New(env, CpuSparseDenseDispatches));
   exports.Set("_cpuHeadsLanesCalls", Napi::Function::New(env, CpuHeadsLanesCalls));
+  exports.Set("_cpuBf16NativeBlocks", Napi::Function::New(env, CpuBf16NativeBlocks));
   exports.Set("_hostCache", Napi::Function::New(env, HostCache));
   exports.Set("_hostCacheSetLimit", Napi::Function::New(env, HostCacheSetLimit));
 #ifdef LK_WITH_CUDA

@@ -1,6 +1,7 @@
 #include "attention_cpu.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
@@ -18,6 +19,10 @@
 #include "mask_plan_cpu.h"
 #include "phase_profile.h"
 #include "simd.h"
+
+#if LK_ISA_X86
+#include <immintrin.h>
+#endif
 
 namespace lk::cpu {
 namespace {
@@ -38,6 +43,21 @@ constexpr int kFewRows = 8;
 using GemmKeyMajor = GemmShape<v8f, 8, 1>;  // 8 keys x 8 query rows; 8 divides kBlockN
 static_assert(kBlockN % GemmKeyMajor::kRows == 0, "key blocks must split into key-major GEMM rows");
 
+// The AVX512-BF16 entries: GemmAvx512 for everything float32, plus vdpbf16ps for bfloat16 blocks read
+// from packed panels (bf16_scores / bf16_pv below).
+struct GemmAvx512Bf16 : GemmAvx512 {
+  static constexpr bool kNativeBf16 = true;
+};
+template <typename Shape, typename = void>
+struct NativeBf16 : std::false_type {};
+template <typename Shape>
+struct NativeBf16<Shape, std::void_t<decltype(Shape::kNativeBf16)>> : std::true_type {};
+// Bfloat16 pair panels are built only for value widths whose rows need no padding at this width
+// (the native P V reads V rows of the panel in place, as the float32 path does).
+constexpr int kBf16Cols = GemmAvx512Bf16::kCols;
+// Test support: (block, head group)s whose two GEMMs ran natively on bfloat16 pairs.
+std::atomic<int64_t> bf16_native_blocks{0};
+
 
 // Per-worker tiles, padded so the micro-kernels never need edge cases. Q, O and the softmax state
 // exist once per head of the group; the score, K and V blocks are reused head after head.
@@ -45,6 +65,9 @@ struct Scratch {
   FloatBuffer q, kt, s, v, o;
   FloatBuffer q_cols, s_keys;  // key-major path: Q^T [D][kFewRows] per head, S^T [kBlockN][kFewRows]
   FloatBuffer k_block, v_block;  // half types: the block's K / V rows of the group's kv heads, widened
+  // Native bfloat16 blocks: unscaled Q rows as bf16 pairs [head][kMaxRows][(D + 1) / 2] and one row
+  // block's P as bf16 pairs [kMaxRows][kBlockN / 2] (uint32 words in float storage).
+  FloatBuffer q2, p2;
   size_t o_stride = 0;         // floats of one head's O tile
   float m[kMaxGroupHeads][kMaxRows], l[kMaxGroupHeads][kMaxRows];
   uint64_t allow[kMaxRows];  // masked blocks: bit j of row r set when the row may see key j
@@ -52,7 +75,7 @@ struct Scratch {
   bool seen[kMaxRows];       // the row has met an allowed key (the mask is the same for every head)
   int keys[kBlockN];  // key positions (inside the sequence) of the block being computed
   int32_t key_role[kBlockN], key_seg[kBlockN], key_pos[kBlockN];  // masked blocks: the keys' attributes
-  void init(int head_dim, int value_dim, int group_heads, int group_kv_heads, DType dtype) {
+  void init(int head_dim, int value_dim, int group_heads, int group_kv_heads, DType dtype, bool bf16_pairs) {
     o_stride = (size_t)kMaxRows * round_up(value_dim, kWidestCols);
     q = alloc_floats((size_t)group_heads * kMaxRows * head_dim);
     kt = alloc_floats((size_t)head_dim * kBlockN);
@@ -64,6 +87,10 @@ struct Scratch {
     if (dtype != kFloat32) {
       k_block = alloc_floats((size_t)kBlockN * group_kv_heads * head_dim);
       v_block = alloc_floats((size_t)kBlockN * group_kv_heads * value_dim);
+    }
+    if (bf16_pairs) {
+      q2 = alloc_floats((size_t)group_heads * kMaxRows * ((head_dim + 1) / 2));
+      p2 = alloc_floats((size_t)kMaxRows * kBlockN / 2);
     }
   }
 };
@@ -89,6 +116,12 @@ struct Job {
   const int64_t* panel_of_tile;
   int64_t panels;  // packed key tiles
   const KeyRun* runs;  // the plan's key runs (mask_plan.h)
+  // bfloat16 on AVX512-BF16 (else null): the same tiles' panels as bf16 pairs, per (kv head, packed
+  // tile) like the float32 ones. K^T: word (dim pair i, key j) holds K[j][2i], K[j][2i + 1] (0 past
+  // an odd D), [(D + 1) / 2][kBlockN]. V: word (key pair kk, column c) holds V[2kk][c], V[2kk + 1][c],
+  // [kBlockN / 2][Dv]. Zero past the tile's keys.
+  const uint32_t* kt2_panels;
+  const uint32_t* v2_panels;
 };
 
 // Everything one (sequence, query tile, head group) task needs while it walks its keys.
@@ -109,10 +142,14 @@ struct TileTask {
   // attend_keys into Scratch::k_block / v_block (key j of the block is row j there).
   bool block_widened;
   int block_g0, block_heads;
+  // The block's two GEMMs run on the bfloat16 pair panels (set by attend_keys): its K^T and V are
+  // read from packed panels in place, the same blocks where the float32 path reads both in place.
+  bool native_bf16;
   TileBounds qb;
   // The head being computed inside the group, and its slices of the scratch.
   int h, g;
   float *q_rows, *q_cols, *o, *m, *l;
+  const uint32_t* q2;  // native bfloat16: the head's unscaled Q rows as bf16 pairs
 };
 
 // The rule over a gathered block (keys sc.keys[0, count)): each row's allowed keys become a bit set
@@ -183,6 +220,109 @@ LK_INLINE v8i allowed_lanes8(uint64_t bits, int j) {
   return m;
 }
 
+// Native bfloat16 GEMMs (vdpbf16ps: a pair of bf16 products added to each float32 lane). Both read
+// pair panels in place and keep float32 accumulators; vdpbf16ps takes denormal bf16 inputs as 0 and
+// flushes denormal results, far below SPEC §7's bfloat16 tolerance. Rows in blocks of 8, 4 and 2
+// (m is even): 8 rows x 32 columns keep 16 accumulators in flight.
+#if LK_ISA_X86
+// S[r][j] = scale * (Q_r . K_j) for R rows and the first n columns (a multiple of 32): q2 [R][D2],
+// kt2 [D2] rows kBlockN words apart. Unscaled bf16 Q is exact; scaling the float32 sums here gives
+// the scores no rounding beyond the float32 path's.
+template <int R>
+LK_TARGET_AVX512BF16 LK_INLINE void bf16_scores_rows(const uint32_t* q2, int D2, const uint32_t* kt2, int n, float scale, float* s) {
+  for (int j0 = 0; j0 < n; j0 += 32) {
+    __m512 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int i = 0; i < D2; ++i) {
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(kt2 + (size_t)i * kBlockN + j0);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(kt2 + (size_t)i * kBlockN + j0 + 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512bh a = (__m512bh)_mm512_set1_epi32((int)q2[r * D2 + i]);
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+      }
+    }
+    const __m512 sv = _mm512_set1_ps(scale);
+    for (int r = 0; r < R; ++r) {
+      _mm512_storeu_ps(s + r * kBlockN + j0, _mm512_mul_ps(acc[r][0], sv));
+      _mm512_storeu_ps(s + r * kBlockN + j0 + 16, _mm512_mul_ps(acc[r][1], sv));
+    }
+  }
+}
+// O[r][c] += sum over key pairs kk < pairs of P pair p2[r][kk] . V pair v2[kk][c], R rows, Dv columns
+// (a multiple of 32); p2 rows kBlockN / 2 words apart, O rows ldo floats apart.
+template <int R>
+LK_TARGET_AVX512BF16 LK_INLINE void bf16_pv_rows(const uint32_t* p2, int pairs, const uint32_t* v2, int Dv, float* o, int ldo) {
+  for (int c0 = 0; c0 < Dv; c0 += 32) {
+    __m512 acc[R][2];
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = _mm512_loadu_ps(o + (size_t)r * ldo + c0);
+      acc[r][1] = _mm512_loadu_ps(o + (size_t)r * ldo + c0 + 16);
+    }
+    for (int kk = 0; kk < pairs; ++kk) {
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(v2 + (size_t)kk * Dv + c0);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(v2 + (size_t)kk * Dv + c0 + 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512bh a = (__m512bh)_mm512_set1_epi32((int)p2[r * (kBlockN / 2) + kk]);
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm512_storeu_ps(o + (size_t)r * ldo + c0, acc[r][0]);
+      _mm512_storeu_ps(o + (size_t)r * ldo + c0 + 16, acc[r][1]);
+    }
+  }
+}
+// Rows of a block starting at row i of m (even): 8, then 4 and 2. (Loops, not a lambda per block: a
+// lambda would not carry the entry's target attribute.)
+LK_INLINE int bf16_block_rows(int m, int i) { return m - i >= 8 ? 8 : m - i >= 4 ? 4 : 2; }
+// Out-of-line entries of their own (a call per block and head): an always-inline function of one
+// target cannot be inlined into the generic templates that reach it before they reach the entry.
+// S = scale * Q K^T over m rows and n_pad columns, each row block up to its rows' extent (masked
+// blocks; as gemm_rows, columns past it stay unwritten and are never read as allowed).
+LK_TARGET_AVX512BF16 void bf16_scores(int m, int n_pad, const uint32_t* q2, int D2, const uint32_t* kt2, float scale, float* s,
+                                                const int* extent) {
+  LK_PROF_MACS((int64_t)m * n_pad * 2 * D2);
+  for (int i = 0, R = 0; i < m; i += R) {
+    R = bf16_block_rows(m, i);
+    const int e = rows_extent(extent, i, R, n_pad, 32);
+    if (e <= 0) continue;
+    const uint32_t* q = q2 + (size_t)i * D2;
+    float* srow = s + (size_t)i * kBlockN;
+    if (R == 8) bf16_scores_rows<8>(q, D2, kt2, e, scale, srow);
+    else if (R == 4) bf16_scores_rows<4>(q, D2, kt2, e, scale, srow);
+    else bf16_scores_rows<2>(q, D2, kt2, e, scale, srow);
+  }
+}
+// O += P V: each row block's P (float32, written for every column < n_pad, 0 where masked) is
+// rounded to bf16 pairs of consecutive keys up to its rows' extent rounded up to a key pair.
+LK_TARGET_AVX512BF16 void bf16_pv(int m, int n_pad, const float* s, uint32_t* p2, const uint32_t* v2, int Dv, float* o, int ldo,
+                                            const int* extent) {
+  LK_PROF_MACS((int64_t)m * n_pad * Dv);
+  for (int i = 0, R = 0; i < m; i += R) {
+    R = bf16_block_rows(m, i);
+    const int e = rows_extent(extent, i, R, n_pad, 2);
+    if (e <= 0) continue;
+    const int e32 = round_up(e, 32);  // <= n_pad, a multiple of 32
+    for (int r = 0; r < R; ++r) {
+      const float* srow = s + (size_t)(i + r) * kBlockN;
+      uint32_t* prow = p2 + (size_t)r * (kBlockN / 2);
+      for (int j = 0; j < e32; j += 32)  // keys j..j+31 become words j/2..j/2+15: low halves the even keys
+        _mm512_storeu_si512(prow + j / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(srow + j + 16), _mm512_loadu_ps(srow + j)));
+    }
+    float* orow = o + (size_t)i * ldo;
+    if (R == 8) bf16_pv_rows<8>(p2, e / 2, v2, Dv, orow, ldo);
+    else if (R == 4) bf16_pv_rows<4>(p2, e / 2, v2, Dv, orow, ldo);
+    else bf16_pv_rows<2>(p2, e / 2, v2, Dv, orow, ldo);
+  }
+}
+#else
+// Only the AVX512-BF16 entries call these (never instantiated elsewhere).
+inline void bf16_scores(int, int, const uint32_t*, int, const uint32_t*, float, float*, const int*) { std::abort(); }
+inline void bf16_pv(int, int, const float*, uint32_t*, const uint32_t*, int, float*, int, const int*) { std::abort(); }
+#endif
+
 // Online-softmax update of the task's rows with `count` keys listed in sc.keys. `masked` asks for the
 // per-element rule check (blocks gathered from partial tiles); full tiles skip it.
 // Non-finite values follow IEEE arithmetic over allowed pairs only (SPEC §3, cuda/common/ieee.h): a
@@ -251,8 +391,19 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   } else if (kFewQueries) {
     // not reached (few-query tiles are key-major); ends the few-query instantiation's chain here
   } else if (t.panel >= 0) {
-    const float* panel = t.job->kt_panels + (t.g * t.job->panels + t.panel) * (int64_t)D * kBlockN + t.panel_col;
-    gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false, row_extent);
+    bool native = false;
+    if constexpr (NativeBf16<Shape>::value) {
+      if (t.native_bf16) {
+        const int D2 = (D + 1) / 2;
+        const uint32_t* panel = t.job->kt2_panels + (t.g * t.job->panels + t.panel) * (int64_t)D2 * kBlockN + t.panel_col;
+        bf16_scores(t.m_pad, n_pad, t.q2, D2, panel, p.scale, s, row_extent);
+        native = true;
+      }
+    }
+    if (!native) {
+      const float* panel = t.job->kt_panels + (t.g * t.job->panels + t.panel) * (int64_t)D * kBlockN + t.panel_col;
+      gemm_rows<Shape>(t.m_pad, n_pad, D, t.q_rows, D, panel, kBlockN, s, kBlockN, false, row_extent);
+    }
   } else {
     // K^T block so that S = Q K^T reads both operands row-wise: 8 x 8 register transposes.
     float* kt = sc.kt.get();
@@ -367,6 +518,14 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   }
   for (int r = t.rows; r < t.m_pad; ++r) std::fill(s + r * kBlockN, s + r * kBlockN + n_pad, 0.0f);
 
+  if constexpr (NativeBf16<Shape>::value) {
+    if (t.native_bf16) {  // V from its pair panel in place (attend_keys checked what the float32 path would)
+      LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kPVGemm));
+      const uint32_t* v2 = t.job->v2_panels + ((t.g * t.job->panels + t.panel) * (kBlockN / 2) + t.panel_col / 2) * (int64_t)Dv;
+      bf16_pv(t.m_pad, n_pad, s, reinterpret_cast<uint32_t*>(sc.p2.get()), v2, Dv, t.o, dvp, row_extent);
+      return;
+    }
+  }
   LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kVCopy));
   // V rows as the GEMM's B: in place when consecutive, unpadded and (in masked blocks, where a masked
   // key's 0 weight must not meet a NaN / Inf) finite, else copied into a padded block.
@@ -431,6 +590,7 @@ LK_INLINE void select_head(TileTask& t, int i) {
   t.o = sc.o.get() + (size_t)i * sc.o_stride;
   t.m = sc.m[i];
   t.l = sc.l[i];
+  t.q2 = sc.q2 ? reinterpret_cast<const uint32_t*>(sc.q2.get()) + (size_t)i * kMaxRows * ((p.head_dim + 1) / 2) : nullptr;
 }
 
 // One block of `count` keys (sc.keys) for every head of the group: the rule's bit sets are computed
@@ -492,6 +652,13 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
       widen_row(v_half + (key * Hkv + t.block_g0) * Dv, p.dtype, t.sc->v_block.get() + (int64_t)j * t.block_heads * Dv, (int64_t)t.block_heads * Dv);
     }
     t.block_widened = true;
+  }
+  // Native bfloat16 where this block reads K^T and V from packed panels in place; a key pair of the V
+  // pair panel must start at the block's first key (an even panel column).
+  t.native_bf16 = false;
+  if constexpr (NativeBf16<Shape>::value && !kFewQueries) {
+    t.native_bf16 = t.job->kt2_panels && panels_only && t.panel_col % 2 == 0;
+    if (t.native_bf16) bf16_native_blocks.fetch_add(1, std::memory_order_relaxed);
   }
   if (masked) block_allowed_keys(t, count);
   LK_PROF_STMT(::lk::cpu::prof::totals.blocks.fetch_add(1, std::memory_order_relaxed));
@@ -559,6 +726,22 @@ LK_INLINE void attend_rows(const Job& job, const PlanWork& w, int h0, int group,
       } else {
         widen_row(static_cast<const uint16_t*>(p.q) + offset + i * D, p.dtype, qs, D);
         for (int d = 0; d < D; ++d) qs[d] *= scale;
+      }
+    }
+  }
+  if (job.kt2_panels && !kFewQueries && !t.key_major) {  // native bfloat16: unscaled Q rows as bf16 pairs, 0 past an odd D
+    const int D2 = (D + 1) / 2;
+    const uint16_t* qh = static_cast<const uint16_t*>(p.q);
+    for (int i = 0; i < group; ++i) {
+      uint32_t* q2 = reinterpret_cast<uint32_t*>(sc.q2.get()) + (size_t)i * kMaxRows * D2;
+      for (int r = 0; r < t.m_pad; ++r) {
+        uint32_t* row = q2 + (size_t)r * D2;
+        if (r >= t.rows) {
+          std::fill(row, row + D2, 0u);
+          continue;
+        }
+        const uint16_t* src = qh + ((t.q_start + t.row0 + r) * H + h0 + i) * D;
+        for (int d2 = 0; d2 < D2; ++d2) row[d2] = src[2 * d2] | (2 * d2 + 1 < D ? (uint32_t)src[2 * d2 + 1] << 16 : 0u);
       }
     }
   }
@@ -711,20 +894,81 @@ LK_INLINE void pack_panels(const void* k_rows, const void* v_rows, DType dtype, 
     }
   for (int g = 0; g < heads; ++g) finite[g * finite_stride] = all_finite(v_panels + g * v_head_stride, kBlockN * Dv);  // kBlockN * Dv: a multiple of 8
 }
+
+// The same tile's bfloat16 pair panels (Job::kt2_panels / v2_panels), head g's at kt2 + g *
+// kt2_head_stride and v2 + g * v2_head_stride, straight from the bf16 bits. K^T: 8 keys' rows of
+// words (a key row read as (D + 1) / 2 words, 0 past an odd D) through k_words (8 x D floats) and
+// the 8 x 8 register transposes of 32-bit lanes (shuffles: the bits are moved, never converted).
+LK_INLINE void pack_bf16_pairs(const uint16_t* k_rows, const uint16_t* v_rows, int heads, int D, int Dv, int cols, float* k_words,
+                               uint32_t* kt2, uint32_t* v2, int64_t kt2_head_stride, int64_t v2_head_stride) {
+  const int D2 = (D + 1) / 2, d8 = D2 / 8 * 8;
+  const int64_t k_stride = (int64_t)heads * D, v_stride = (int64_t)heads * Dv;
+  uint32_t* words = reinterpret_cast<uint32_t*>(k_words);  // [8][D2]
+  for (int j0 = 0; j0 < kBlockN; j0 += 8)
+    for (int g = 0; g < heads; ++g) {
+      for (int u = 0; u < 8; ++u) {
+        uint32_t* w = words + u * D2;
+        if (j0 + u >= cols) {
+          std::fill(w, w + D2, 0u);
+          continue;
+        }
+        const uint16_t* src = k_rows + (j0 + u) * k_stride + (int64_t)g * D;
+        std::memcpy(w, src, sizeof(uint16_t) * D);
+        if (D % 2) w[D2 - 1] &= 0xffffu;  // little-endian: the pad is the high half
+      }
+      uint32_t* kt = kt2 + g * kt2_head_stride + j0;
+      for (int d = 0; d < d8; d += 8) {
+        v8f x[8];
+        for (int u = 0; u < 8; ++u) std::memcpy(&x[u], words + u * D2 + d, sizeof x[u]);
+        transpose8x8(x);
+        for (int u = 0; u < 8; ++u) std::memcpy(kt + (d + u) * kBlockN, &x[u], sizeof x[u]);
+      }
+      for (int d = d8; d < D2; ++d)
+        for (int u = 0; u < 8; ++u) kt[d * kBlockN + u] = words[u * D2 + d];
+    }
+  // V: rows 2kk and 2kk + 1 interleaved, 16 columns at a time.
+  typedef uint16_t v16u __attribute__((vector_size(32)));
+  typedef uint16_t v32u __attribute__((vector_size(64)));
+  const int c16 = Dv / 16 * 16;
+  for (int kk = 0; kk < kBlockN / 2; ++kk)
+    for (int g = 0; g < heads; ++g) {
+      const int j = 2 * kk;
+      const uint16_t* a = j < cols ? v_rows + j * v_stride + (int64_t)g * Dv : nullptr;
+      const uint16_t* b = j + 1 < cols ? v_rows + (j + 1) * v_stride + (int64_t)g * Dv : nullptr;
+      uint32_t* dst = v2 + g * v2_head_stride + (int64_t)kk * Dv;
+      for (int c = 0; c < c16; c += 16) {
+        v16u x = {}, y = {};
+        if (a) std::memcpy(&x, a + c, sizeof x);
+        if (b) std::memcpy(&y, b + c, sizeof y);
+        const v32u xy = __builtin_shufflevector(x, y, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26, 11, 27,
+                                                12, 28, 13, 29, 14, 30, 15, 31);
+        std::memcpy(dst + c, &xy, sizeof xy);
+      }
+      for (int c = c16; c < Dv; ++c) dst[c] = (a ? a[c] : 0u) | (b ? (uint32_t)b[c] << 16 : 0u);
+    }
+}
+
+// kt2 / v2 (bfloat16 pair panels) are null except for bfloat16 on the AVX512-BF16 path.
 #define LK_PACK_ENTRY(name, attr)                                                                                     \
   attr void name(const void* k, const void* v, DType dtype, int heads, int D, int Dv, int cols, float* kw, float* kt, float* vp, \
-                 int64_t kt_stride, int64_t v_stride, uint8_t* finite, int64_t finite_stride) {                                \
+                 int64_t kt_stride, int64_t v_stride, uint8_t* finite, int64_t finite_stride, uint32_t* kt2, uint32_t* v2,     \
+                 int64_t kt2_stride, int64_t v2_stride) {                                                                       \
     pack_panels(k, v, dtype, heads, D, Dv, cols, kw, kt, vp, kt_stride, v_stride, finite, finite_stride);                      \
+    if (kt2)                                                                                                                    \
+      pack_bf16_pairs(static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v), heads, D, Dv, cols, kw, kt2, v2,        \
+                      kt2_stride, v2_stride);                                                                                   \
   }
 #if LK_ISA_X86
+LK_PACK_ENTRY(pack_panels_avx512bf16, LK_TARGET_AVX512BF16)
 LK_PACK_ENTRY(pack_panels_avx512, LK_TARGET_AVX512)
 LK_PACK_ENTRY(pack_panels_avx2, LK_TARGET_AVX2)
 #endif
 LK_PACK_ENTRY(pack_panels_portable, )
 #undef LK_PACK_ENTRY
 using PackPanelFn = void (*)(const void*, const void*, DType, int, int, int, int, float*, float*, float*, int64_t, int64_t, uint8_t*,
-                             int64_t);
-const IsaTable<PackPanelFn> kPackPanel = {{pack_panels_portable, nullptr, LK_IF_X86(pack_panels_avx2), LK_IF_X86(pack_panels_avx512), nullptr}};
+                             int64_t, uint32_t*, uint32_t*, int64_t, int64_t);
+const IsaTable<PackPanelFn> kPackPanel = {{pack_panels_portable, nullptr, LK_IF_X86(pack_panels_avx2), LK_IF_X86(pack_panels_avx512),
+                                           LK_IF_X86(pack_panels_avx512bf16)}};
 
 // One entry per instruction set, each compiled for it (native/cpu/isa.h). Tiles of at most 4 queries
 // have their own entries (dot-product Q K^T, 4-row P V), so the large tiles' code stays compact.
@@ -736,6 +980,7 @@ const IsaTable<PackPanelFn> kPackPanel = {{pack_panels_portable, nullptr, LK_IF_
     attend_tile_impl<Shape, true>(j, w, h, n, s);                                                     \
   }
 #if LK_ISA_X86
+LK_ATTEND_ENTRIES(attend_tile_avx512bf16, LK_TARGET_AVX512BF16, GemmAvx512Bf16)
 LK_ATTEND_ENTRIES(attend_tile_avx512, LK_TARGET_AVX512, GemmAvx512)
 LK_ATTEND_ENTRIES(attend_tile_avx2, LK_TARGET_AVX2, GemmAvx2)
 #endif
@@ -748,9 +993,10 @@ LK_ATTEND_ENTRIES(attend_tile_portable, , GemmBaseline)
 // (job, work item, first head, heads in the group, scratch)
 using AttendTileFn = void (*)(const Job&, const PlanWork&, int, int, Scratch&);
 const IsaTable<AttendTileFn> kAttendTile = {{attend_tile_portable, LK_IF_NEON(attend_tile_neon), LK_IF_X86(attend_tile_avx2),
-                                             LK_IF_X86(attend_tile_avx512), nullptr}};
+                                             LK_IF_X86(attend_tile_avx512), LK_IF_X86(attend_tile_avx512bf16)}};
 const IsaTable<AttendTileFn> kAttendFewTile = {{attend_tile_portable_few, LK_IF_NEON(attend_tile_neon_few),
-                                                LK_IF_X86(attend_tile_avx2_few), LK_IF_X86(attend_tile_avx512_few), nullptr}};
+                                                LK_IF_X86(attend_tile_avx2_few), LK_IF_X86(attend_tile_avx512_few),
+                                                LK_IF_X86(attend_tile_avx512bf16_few)}};
 
 // Heads per task: up to kGroupColumns columns of Q K^T work, so that the group shares one
 // classification, mask bit set and row-range split per key block, and reads its Q and writes its O
@@ -889,9 +1135,14 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
   const int64_t panels = (int64_t)panel_tiles.size();
   const size_t kt_floats = (size_t)D * kBlockN, v_floats = (size_t)kBlockN * Dv;
-  PanelStorage storage = take_panel_storage(panels * Hkv * (kt_floats + v_floats));
+  // bfloat16 on AVX512-BF16: pair panels as well (the native blocks' operands), words in float storage.
+  const bool bf16_pairs = p.dtype == kBFloat16 && active_isa() == Isa::kAvx512Bf16 && Dv % kBf16Cols == 0;
+  const size_t kt2_words = bf16_pairs ? (size_t)((D + 1) / 2) * kBlockN : 0, v2_words = bf16_pairs ? (size_t)kBlockN / 2 * Dv : 0;
+  PanelStorage storage = take_panel_storage(panels * Hkv * (kt_floats + v_floats + kt2_words + v2_words));
   float* const kt_panels = storage.data.get();
   float* const v_panels = kt_panels + panels * Hkv * kt_floats;
+  uint32_t* const kt2_panels = bf16_pairs ? reinterpret_cast<uint32_t*>(v_panels + panels * Hkv * v_floats) : nullptr;
+  uint32_t* const v2_panels = bf16_pairs ? kt2_panels + panels * Hkv * kt2_words : nullptr;
   std::vector<uint8_t> v_panel_finite((size_t)(panels * Hkv));
   const PackPanelFn pack = isa_pick(kPackPanel);
   const size_t elem = f32 ? 4 : 2;
@@ -906,11 +1157,13 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
     pack(static_cast<const char*>(p.k) + key0 * Hkv * D * elem, static_cast<const char*>(p.v) + key0 * Hkv * Dv * elem, p.dtype, Hkv, D,
          Dv, cols, k_widened[(size_t)worker].get(), kt_panels + (size_t)i * kt_floats, v_panels + (size_t)i * v_floats,
-         panels * (int64_t)kt_floats, panels * (int64_t)v_floats, v_panel_finite.data() + i, panels);
+         panels * (int64_t)kt_floats, panels * (int64_t)v_floats, v_panel_finite.data() + i, panels,
+         bf16_pairs ? kt2_panels + (size_t)i * kt2_words : nullptr, bf16_pairs ? v2_panels + (size_t)i * v2_words : nullptr,
+         panels * (int64_t)kt2_words, panels * (int64_t)v2_words);
     LK_PROF_STMT(::lk::cpu::prof::stop(); prof_busy.fetch_add(__rdtsc() - task_t0));
   });
   const Job job{&p, q, k, v, out, g->q_tiles.data(), g->k_tiles.data(), q_base.data(), k_base.data(),
-                kt_panels, v_panels, v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data()};
+                kt_panels, v_panels, v_panel_finite.data(), panel_of_tile.data(), panels, g->runs.data(), kt2_panels, v2_panels};
 
   // Tasks = (work item, head group), heaviest work items first.
   const std::vector<PlanWork>& tasks = g->work;
@@ -920,7 +1173,7 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   std::vector<Scratch> scratch(pool.size());
   // The kv heads of a group's heads (GQA): group consecutive heads span at most this many.
   const int group_kv_heads = std::min(p.kv_heads, (group - 1) / (p.heads / p.kv_heads) + 2);
-  for (auto& sc : scratch) sc.init(p.head_dim, p.value_dim, group, group_kv_heads, p.dtype);
+  for (auto& sc : scratch) sc.init(p.head_dim, p.value_dim, group, group_kv_heads, p.dtype, bf16_pairs);
   const AttendTileFn attend_tile = isa_pick(kAttendTile);  // one path for the whole call
   const AttendTileFn attend_few_tile = isa_pick(kAttendFewTile);
   const std::vector<TaskRef> order = task_order(tasks, p.batch, n_groups);
@@ -959,5 +1212,7 @@ using ExpLanesFn = void (*)(const float*, float*, int64_t);
 const IsaTable<ExpLanesFn> kExpLanes = {{exp_lanes_portable, nullptr, LK_IF_X86(exp_lanes_avx2), LK_IF_X86(exp_lanes_avx512), nullptr}};
 
 void exp_lanes(const float* in, float* out, int64_t n) { isa_pick(kExpLanes)(in, out, n); }
+
+int64_t bf16_native_block_count() { return bf16_native_blocks.load(std::memory_order_relaxed); }
 
 }  // namespace lk::cpu

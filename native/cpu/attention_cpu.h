@@ -14,4 +14,8 @@ void masked_attention(const AttentionParams& p, PlanState* plan = nullptr);
 // The kernels' exp (simd.h's exp8) over n floats on the active ISA path: test support.
 void exp_lanes(const float* in, float* out, int64_t n);
 
+// Test support: (key block, head group)s since load whose Q K^T and P V ran natively on bfloat16 pairs
+// (vdpbf16ps, the AVX512-BF16 path).
+int64_t bf16_native_block_count();
+
 }  // namespace lk::cpu
