@@ -109,7 +109,8 @@ struct Job {
   const int32_t* k_base;
   // K^T panels [D][kBlockN] and V panels [kBlockN][Dv] per (kv head, packed key tile), packed once
   // and shared by every query tile of the sequence; panel_of_tile[key tile] numbers the packed tiles
-  // (-1: not packed). Head-major, so the panels a task walks are consecutive in memory.
+  // (-1: not packed). Head-major, so the panels a task walks are consecutive in memory. No K^T
+  // panels where kt2_panels exist.
   const float* kt_panels;
   const float* v_panels;
   const uint8_t* v_panel_finite;  // per (kv head, packed tile): every V value of the panel is finite
@@ -142,9 +143,10 @@ struct TileTask {
   // attend_keys into Scratch::k_block / v_block (key j of the block is row j there).
   bool block_widened;
   int block_g0, block_heads;
-  // The block's two GEMMs run on the bfloat16 pair panels (set by attend_keys): its K^T and V are
-  // read from packed panels in place, the same blocks where the float32 path reads both in place.
-  bool native_bf16;
+  // Native bfloat16 (set by attend_keys): S = Q K^T from the K^T pair panel wherever the block reads a
+  // packed panel (native_bf16_s; the float32 K^T panels are then not packed at all), and P V from
+  // the V pair panel where the float32 path would read its V panel in place too (native_bf16).
+  bool native_bf16_s, native_bf16;
   TileBounds qb;
   // The head being computed inside the group, and its slices of the scratch.
   int h, g;
@@ -393,7 +395,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   } else if (t.panel >= 0) {
     bool native = false;
     if constexpr (NativeBf16<Shape>::value) {
-      if (t.native_bf16) {
+      if (t.native_bf16_s) {
         const int D2 = (D + 1) / 2;
         const uint32_t* panel = t.job->kt2_panels + (t.g * t.job->panels + t.panel) * (int64_t)D2 * kBlockN + t.panel_col;
         bf16_scores(t.m_pad, n_pad, t.q2, D2, panel, p.scale, s, row_extent);
@@ -655,9 +657,10 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
   }
   // Native bfloat16 where this block reads K^T and V from packed panels in place; a key pair of the V
   // pair panel must start at the block's first key (an even panel column).
-  t.native_bf16 = false;
+  t.native_bf16_s = t.native_bf16 = false;
   if constexpr (NativeBf16<Shape>::value && !kFewQueries) {
-    t.native_bf16 = t.job->kt2_panels && panels_only && t.panel_col % 2 == 0;
+    t.native_bf16_s = t.job->kt2_panels && t.panel >= 0 && !t.key_major;
+    t.native_bf16 = t.native_bf16_s && panels_only && t.panel_col % 2 == 0;
     if (t.native_bf16) bf16_native_blocks.fetch_add(1, std::memory_order_relaxed);
   }
   if (masked) block_allowed_keys(t, count);
@@ -874,7 +877,7 @@ LK_INLINE void pack_panels(const void* k_rows, const void* v_rows, DType dtype, 
                            int64_t finite_stride) {
   const bool f32 = dtype == kFloat32;
   const int64_t k_stride = (int64_t)heads * D, v_stride = (int64_t)heads * Dv;
-  for (int j0 = 0; j0 < kBlockN; j0 += 8)
+  for (int j0 = 0; kt_panels && j0 < kBlockN; j0 += 8)  // null: bfloat16 reads K^T pair panels only
     for (int g = 0; g < heads; ++g) {
       const float* krows[8];
       for (int u = 0; u < 8; ++u) {
@@ -1134,9 +1137,10 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   }
   const int D = p.head_dim, Dv = p.value_dim, Hkv = p.kv_heads;
   const int64_t panels = (int64_t)panel_tiles.size();
-  const size_t kt_floats = (size_t)D * kBlockN, v_floats = (size_t)kBlockN * Dv;
-  // bfloat16 on AVX512-BF16: pair panels as well (the native blocks' operands), words in float storage.
+  // bfloat16 on AVX512-BF16: pair panels (the native blocks' operands, words in float storage) in
+  // place of the float32 K^T panels, and beside the float32 V panels (blocks whose P V is not native).
   const bool bf16_pairs = p.dtype == kBFloat16 && active_isa() == Isa::kAvx512Bf16 && Dv % kBf16Cols == 0;
+  const size_t kt_floats = bf16_pairs ? 0 : (size_t)D * kBlockN, v_floats = (size_t)kBlockN * Dv;
   const size_t kt2_words = bf16_pairs ? (size_t)((D + 1) / 2) * kBlockN : 0, v2_words = bf16_pairs ? (size_t)kBlockN / 2 * Dv : 0;
   PanelStorage storage = take_panel_storage(panels * Hkv * (kt_floats + v_floats + kt2_words + v2_words));
   float* const kt_panels = storage.data.get();
@@ -1156,7 +1160,7 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
     pack(static_cast<const char*>(p.k) + key0 * Hkv * D * elem, static_cast<const char*>(p.v) + key0 * Hkv * Dv * elem, p.dtype, Hkv, D,
-         Dv, cols, k_widened[(size_t)worker].get(), kt_panels + (size_t)i * kt_floats, v_panels + (size_t)i * v_floats,
+         Dv, cols, k_widened[(size_t)worker].get(), bf16_pairs ? nullptr : kt_panels + (size_t)i * kt_floats, v_panels + (size_t)i * v_floats,
          panels * (int64_t)kt_floats, panels * (int64_t)v_floats, v_panel_finite.data() + i, panels,
          bf16_pairs ? kt2_panels + (size_t)i * kt2_words : nullptr, bf16_pairs ? v2_panels + (size_t)i * v2_words : nullptr,
          panels * (int64_t)kt2_words, panels * (int64_t)v2_words);
