@@ -534,7 +534,7 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   const float* vb = value_row(0);
   int ldv = (int)v_stride;
   bool v_in_place = consecutive && count == n_pad && Dv == dvp;
-  if (t.panel >= 0 && Dv == dvp) {
+  if (t.panel >= 0 && Dv == dvp && t.job->v_panels) {
     // The packed panel's rows past `count` weigh 0, which a NaN / Inf among them would turn NaN.
     const int64_t vp = t.g * t.job->panels + t.panel;
     vb = t.job->v_panels + (vp * kBlockN + t.panel_col) * Dv;
@@ -642,6 +642,8 @@ LK_INLINE void attend_keys(TileTask& t, int count, bool masked) {
     for (int g = t.h0 / per_kv; g <= (t.h0 + t.group - 1) / per_kv && panels_only; ++g)
       panels_only = t.job->v_panel_finite[g * t.job->panels + t.panel];
   }
+  // Bfloat16 pair calls pack no float32 V panels: a block whose first key is not a pair's widens its rows.
+  if (panels_only && !t.job->v_panels && t.panel_col % 2 != 0) panels_only = false;
   if (p.dtype != kFloat32 && !panels_only) {
     const int Hkv = p.kv_heads, D = p.head_dim, Dv = p.value_dim;
     t.block_g0 = t.h0 / (p.heads / Hkv);
@@ -887,6 +889,7 @@ LK_INLINE void pack_panels(const void* k_rows, const void* v_rows, DType dtype, 
       }
       transpose_key_rows(krows, D, kt_panels + g * kt_head_stride + j0);
     }
+  if (!v_panels) return;  // bfloat16 pairs: V pair panels only, finiteness from their bits (pack_bf16_pairs)
   for (int j = 0; j < kBlockN; ++j)
     for (int g = 0; g < heads; ++g) {
       float* vrow = v_panels + g * v_head_stride + (int64_t)j * Dv;
@@ -903,7 +906,8 @@ LK_INLINE void pack_panels(const void* k_rows, const void* v_rows, DType dtype, 
 // words (a key row read as (D + 1) / 2 words, 0 past an odd D) through k_words (8 x D floats) and
 // the 8 x 8 register transposes of 32-bit lanes (shuffles: the bits are moved, never converted).
 LK_INLINE void pack_bf16_pairs(const uint16_t* k_rows, const uint16_t* v_rows, int heads, int D, int Dv, int cols, float* k_words,
-                               uint32_t* kt2, uint32_t* v2, int64_t kt2_head_stride, int64_t v2_head_stride) {
+                               uint32_t* kt2, uint32_t* v2, int64_t kt2_head_stride, int64_t v2_head_stride, uint8_t* finite,
+                               int64_t finite_stride) {
   const int D2 = (D + 1) / 2, d8 = D2 / 8 * 8;
   const int64_t k_stride = (int64_t)heads * D, v_stride = (int64_t)heads * Dv;
   uint32_t* words = reinterpret_cast<uint32_t*>(k_words);  // [8][D2]
@@ -949,6 +953,16 @@ LK_INLINE void pack_bf16_pairs(const uint16_t* k_rows, const uint16_t* v_rows, i
       }
       for (int c = c16; c < Dv; ++c) dst[c] = (a ? a[c] : 0u) | (b ? (uint32_t)b[c] << 16 : 0u);
     }
+  // finite[g]: no bf16 of head g's V pair panel has an all-ones exponent (Inf / NaN); the padding is 0.
+  for (int g = 0; g < heads; ++g) {
+    const uint32_t* w = v2 + g * v2_head_stride;
+    uint32_t any = 0;
+    for (int64_t i = 0; i < (int64_t)kBlockN / 2 * Dv; ++i) {
+      const uint32_t x = w[i];
+      any |= ((x & 0x7f80u) == 0x7f80u) | ((x & 0x7f800000u) == 0x7f800000u);
+    }
+    finite[g * finite_stride] = any == 0;
+  }
 }
 
 // kt2 / v2 (bfloat16 pair panels) are null except for bfloat16 on the AVX512-BF16 path.
@@ -959,7 +973,7 @@ LK_INLINE void pack_bf16_pairs(const uint16_t* k_rows, const uint16_t* v_rows, i
     pack_panels(k, v, dtype, heads, D, Dv, cols, kw, kt, vp, kt_stride, v_stride, finite, finite_stride);                      \
     if (kt2)                                                                                                                    \
       pack_bf16_pairs(static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v), heads, D, Dv, cols, kw, kt2, v2,        \
-                      kt2_stride, v2_stride);                                                                                   \
+                      kt2_stride, v2_stride, finite, finite_stride);                                                            \
   }
 #if LK_ISA_X86
 LK_PACK_ENTRY(pack_panels_avx512bf16, LK_TARGET_AVX512BF16)
@@ -1140,12 +1154,12 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   // bfloat16 on AVX512-BF16: pair panels (the native blocks' operands, words in float storage) in
   // place of the float32 K^T panels, and beside the float32 V panels (blocks whose P V is not native).
   const bool bf16_pairs = p.dtype == kBFloat16 && active_isa() == Isa::kAvx512Bf16 && Dv % kBf16Cols == 0;
-  const size_t kt_floats = bf16_pairs ? 0 : (size_t)D * kBlockN, v_floats = (size_t)kBlockN * Dv;
+  const size_t kt_floats = bf16_pairs ? 0 : (size_t)D * kBlockN, v_floats = bf16_pairs ? 0 : (size_t)kBlockN * Dv;
   const size_t kt2_words = bf16_pairs ? (size_t)((D + 1) / 2) * kBlockN : 0, v2_words = bf16_pairs ? (size_t)kBlockN / 2 * Dv : 0;
   PanelStorage storage = take_panel_storage(panels * Hkv * (kt_floats + v_floats + kt2_words + v2_words));
   float* const kt_panels = storage.data.get();
-  float* const v_panels = kt_panels + panels * Hkv * kt_floats;
-  uint32_t* const kt2_panels = bf16_pairs ? reinterpret_cast<uint32_t*>(v_panels + panels * Hkv * v_floats) : nullptr;
+  float* const v_panels = bf16_pairs ? nullptr : kt_panels + panels * Hkv * kt_floats;  // bfloat16 pairs: V pair panels only
+  uint32_t* const kt2_panels = bf16_pairs ? reinterpret_cast<uint32_t*>(kt_panels) : nullptr;
   uint32_t* const v2_panels = bf16_pairs ? kt2_panels + panels * Hkv * kt2_words : nullptr;
   std::vector<uint8_t> v_panel_finite((size_t)(panels * Hkv));
   const PackPanelFn pack = isa_pick(kPackPanel);
@@ -1160,7 +1174,7 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
     const int64_t key0 = p.kv_layout.offsets[b] + (int64_t)t * kBlockN;
     const int cols = (int)std::min<int64_t>(kBlockN, p.kv_layout.offsets[b + 1] - key0);
     pack(static_cast<const char*>(p.k) + key0 * Hkv * D * elem, static_cast<const char*>(p.v) + key0 * Hkv * Dv * elem, p.dtype, Hkv, D,
-         Dv, cols, k_widened[(size_t)worker].get(), bf16_pairs ? nullptr : kt_panels + (size_t)i * kt_floats, v_panels + (size_t)i * v_floats,
+         Dv, cols, k_widened[(size_t)worker].get(), bf16_pairs ? nullptr : kt_panels + (size_t)i * kt_floats, bf16_pairs ? nullptr : v_panels + (size_t)i * v_floats,
          panels * (int64_t)kt_floats, panels * (int64_t)v_floats, v_panel_finite.data() + i, panels,
          bf16_pairs ? kt2_panels + (size_t)i * kt2_words : nullptr, bf16_pairs ? v2_panels + (size_t)i * v2_words : nullptr,
          panels * (int64_t)kt2_words, panels * (int64_t)v2_words);
