@@ -23,10 +23,13 @@ const SHAPES = [{ heads: 4, kvHeads: 4, D: 64, Dv: 64 }, { heads: 4, kvHeads: 2,
 // first; then empty, length-1, tile-edge and preset-shaped sequences.
 function batchOf(rng: Rng, kind: PresetName | 'mixed'): Seq[] {
   const n = rng.pick([97, 130, 191, 257, 300]);
+  // An odd cut puts the second segment's keys at odd panel columns: V pairs do not line up there, so
+  // those blocks widen their rows (bfloat16 calls pack no float32 V panels).
+  const cut = rng.pick([150, 149, 107, 131]);
   const long: Seq = { segments: [], roles: [] };
   for (let i = 0; i < n; i++) {
-    long.segments.push(i < 150 ? 0 : 1);
-    long.roles.push(i < 150 || rng.bool(0.8) ? 0 : rng.pick([1, 2]));
+    long.segments.push(i < cut ? 0 : 1);
+    long.roles.push(i < cut || rng.bool(0.8) ? 0 : rng.pick([1, 2]));
   }
   const seqs = [long, { segments: [], roles: [] }, { segments: [0], roles: [0] }];
   for (let b = rng.int(1, 3); b > 0; b--) {
@@ -49,10 +52,7 @@ function ruleWithItems(rng: Rng): MaskRule {
 }
 
 if (!PATHS.includes(ISA)) {
-  test(`native bfloat16: skipped, this CPU / build has no ${ISA} path (isaPaths: ${PATHS.join(', ')})`, (t) => {
-    t.log(`no ${ISA} path here: the native bfloat16 kernels cannot run`);
-    t.pass();
-  });
+  test.skip(`native bfloat16: skipped, this CPU / build has no ${ISA} path (isaPaths: ${PATHS.join(', ')})`, () => {});
 } else {
   test.serial('native bfloat16 on avx512bf16: presets and random rules, jagged layouts = reference, native blocks ran', async (t) => {
     native()._setCpuIsa(ISA);
