@@ -5,6 +5,7 @@
 // -inf and anything at or below -88 -> +0, exp(0) = 1 (the row maximum weighs exactly 1), large
 // inputs saturate at a finite value. Random values over the range, random bit patterns (every
 // exponent, subnormals, NaN payloads) and the range reduction's edges (half-integer multiples of ln2).
+// On AVX-512 the entry runs the 16-lane exp_vec (the tiled softmax's width there), elsewhere 8 lanes.
 import test from 'ava';
 import { backends } from '../lib/index';
 import { native } from '../lib/native';
@@ -54,6 +55,28 @@ for (const isa of PATHS) {
     t.is(native()._cpuExp(Float32Array.of(0))[0], 1);
     t.deepEqual(bad.slice(0, 5), [], `${bad.length} values out of bounds`);
     t.log(`${isa}: max relative error ${worst.toExponential(2)} at ${worstAt} over ${x.length} inputs`);
+  });
+}
+
+// Every lane (16 on AVX-512) and the tail of an array that fills no whole vector compute the same
+// function: shifting the array one element at a time moves each value through every lane position.
+for (const isa of PATHS) {
+  test.serial(`cpu exp on ${isa}: the same result in every lane and in the tail`, (t) => {
+    native()._setCpuIsa(isa);
+    const rng = new Rng(77);
+    const base = Float32Array.from([-Infinity, Infinity, NaN, 0, -0, ZERO_AT_OR_BELOW, -87.5, 88.5, 1e-30,
+      ...Array.from({ length: 39 }, () => -30 + rng.next() * 60)]);
+    const whole = native()._cpuExp(base);
+    const bad: string[] = [];
+    for (let shift = 0; shift < 16; shift++) {
+      for (const n of [1, 7, 8, 9, 15, 16, 17, 31, 32]) {
+        const y = native()._cpuExp(base.slice(shift, shift + n));
+        for (let i = 0; i < n; i++) {
+          if (!Object.is(y[i], whole[shift + i])) bad.push(`shift ${shift} n ${n} lane ${i}: exp(${base[shift + i]}) = ${y[i]}, not ${whole[shift + i]}`);
+        }
+      }
+    }
+    t.deepEqual(bad.slice(0, 5), [], `${bad.length} lanes differ`);
   });
 }
 

@@ -31,7 +31,7 @@ constexpr int kBlockM = kPlanBlockM;  // query rows per task (the plan's query t
 constexpr int kBlockN = kPlanBlockN;  // keys per block of the key loop (the plan's key tiles)
 constexpr int kMaxRows = 36;   // kBlockM rounded up to any micro-kernel's row count
 constexpr int kMaxCols = 256;  // value_dim rounded up to any micro-kernel's column count
-constexpr int kWidestCols = 32;  // the widest micro-kernel's column count (GemmAvx512::kCols)
+constexpr int kWidestCols = 32;  // the widest micro-kernel's column count (GemmAvx512Tile::kCols)
 // Heads one task computes together (a head group): the key tiles' classification, gathers and
 // masks are shared by the group, and for few-query tiles every K / V row streams once per block.
 constexpr int kMaxGroupHeads = 16;
@@ -43,9 +43,13 @@ constexpr int kFewRows = 8;
 using GemmKeyMajor = GemmShape<v8f, 8, 1>;  // 8 keys x 8 query rows; 8 divides kBlockN
 static_assert(kBlockN % GemmKeyMajor::kRows == 0, "key blocks must split into key-major GEMM rows");
 
-// The AVX512-BF16 entries: GemmAvx512 for everything float32, plus vdpbf16ps for bfloat16 blocks read
-// from packed panels (bf16_scores / bf16_pv below).
-struct GemmAvx512Bf16 : GemmAvx512 {
+// The AVX-512 entries' tiles: 8 x 32 (16 zmm accumulators): 4 x 32 (simd.h's GemmAvx512) keeps only
+// the 8 accumulators that two FMA pipes of latency 4 need, and a 4-row block reads 2 B vectors per 4
+// broadcasts. 8 rows took 5% off a causal call (8 x 1024, H4, D64) on the Zen 5 machine.
+using GemmAvx512Tile = GemmShape<v16f, 8, 2>;
+// The AVX512-BF16 entries: GemmAvx512Tile for everything float32, plus vdpbf16ps for bfloat16 blocks
+// read from packed panels (bf16_scores / bf16_pv below).
+struct GemmAvx512Bf16 : GemmAvx512Tile {
   static constexpr bool kNativeBf16 = true;
 };
 template <typename Shape, typename = void>
@@ -142,7 +146,7 @@ struct TileTask {
   // Half types: the block's K / V rows of kv heads [block_g0, block_g0 + block_heads), widened by
   // attend_keys into Scratch::k_block / v_block (key j of the block is row j there).
   bool block_widened;
-  int block_g0, block_heads;
+  int block_g0 = 0, block_heads = 0;
   // Native bfloat16 (set by attend_keys): S = Q K^T from the K^T pair panel wherever the block reads a
   // packed panel (native_bf16_s; the float32 K^T panels are then not packed at all), and P V from
   // the V pair panel where the float32 path would read its V panel in place too (native_bf16).
@@ -216,11 +220,29 @@ struct LaneMasks {
   }
 };
 constexpr LaneMasks kLaneMasks;
-LK_INLINE v8i allowed_lanes8(uint64_t bits, int j) {
-  v8i m;
-  std::memcpy(&m, kLaneMasks.lanes[(bits >> j) & 0xffu], sizeof m);
-  return m;
-}
+
+// The softmax over a key block: inlined 8-lane code everywhere, and a 16-lane function compiled for
+// AVX-512 that the AVX-512 entries call (softmax_block.inc).
+namespace softmax8 {
+#define LK_SOFTMAX_VEC v8f
+#define LK_SOFTMAX_LINKAGE LK_INLINE
+#include "softmax_block.inc"
+#undef LK_SOFTMAX_VEC
+#undef LK_SOFTMAX_LINKAGE
+}  // namespace softmax8
+#if LK_ISA_X86
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+namespace softmax16 {
+#include "vec_math.inc"
+#define LK_SOFTMAX_VEC v16f
+#define LK_SOFTMAX_LINKAGE __attribute__((noinline))
+#include "softmax_block.inc"
+#undef LK_SOFTMAX_VEC
+#undef LK_SOFTMAX_LINKAGE
+}  // namespace softmax16
+#pragma GCC pop_options
+#endif
 
 // Native bfloat16 GEMMs (vdpbf16ps: a pair of bf16 products added to each float32 lane). Both read
 // pair panels in place and keep float32 accumulators; vdpbf16ps takes denormal bf16 inputs as 0 and
@@ -423,95 +445,24 @@ LK_INLINE void attend_head_keys(const TileTask& t, int count, bool masked) {
   // Masked and padding scores are never rewritten: the softmax and silu read each row's allowed bits.
   static_assert(kBlockN <= 64, "one 64-bit allowed-key mask per row");
   const uint64_t all_keys = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
-  auto allowed_keys = [&](int r) { return masked ? sc.allow[r] : all_keys; };
 
   LK_PROF_STMT(::lk::cpu::prof::switch_to(::lk::cpu::prof::kSoftmax));
   if (p.normalize == kSoftmax) {
-    // Rows in batches of 8: their maxima and sums are reduced together (one transpose-like tree for 8
-    // rows instead of two horizontal reductions per row and head, several % of the samples at D = 8).
-    for (int r0 = 0; r0 < t.rows; r0 += 8) {
-      const int batch = std::min(8, t.rows - r0);
-      v8f row_max[8], row_sum[8];
-      for (int i = 0; i < 8; ++i) {
-        row_max[i] = splat(kNegInf);
-        row_sum[i] = splat(0.0f);
-      }
-      for (int i = 0; i < batch; ++i) {
-        const uint64_t bits = allowed_keys(r0 + i);
-        const float* srow = s + (r0 + i) * kBlockN;
-        // Groups of 8 keys the row sees none of (a causal block's upper part, masked memory columns)
-        // weigh 0 without their exp: the softmax costs the row's allowed groups only. The running
-        // max in a local: row_max[i] (indexed at run time) was loaded and stored per 8 keys.
-        v8f running = row_max[i];
-        for (int j = 0; j < n_pad; j += 8) {
-          if (((bits >> j) & 0xffu) == 0) continue;
-          const v8f x = load8(srow + j);
-          running = allowed_lanes8(bits, j) != 0 ? max_keep_nan8(running, x) : running;  // allowed lanes only
-        }
-        row_max[i] = running;
-      }
-      float block_max[8];
-      store8(block_max, hmax8x8_keep_nan(row_max));
-      float m_new[8];
-      bool summed[8] = {};
-      for (int i = 0; i < batch; ++i) {
-        const int r = r0 + i;
-        float* srow = s + r * kBlockN;
-        const uint64_t bits = allowed_keys(r);
-        if (bits == 0) {  // the row sees none of these keys: they contribute nothing
-          std::fill(srow, srow + n_pad, 0.0f);
-          continue;
-        }
-        sc.seen[r] = true;
-        // m_old is -inf (and l 0) until the row met an allowed score above -inf. An allowed +inf or
-        // NaN turns the row NaN through exp(inf - inf) or the NaN max, as in the reference; masked and
-        // padding entries are selected out (weight 0) and never enter the max.
-        m_new[i] = max_keep_nan(t.m[r], block_max[i]);
-        if (m_new[i] == kNegInf) {  // allowed scores all -inf so far: weight 0 for now (NaN at the end if it stays so)
-          std::fill(srow, srow + n_pad, 0.0f);
-          continue;
-        }
-        for (int j = 0; j < n_pad; j += 8) {
-          const v8i weight = ((bits >> j) & 0xffu) != 0 ? (v8i)exp8(load8(srow + j) - splat(m_new[i])) & allowed_lanes8(bits, j) : splat_int(0);
-          store8(srow + j, (v8f)weight);
-        }
-        // Summed in a pass of its own: exp8's constants fill the vector registers, and a sum carried
-        // through the exp loop was kept on the stack, a store-to-load chain per 8 keys (perf, AVX2).
-        for (int j = 0; j < n_pad; j += 8) row_sum[i] += load8(srow + j);
-        summed[i] = true;
-      }
-      float block_sum[8];
-      store8(block_sum, hsum8x8(row_sum));
-      // The batch's rescale factors exp(m_old - m_new) in one exp8 rather than a libm call per row
-      // (a vzeroupper and spills of the live vectors per row and head) or an exp8 per row; exactly 1
-      // when m holds.
-      float alpha_arg[8] = {};
-      for (int i = 0; i < batch; ++i)
-        if (summed[i]) alpha_arg[i] = t.m[r0 + i] - m_new[i];
-      float alphas[8];
-      store8(alphas, exp8(load8(alpha_arg)));
-      for (int i = 0; i < batch; ++i) {
-        if (!summed[i]) continue;
-        const int r = r0 + i;
-        const float m_old = t.m[r];
-        // A row's first block with a finite max (the only block of short sequences) has nothing to
-        // rescale: l and O are 0 (or O already NaN) while m_old is -inf, so its pass over O is skipped.
-        const bool first_block = m_old == kNegInf;
-        const float alpha = first_block ? 0.0f : alphas[i];
-        t.l[r] = t.l[r] * alpha + block_sum[i];
-        t.m[r] = m_new[i];
-        if (!first_block && alpha != 1.0f) {
-          float* orow = t.o + r * dvp;
-          for (int c = 0; c < dvp; ++c) orow[c] *= alpha;
-        }
-      }
+    const uint64_t* allow = masked ? sc.allow : nullptr;
+#if LK_ISA_X86
+    if constexpr (Shape::kWidth == 16) {
+      softmax16::softmax_block(s, n_pad, t.rows, allow, all_keys, t.m, t.l, t.o, dvp, sc.seen);
+    } else
+#endif
+    {
+      softmax8::softmax_block(s, n_pad, t.rows, allow, all_keys, t.m, t.l, t.o, dvp, sc.seen);
     }
   } else {
     // HSTU pointwise attention: silu(score) / divisor over allowed pairs (silu(-inf) is NaN, as in
     // the reference); masked and padding entries are 0 by selection.
     for (int r = 0; r < t.rows; ++r) {
       float* srow = s + r * kBlockN;
-      const uint64_t bits = allowed_keys(r);
+      const uint64_t bits = masked ? sc.allow[r] : all_keys;
       for (int j = 0; j < n_pad; ++j) {
         const float x = srow[j];
         srow[j] = (bits >> j) & 1u ? x / (1.0f + std::exp(-x)) * p.silu_inv_divisor : 0.0f;
@@ -998,7 +949,7 @@ const IsaTable<PackPanelFn> kPackPanel = {{pack_panels_portable, nullptr, LK_IF_
   }
 #if LK_ISA_X86
 LK_ATTEND_ENTRIES(attend_tile_avx512bf16, LK_TARGET_AVX512BF16, GemmAvx512Bf16)
-LK_ATTEND_ENTRIES(attend_tile_avx512, LK_TARGET_AVX512, GemmAvx512)
+LK_ATTEND_ENTRIES(attend_tile_avx512, LK_TARGET_AVX512, GemmAvx512Tile)
 LK_ATTEND_ENTRIES(attend_tile_avx2, LK_TARGET_AVX2, GemmAvx2)
 #endif
 #if LK_ISA_NEON
@@ -1209,23 +1160,14 @@ void masked_attention(const AttentionParams& p, PlanState* plan) {
   give_back_panel_storage(std::move(storage));
 }
 
-// exp8 over n floats on the active ISA's code generation, for its accuracy test (test/cpu-exp.test.ts):
-// the softmax's exp as the kernels compile it, not a copy.
-LK_INLINE void exp_lanes_impl(const float* in, float* out, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) store8(out + i, exp8(load8(in + i)));
-  if (i < n) {
-    float lanes[8] = {};
-    std::memcpy(lanes, in + i, sizeof(float) * (n - i));
-    store8(lanes, exp8(load8(lanes)));
-    std::memcpy(out + i, lanes, sizeof(float) * (n - i));
-  }
-}
+// exp_vec over n floats on the active ISA's code generation, for its accuracy test (test/cpu-exp.test.ts):
+// the softmax's exp as the kernels compile it, not a copy; 16 lanes on AVX-512 (the tiled softmax's
+// width there), 8 elsewhere.
 #if LK_ISA_X86
-LK_TARGET_AVX512 void exp_lanes_avx512(const float* in, float* out, int64_t n) { exp_lanes_impl(in, out, n); }
-LK_TARGET_AVX2 void exp_lanes_avx2(const float* in, float* out, int64_t n) { exp_lanes_impl(in, out, n); }
+LK_TARGET_AVX512 void exp_lanes_avx512(const float* in, float* out, int64_t n) { softmax16::exp_array<v16f>(in, out, n); }
+LK_TARGET_AVX2 void exp_lanes_avx2(const float* in, float* out, int64_t n) { exp_array<v8f>(in, out, n); }
 #endif
-void exp_lanes_portable(const float* in, float* out, int64_t n) { exp_lanes_impl(in, out, n); }
+void exp_lanes_portable(const float* in, float* out, int64_t n) { exp_array<v8f>(in, out, n); }
 using ExpLanesFn = void (*)(const float*, float*, int64_t);
 const IsaTable<ExpLanesFn> kExpLanes = {{exp_lanes_portable, nullptr, LK_IF_X86(exp_lanes_avx2), LK_IF_X86(exp_lanes_avx512), nullptr}};
 

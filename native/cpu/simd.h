@@ -11,31 +11,25 @@ namespace lk::cpu {
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
+// 16-float vectors: only inside AVX-512 code (elsewhere GCC splits them; see vec_math.inc).
+typedef float v16f __attribute__((vector_size(64)));
+// The signed integer vector with V's lanes (what a lane-wise comparison of two V gives).
+template <typename V>
+using IntVec = decltype(V{} < V{});
 
 #define LK_INLINE inline __attribute__((always_inline))
+
+#include "vec_math.inc"
 
 // x rounded up to a multiple of m (tile padding).
 constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-// A broadcast written as a shuffle of lane 0: inlined into the kernels' target-attributed entries,
-// GCC compiles the 8-element initializer {x, x, ...} into vinsertps / vinsertf128 chains (also for
-// constants), but this into one vbroadcastss on AVX2 / AVX-512.
-LK_INLINE v8f splat(float x) {
-  v8f v = {};
-  v[0] = x;
-  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
-}
-LK_INLINE v8i splat_int(int32_t x) {
-  v8i v = {};
-  v[0] = x;
-  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
-}
+LK_INLINE v8f splat(float x) { return splat_vec<v8f>(x); }
+LK_INLINE v8i splat_int(int32_t x) { return splat_int_vec<v8i>(x); }
 LK_INLINE v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
 LK_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 
-// Lane-wise max that keeps NaN (a NaN in either operand gives NaN), for softmax maxima: the
-// reference's running max becomes NaN when any allowed score is NaN (cuda/common/ieee.h).
-LK_INLINE v8f max_keep_nan8(v8f a, v8f b) { return (a < b) | (b != b) ? b : a; }
+LK_INLINE v8f max_keep_nan8(v8f a, v8f b) { return max_keep_nan_vec(a, b); }
 LK_INLINE float hmax_keep_nan(v8f v) {  // a tree of lane-wise maxima (NaN anywhere gives NaN)
   v8f m = max_keep_nan8(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
   m = max_keep_nan8(m, __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5));
@@ -116,37 +110,7 @@ LK_INLINE void transpose8x8(v8f x[8]) {
   }
 }
 
-// exp(x) for 8 lanes: 2^n * p(r), n = round(x / ln2), r = x - n ln2 in [-ln2/2, ln2/2] (Cody-Waite:
-// n * kLn2Hi is exact, so r needs no FMA), p a degree-5 polynomial with p(0) = 1 fitted here for the
-// least maximum relative error (Lawson's iteration; 9.5e-8 in exact arithmetic, under 2.5e-7 measured
-// in float32 over the whole input range by test/cpu-exp.test.ts). 13 vector ops on AVX2. The clamps
-// keep NaN (a comparison with NaN is false) so NaN gives NaN without a select; inputs at or below
-// kExpLo, -inf included, round to n = -127, whose 2^n bit pattern is +0: exactly 0, again without a
-// select. Results below ~1.2e-38 (x < -87.68) are 0 rather than subnormal.
-LK_INLINE v8f exp8(v8f x) {
-  constexpr float kExpLo = -88.0f, kExpHi = 88.3762626647949f;  // n = -127 / n = 127 after rounding
-  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  // Adding 1.5 * 2^23 rounds to an integer (|x / ln2| < 2^22); the extra 127 is the exponent bias,
-  // so the sum's bits shifted left by 23 are 2^n's bits.
-  constexpr float kRoundBiased = 12582912.0f + 127.0f;
-  v8f xc = x < splat(kExpLo) ? splat(kExpLo) : x;
-  xc = xc > splat(kExpHi) ? splat(kExpHi) : xc;
-  const v8f shifted = xc * splat(kLog2e) + splat(kRoundBiased);
-  const v8f n = shifted - splat(kRoundBiased);
-  const v8f r = (xc - n * splat(kLn2Hi)) - n * splat(kLn2Lo);
-  v8f p = splat(8.2903150469e-3f);
-  p = p * r + splat(4.1897930205e-2f);
-  p = p * r + splat(1.6667635739e-1f);
-  p = p * r + splat(4.9999150634e-1f);
-  p = p * r + splat(9.9999970198e-1f);
-  p = p * r + splat(1.0f);
-  v8i scale_bits;
-  std::memcpy(&scale_bits, &shifted, sizeof scale_bits);
-  scale_bits <<= 23;
-  v8f scale;
-  std::memcpy(&scale, &scale_bits, sizeof scale);
-  return p * scale;
-}
+LK_INLINE v8f exp8(v8f x) { return exp_vec(x); }
 
 // Register-blocked GEMM for one instruction set: C[m x n] (+)= A[m x k] * B[k x n] with
 // m % kRows == 0 and n % kCols == 0. A is read one element at a time (broadcast), B by rows.
@@ -250,7 +214,6 @@ LK_INLINE void gemm_rows(int m, int n, int k, const float* a, int lda, const flo
   }
 }
 
-typedef float v16f __attribute__((vector_size(64)));
 // Measured on this project's 2-core AVX-512 machines (64^3 blocks, one core): 4 x 32 zmm ~117 GFLOP/s,
 // 6 x 16 ymm (AVX2) ~47 GFLOP/s, against ~27 for a 4 x 16 ymm block.
 using GemmAvx512 = GemmShape<v16f, 4, 2>;
