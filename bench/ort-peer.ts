@@ -31,13 +31,19 @@ export interface DenseAttentionPeer {
   readonly valueDim: number;
 }
 
-function sessionOptions(threads: number): ort.InferenceSession.SessionOptions {
+// The sgemm anchor runs with spinning off: on this project's 2-vCPU Zen 5 machine (2026-11-29, ten
+// 300 ms windows each, 1024^3), with onnxruntime's default spinning it read 255 266 260 192 242 87 86 86
+// 200 274 GFLOP/s, without it 259 257 256 251 258 253 253 254 253 248 (one thread alone: 63-128, so
+// some of the swing is the machine's). The attention peers keep the default: off, their many small
+// ops took 115 instead of 86-95 ms for cross 64 x 4 x 5,000.
+function sessionOptions(threads: number, spinning = true): ort.InferenceSession.SessionOptions {
   return {
     executionProviders: ['cpu'],
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
+    ...(spinning ? {} : { extra: { session: { intra_op: { allow_spinning: '0' } } } }),
   };
 }
 
@@ -224,7 +230,7 @@ export async function createGemmAnchor(opts: { m: number; n: number; k: number; 
       nodes: [{ op: 'MatMul', inputs: ['A', 'B'], outputs: ['C'] }],
     },
   });
-  const session = await ort.InferenceSession.create(bytes, sessionOptions(threads));
+  const session = await ort.InferenceSession.create(bytes, sessionOptions(threads, false));
   const feeds = {
     A: new ort.Tensor('float32', randomFloats(m * k, 11), [m, k]),
     B: new ort.Tensor('float32', randomFloats(k * n, 12), [k, n]),
@@ -241,10 +247,8 @@ export async function createGemmAnchor(opts: { m: number; n: number; k: number; 
 /** The practical sgemm peak of this machine in GFLOP/s: onnxruntime MatMul 1024^3, median of >= 0.5 s. */
 export async function measureSgemmPeak(threads: number): Promise<number> {
   const anchor = await createGemmAnchor({ m: 1024, n: 1024, k: 1024, threads });
-  // Warmed for a while first: its first ~0.3 s ran at 85-105 GFLOP/s against 200-240 after, on a
-  // 2-core AVX-512 EPYC (thread pool and clocks ramping up), which made the anchor swing 2x between runs.
-  // The best of three 300 ms medians: one window in a few still fell to ~115 GFLOP/s (a stall of
-  // onnxruntime's pool or another process), and the anchor is the practical peak.
+  // Warmed for a while first, then the best of three 300 ms medians: the anchor is the practical peak,
+  // and a window can still fall low when another process takes a core.
   let bestMs = Infinity;
   for (let i = 0; i < 3; i++) bestMs = Math.min(bestMs, (await timeIt(() => anchor.run(), { minMs: 300, warmupMs: i === 0 ? 600 : 0 })).medianMs);
   await anchor.release();
