@@ -321,6 +321,9 @@ for (const device of devices) {
       // Every key of the first tiles scores -Infinity for row 66, the last few keys do not: the online
       // softmax must not decide NaN before it has seen them all.
       ['-Infinity scores in the first key tiles only (k[0..63] = -Inf, q > 0)', (q, k) => { q[66 * D] = 1; for (let j = 0; j < 64; j++) k[j * D] = -Infinity; }, 'finite', 0],
+      // The first key tile's allowed scores are -Infinity but for one NaN: the row is NaN although
+      // later tiles are finite (a NaN must not be dropped where the tile's maximum is -Infinity).
+      ['-Infinity scores and one NaN score in the first key tile (k[0..63] = -Inf, k[7] NaN)', (q, k) => { q[66 * D] = 1; for (let j = 0; j < 64; j++) k[j * D] = -Infinity; k[7 * D + 1] = Number.NaN; }, 'nan', 0],
       ['-Infinity scores then a NaN value of a -Infinity key (0 x NaN is NaN)', (q, k, v) => { q[66 * D] = 1; for (let j = 0; j < 64; j++) k[j * D] = -Infinity; v[2 * D + 1] = Number.NaN; }, 'nonfinite', 0],
       ['overflowing score (q[66] and k[9] huge)', (q, k) => { q[66 * D] = HUGE; k[9 * D] = HUGE; }, 'nonfinite', 9],
       ['Infinity in v[60]', (_q, _k, v) => { v[60 * D + 4] = Infinity; }, 'nonfinite', 60],
